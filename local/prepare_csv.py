@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Generic emotion corpus from a CSV list: one protocol with leave-k-speakers-out folds.
+
+The CSV has a header and the columns ``path`` (audio file; a relative path is relative to the
+CSV's folder), ``speaker`` and ``label``, and optionally ``transcript``, ``group`` (e.g. a
+recording session; becomes the manifest's ``session``, the speaker where empty), ``gender``
+(F/M, female/male or empty; when every speaker has one the folds are gender-interleaved) and
+``ID`` (default: the audio file name without extension, which must then be unique). Labels are
+kept as written; map them with ``--label-map``. Any bad row is an error naming the CSV line.
+
+Default ``k = 1``: leave one speaker out, which suits the few-speaker corpora such lists usually
+hold; pass a larger ``--k`` for many speakers.
+
+Usage: ``python local/prepare_csv.py --root corpus.csv --out data/emotion [--label-map a:x,b:y]``
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ser_modules.audio import AudioReadError, audio_info  # noqa: E402
+from ser_modules.corpus import write_speaker_fold_corpus  # noqa: E402
+from ser_modules.fileio import ManifestError  # noqa: E402
+from speaker_fold_common import speaker_fold_main  # noqa: E402
+
+logger = logging.getLogger("prepare_csv")
+
+DEFAULT_K = 1
+REQUIRED = ("path", "speaker", "label")
+GENDERS = {"": "", "f": "F", "female": "F", "m": "M", "male": "M"}
+
+
+def _duration(csv_path: str, line: int, audio: str) -> float:
+    """Header duration of a listed file; any problem is an error naming the CSV line and the file."""
+    try:
+        sr, frames, _ = audio_info(audio)
+    except AudioReadError as err:
+        raise ManifestError(f"{csv_path}:{line}: {err}") from err
+    if frames == 0:
+        raise ManifestError(f"{csv_path}:{line}: {audio}: the file holds no audio samples")
+    return round(frames / sr, 4)
+
+
+def _row(csv_path: str, line: int, record: dict) -> dict:
+    """One manifest row from one CSV record (``line`` is the CSV line number, header = 1)."""
+    for column in REQUIRED:
+        if not record[column]:
+            raise ManifestError(f"{csv_path}:{line}: empty {column}")
+    audio = record["path"]
+    if not os.path.isabs(audio):
+        audio = os.path.join(os.path.dirname(os.path.abspath(csv_path)), audio)
+    gender = record.get("gender", "")
+    if gender.lower() not in GENDERS:
+        raise ManifestError(f"{csv_path}:{line}: gender {gender!r} is not F, M, female, male or empty")
+    return {"ID": record.get("ID") or os.path.splitext(os.path.basename(audio))[0],
+            "wav": os.path.abspath(audio), "duration": _duration(csv_path, line, audio),
+            "speaker": record["speaker"], "gender": GENDERS[gender.lower()], "label": record["label"],
+            "transcript": record.get("transcript", ""), "session": record.get("group") or record["speaker"]}
+
+
+def read_csv(root: str) -> pd.DataFrame:
+    """The corpus listed in the CSV file ``root``: ``ID, wav, duration, speaker, gender, label,
+    transcript, session``."""
+    if not os.path.isfile(root):
+        raise ManifestError(f"{root}: CSV file not found")
+    try:
+        table = pd.read_csv(root, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as err:
+        raise ManifestError(f"{root}: cannot parse CSV ({err})") from err
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise ManifestError(f"{root}: missing column(s) {missing}; found {list(table.columns)}")
+    if table.empty:
+        raise ManifestError(f"{root}: no rows")
+    table = table.apply(lambda column: column.str.strip())
+    rows = [_row(root, line, record) for line, record in enumerate(table.to_dict("records"), 2)]
+    frame = pd.DataFrame(rows)
+    if frame["ID"].duplicated().any():
+        dup = frame.loc[frame["ID"].duplicated(), "ID"].iloc[0]
+        raise ManifestError(f"{root}: duplicate utterance ID {dup!r} (file names repeat: add an ID column)")
+    genders = frame[frame["gender"] != ""].groupby("speaker")["gender"].nunique()
+    if (genders > 1).any():
+        raise ManifestError(f"{root}: speaker {genders[genders > 1].index[0]!r} is listed with both genders")
+    logger.info("%s: %d utterances, %d speakers", root, len(frame), frame["speaker"].nunique())
+    return frame
+
+
+def prepare_csv(root: str, out: str, label_map: dict[str, str] | None = None, k: int = DEFAULT_K,
+                protocol: str = "default") -> dict:
+    """Read the CSV ``root`` and write ``<out>/<protocol>/manifest.csv``, ``folds_lkso.json`` and ``summary.json``."""
+    return write_speaker_fold_corpus(read_csv(root), out, "csv", label_map, k, protocol)
+
+
+def main(argv=None) -> None:
+    speaker_fold_main(argv, prepare_csv, __doc__.split("\n\n")[0], DEFAULT_K,
+                      "the CSV file (columns path, speaker, label[, transcript, group, gender, ID])")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Stage 1 of every recipe: prepare the emotion corpus and the ASR corpora into ``--out``.
+
+``--out/emotion/`` receives the emotion corpus's protocols and folds, ``--out/asr/`` the combined
+ASR splits. With ``--emotion-corpus demo`` and/or ``--asr-corpus demo`` the built-in demo corpus
+is synthesised once into ``--demo-dir`` (or reused) and read by the IEMOCAP and LibriSpeech
+preparers, exactly as the real corpora are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ser_modules.corpus import resolve_label_map  # noqa: E402
+from ser_modules.fileio import ManifestError, setup_logging, write_json  # noqa: E402
+
+logger = logging.getLogger("prepare_data")
+
+EMOTION_CORPORA = ("demo", "iemocap", "ravdess", "crema-d", "emodb", "csv")
+ASR_CORPORA = ("demo", "librispeech", "tedlium", "voxforge")
+# Speaker-fold corpora: module in local/ and its default k for leave-k-speakers-out.
+SPEAKER_FOLD_PREPARERS = {
+    "ravdess": ("prepare_ravdess", "prepare_ravdess"),
+    "crema-d": ("prepare_cremad", "prepare_cremad"),
+    "emodb": ("prepare_emodb", "prepare_emodb"),
+    "csv": ("prepare_csv", "prepare_csv"),
+}
+
+
+def prepare_emotion(corpus: str, root: str | None, out: str, label_map: str | None, k: int | None,
+                    seed: int, valid_fraction: float, strict_counts: bool) -> dict:
+    from prepare_iemocap import prepare_iemocap
+
+    if corpus in ("demo", "iemocap"):
+        return prepare_iemocap(root, out, valid_fraction=valid_fraction, seed=seed, strict_counts=strict_counts)
+    module, func = SPEAKER_FOLD_PREPARERS[corpus]
+    kwargs = {"label_map": resolve_label_map(label_map)}
+    if k:
+        kwargs["k"] = k
+    return getattr(importlib.import_module(module), func)(root, out, **kwargs)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--emotion-corpus", default="demo", choices=EMOTION_CORPORA)
+    parser.add_argument("--emotion-root", default=None, help="root folder (or CSV file for --emotion-corpus csv)")
+    parser.add_argument("--asr-corpus", action="append", default=None, choices=ASR_CORPORA,
+                        help="repeat for several corpora (default: demo)")
+    parser.add_argument("--asr-root", action="append", default=None, help="one per --asr-corpus, same order")
+    parser.add_argument("--out", required=True, help="data folder of the experiment")
+    parser.add_argument("--demo-dir", default=None, help="where the demo corpus is synthesised or reused")
+    parser.add_argument("--label-map", default=None, help="iemocap4, 'label:class,...' or a JSON file")
+    parser.add_argument("--k", type=int, default=None, help="speakers per test group (leave-k-speakers-out)")
+    parser.add_argument("--valid-fraction", type=float, default=0.1)
+    parser.add_argument("--max-duration", type=float, default=15.0, help="drop longer ASR training utterances (s)")
+    parser.add_argument("--librispeech-subsets", default=None)
+    parser.add_argument("--no-strict-counts", action="store_true")
+    parser.add_argument("--skip-asr", action="store_true", help="prepare only the emotion corpus")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nj", type=int, default=2)
+    parser.add_argument("--log", default=None)
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+
+    asr_corpora = args.asr_corpus or ["demo"]
+    asr_roots = args.asr_root or []
+    needs_demo = args.emotion_corpus == "demo" or "demo" in asr_corpora
+    demo = None
+    if needs_demo:
+        from make_demo_corpus import make_demo_corpus
+
+        if not args.demo_dir:
+            parser.error("--demo-dir is required when a demo corpus is used")
+        # Synthesis is short and embarrassingly parallel: use every core whatever --nj says.
+        demo = make_demo_corpus(args.demo_dir, nj=max(args.nj, os.cpu_count() or 1))
+
+    emotion_root = demo["iemocap"] if args.emotion_corpus == "demo" else args.emotion_root
+    if not emotion_root:
+        parser.error(f"--emotion-root is required for --emotion-corpus {args.emotion_corpus}")
+    summary = {"emotion_corpus": args.emotion_corpus}
+    summary["emotion"] = prepare_emotion(args.emotion_corpus, emotion_root, os.path.join(args.out, "emotion"),
+                                         args.label_map, args.k, args.seed, args.valid_fraction,
+                                         not args.no_strict_counts)
+    if not args.skip_asr:
+        from prepare_asr import parse_subsets, prepare_asr
+
+        real = [c for c in asr_corpora if c != "demo"]
+        if len(real) != len(asr_roots):
+            raise ManifestError(f"give one --asr-root per real ASR corpus: corpora {real}, roots {asr_roots}")
+        pairs = list(zip(real, asr_roots))
+        if "demo" in asr_corpora:
+            pairs.insert(asr_corpora.index("demo"), ("librispeech", demo["librispeech"]))
+        summary["asr"] = prepare_asr(pairs, os.path.join(args.out, "asr"), args.max_duration,
+                                     parse_subsets(args.librispeech_subsets))
+    write_json(os.path.join(args.out, "prepare_summary.json"), summary)
+    logger.info("stage 1 done: data in %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

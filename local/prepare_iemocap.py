@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""IEMOCAP preparer: every labelled turn, two label protocols and two fold schemes.
+
+Reads the release as distributed (``Session{1..5}/dialog/EmoEvaluation``, ``.../transcriptions``,
+``Session{1..5}/sentences/wav``) and writes under ``--out``:
+
+* ``turns.csv``: every labelled turn with its wav, duration, session, speaker, gender, dialog,
+  dialog start/end time, turn order (by start time), transcript without special tokens, consensus
+  label, evaluator votes, valence/arousal/dominance, and the previous turn of the same speaker
+  and of the interlocutor (IAAN context: walk back at most 8 turns, any label).
+* ``standard/`` (consensus in ang/hap/exc/neu/sad, exc merged into hap: 5531 on the full corpus)
+  and ``lakomkin2018/`` (vote rule of Lakomkin 2018, see :func:`lakomkin_label`), each with
+  ``manifest.csv``, ``folds_loso.json`` (leave one session out, 5 folds) and ``folds_lospk.json``
+  (leave one speaker out, 10 folds, validation = the test speaker's session partner).
+
+On the full release the expected counts (NOTES.md section 1) are checked; on partial data the
+preparer warns and goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections import Counter
+
+import pandas as pd
+
+from ser_modules.audio import audio_duration
+from ser_modules.corpus import IEMOCAP_CLASSES, complete_columns, write_emotion_protocol, write_summary, EMOTION_COLUMNS
+from ser_modules.fileio import ManifestError, setup_logging, write_csv
+from ser_modules.folds import leave_one_session_out, leave_one_speaker_out
+from ser_modules.text import remove_special_tokens
+
+logger = logging.getLogger("prepare_iemocap")
+
+WORD_TO_CODE = {
+    "neutral": "neu", "frustration": "fru", "anger": "ang", "sadness": "sad", "happiness": "hap",
+    "excited": "exc", "surprise": "sur", "fear": "fea", "disgust": "dis", "other": "oth",
+}
+STANDARD_MAP = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
+CONTEXT_WINDOW = 8
+FULL_CORPUS_TURNS = 10039
+EXPECTED = {
+    "standard_total": 5531,
+    "standard_classes": {"ang": 1103, "hap": 1636, "neu": 1708, "sad": 1084},
+    "standard_sessions": {1: 1085, 2: 1023, 3: 1151, 4: 1031, 5: 1241},
+    "all_labels": {"xxx": 2507, "fru": 1849, "neu": 1708, "hap+exc": 1636, "ang": 1103, "sad": 1084,
+                   "sur": 107, "fea": 40, "oth": 3, "dis": 2},
+}
+LAKOMKIN_PAPER_COUNTS = {"total": 6416, "ang": 1104, "hap": 2496, "neu": 1752, "sad": 1064}
+
+_TURN_LINE = re.compile(r"^\[(\d+\.?\d*)\s*-\s*(\d+\.?\d*)\]\s+(\S+)\s+(\S+)\s+\[([^\]]*)\]\s*$")
+_VOTE_LINE = re.compile(r"^C-([EFM]\d+):\s*(.*)$")
+_TRANS_LINE = re.compile(r"^(\S+)\s+\[(\d+\.?\d*)-(\d+\.?\d*)\]:\s?(.*)$")
+_UTT_ID = re.compile(r"^(Ses(\d\d)[FM]_.+)_([FM])(\d{3})$")
+
+
+def parse_emo_evaluation(path: str) -> list[dict]:
+    """Parse one ``EmoEvaluation/<dialog>.txt`` into turns with consensus label, VAD and votes.
+
+    ``votes`` lists, per evaluator (``E1``..``E6``; the actors' self-ratings ``F*``/``M*`` are kept
+    apart in ``self_votes``), the label codes they gave (several are possible).
+    """
+    turns: list[dict] = []
+    current = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("%"):
+                continue
+            if line.startswith("["):
+                m = _TURN_LINE.match(line)
+                if not m:
+                    raise ManifestError(f"{path}:{n}: malformed turn line {line!r}")
+                start, end, utt, label, vad = m.groups()
+                try:
+                    v, a, d = (float(x) for x in vad.split(","))
+                except ValueError as err:
+                    raise ManifestError(f"{path}:{n}: malformed [V, A, D] {vad!r}") from err
+                current = {"ID": utt, "start": float(start), "end": float(end), "label": label,
+                           "valence": v, "arousal": a, "dominance": d, "votes": [], "self_votes": []}
+                turns.append(current)
+                continue
+            m = _VOTE_LINE.match(line)
+            if m and current is not None:
+                rater, rest = m.groups()
+                words = rest.split("(")[0]  # the comment in parentheses is free text
+                codes = []
+                for w in words.split(";"):
+                    w = w.strip().lower()
+                    if w:
+                        codes.append(WORD_TO_CODE.get(w, "oth"))
+                (current["votes"] if rater.startswith("E") else current["self_votes"]).append((rater, codes))
+    return turns
+
+
+def parse_transcriptions(path: str) -> dict[str, str]:
+    """``{utterance id: text}`` from a ``transcriptions/<dialog>.txt``; lines without a time stamp
+    or with ids that are not turns (``_MXX0``) are skipped."""
+    texts = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for raw in f:
+            m = _TRANS_LINE.match(raw.strip())
+            if m and _UTT_ID.match(m.group(1)):
+                texts[m.group(1)] = m.group(4).strip()
+    return texts
+
+
+def format_votes(votes: list) -> str:
+    return ";".join(f"{rater}:{'+'.join(codes)}" for rater, codes in votes)
+
+
+def lakomkin_label(votes: list) -> str | None:
+    """Lakomkin 2018's rule on the evaluators' ``C-E*`` votes (excited counted as happiness):
+    keep a turn where at least two evaluators agree on one label, drop it where the evaluators
+    gave three or more different labels, keep neutral/angry/happy/sad. Returns the class or None.
+    """
+    support: Counter = Counter()
+    distinct = set()
+    for _, codes in votes:
+        merged = {"hap" if c == "exc" else c for c in codes}
+        support.update(merged)
+        distinct |= merged
+    if not support or len(distinct) >= 3:
+        return None
+    (top, n), *rest = support.most_common()
+    if n < 2 or (rest and rest[0][1] == n):
+        return None
+    return top if top in IEMOCAP_CLASSES else None
+
+
+def add_context(turns: pd.DataFrame, window: int = CONTEXT_WINDOW) -> pd.DataFrame:
+    """Add ``turn_index`` (order by start time within the dialog) and the ids of the previous turn of
+    the same speaker (``prev_same``) and of the interlocutor (``prev_other``), looking back at most
+    ``window`` turns; empty where there is none."""
+    turns = turns.sort_values(["dialog", "start", "end", "ID"]).reset_index(drop=True)
+    turns["turn_index"] = turns.groupby("dialog").cumcount()
+    prev_same, prev_other = [], []
+    for _, group in turns.groupby("dialog", sort=False):
+        ids, speakers = group["ID"].tolist(), group["speaker"].tolist()
+        for i in range(len(ids)):
+            same = other = ""
+            for j in range(i - 1, max(-1, i - 1 - window), -1):
+                if speakers[j] == speakers[i]:
+                    same = same or ids[j]
+                else:
+                    other = other or ids[j]
+            prev_same.append(same)
+            prev_other.append(other)
+    turns["prev_same"] = prev_same
+    turns["prev_other"] = prev_other
+    return turns
+
+
+def read_corpus(root: str) -> pd.DataFrame:
+    """All labelled turns of the release under ``root`` whose wav file exists."""
+    sessions = sorted(d for d in os.listdir(root) if re.fullmatch(r"Session\d+", d)) if os.path.isdir(root) else []
+    if not sessions:
+        raise ManifestError(f"{root}: no Session1..Session5 folders; is this the IEMOCAP release folder?")
+    rows, missing_wav, missing_text = [], 0, 0
+    for session in sessions:
+        emo_dir = os.path.join(root, session, "dialog", "EmoEvaluation")
+        trans_dir = os.path.join(root, session, "dialog", "transcriptions")
+        if not os.path.isdir(emo_dir):
+            logger.warning("%s: no EmoEvaluation folder, session skipped", emo_dir)
+            continue
+        for name in sorted(os.listdir(emo_dir)):
+            path = os.path.join(emo_dir, name)
+            if not name.endswith(".txt") or not os.path.isfile(path) or name.startswith("."):
+                continue  # Categorical/, Attribute/, Self-evaluation/ hold per-evaluator files
+            dialog = name[:-4]
+            trans_path = os.path.join(trans_dir, name)
+            texts = parse_transcriptions(trans_path) if os.path.isfile(trans_path) else {}
+            for turn in parse_emo_evaluation(path):
+                m = _UTT_ID.match(turn["ID"])
+                if not m or m.group(1) != dialog:
+                    raise ManifestError(f"{path}: turn id {turn['ID']!r} does not belong to dialog {dialog!r}")
+                wav = os.path.join(root, session, "sentences", "wav", dialog, turn["ID"] + ".wav")
+                if not os.path.isfile(wav):
+                    missing_wav += 1
+                    continue
+                if turn["ID"] not in texts:
+                    missing_text += 1
+                sess, gender = int(m.group(2)), m.group(3)
+                rows.append({
+                    "ID": turn["ID"], "wav": os.path.abspath(wav), "duration": round(audio_duration(wav), 4),
+                    "session": sess, "speaker": f"Ses{sess:02d}_{gender}", "gender": gender, "dialog": dialog,
+                    "start": turn["start"], "end": turn["end"], "label": turn["label"],
+                    "transcript": remove_special_tokens(texts.get(turn["ID"], "")),
+                    "votes": format_votes(turn["votes"]), "lakomkin_label": lakomkin_label(turn["votes"]) or "",
+                    "valence": turn["valence"], "arousal": turn["arousal"], "dominance": turn["dominance"],
+                })
+    if missing_wav:
+        logger.warning("%d labelled turns have no wav file and were skipped", missing_wav)
+    if missing_text:
+        logger.warning("%d turns have no transcription line (transcript left empty)", missing_text)
+    if not rows:
+        raise ManifestError(f"{root}: no labelled turns with audio found")
+    return add_context(pd.DataFrame(rows))
+
+
+def check_expected_counts(turns: pd.DataFrame, standard: pd.DataFrame, strict: bool) -> None:
+    """Compare with the published counts on the full release; warn (partial data) or raise."""
+    if len(turns) != FULL_CORPUS_TURNS:
+        logger.warning("partial IEMOCAP (%d labelled turns of %d): expected counts not checked",
+                       len(turns), FULL_CORPUS_TURNS)
+        return
+    found = {
+        "standard_total": len(standard),
+        "standard_classes": standard["emotion"].value_counts().to_dict(),
+        "standard_sessions": standard["session"].value_counts().to_dict(),
+    }
+    labels = turns["label"].replace({"hap": "hap+exc", "exc": "hap+exc"}).value_counts().to_dict()
+    found["all_labels"] = {k: labels.get(k, 0) for k in EXPECTED["all_labels"]}
+    bad = {k: (found[k], v) for k, v in EXPECTED.items() if found[k] != v}
+    if bad:
+        message = "IEMOCAP counts differ from the published ones: " + "; ".join(f"{k}: found {f}, expected {e}" for k, (f, e) in bad.items())
+        if strict:
+            raise ManifestError(message + " (pass --no-strict-counts to continue anyway)")
+        logger.warning(message)
+    else:
+        logger.info("full IEMOCAP: all expected counts match (standard protocol: %d utterances)", len(standard))
+
+
+def prepare_iemocap(root: str, out: str, valid_fraction: float = 0.1, seed: int = 0, strict_counts: bool = True) -> dict:
+    """Prepare ``turns.csv`` and both protocols with both fold schemes; return a summary."""
+    turns = read_corpus(root)
+    write_csv(os.path.join(out, "turns.csv"), complete_columns(turns, EMOTION_COLUMNS))
+    partner = {}
+    for session, group in turns.groupby("session"):
+        spk = sorted(group["speaker"].unique())
+        if len(spk) == 2:
+            partner[spk[0]], partner[spk[1]] = spk[1], spk[0]
+        else:
+            logger.warning("session %s has speakers %s: leave-one-speaker-out needs two", session, spk)
+
+    standard = turns[turns["label"].isin(STANDARD_MAP)].copy()
+    standard["emotion"] = standard["label"].map(STANDARD_MAP)
+    lakomkin = turns[turns["lakomkin_label"] != ""].copy()
+    lakomkin["emotion"] = lakomkin["lakomkin_label"]
+    check_expected_counts(turns, standard, strict_counts)
+    paper = LAKOMKIN_PAPER_COUNTS
+    found = lakomkin["emotion"].value_counts().to_dict()
+    logger.info("lakomkin2018 vote rule: %d utterances %s (paper: %d %s)", len(lakomkin), found, paper["total"],
+                {k: v for k, v in paper.items() if k != "total"})
+
+    summary = {"corpus": "iemocap", "root": os.path.abspath(root), "turns": len(turns),
+               "labels": turns["label"].value_counts().to_dict(), "protocols": {}}
+    for name, frame in (("standard", standard), ("lakomkin2018", lakomkin)):
+        frame = frame.drop(columns=["lakomkin_label"]).reset_index(drop=True)
+        folds = {"loso": leave_one_session_out(frame, valid_fraction, seed)}
+        if all(s in partner for s in frame["speaker"].unique()):
+            folds["lospk"] = leave_one_speaker_out(frame, partner)
+        write_emotion_protocol(out, name, frame, folds)
+        summary["protocols"][name] = {
+            "utterances": len(frame), "classes": frame["emotion"].value_counts().sort_index().to_dict(),
+            "sessions": {int(k): int(v) for k, v in frame["session"].value_counts().sort_index().items()},
+            "fold_schemes": sorted(folds),
+        }
+    summary["protocols"]["lakomkin2018"]["paper_counts"] = paper
+    write_summary(os.path.join(out, "summary.json"), summary)
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, help="IEMOCAP release folder holding Session1..Session5")
+    parser.add_argument("--out", required=True, help="output folder for turns.csv and the protocols")
+    parser.add_argument("--valid-fraction", type=float, default=0.1,
+                        help="share of the training sessions held out for validation in leave-one-session-out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-strict-counts", action="store_true",
+                        help="on the full release, warn instead of failing when counts differ from the published ones")
+    parser.add_argument("--log", default=None, help="append the log to this file")
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    prepare_iemocap(args.root, args.out, args.valid_fraction, args.seed, not args.no_strict_counts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

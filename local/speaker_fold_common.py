@@ -1,0 +1,71 @@
+"""Pieces shared by the preparers of emotion corpora without sessions (RAVDESS, CREMA-D, EmoDB, CSV).
+
+Each of those preparers reads its corpus into a frame ``ID, wav, duration, speaker, gender, label,
+transcript`` and hands it to :func:`ser_modules.corpus.write_speaker_fold_corpus`; this module
+holds the audio probing, the skip bookkeeping and the command line they have in common.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from ser_modules.audio import AudioReadError, audio_info
+from ser_modules.corpus import resolve_label_map
+from ser_modules.fileio import setup_logging
+
+logger = logging.getLogger("speaker_fold_common")
+
+
+def iter_files(folder: str, extension: str = ".wav") -> Iterator[str]:
+    """Sorted names of the ``extension`` files of ``folder`` (case-insensitive), hidden files left out
+    (macOS archives add ``._<name>`` AppleDouble files beside every real one)."""
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(".") or not name.lower().endswith(extension):
+            continue
+        if os.path.isfile(os.path.join(folder, name)):
+            yield name
+
+
+def probe_duration(path: str, skipped: Counter) -> float | None:
+    """Duration in seconds from the header, or None (warned, counted) for unreadable or empty audio."""
+    try:
+        sr, frames, _ = audio_info(path)
+    except AudioReadError as err:
+        logger.warning("%s; skipped", err)
+        skipped["unreadable audio"] += 1
+        return None
+    if frames == 0:
+        logger.warning("%s: the file holds no audio samples; skipped", path)
+        skipped["empty audio"] += 1
+        return None
+    return round(frames / sr, 4)
+
+
+def log_counts(corpus: str, kept: int, skipped: Counter) -> None:
+    """One line with what was kept and why files were left out."""
+    if skipped:
+        logger.info("%s: %d utterances kept; left out: %s", corpus, kept,
+                    ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+    else:
+        logger.info("%s: %d utterances kept", corpus, kept)
+
+
+def speaker_fold_main(argv, prepare: Callable[..., dict], description: str, default_k: int,
+                      root_help: str = "corpus folder as distributed") -> None:
+    """Command line of a speaker-fold preparer: ``--root --out [--label-map] [--k] [--protocol] [--log]``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", required=True, help=root_help)
+    parser.add_argument("--out", required=True, help="output folder (receives <protocol>/ and summary.json)")
+    parser.add_argument("--label-map", default=None,
+                        help="iemocap4, inline 'label:class,...' or a JSON file; unmapped labels are dropped")
+    parser.add_argument("--k", type=int, default=default_k,
+                        help=f"speakers per test group, leave-k-speakers-out (default {default_k})")
+    parser.add_argument("--protocol", default="default", help="name of the protocol folder (default: default)")
+    parser.add_argument("--log", default=None, help="append the log to this file")
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    prepare(args.root, args.out, label_map=resolve_label_map(args.label_map), k=args.k, protocol=args.protocol)

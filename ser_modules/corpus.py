@@ -1,0 +1,150 @@
+"""Manifest conventions shared by every corpus preparer in ``local/``.
+
+Emotion corpora are written as ``<data>/emotion/<protocol>/manifest.csv`` plus one
+``folds_<scheme>.json`` per fold scheme; ASR corpora as ``<data>/asr/{train,dev,test}.csv``.
+All audio paths are absolute. ``seg_start``/``seg_end`` (seconds) select a segment of a longer
+file (TED-LIUM talks); they are empty when the whole file is the utterance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pandas as pd
+
+from ser_modules.fileio import ManifestError, read_json, write_csv, write_json
+from ser_modules.folds import Fold, check_speaker_independence, save_folds
+
+logger = logging.getLogger(__name__)
+
+EMOTION_COLUMNS = [
+    "ID", "wav", "seg_start", "seg_end", "duration", "speaker", "gender", "session", "emotion", "label",
+    "transcript", "dialog", "turn_index", "start", "end", "votes", "valence", "arousal", "dominance",
+    "prev_same", "prev_other",
+]
+ASR_COLUMNS = ["ID", "wav", "seg_start", "seg_end", "duration", "speaker", "corpus", "transcript"]
+IEMOCAP_CLASSES = ["neu", "hap", "ang", "sad"]
+
+
+def complete_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Return ``frame`` with ``columns`` first (missing ones empty) and any extra columns after."""
+    frame = frame.copy()
+    for c in columns:
+        if c not in frame.columns:
+            frame[c] = ""
+    return frame[columns + [c for c in frame.columns if c not in columns]]
+
+
+def write_emotion_protocol(data_dir: str, protocol: str, manifest: pd.DataFrame, folds: dict[str, list[Fold]]) -> str:
+    """Write a protocol's manifest and fold files after checking speaker independence."""
+    out = os.path.join(data_dir, protocol)
+    manifest = complete_columns(manifest, EMOTION_COLUMNS)
+    for scheme, fold_list in folds.items():
+        check_speaker_independence(manifest, fold_list)
+        save_folds(os.path.join(out, f"folds_{scheme}.json"), scheme, fold_list)
+    write_csv(os.path.join(out, "manifest.csv"), manifest)
+    counts = manifest["emotion"].value_counts().sort_index().to_dict()
+    logger.info("protocol %s: %d utterances %s; fold schemes %s", protocol, len(manifest), counts, sorted(folds))
+    return out
+
+
+def parse_label_map(spec: str | None) -> dict[str, str] | None:
+    """``"neutral:neu,calm:neu,happy:hap"`` or a JSON file ``{"neutral": "neu", ...}``; labels not
+    in the map are dropped. ``None``/empty keeps all labels."""
+    if not spec:
+        return None
+    if os.path.isfile(spec):
+        mapping = read_json(spec)
+        if not isinstance(mapping, dict):
+            raise ManifestError(f"{spec}: a label map must be a JSON object of label -> class")
+        return {str(k): str(v) for k, v in mapping.items()}
+    mapping = {}
+    for item in spec.split(","):
+        if ":" not in item:
+            raise ManifestError(f"label map item {item!r} is not of the form label:class")
+        k, v = item.split(":", 1)
+        mapping[k.strip()] = v.strip()
+    return mapping
+
+
+# RAVDESS / CREMA-D / EmoDB emotions onto the four IEMOCAP classes (happy, angry, sad, neutral).
+LABEL_MAPS = {
+    "iemocap4": {
+        "neutral": "neu", "calm": "neu", "happy": "hap", "happiness": "hap", "sad": "sad", "sadness": "sad",
+        "angry": "ang", "anger": "ang",
+    },
+}
+
+
+def resolve_label_map(spec: str | None) -> dict[str, str] | None:
+    """A named map (``iemocap4``), an inline map or a JSON file; see :func:`parse_label_map`."""
+    if spec in LABEL_MAPS:
+        return dict(LABEL_MAPS[spec])
+    return parse_label_map(spec)
+
+
+def apply_label_map(frame: pd.DataFrame, mapping: dict[str, str] | None, column: str = "label") -> pd.DataFrame:
+    """Set ``emotion`` from ``column`` through ``mapping`` and drop unmapped rows (logged)."""
+    frame = frame.copy()
+    if mapping is None:
+        frame["emotion"] = frame[column]
+        return frame
+    frame["emotion"] = frame[column].map(mapping)
+    dropped = frame["emotion"].isna()
+    if dropped.any():
+        logger.info("label map drops %d utterances with labels %s", int(dropped.sum()),
+                    sorted(frame.loc[dropped, column].unique()))
+    return frame[~dropped].reset_index(drop=True)
+
+
+def drop_long_utterances(frame: pd.DataFrame, max_duration: float | None, name: str) -> pd.DataFrame:
+    """Drop utterances longer than ``max_duration`` seconds, logging how many (DS2 drops > 15 s)."""
+    if not max_duration or max_duration <= 0:
+        return frame
+    long = frame["duration"].astype(float) > max_duration
+    if long.any():
+        logger.info("%s: dropped %d of %d utterances longer than %.1f s (%.2f h)", name, int(long.sum()),
+                    len(frame), max_duration, frame.loc[long, "duration"].astype(float).sum() / 3600)
+    return frame[~long].reset_index(drop=True)
+
+
+def write_asr_split(path: str, frame: pd.DataFrame) -> None:
+    frame = complete_columns(frame, ASR_COLUMNS)
+    write_csv(path, frame)
+    logger.info("wrote %s: %d utterances, %.2f h", path, len(frame), frame["duration"].astype(float).sum() / 3600)
+
+
+def write_summary(path: str, summary: dict) -> None:
+    write_json(path, summary)
+
+
+def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_map: dict[str, str] | None = None,
+                              k: int = 1, protocol: str = "default") -> dict:
+    """Shared tail of the RAVDESS / CREMA-D / EmoDB / generic-CSV preparers.
+
+    ``frame`` holds ``ID, wav, duration, speaker, label`` (and optionally ``gender``, ``transcript``,
+    ``session``); the label map sets ``emotion`` and drops unmapped labels; folds are
+    leave-``k``-speakers-out (scheme ``lkso``), gender-interleaved when genders are known.
+    """
+    from ser_modules.folds import leave_k_speakers_out
+
+    frame = apply_label_map(frame, label_map)
+    if frame.empty:
+        raise ManifestError(f"{corpus}: no utterances left after the label map {label_map}")
+    if "session" not in frame.columns or (frame["session"] == "").all():
+        frame["session"] = frame["speaker"]
+    genders = None
+    if "gender" in frame.columns and (frame["gender"] != "").all():
+        genders = dict(zip(frame["speaker"], frame["gender"]))
+    folds = {"lkso": leave_k_speakers_out(frame, k, genders)}
+    write_emotion_protocol(out, protocol, frame, folds)
+    summary = {
+        "corpus": corpus, "utterances": len(frame), "speakers": int(frame["speaker"].nunique()),
+        "protocols": {protocol: {"utterances": len(frame),
+                                 "classes": frame["emotion"].value_counts().sort_index().to_dict(),
+                                 "fold_schemes": ["lkso"], "k": k, "folds": len(folds["lkso"]),
+                                 "label_map": label_map}},
+    }
+    write_summary(os.path.join(out, "summary.json"), summary)
+    return summary

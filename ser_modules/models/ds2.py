@@ -1,0 +1,151 @@
+"""DeepSpeech2-style CTC acoustic model of Lakomkin et al. 2018 (deepspeech.pytorch layout).
+
+``spectrogram [B, T, 161]`` -> 2 x (Conv2d, BatchNorm, Hardtanh(0, 20)) -> N x bidirectional GRU
+(directions summed, BatchNorm before every layer but the first) -> BatchNorm + Linear -> CTC
+logits over the characters. Padded frames are masked after every layer, and batch statistics
+use valid frames only, so a padded utterance gives the same outputs as the unpadded one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ser_modules.features import length_mask
+from ser_modules.models import requested_layers
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm over the valid frames of ``[B, T, D]`` only; padded frames stay zero."""
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        mask = length_mask(lengths, x.shape[1])
+        out = torch.zeros_like(x)
+        out[mask] = super().forward(x[mask])
+        return out
+
+
+class MaskedConvBlock(nn.Module):
+    """Conv2d over ``[B, C, F, T]`` + BatchNorm2d + Hardtanh(0, 20); time positions past each
+    utterance's length are zeroed so the next convolution sees zero padding as on its own."""
+
+    def __init__(self, in_channels, out_channels, kernel, stride):
+        super().__init__()
+        padding = (kernel[0] // 2, kernel[1] // 2)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.Hardtanh(0, 20, inplace=True)
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        k, s, p = self.kernel[1], self.stride[1], self.padding[1]
+        return (lengths + 2 * p - k).div(s, rounding_mode="floor") + 1
+
+    def out_size(self, n_freq: int) -> int:
+        k, s, p = self.kernel[0], self.stride[0], self.padding[0]
+        return (n_freq + 2 * p - k) // s + 1
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv(x)
+        lengths = self.out_lengths(lengths)
+        mask = length_mask(lengths, x.shape[-1])[:, None, None, :].to(x.dtype)
+        if self.training:  # batch statistics from valid positions only
+            n = mask.sum() * x.shape[2]
+            mean = (x * mask).sum(dim=(0, 2, 3)) / n
+            var = (((x - mean[None, :, None, None]) * mask) ** 2).sum(dim=(0, 2, 3)) / n
+            with torch.no_grad():
+                m = self.bn.momentum
+                self.bn.num_batches_tracked += 1
+                self.bn.running_mean.mul_(1 - m).add_(m * mean)
+                self.bn.running_var.mul_(1 - m).add_(m * var * n / (n - 1).clamp(min=1))
+        else:
+            mean, var = self.bn.running_mean, self.bn.running_var
+        x = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.bn.eps)
+        x = x * self.bn.weight[None, :, None, None] + self.bn.bias[None, :, None, None]
+        return self.act(x) * mask, lengths
+
+
+class BatchRNN(nn.Module):
+    """Optional masked BatchNorm, then a (bi)directional GRU over packed sequences; the two
+    directions are summed (deepspeech.pytorch), so the output size is ``hidden_size``."""
+
+    def __init__(self, input_size: int, hidden_size: int, batch_norm: bool = True, bidirectional: bool = True,
+                 sum_directions: bool = True):
+        super().__init__()
+        self.bn = MaskedBatchNorm1d(input_size) if batch_norm else None
+        self.rnn = nn.GRU(input_size, hidden_size, batch_first=True, bidirectional=bidirectional)
+        self.sum_directions = sum_directions and bidirectional
+        self.hidden_size = hidden_size
+        self.output_size = hidden_size if (self.sum_directions or not bidirectional) else 2 * hidden_size
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.bn is not None:
+            x = self.bn(x, lengths)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        if self.sum_directions:
+            out = out[..., : self.hidden_size] + out[..., self.hidden_size :]
+        return out
+
+
+class DeepSpeech2(nn.Module):
+    """DeepSpeech2-style CTC model; every layer's hidden sequence can be returned by name.
+
+    Layer names: ``conv`` (flattened conv output), ``gru1`` .. ``gru<N>``, ``logits``.
+    Time is halved by the first convolution; :meth:`output_lengths` gives the frame counts.
+
+    Arguments: ``n_freq`` input bins (161), ``conv_channels`` (32), ``conv1_kernel`` (41, 11)
+    and ``conv2_kernel`` (21, 11) as (freq, time), ``rnn_layers`` (5), ``rnn_hidden`` (800),
+    ``n_symbols`` (29 = blank, apostrophe, A-Z, space).
+    """
+
+    def __init__(self, n_freq: int = 161, conv_channels: int = 32, conv1_kernel=(41, 11), conv2_kernel=(21, 11),
+                 rnn_layers: int = 5, rnn_hidden: int = 800, n_symbols: int = 29, bidirectional: bool = True):
+        super().__init__()
+        self.conv1 = MaskedConvBlock(1, conv_channels, tuple(conv1_kernel), (2, 2))
+        self.conv2 = MaskedConvBlock(conv_channels, conv_channels, tuple(conv2_kernel), (2, 1))
+        freq = self.conv2.out_size(self.conv1.out_size(n_freq))
+        self.rnn_input_size = conv_channels * freq
+        layers, size = [], self.rnn_input_size
+        for i in range(rnn_layers):
+            layers.append(BatchRNN(size, rnn_hidden, batch_norm=i > 0, bidirectional=bidirectional))
+            size = layers[-1].output_size
+        self.rnns = nn.ModuleList(layers)
+        self.out_bn = MaskedBatchNorm1d(size)
+        self.out = nn.Linear(size, n_symbols, bias=False)
+        self.layer_names = ["conv"] + [f"gru{i + 1}" for i in range(rnn_layers)] + ["logits"]
+        self.layer_sizes = dict(zip(self.layer_names, [self.rnn_input_size] + [r.output_size for r in self.rnns] + [n_symbols]))
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.conv2.out_lengths(self.conv1.out_lengths(lengths))
+
+    def forward_layers(self, feats: torch.Tensor, lengths: torch.Tensor, layers=None) -> dict:
+        """Run up to the deepest requested layer. ``feats [B, T, F]``, ``lengths [B]`` (frames).
+
+        Returns ``{name: (hidden [B, T', D], lengths [B])}`` for the names in ``layers``
+        (default: all). Padded positions are zero.
+        """
+        wanted, last = requested_layers(layers, self.layer_names, "DeepSpeech2")
+        out = {}
+        feats = feats * length_mask(lengths, feats.shape[1]).unsqueeze(-1)  # the convolutions see zero padding
+        x, lengths = self.conv1(feats.transpose(1, 2).unsqueeze(1), lengths)
+        x, lengths = self.conv2(x, lengths)
+        b, c, f, t = x.shape
+        x = x.reshape(b, c * f, t).transpose(1, 2)  # [B, T', C*F]
+        hidden = {"conv": x}
+        for i, rnn in enumerate(self.rnns, 1):
+            if self.layer_names.index(f"gru{i}") > last:
+                break
+            x = rnn(x, lengths)
+            hidden[f"gru{i}"] = x
+        if self.layer_names.index("logits") <= last:
+            hidden["logits"] = self.out(self.out_bn(x, lengths)) * length_mask(lengths, x.shape[1]).unsqueeze(-1)
+        for name in wanted:
+            out[name] = (hidden[name], lengths)
+        return out
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feats [B, T, F]`` -> CTC logits ``[B, T', n_symbols]`` and their lengths."""
+        return self.forward_layers(feats, lengths, ["logits"])["logits"]

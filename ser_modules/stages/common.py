@@ -1,0 +1,54 @@
+"""Arguments and set-up shared by the stage entry points."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from ser_modules.fileio import setup_logging
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--exp-dir", required=True, help="experiment folder")
+    parser.add_argument("--data-dir", required=True, help="stage-1 output (emotion/ and asr/)")
+    parser.add_argument("--conf-dir", required=True, help="the recipe's conf/ folder")
+    parser.add_argument("--size", default="paper", choices=["demo", "paper"])
+    parser.add_argument("--protocol", default="standard")
+    parser.add_argument("--folds", default="loso", help="fold scheme: loso, lospk or lkso")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--nj", type=int, default=1)
+    return parser
+
+
+def parse_stage_args(parser: argparse.ArgumentParser, argv=None):
+    """Split ``argv`` at ``--``: options before, ``key=value`` overrides after."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, overrides = argv[:i], argv[i + 1 :]
+    args = parser.parse_args(argv)
+    args.overrides = overrides
+    args.device = resolve_device(args.device)
+    return args
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda:<LOCAL_RANK>`` when a GPU is visible, else ``cpu``."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        return "cpu"
+    return device
+
+
+def stage_logging(exp_dir: str, name: str) -> logging.Logger:
+    setup_logging(os.path.join(exp_dir, "logs", f"{name}.log"))
+    return logging.getLogger(name)

@@ -1,0 +1,134 @@
+"""The demo corpus generator: determinism, the real corpora's layouts, and that the preparers read it."""
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import demo_lexicon
+from make_demo_corpus import DemoConfig, Espeak, consensus_code, make_demo_corpus, resample_sinc
+from prepare_iemocap import parse_emo_evaluation, prepare_iemocap
+from prepare_librispeech import read_librispeech
+
+
+
+def tree_digest(root):
+    h = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if name == "demo_corpus.json":
+                continue
+            path = os.path.join(folder, name)
+            h.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def demo(tiny_demo):
+    return tiny_demo
+
+
+TINY = DemoConfig(seed=3, sessions=2, dialogs_per_session=2, turns_per_dialog=4, asr_train_minutes=0.25,
+                  asr_eval_minutes=0.1)  # the configuration of conftest.tiny_demo
+
+
+def test_deterministic_for_a_seed(demo, tmp_path):
+    assert demo["cfg"] == TINY
+    again = make_demo_corpus(str(tmp_path / "again"), TINY, nj=1)  # other worker count, same bytes
+    assert tree_digest(again["iemocap"]) == tree_digest(demo["iemocap"])
+    assert tree_digest(again["librispeech"]) == tree_digest(demo["librispeech"])
+    other = make_demo_corpus(str(tmp_path / "other"), DemoConfig(**{**TINY.__dict__, "seed": 4}), nj=2)
+    assert tree_digest(other["iemocap"]) != tree_digest(demo["iemocap"])
+
+
+def test_rerun_reuses_the_corpus(demo, caplog):
+    caplog.set_level(logging.INFO)
+    root = os.path.dirname(demo["iemocap"])
+    stamp = os.path.join(root, "demo_corpus.json")
+    before = os.path.getmtime(stamp)
+    info = make_demo_corpus(root, TINY)
+    assert os.path.getmtime(stamp) == before and "reusing" in caplog.text
+    assert info["emotion_turns"] == 2 * 2 * 4
+
+
+def test_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="holds no demo_corpus.json"):
+        make_demo_corpus(str(tmp_path), TINY)
+
+
+def test_iemocap_layout(demo):
+    root = demo["iemocap"]
+    assert sorted(os.listdir(root)) == ["Session1", "Session2"]
+    emo_dir = os.path.join(root, "Session1", "dialog", "EmoEvaluation")
+    assert {"Categorical", "Attribute"} <= set(os.listdir(emo_dir))
+    files = sorted(f for f in os.listdir(emo_dir) if f.endswith(".txt"))
+    assert files == ["Ses01F_impro01.txt", "Ses01M_script01_1.txt"]  # improvised and scripted
+    with open(os.path.join(emo_dir, files[0])) as f:
+        assert f.readline().strip() == "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]"
+    turns = parse_emo_evaluation(os.path.join(emo_dir, files[0]))
+    assert len(turns) == 4
+    for t in turns:
+        assert len(t["votes"]) == 3 and t["end"] > t["start"]
+        assert t["label"] == consensus_code(t["votes"])
+        wav = os.path.join(root, "Session1", "sentences", "wav", "Ses01F_impro01", t["ID"] + ".wav")
+        info = sf.info(wav)
+        assert info.samplerate == 16000 and info.channels == 1
+        assert info.duration == pytest.approx(t["end"] - t["start"], abs=1e-3)
+    assert {t["ID"][-4] for t in turns} == {"F", "M"}
+    trans = os.path.join(root, "Session1", "dialog", "transcriptions", files[0])
+    with open(trans) as f:
+        text = f.read()
+    assert "_MXX0 [" in text and "Ses01F_impro01_F000 [" in text
+
+
+def test_librispeech_layout_and_held_out_voices(demo):
+    root = demo["librispeech"]
+    assert {"train-clean-100", "dev-clean", "test-clean", "SPEAKERS.TXT"} <= set(os.listdir(root))
+    splits = read_librispeech(root)
+    speakers = {s: set(f["speaker"]) for s, f in splits.items()}
+    assert len(speakers["train"]) == 10 and len(speakers["dev"]) == 2 and len(speakers["test"]) == 2
+    assert not (speakers["train"] & (speakers["dev"] | speakers["test"]))
+    utt = splits["train"].iloc[0]
+    spk, chapter, _ = os.path.basename(utt["wav"])[:-5].split("-")
+    assert utt["wav"].endswith(f"{spk}/{chapter}/{spk}-{chapter}-0000.flac")
+    assert utt["transcript"] == utt["transcript"].upper() and set(utt["transcript"]) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")
+    assert splits["train"]["duration"].sum() >= 0.25 * 60
+
+
+def test_preparer_reads_the_demo(demo, tmp_path):
+    summary = prepare_iemocap(demo["iemocap"], str(tmp_path / "data"))
+    assert summary["turns"] == 16
+    assert summary["protocols"]["standard"]["utterances"] == demo["target_class_turns"]
+
+
+def test_words_do_not_depend_on_emotion():
+    # The sentence generator takes no emotion: the same random state gives the same words.
+    a = [demo_lexicon.dialog_sentence(np.random.default_rng(7)) for _ in range(3)]
+    assert len(set(a)) == 1
+    assert len(demo_lexicon.vocabulary()) >= 500
+
+
+def test_espeak_voices_exist_and_differ():
+    engine = Espeak()
+    a = engine.synth("the house is quiet", "en-us+f1", 170, 50, 50, 100, seed=1)
+    b = engine.synth("the house is quiet", "en-us+m1", 170, 50, 50, 100, seed=1)
+    assert a.dtype == np.int16 and len(a) > engine.sample_rate * 0.5
+    assert len(a) != len(b) or not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="no voice"):
+        engine.synth("x", "zz-nonexistent", 170, 50, 50, 100, seed=1)
+
+
+def test_resampler_keeps_a_tone_and_removes_aliases():
+    t = np.arange(22050) / 22050
+    y = resample_sinc(np.sin(2 * np.pi * 1000 * t), 22050, 16000)
+    ref = np.sin(2 * np.pi * 1000 * np.arange(len(y)) / 16000)
+    assert len(y) == 16000
+    assert np.abs(y[100:-100] - ref[100:-100]).max() < 1e-3
+    above_nyquist = resample_sinc(np.sin(2 * np.pi * 9500 * t), 22050, 16000)
+    assert np.abs(above_nyquist[100:-100]).max() < 0.02

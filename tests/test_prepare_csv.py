@@ -1,0 +1,102 @@
+"""Generic CSV preparer: relative and absolute paths, optional transcript/group/gender, bad rows."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import prepare_csv
+from ser_modules.fileio import ManifestError, read_manifest
+from ser_modules.folds import load_folds
+
+
+def write(path, seconds=0.1, sr=16000):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sf.write(path, np.full(int(round(seconds * sr)), 0.1, dtype=np.float32), sr, subtype="PCM_16")
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "mycorpus"
+    for name in ("a1", "a2", "b1", "c1", "c2"):
+        write(str(folder / "audio" / f"{name}.wav"), 0.2 if name == "c2" else 0.1)
+    elsewhere = tmp_path / "elsewhere" / "d1.flac"
+    write(str(elsewhere), 0.3)
+    csv = folder / "list.csv"
+    csv.write_text(
+        "path,speaker,label,transcript,group\n"
+        "audio/a1.wav,alice,happy,hello there,s1\n"
+        "audio/a2.wav,alice,sad,,s1\n"
+        "audio/b1.wav,bob,happy,good morning,\n"
+        "audio/c1.wav,carol,angry,,s2\n"
+        "audio/c2.wav,carol,neutral,fine,s2\n"
+        f"{elsewhere},dave,sad,far away,s3\n")
+    return csv
+
+
+def test_read_csv_rows(corpus):
+    frame = prepare_csv.read_csv(str(corpus)).set_index("ID")
+    assert list(frame.index) == ["a1", "a2", "b1", "c1", "c2", "d1"]
+    assert frame.loc["a1"].to_dict() == {
+        "wav": str(corpus.parent / "audio" / "a1.wav"), "duration": 0.1, "speaker": "alice", "gender": "",
+        "label": "happy", "transcript": "hello there", "session": "s1"}
+    assert frame.loc["d1", "wav"] == str(corpus.parent.parent / "elsewhere" / "d1.flac")
+    assert frame.loc["d1", "duration"] == 0.3 and frame.loc["c2", "duration"] == 0.2
+    assert frame["session"].to_dict() == {"a1": "s1", "a2": "s1", "b1": "bob", "c1": "s2", "c2": "s2", "d1": "s3"}
+    assert frame["transcript"].to_dict()["a2"] == ""
+
+
+def test_prepare_k1_and_label_map(corpus, tmp_path):
+    out = tmp_path / "out"
+    summary = prepare_csv.prepare_csv(str(corpus), str(out), label_map={"happy": "pos", "sad": "neg", "angry": "neg"})
+    manifest = read_manifest(str(out / "default" / "manifest.csv"))
+    assert manifest.set_index("ID")["emotion"].to_dict() == {"a1": "pos", "a2": "neg", "b1": "pos", "c1": "neg",
+                                                             "d1": "neg"}
+    assert summary["speakers"] == 4
+    folds = load_folds(str(out / "default" / "folds_lkso.json"))
+    assert [(f.test_speakers, f.valid_speakers, sorted(f.test)) for f in folds] == [
+        (["alice"], ["bob"], ["a1", "a2"]), (["bob"], ["carol"], ["b1"]), (["carol"], ["dave"], ["c1"]),
+        (["dave"], ["alice"], ["d1"])]
+    assert sorted(folds[0].train) == ["c1", "d1"]
+
+
+def test_gender_column_interleaves_folds(corpus, tmp_path):
+    text = corpus.read_text().splitlines()
+    genders = ["F", "f", "female", "male", "M", "M"]  # alice, alice, bob, carol, carol, dave
+    rows = [text[0] + ",gender"] + [f"{line},{g}" for line, g in zip(text[1:], genders)]
+    corpus.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    prepare_csv.main(["--root", str(corpus), "--out", str(out)])
+    manifest = read_manifest(str(out / "default" / "manifest.csv"))
+    assert manifest.groupby("speaker")["gender"].first().to_dict() == {"alice": "F", "bob": "F", "carol": "M",
+                                                                       "dave": "M"}
+    folds = load_folds(str(out / "default" / "folds_lkso.json"))
+    assert [f.test_speakers[0] for f in folds] == ["alice", "carol", "bob", "dave"]  # F, M interleaved
+
+
+def test_missing_column_names_the_csv(tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("path,label\na.wav,happy\n")
+    with pytest.raises(ManifestError, match=re.escape(str(csv)) + r".*\['speaker'\]"):
+        prepare_csv.read_csv(str(csv))
+
+
+def test_missing_audio_names_csv_line_and_file(corpus):
+    corpus.write_text(corpus.read_text() + "audio/zz.wav,erin,happy,,\n")
+    with pytest.raises(ManifestError, match=re.escape(f"{corpus}:8") + ".*zz.wav"):
+        prepare_csv.read_csv(str(corpus))
+
+
+def test_duplicate_file_stems_need_an_id_column(corpus, tmp_path):
+    write(str(corpus.parent / "other" / "a1.wav"))
+    corpus.write_text(corpus.read_text() + "other/a1.wav,erin,happy,,\n")
+    with pytest.raises(ManifestError, match=re.escape(str(corpus)) + ".*'a1'"):
+        prepare_csv.read_csv(str(corpus))
+
+
+def test_speaker_with_two_genders(corpus):
+    corpus.write_text("path,speaker,label,gender\naudio/a1.wav,alice,happy,F\naudio/a2.wav,alice,sad,M\n")
+    with pytest.raises(ManifestError, match=re.escape(str(corpus)) + ".*'alice'.*both genders"):
+        prepare_csv.read_csv(str(corpus))

@@ -1,0 +1,64 @@
+"""The recipe runner: options, errors, stage 1 on a corpus, resuming."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = ["ctc_transfer", "las_adapt"]
+
+
+def run(recipe, *args, check=True):
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", os.path.join(REPO, "recipes", recipe, "run.sh"), *args], env=env,
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_help_lists_every_option(recipe):
+    out = run(recipe, "--help").stdout
+    for option in ["--stage", "--stop-stage", "--emotion-corpus", "--emotion-root", "--asr-corpus", "--asr-root",
+                   "--exp-dir", "--device", "--ngpu", "--seed", "--size", "--nj", "key=value"]:
+        assert option in out, option
+    for n in range(1, 7):
+        assert f"\n  {n}  " in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--bogus"], "unknown option '--bogus'"),
+    (["--emotion-corpus", "iemocap"], "--emotion-root is required"),
+    (["--emotion-corpus", "nope"], "unknown --emotion-corpus 'nope'"),
+    (["--asr-corpus", "librispeech"], "give one --asr-root per non-demo --asr-corpus"),
+    (["no_such_key=3"], "no stage file"),
+])
+def test_bad_options_fail_clearly(tmp_path, args, message):
+    proc = run("ctc_transfer", "--exp-dir", str(tmp_path / "exp"), "--stop-stage", "0", *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_stage1_on_real_layouts_and_resume(tiny_demo, tmp_path):
+    exp = tmp_path / "exp"
+    args = ["--stop-stage", "1", "--exp-dir", str(exp), "--emotion-corpus", "iemocap", "--emotion-root",
+            tiny_demo["iemocap"], "--asr-corpus", "librispeech", "--asr-root", tiny_demo["librispeech"]]
+    proc = run("las_adapt", *args)
+    assert "stage 1: data preparation" in proc.stderr
+    for protocol in ("standard", "lakomkin2018"):
+        for scheme in ("loso", "lospk"):
+            assert (exp / "data" / "emotion" / protocol / f"folds_{scheme}.json").is_file()
+    manifest = pd.read_csv(exp / "data" / "emotion" / "standard" / "manifest.csv")
+    assert len(manifest) == tiny_demo["target_class_turns"]
+    asr = {s: pd.read_csv(exp / "data" / "asr" / f"{s}.csv") for s in ("train", "dev", "test")}
+    assert set(asr["train"]["speaker"]).isdisjoint(asr["test"]["speaker"])
+    summary = json.loads((exp / "data" / "prepare_summary.json").read_text())
+    assert summary["emotion_corpus"] == "iemocap"
+    assert "(las_adapt) stage 1" in (exp / "run.log").read_text()
+    # A rerun with the same corpora skips the finished stage.
+    again = run("las_adapt", *args)
+    assert "data already prepared" in again.stderr

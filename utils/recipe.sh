@@ -1,0 +1,214 @@
+# Shared frame of every recipe's run.sh: options, logging, stage guards, launching Python stages.
+# A recipe sets its defaults (recipe_name, protocol, fold_scheme, ...) and then sources this file.
+# shellcheck shell=bash
+
+toolkit_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${PYTHON:-python}
+
+# Defaults common to all recipes (a recipe may set any of them before sourcing).
+stage=${stage:-1}
+stop_stage=${stop_stage:-6}
+emotion_corpus=${emotion_corpus:-demo}
+emotion_root=${emotion_root:-}
+asr_corpora=()
+asr_roots=()
+exp_dir=${exp_dir:-}
+device=${device:-auto}
+ngpu=${ngpu:-1}
+nj=${nj:-1}
+seed=${seed:-1}
+size=${size:-}
+precision=${precision:-fp32}
+label_map=${label_map:-}
+k_speakers=${k_speakers:-}
+demo_dir=${demo_dir:-${SER_DEMO_DIR:-$toolkit_root/corpora/demo}}
+overrides=()
+
+recipe_usage() {
+  cat <<EOF
+Usage: $0 [options] [key=value ...]
+
+${recipe_description:-}
+
+Stages (the same numbers in every recipe):
+  1  data preparation      emotion corpus protocols + folds, ASR corpus manifests
+  2  ASR pretraining       ${stage2_what:-}
+  3  adaptation            ${stage3_what:-}
+  4  representation dump   ASR layers and handcrafted features of every emotion utterance
+  5  SER training          ${stage5_what:-}
+  6  scoring               RESULTS.md, results.csv, significance, confusion matrices, plots
+
+Options:
+  --stage N                first stage to run (default 1)
+  --stop-stage M           last stage to run (default 6)
+  --emotion-corpus C       demo | iemocap | ravdess | crema-d | emodb | csv (default demo)
+  --emotion-root DIR       the emotion corpus as distributed (a CSV file for csv)
+  --asr-corpus C           demo | librispeech | tedlium | voxforge; repeat or comma-separate for
+                           several (default demo)
+  --asr-root DIR           one per non-demo --asr-corpus, same order (repeat or comma-separate)
+  --exp-dir DIR            experiment folder (default: exp/demo, or exp/<emotion corpus>_<size>,
+                           inside the recipe)
+  --size demo|paper        hparams size: conf/*.yaml are the paper's, conf/demo/*.yaml shrink
+                           sizes and epochs (default: demo when both corpora are demo, else paper)
+  --protocol P             label protocol (default ${protocol}; non-IEMOCAP corpora: default)
+  --folds S                fold scheme: loso | lospk (IEMOCAP), lkso (others) (default ${fold_scheme})
+  --label-map M            map corpus labels to classes: iemocap4, 'a:b,c:d' or a JSON file
+  --k N                    speakers per test group for leave-k-speakers-out corpora
+  --device D               auto | cpu | cuda | cuda:N (default auto)
+  --ngpu N                 processes for distributed training through torchrun (default 1)
+  --nj N                   parallel jobs for folds/runs and data preparation (default 1)
+  --precision P            fp32 | bf16 | fp16 mixed precision on GPU (default fp32)
+  --seed N                 random seed (default 1)
+  --demo-dir DIR           where the demo corpus is synthesised/reused (default corpora/demo)
+  key=value                override an hparam of every stage that has it; prefix asr., adapt.,
+                           dump. or ser. to target one stage (e.g. ser.n_runs=3)
+  -h, --help               this help
+EOF
+}
+
+_split_commas() { local IFS=','; read -r -a _parts <<< "$1"; }
+
+parse_recipe_options() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -h|--help) recipe_usage; exit 0 ;;
+      --stage) stage=$2; shift 2 ;;
+      --stop-stage|--stop_stage) stop_stage=$2; shift 2 ;;
+      --emotion-corpus) emotion_corpus=$2; shift 2 ;;
+      --emotion-root) emotion_root=$2; shift 2 ;;
+      --asr-corpus) _split_commas "$2"; asr_corpora+=("${_parts[@]}"); shift 2 ;;
+      --asr-root) _split_commas "$2"; asr_roots+=("${_parts[@]}"); shift 2 ;;
+      --exp-dir) exp_dir=$2; shift 2 ;;
+      --size) size=$2; shift 2 ;;
+      --protocol) protocol=$2; shift 2 ;;
+      --folds) fold_scheme=$2; shift 2 ;;
+      --label-map) label_map=$2; shift 2 ;;
+      --k) k_speakers=$2; shift 2 ;;
+      --device) device=$2; shift 2 ;;
+      --ngpu) ngpu=$2; shift 2 ;;
+      --nj) nj=$2; shift 2 ;;
+      --precision) precision=$2; shift 2 ;;
+      --seed) seed=$2; shift 2 ;;
+      --demo-dir) demo_dir=$2; shift 2 ;;
+      *=*) overrides+=("$1"); shift ;;
+      *) echo "$0: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    esac
+  done
+  [ ${#asr_corpora[@]} -gt 0 ] || asr_corpora=(demo)
+  case "$emotion_corpus" in demo|iemocap|ravdess|crema-d|emodb|csv) ;;
+    *) echo "$0: unknown --emotion-corpus '$emotion_corpus'" >&2; exit 2 ;; esac
+  if [ "$emotion_corpus" != demo ] && [ -z "$emotion_root" ]; then
+    echo "$0: --emotion-root is required for --emotion-corpus $emotion_corpus" >&2; exit 2
+  fi
+  local n_real=0 c
+  for c in "${asr_corpora[@]}"; do
+    case "$c" in demo) ;; librispeech|tedlium|voxforge) n_real=$((n_real + 1)) ;;
+      *) echo "$0: unknown --asr-corpus '$c'" >&2; exit 2 ;; esac
+  done
+  if [ "$n_real" -ne "${#asr_roots[@]}" ]; then
+    echo "$0: give one --asr-root per non-demo --asr-corpus (${n_real} corpora, ${#asr_roots[@]} roots)" >&2; exit 2
+  fi
+  if [ -z "$size" ]; then
+    if [ "$emotion_corpus" = demo ] && [ "${asr_corpora[*]}" = demo ]; then size=demo; else size=paper; fi
+  fi
+  case "$size" in demo|paper) ;; *) echo "$0: --size must be demo or paper" >&2; exit 2 ;; esac
+  if [ "$emotion_corpus" != demo ] && [ "$emotion_corpus" != iemocap ]; then
+    # Corpora without sessions: one protocol, speaker-group folds.
+    [ "$protocol" = standard ] || [ "$protocol" = lakomkin2018 ] && protocol=default
+    [ "$fold_scheme" = loso ] || [ "$fold_scheme" = lospk ] && fold_scheme=lkso
+  fi
+  if [ -z "$exp_dir" ]; then
+    if [ "$size" = demo ] && [ "$emotion_corpus" = demo ]; then exp_dir=$recipe_dir/exp/demo
+    else exp_dir=$recipe_dir/exp/${emotion_corpus}_${size}; fi
+  fi
+  mkdir -p "$exp_dir/logs"
+  exp_dir=$(cd "$exp_dir" && pwd)
+  data_dir=$exp_dir/data
+  conf_dir=$recipe_dir/conf
+  log_file=$exp_dir/run.log
+  export PYTHONPATH="$toolkit_root${PYTHONPATH:+:$PYTHONPATH}"
+  $python -m ser_modules.hparams check --conf-dir "$conf_dir" -- "${overrides[@]}"
+}
+
+log() {
+  local line
+  line="$(date '+%Y-%m-%d %H:%M:%S') ($recipe_name) $*"
+  echo "$line" >&2
+  [ -n "${log_file:-}" ] && echo "$line" >> "$log_file"
+  return 0
+}
+
+# run_stage N "description": true when N is inside [--stage, --stop-stage]; logs the stage start.
+run_stage() {
+  if [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; then
+    log "stage $1: $2"
+    return 0
+  fi
+  return 1
+}
+
+# Arguments every Python stage takes.
+common_stage_args() {
+  echo --exp-dir "$exp_dir" --data-dir "$data_dir" --conf-dir "$conf_dir" --size "$size" \
+    --protocol "$protocol" --folds "$fold_scheme" --device "$device" --precision "$precision" \
+    --seed "$seed" --nj "$nj"
+}
+
+# run_python MODULE ARGS...: run a Python stage module, through torchrun when --ngpu > 1.
+run_python() {
+  local module=$1; shift
+  if [ "$ngpu" -gt 1 ]; then
+    torchrun --standalone --nproc_per_node="$ngpu" -m "$module" "$@" -- "${overrides[@]}"
+  else
+    $python -m "$module" "$@" -- "${overrides[@]}"
+  fi
+}
+
+# Stage 1 is the same in every recipe.
+stage_data_preparation() {
+  local args=(--emotion-corpus "$emotion_corpus" --out "$data_dir" --demo-dir "$demo_dir" --seed "$seed"
+              --nj "$nj" --log "$exp_dir/logs/stage1_data.log")
+  [ -n "$emotion_root" ] && args+=(--emotion-root "$emotion_root")
+  [ -n "$label_map" ] && args+=(--label-map "$label_map")
+  [ -n "$k_speakers" ] && args+=(--k "$k_speakers")
+  local c i=0
+  for c in "${asr_corpora[@]}"; do
+    args+=(--asr-corpus "$c")
+    if [ "$c" != demo ]; then args+=(--asr-root "${asr_roots[$i]}"); i=$((i + 1)); fi
+  done
+  # What identifies the prepared data: the corpora and options, not --nj or the log file.
+  local stamp
+  stamp=$(printf '%s\n' "$emotion_corpus" "$emotion_root" "$label_map" "$k_speakers" "$seed" "$demo_dir" \
+    "${asr_corpora[@]}" "${asr_roots[@]}" | sha1sum | cut -c1-16)
+  if [ -f "$data_dir/prepare_summary.json" ] && [ "$(cat "$data_dir/.stage1_stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "stage 1: data already prepared in $data_dir (same corpora), skipped"
+    return 0
+  fi
+  $python "$toolkit_root/local/prepare_data.py" "${args[@]}"
+  echo "$stamp" > "$data_dir/.stage1_stamp"
+}
+
+# The stages of every recipe; what each stage does comes from the recipe's conf/*.yaml.
+run_recipe() {
+  parse_recipe_options "$@"
+  log "experiment $exp_dir (size $size, emotion corpus $emotion_corpus, ASR corpora ${asr_corpora[*]})"
+  if run_stage 1 "data preparation"; then
+    stage_data_preparation
+  fi
+  if run_stage 2 "ASR pretraining: $stage2_what"; then
+    run_python ser_modules.stages.asr_pretrain $(common_stage_args)
+  fi
+  if run_stage 3 "adaptation: $stage3_what"; then
+    run_python ser_modules.stages.adapt $(common_stage_args)
+  fi
+  if run_stage 4 "representation dump"; then
+    run_python ser_modules.stages.dump $(common_stage_args)
+  fi
+  if run_stage 5 "SER training: $stage5_what"; then
+    run_python ser_modules.stages.ser_train $(common_stage_args)
+  fi
+  if run_stage 6 "scoring"; then
+    run_python ser_modules.stages.score $(common_stage_args)
+  fi
+  log "done: stages $stage-$stop_stage of $exp_dir"
+}
