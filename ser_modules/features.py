@@ -80,7 +80,8 @@ def add_deltas(x: torch.Tensor, lengths: torch.Tensor, order: int = 2, win_lengt
     x = replicate_last_valid(x, lengths)
     feats, cur = [x], x
     for _ in range(order):
-        cur = AF.compute_deltas(cur.transpose(1, 2), win_length=win_length).transpose(1, 2)
+        # Each order sees its input edge-replicated after the last valid frame, as unpadded.
+        cur = replicate_last_valid(AF.compute_deltas(cur.transpose(1, 2), win_length=win_length).transpose(1, 2), lengths)
         feats.append(cur)
     return torch.cat(feats, dim=-1)
 
@@ -115,3 +116,92 @@ class MFCC(nn.Module):
         else:
             feats = feats * length_mask(frames, feats.shape[1]).unsqueeze(-1)
         return feats, frames
+
+
+def moving_average(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Centred moving average over the last dimension with edge replication; ``width`` odd."""
+    if width <= 1:
+        return x
+    pad = width // 2
+    padded = torch.nn.functional.pad(x.unsqueeze(-2), (pad, width - 1 - pad), mode="replicate").squeeze(-2)
+    return padded.unfold(-1, width, 1).mean(dim=-1)
+
+
+def estimate_pitch(wav: torch.Tensor, sample_rate: int = 16000, hop: int = 160, win: int = 640, fmin: float = 60.0,
+                   fmax: float = 500.0, voicing_threshold: float = 0.3) -> torch.Tensor:
+    """Autocorrelation pitch track of a 1-D signal: one value (Hz) per ``hop`` samples.
+
+    The normalised autocorrelation of each Hann-windowed ``win``-sample frame is searched for its
+    highest peak between lags ``sample_rate / fmax`` and ``sample_rate / fmin``; frames whose peak is
+    below ``voicing_threshold`` are unvoiced and take the value of the nearest voiced frame.
+    """
+    wav = _pad_to_frames(wav.reshape(-1), win)
+    frames = wav.unfold(0, win, hop)
+    frames = (frames - frames.mean(dim=1, keepdim=True)) * torch.hann_window(win, device=wav.device)
+    n_fft = 1 << (2 * win - 1).bit_length()
+    spec = torch.fft.rfft(frames, n_fft)
+    ac = torch.fft.irfft(spec.real**2 + spec.imag**2, n_fft)[:, :win]
+    ac = ac / ac[:, :1].clamp(min=1e-10)
+    lo, hi = int(sample_rate / fmax), min(int(sample_rate / fmin), win - 1)
+    peak, lag = ac[:, lo : hi + 1].max(dim=1)
+    pitch = sample_rate / (lag + lo).float()
+    voiced = peak >= voicing_threshold
+    if not voiced.any():
+        return torch.zeros_like(pitch)
+    idx = torch.arange(len(pitch), device=wav.device)
+    voiced_idx = idx[voiced]
+    nearest = voiced_idx[(idx[:, None] - voiced_idx[None, :]).abs().argmin(dim=1)]
+    return pitch[nearest]
+
+
+class HandcraftedFeatures(nn.Module):
+    """The SER baseline's input (Lakomkin 2018, section 3.3) for one utterance: 13 MFCCs and their
+    deltas over 20 ms windows every 10 ms, and pitch smoothed by a moving average of 15 frames; each
+    feature normalised per utterance. ``wav [S]`` -> ``[T, 27]``.
+
+    Pitch comes from :func:`estimate_pitch` (autocorrelation; the paper used openSMILE).
+    """
+
+    def __init__(self, sample_rate: int = 16000, n_mfcc: int = 13, win_ms: float = 20.0, hop_ms: float = 10.0,
+                 pitch_smoothing: int = 15, pitch_min: float = 60.0, pitch_max: float = 500.0):
+        super().__init__()
+        self.mfcc = MFCC(sample_rate, n_mfcc=n_mfcc, win_ms=win_ms, hop_ms=hop_ms, delta_order=1, normalize=False)
+        self.sample_rate, self.pitch_smoothing = sample_rate, pitch_smoothing
+        self.pitch_min, self.pitch_max = pitch_min, pitch_max
+        self.n_out = 2 * n_mfcc + 1
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        wav = wav.reshape(-1)
+        n = torch.tensor([wav.shape[0]], device=wav.device)
+        mfcc, frames = self.mfcc(wav.unsqueeze(0), n)
+        mfcc = mfcc[0, : int(frames[0])]
+        pitch = estimate_pitch(wav, self.sample_rate, hop=self.mfcc.hop, fmin=self.pitch_min, fmax=self.pitch_max)
+        # Align the pitch track to the MFCC frames, then smooth it.
+        pitch = torch.nn.functional.interpolate(pitch.view(1, 1, -1), size=mfcc.shape[0], mode="linear",
+                                                align_corners=True).view(-1)
+        pitch = moving_average(pitch, self.pitch_smoothing)
+        feats = torch.cat([mfcc, pitch.unsqueeze(-1)], dim=-1).unsqueeze(0)
+        return masked_normalize(feats, torch.tensor([feats.shape[1]], device=wav.device))[0]
+
+
+class TempoGainAugment(nn.Module):
+    """Training augmentation of Lakomkin 2018: tempo x U(0.85, 1.15) (phase vocoder, pitch kept) and
+    gain U(-3, +6) dB. ``wav [S]`` -> ``wav [S']``; identity in ``eval()`` mode."""
+
+    def __init__(self, tempo=(0.85, 1.15), gain_db=(-3.0, 6.0), n_fft: int = 512, hop: int = 128):
+        super().__init__()
+        self.tempo, self.gain_db, self.n_fft, self.hop = tuple(tempo), tuple(gain_db), n_fft, hop
+        self.stretch = T.TimeStretch(hop_length=hop, n_freq=n_fft // 2 + 1)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, wav: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not self.training:
+            return wav
+        r = torch.rand(2, generator=generator)
+        rate = self.tempo[0] + (self.tempo[1] - self.tempo[0]) * float(r[0])
+        gain = self.gain_db[0] + (self.gain_db[1] - self.gain_db[0]) * float(r[1])
+        spec = torch.stft(wav, self.n_fft, self.hop, window=self.window, return_complex=True)
+        stretched = self.stretch(spec, rate)
+        out = torch.istft(stretched, self.n_fft, self.hop, window=self.window,
+                          length=max(int(round(wav.shape[-1] / rate)), self.n_fft))
+        return out * 10 ** (gain / 20)

@@ -7,9 +7,11 @@ complete, so an interrupted run never leaves a half-written file that a rerun wo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 
@@ -107,3 +109,29 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> log
             handler.setFormatter(fmt)
             root.addHandler(handler)
     return root
+
+
+def file_digest(*paths: str) -> str:
+    """SHA-1 of the contents of ``paths`` (in order): what a result was computed from."""
+    h = hashlib.sha1()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def fresh_outputs(folder: str, inputs: dict) -> bool:
+    """True when ``folder`` was made from exactly ``inputs`` (its ``inputs.json``). Otherwise the
+    folder's stale contents are removed, ``inputs.json`` is written and False is returned."""
+    stamp = os.path.join(folder, "inputs.json")
+    key = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+    if os.path.isfile(stamp):
+        with open(stamp, encoding="utf-8") as f:
+            if json.load(f) == key:
+                return True
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+    write_json(stamp, key)
+    return False

@@ -118,7 +118,7 @@ def main(argv=None) -> None:
     parser.add_argument("--conf-dir", required=True)
     parser.add_argument("overrides", nargs="*", help="key=value items (after --)")
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--"]
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         check_overrides(args.conf_dir, args.overrides)
     except HparamsError as err:

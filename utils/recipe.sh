@@ -15,7 +15,7 @@ asr_roots=()
 exp_dir=${exp_dir:-}
 device=${device:-auto}
 ngpu=${ngpu:-1}
-nj=${nj:-1}
+nj=${nj:-0}
 seed=${seed:-1}
 size=${size:-}
 precision=${precision:-fp32}
@@ -51,12 +51,13 @@ Options:
   --size demo|paper        hparams size: conf/*.yaml are the paper's, conf/demo/*.yaml shrink
                            sizes and epochs (default: demo when both corpora are demo, else paper)
   --protocol P             label protocol (default ${protocol}; non-IEMOCAP corpora: default)
-  --folds S                fold scheme: loso | lospk (IEMOCAP), lkso (others) (default ${fold_scheme})
+  --folds S                fold scheme: loso | lospk (IEMOCAP), lkso (others) (default ${paper_fold_scheme}${demo_fold_scheme:+; demo size: $demo_fold_scheme})
   --label-map M            map corpus labels to classes: iemocap4, 'a:b,c:d' or a JSON file
   --k N                    speakers per test group for leave-k-speakers-out corpora
   --device D               auto | cpu | cuda | cuda:N (default auto)
   --ngpu N                 processes for distributed training through torchrun (default 1)
-  --nj N                   parallel jobs for folds/runs and data preparation (default 1)
+  --nj N                   parallel SER trainings (folds x runs) and synthesis processes
+                           (default 0: one per CPU core on CPU, one per GPU on GPU)
   --precision P            fp32 | bf16 | fp16 mixed precision on GPU (default fp32)
   --seed N                 random seed (default 1)
   --demo-dir DIR           where the demo corpus is synthesised/reused (default corpora/demo)
@@ -112,6 +113,10 @@ parse_recipe_options() {
     if [ "$emotion_corpus" = demo ] && [ "${asr_corpora[*]}" = demo ]; then size=demo; else size=paper; fi
   fi
   case "$size" in demo|paper) ;; *) echo "$0: --size must be demo or paper" >&2; exit 2 ;; esac
+  if [ -z "$fold_scheme" ]; then  # a recipe may use a cheaper fold scheme for the demo size
+    if [ "$size" = demo ] && [ -n "${demo_fold_scheme:-}" ]; then fold_scheme=$demo_fold_scheme
+    else fold_scheme=$paper_fold_scheme; fi
+  fi
   if [ "$emotion_corpus" != demo ] && [ "$emotion_corpus" != iemocap ]; then
     # Corpora without sessions: one protocol, speaker-group folds.
     [ "$protocol" = standard ] || [ "$protocol" = lakomkin2018 ] && protocol=default
@@ -176,10 +181,12 @@ stage_data_preparation() {
     args+=(--asr-corpus "$c")
     if [ "$c" != demo ]; then args+=(--asr-root "${asr_roots[$i]}"); i=$((i + 1)); fi
   done
-  # What identifies the prepared data: the corpora and options, not --nj or the log file.
+  # What identifies the prepared data: the corpora, the options and the preparers' code (a new
+  # demo generator remakes the demo corpus), not --nj or the log file.
   local stamp
-  stamp=$(printf '%s\n' "$emotion_corpus" "$emotion_root" "$label_map" "$k_speakers" "$seed" "$demo_dir" \
-    "${asr_corpora[@]}" "${asr_roots[@]}" | sha1sum | cut -c1-16)
+  stamp=$( (printf '%s\n' "$emotion_corpus" "$emotion_root" "$label_map" "$k_speakers" "$seed" "$demo_dir" \
+    "${asr_corpora[@]}" "${asr_roots[@]}"; cat "$toolkit_root"/local/*.py "$toolkit_root"/ser_modules/corpus.py) \
+    | sha1sum | cut -c1-16)
   if [ -f "$data_dir/prepare_summary.json" ] && [ "$(cat "$data_dir/.stage1_stamp" 2>/dev/null)" = "$stamp" ]; then
     log "stage 1: data already prepared in $data_dir (same corpora), skipped"
     return 0

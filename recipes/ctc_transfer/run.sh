@@ -11,7 +11,9 @@ stage2_what="DeepSpeech2 (2 conv + BiGRU layers, CTC) on the ASR corpus"
 stage3_what="none: the paper keeps the ASR frozen (conf/adapt.yaml can fine-tune it)"
 stage5_what="baseline BiGRU, Fine-tuning MP-x / RNN-x, Progressive net-x on every fold"
 protocol=lakomkin2018
-fold_scheme=lospk
+paper_fold_scheme=lospk
+demo_fold_scheme=loso  # 5 folds keep the demo within minutes
+fold_scheme=
 
 # shellcheck source=../../utils/recipe.sh
 . "$recipe_dir/../../utils/recipe.sh"

@@ -12,7 +12,8 @@ stage2_what="Listen-Attend-Spell (BLSTM + 2 pBLSTM listener, 2-layer LSTM spelle
 stage3_what="three-stage fine-tuning and SVD-factorised (structured) LAS per fold"
 stage5_what="IAAN on each ASR model's listener layers, every fold"
 protocol=standard
-fold_scheme=loso
+paper_fold_scheme=loso
+fold_scheme=
 
 # shellcheck source=../../utils/recipe.sh
 . "$recipe_dir/../../utils/recipe.sh"

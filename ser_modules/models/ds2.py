@@ -10,32 +10,60 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ser_modules.features import length_mask
 from ser_modules.models import requested_layers
+from ser_modules.models.rnn import MaskedRNN
 
 
-class MaskedBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm over the valid frames of ``[B, T, D]`` only; padded frames stay zero."""
+class MaskedBatchNorm(nn.Module):
+    """Batch normalisation whose statistics use valid positions only (padded ones stay zero).
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        mask = length_mask(lengths, x.shape[1])
-        out = torch.zeros_like(x)
-        out[mask] = super().forward(x[mask])
-        return out
+    ``channel_dim`` 2 for ``[B, T, D]`` sequences, 1 for ``[B, C, F, T]`` conv maps. A plain module,
+    not a ``_BatchNorm``: DDP's SyncBatchNorm conversion would otherwise drop the masking (each
+    process normalises with its own batch, like per-GPU BatchNorm).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` broadcasts against ``x`` (1 on valid positions)."""
+        shape = [1] * x.dim()
+        channel_dim = 1 if x.dim() == 4 else x.dim() - 1
+        shape[channel_dim] = -1
+        dims = [d for d in range(x.dim()) if d != channel_dim]
+        mask = mask.to(x.dtype)
+        if self.training:
+            n = (mask.expand_as(x)).sum(dim=dims)
+            mean = (x * mask).sum(dim=dims) / n.clamp(min=1)
+            var = (((x - mean.view(shape)) * mask) ** 2).sum(dim=dims) / n.clamp(min=1)
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1).clamp(min=1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        x = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return (x * self.weight.view(shape) + self.bias.view(shape)) * mask
 
 
 class MaskedConvBlock(nn.Module):
-    """Conv2d over ``[B, C, F, T]`` + BatchNorm2d + Hardtanh(0, 20); time positions past each
+    """Conv2d over ``[B, C, F, T]`` + masked BatchNorm + Hardtanh(0, 20); time positions past each
     utterance's length are zeroed so the next convolution sees zero padding as on its own."""
 
     def __init__(self, in_channels, out_channels, kernel, stride):
         super().__init__()
         padding = (kernel[0] // 2, kernel[1] // 2)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.Hardtanh(0, 20, inplace=True)
+        self.bn = MaskedBatchNorm(out_channels)
+        self.act = nn.Hardtanh(0, 20)
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -49,45 +77,25 @@ class MaskedConvBlock(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv(x)
         lengths = self.out_lengths(lengths)
-        mask = length_mask(lengths, x.shape[-1])[:, None, None, :].to(x.dtype)
-        if self.training:  # batch statistics from valid positions only
-            n = mask.sum() * x.shape[2]
-            mean = (x * mask).sum(dim=(0, 2, 3)) / n
-            var = (((x - mean[None, :, None, None]) * mask) ** 2).sum(dim=(0, 2, 3)) / n
-            with torch.no_grad():
-                m = self.bn.momentum
-                self.bn.num_batches_tracked += 1
-                self.bn.running_mean.mul_(1 - m).add_(m * mean)
-                self.bn.running_var.mul_(1 - m).add_(m * var * n / (n - 1).clamp(min=1))
-        else:
-            mean, var = self.bn.running_mean, self.bn.running_var
-        x = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.bn.eps)
-        x = x * self.bn.weight[None, :, None, None] + self.bn.bias[None, :, None, None]
-        return self.act(x) * mask, lengths
+        mask = length_mask(lengths, x.shape[-1])[:, None, None, :]
+        return self.act(self.bn(x, mask)) * mask, lengths
 
 
 class BatchRNN(nn.Module):
-    """Optional masked BatchNorm, then a (bi)directional GRU over packed sequences; the two
-    directions are summed (deepspeech.pytorch), so the output size is ``hidden_size``."""
+    """Optional masked BatchNorm, then a (bi)directional GRU; the two directions are summed
+    (deepspeech.pytorch), so the output size is ``hidden_size``."""
 
     def __init__(self, input_size: int, hidden_size: int, batch_norm: bool = True, bidirectional: bool = True,
                  sum_directions: bool = True):
         super().__init__()
-        self.bn = MaskedBatchNorm1d(input_size) if batch_norm else None
-        self.rnn = nn.GRU(input_size, hidden_size, batch_first=True, bidirectional=bidirectional)
-        self.sum_directions = sum_directions and bidirectional
-        self.hidden_size = hidden_size
-        self.output_size = hidden_size if (self.sum_directions or not bidirectional) else 2 * hidden_size
+        self.bn = MaskedBatchNorm(input_size) if batch_norm else None
+        self.rnn = MaskedRNN("gru", input_size, hidden_size, bidirectional, merge="sum" if sum_directions else "concat")
+        self.output_size = self.rnn.output_size
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.bn is not None:
-            x = self.bn(x, lengths)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        if self.sum_directions:
-            out = out[..., : self.hidden_size] + out[..., self.hidden_size :]
-        return out
+            x = self.bn(x, length_mask(lengths, x.shape[1]).unsqueeze(-1))
+        return self.rnn(x, lengths)
 
 
 class DeepSpeech2(nn.Module):
@@ -113,7 +121,7 @@ class DeepSpeech2(nn.Module):
             layers.append(BatchRNN(size, rnn_hidden, batch_norm=i > 0, bidirectional=bidirectional))
             size = layers[-1].output_size
         self.rnns = nn.ModuleList(layers)
-        self.out_bn = MaskedBatchNorm1d(size)
+        self.out_bn = MaskedBatchNorm(size)
         self.out = nn.Linear(size, n_symbols, bias=False)
         self.layer_names = ["conv"] + [f"gru{i + 1}" for i in range(rnn_layers)] + ["logits"]
         self.layer_sizes = dict(zip(self.layer_names, [self.rnn_input_size] + [r.output_size for r in self.rnns] + [n_symbols]))
@@ -141,7 +149,8 @@ class DeepSpeech2(nn.Module):
             x = rnn(x, lengths)
             hidden[f"gru{i}"] = x
         if self.layer_names.index("logits") <= last:
-            hidden["logits"] = self.out(self.out_bn(x, lengths)) * length_mask(lengths, x.shape[1]).unsqueeze(-1)
+            mask = length_mask(lengths, x.shape[1]).unsqueeze(-1)
+            hidden["logits"] = self.out(self.out_bn(x, mask)) * mask
         for name in wanted:
             out[name] = (hidden[name], lengths)
         return out

@@ -14,18 +14,10 @@ import torch
 import torch.nn as nn
 from speechbrain.nnet.linear import Linear as SBLinear
 from speechbrain.nnet.RNN import AttentionalRNNDecoder
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ser_modules.features import length_mask
 from ser_modules.models import requested_layers
-
-
-def run_packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Run ``rnn`` on the valid frames of ``x [B, T, D]``; padded outputs are zero."""
-    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, _ = rnn(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-    return out
+from ser_modules.models.rnn import MaskedRNN
 
 
 def concat_frame_pairs(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,11 +41,11 @@ class PyramidalBLSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
-        self.blstm = nn.LSTM(input_size, hidden_size, batch_first=True, bidirectional=True)
+        self.blstm = MaskedRNN("lstm", input_size, hidden_size, bidirectional=True)
         self.output_size = 4 * hidden_size
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return concat_frame_pairs(run_packed(self.blstm, x, lengths), lengths)
+        return concat_frame_pairs(self.blstm(x, lengths), lengths)
 
 
 class Listener(nn.Module):
@@ -68,7 +60,7 @@ class Listener(nn.Module):
 
     def __init__(self, input_size: int = 39, hidden_size: int = 256, fc_size: int = 512, dropout: float = 0.0):
         super().__init__()
-        self.blstm = nn.LSTM(input_size, hidden_size, batch_first=True, bidirectional=True)
+        self.blstm = MaskedRNN("lstm", input_size, hidden_size, bidirectional=True)
         self.fc0 = nn.Linear(2 * hidden_size, fc_size)
         self.pblstm1 = PyramidalBLSTM(fc_size, hidden_size)
         self.fc1 = nn.Linear(self.pblstm1.output_size, fc_size)
@@ -85,7 +77,7 @@ class Listener(nn.Module):
         """``{name: (hidden [B, T', fc_size], lengths [B])}`` for the requested layers (default all)."""
         wanted, last = requested_layers(layers, self.layer_names, "listener")
         out = {}
-        x = self._fc(self.fc0, run_packed(self.blstm, feats, lengths), lengths)
+        x = self._fc(self.fc0, self.blstm(feats, lengths), lengths)
         out["blstm"] = (x, lengths)
         for i, (pblstm, fc) in enumerate(((self.pblstm1, self.fc1), (self.pblstm2, self.fc2)), 1):
             if i > last:

@@ -1,11 +1,74 @@
-"""Stage entry point `asr_pretrain`: arrives with issue #3; the runner's interface is already fixed."""
+"""Stage 2: pretrain the recipe's ASR model (conf/asr.yaml) on the ASR corpus, then score it.
 
+Resumes from the last checkpoint after an interruption; a finished run (``done.json`` with the
+same configuration) is skipped. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest
+checkpoints), ``hyperparams.yaml``, ``train_log.txt``, ``wer_<split>_<decoder>.txt`` and rows of
+``<exp>/asr_results.csv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import speechbrain as sb
+
+from ser_modules.asr_models import export_model, model_blocks
+from ser_modules.asr_training import evaluate_asr, fit_asr, load_best, run_options, update_asr_results
+from ser_modules.data import asr_dataset
+from ser_modules.fileio import file_digest, read_json, write_json, write_text
+from ser_modules.hparams import load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args(stage_parser(__doc__), argv)
-    stage_logging(args.exp_dir, "asr_pretrain").warning("stage asr_pretrain is not implemented yet (issue #3): skipped")
+    args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
+    log = stage_logging(args.exp_dir, "stage2_asr")
+    out = os.path.join(args.exp_dir, "asr")
+    runner = {"output_folder": out, "data_folder": os.path.join(args.data_dir, "asr"), "seed": args.seed}
+    hparams, resolved = load_stage_hparams(args.conf_dir, "asr", args.size, runner, args.overrides)
+    # The run is identified by its configuration and its data.
+    data_digest = file_digest(hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"])
+    config_hash = hashlib.sha1((resolved + data_digest).encode()).hexdigest()[:16]
+    done_path = os.path.join(out, "done.json")
+    if os.path.isfile(done_path) and read_json(done_path).get("config") == config_hash:
+        log.info("stage 2 already finished with this configuration (%s): skipped", done_path)
+        return
+    os.makedirs(out, exist_ok=True)
+    write_text(os.path.join(out, "hyperparams.yaml"), resolved)
+    model_yaml = os.path.join(out, "model_hparams.yaml")
+    write_text(model_yaml, model_blocks(resolved))
+
+    started = time.time()
+    run_opts = run_options(args.device, args.precision)
+    brain = fit_asr(hparams, run_opts)
+    train_seconds = time.time() - started
+    if not sb.utils.distributed.if_main_process():
+        return
+    ckpt = load_best(hparams["checkpointer"])
+    model = hparams["model"].to(args.device)
+    features = hparams["features"].to(args.device)
+    vocab = hparams["vocab"]
+    export_model(model, out, model_yaml, extra={"checkpoint": ckpt, "model_name": hparams["model_name"]})
+    bos, eos = getattr(model, "bos_index", None), getattr(model, "eos_index", None)
+    corpus = "+".join(sorted(read_json(os.path.join(args.data_dir, "asr", "summary.json"))["corpora"]))
+    rows, summary = [], {}
+    for split, csv in (("dev", hparams["valid_csv"]), ("test", hparams["test_csv"])):
+        res = evaluate_asr(model, features, asr_dataset(csv, vocab, bos, eos), vocab, args.device, out, split,
+                           hparams["decoders"], hparams.get("eval_batch_size", 16), hparams.get("beam_size", 10))
+        for method, r in res.items():
+            rows.append({"model": hparams["model_name"], "stage": "pretrained", "corpus": corpus, "split": split,
+                         "decoder": method, **r, "checkpoint": os.path.relpath(ckpt, args.exp_dir) if ckpt else ""})
+        summary[split] = res
+    update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows)
+    for split, res in summary.items():
+        for method, r in res.items():
+            print(f"stage 2 {hparams['model_name']} {split} ({method}): CER {r['CER']:.2f}%  WER {r['WER']:.2f}%")
+    log.info("stage 2 finished in %.1f min (training %.1f min)", (time.time() - started) / 60, train_seconds / 60)
+    write_json(done_path, {"config": config_hash, "results": summary, "checkpoint": ckpt,
+                           "train_minutes": round(train_seconds / 60, 2), "epochs": brain.hparams.epoch_counter.current})
 
 
 if __name__ == "__main__":

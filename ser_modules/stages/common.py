@@ -23,7 +23,7 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--nj", type=int, default=1)
+    parser.add_argument("--nj", type=int, default=0, help="parallel jobs (0: one per CPU core / GPU)")
     return parser
 
 

@@ -1,11 +1,74 @@
-"""Stage entry point `dump`: arrives with issue #4; the runner's interface is already fixed."""
+"""Stage 4: store the ASR layers (and the baseline's handcrafted features) of every emotion utterance.
 
+The utterances are the protocol's plus the dialog context turns IAAN reads. Each exported ASR model
+listed in ``models`` (``pretrained``, and per fold ``finetuned`` / ``structured`` after stage 3) runs
+once over them; ``<exp>/dump/stores.json`` tells stage 5 which store holds which model's layers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from ser_modules.asr_models import list_asr_models, load_asr_model, model_blocks
+from ser_modules.dump import dump_asr_layers, dump_handcrafted
+from ser_modules.fileio import ManifestError, read_manifest, write_csv, write_json, write_text
+from ser_modules.hparams import load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
 
+def dump_utterances(data_dir: str, protocol: str) -> pd.DataFrame:
+    """The protocol's utterances and the context turns they refer to (``prev_same``/``prev_other``)."""
+    emotion = os.path.join(data_dir, "emotion")
+    manifest = read_manifest(os.path.join(emotion, protocol, "manifest.csv"), ("ID", "wav", "duration"))
+    turns_path = os.path.join(emotion, "turns.csv")
+    if not os.path.isfile(turns_path):
+        return manifest
+    turns = read_manifest(turns_path)
+    wanted = set(manifest["ID"])
+    for col in ("prev_same", "prev_other"):
+        if col in manifest.columns:
+            wanted |= {i for i in manifest[col] if i}
+    missing = wanted - set(turns["ID"])
+    if missing:
+        raise ManifestError(f"{turns_path}: context turns {sorted(missing)[:3]} are missing")
+    return turns[turns["ID"].isin(wanted)].reset_index(drop=True)
+
+
 def main(argv=None) -> None:
-    args = parse_stage_args(stage_parser(__doc__), argv)
-    stage_logging(args.exp_dir, "dump").warning("stage dump is not implemented yet (issue #4): skipped")
+    args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
+    log = stage_logging(args.exp_dir, "stage4_dump")
+    out = os.path.join(args.exp_dir, "dump")
+    hp, resolved = load_stage_hparams(args.conf_dir, "dump", args.size, {"output_folder": out, "seed": args.seed},
+                                      args.overrides)
+    write_text(os.path.join(out, "hyperparams.yaml"), resolved)
+    if hp["handcrafted"]:  # inference rebuilds the extractor from this block
+        write_text(os.path.join(out, "handcrafted_hparams.yaml"), model_blocks(resolved, ("handcrafted_features",)))
+    utterances = dump_utterances(args.data_dir, args.protocol)
+    csv_path = os.path.join(out, f"utterances_{args.protocol}.csv")
+    write_csv(csv_path, utterances)
+    log.info("%d utterances to dump (protocol %s with context turns)", len(utterances), args.protocol)
+
+    stores = {"protocol": args.protocol, "utterances": csv_path, "asr": {}, "handcrafted": None}
+    refs = [r for r in list_asr_models(args.exp_dir) if r.name in hp["models"]]
+    if not refs and hp["models"]:
+        raise ManifestError(f"{args.exp_dir}: none of the ASR models {hp['models']} is exported (run stages 2-3)")
+    for ref in refs:
+        model, features, _, info = load_asr_model(ref.path, args.device)
+        layers = [layer for layer in hp["layers"] if layer in model.layer_names]
+        if not layers:
+            raise ManifestError(f"{ref.path}: none of the layers {hp['layers']} exists; available {model.layer_names}")
+        store = dump_asr_layers(model, features, utterances, csv_path, layers, out, ref.key, info["sha1"],
+                                args.device, hp["batch_size"], hp["dtype"])
+        stores["asr"][ref.key] = {"folder": store.folder, "layers": layers, "model": ref.name, "fold": ref.fold,
+                                  "dims": {n: store.dim(n) for n in layers}}
+    if hp["handcrafted"]:
+        store = dump_handcrafted(utterances, out, hp["handcrafted_features"], hp["dtype"],
+                                 augment=hp.get("augmentation"), copies=hp.get("augmented_copies", 0), seed=args.seed)
+        stores["handcrafted"] = {"folder": store.folder, "layers": ["mfcc_pitch"], "dims": {"mfcc_pitch": store.dim("mfcc_pitch")}}
+    write_json(os.path.join(out, f"stores_{args.protocol}.json"), stores)
+    log.info("stage 4 done: %d ASR stores%s", len(stores["asr"]), " + handcrafted" if stores["handcrafted"] else "")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,213 @@
-"""Stage entry point `score`: arrives with issue #6; the runner's interface is already fixed."""
+"""Stage 6: result tables, significance, confusion matrices and the papers' figures.
 
+Reads the stored predictions of stage 5, ``asr_results.csv`` of stages 2-3 and the stage-4 stores;
+writes ``<exp>/results.csv``, ``<exp>/RESULTS.md`` and ``<exp>/plots/*.png``. It trains nothing,
+so rerunning it alone regenerates everything in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+
+from ser_modules import plots
+from ser_modules.data import read_utterance
+from ser_modules.dump import FeatureStore
+from ser_modules.fileio import read_json, read_manifest, write_csv, write_text
+from ser_modules.folds import load_folds
+from ser_modules.hparams import load_stage_hparams
+from ser_modules.scoring import (
+    METRICS, chance_scores, config_json, environment, fmt, fmt_p, load_predictions, markdown_table,
+    normalized_confusion, paired_tests, per_fold_run, summarize,
+)
+from ser_modules.ser_training import VariantSpec
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
+
+logger = logging.getLogger("stage6_score")
+
+
+def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], reference: str, hp_ser: dict, log) -> tuple:
+    scores, rows, preds = {}, [], {}
+    for v in variants:
+        spec = VariantSpec.from_dict(v)
+        try:
+            preds[spec.name] = load_predictions(ser_dir, spec.name)
+        except Exception as err:  # a variant not trained (yet): reported, the others still scored
+            log.warning("%s", err)
+            continue
+        scores[spec.name] = per_fold_run(preds[spec.name], classes)
+    if reference not in scores:
+        log.warning("reference model %r has no predictions: no significance tests", reference)
+    for v in variants:
+        spec = VariantSpec.from_dict(v)
+        if spec.name not in scores:
+            continue
+        s = summarize(scores[spec.name])
+        tests = paired_tests(scores[spec.name], scores[reference]) if reference in scores and spec.name != reference else {}
+        rows.append({"model": spec.name, "type": spec.type, "asr": spec.asr or "", "layer": spec.layer or "",
+                     **{k: round(v_, 4) for k, v_ in s.items() if k not in ("folds", "runs")},
+                     "folds": s["folds"], "runs": s["runs"], "p_ttest_UA": tests.get("p_ttest", np.nan),
+                     "p_wilcoxon_UA": tests.get("p_wilcoxon", np.nan), "config": config_json(v, hp_ser)})
+    return pd.DataFrame(rows), scores, preds
+
+
+def adaptation_table(asr_results: pd.DataFrame, results: pd.DataFrame, corpus: str, scheme: str) -> pd.DataFrame:
+    """Yeh 2020 Tables 1-2: per ASR model and adaptation stage, WER on the emotion corpus next to
+    the UA/WA of the SER models reading that model's layers."""
+    rows = []
+    emo = asr_results[(asr_results["corpus"] == corpus) & (asr_results["decoder"] == "greedy")
+                      & (asr_results["split"] == f"test:{scheme}")]
+    for _, r in emo.iterrows():
+        asr = r["stage"]
+        ser = results[results["asr"] == asr] if len(results) else results
+        layers = ser["layer"].tolist() if len(ser) else []
+        if not layers:
+            rows.append({"ASR model": asr, "WER": r["WER"], "CER": r["CER"], "SER model": "", "layer": "",
+                         "UA": "", "WA": ""})
+        for _, s in ser.iterrows():
+            rows.append({"ASR model": asr, "WER": r["WER"], "CER": r["CER"], "SER model": s["model"],
+                         "layer": s["layer"], "UA": fmt(s["UA_mean"], s["UA_std"]), "WA": fmt(s["WA_mean"], s["WA_std"])})
+    return pd.DataFrame(rows)
+
+
+def tsne_plots(stores: dict, manifest: pd.DataFrame, hp: dict, plot_dir: str) -> list[str]:
+    from sklearn.manifold import TSNE
+
+    paths = []
+    sample = manifest.sample(n=min(len(manifest), hp["tsne_max_utterances"]), random_state=hp["seed"])
+    for key, info in stores.get("asr", {}).items():
+        if info["model"] not in hp["tsne_models"] or (info["fold"] and info["fold"] != hp.get("tsne_fold", info["fold"])):
+            continue
+        store = FeatureStore(info["folder"])
+        for layer in [lay for lay in hp["tsne_layers"] if lay in info["layers"]]:
+            vectors = store.mean_pooled(layer, sample["ID"])
+            emb = TSNE(n_components=2, init="pca", random_state=hp["seed"], perplexity=min(30, len(sample) - 1),
+                       max_iter=500).fit_transform(vectors)
+            name = key.replace("/", "_")
+            paths.append(plots.plot_tsne(emb, sample["emotion"].tolist(), f"t-SNE of mean-pooled {layer} ({key})",
+                                         os.path.join(plot_dir, f"tsne_{name}_{layer}.png")))
+    return paths
+
+
+def frame_loudness(wav: np.ndarray, n_frames: int) -> np.ndarray:
+    """Loudness (dB RMS) of ``n_frames`` equal segments of a signal: one per representation frame."""
+    edges = np.linspace(0, len(wav), n_frames + 1).astype(int)
+    return np.array([20 * np.log10(np.sqrt(np.mean(wav[a:max(b, a + 1)] ** 2)) + 1e-6) for a, b in zip(edges[:-1], edges[1:])])
+
+
+def loudness_analysis(stores: dict, utterances: pd.DataFrame, hp: dict, plot_dir: str) -> dict | None:
+    """Pearson correlation of every unit of ``loudness_layer`` with frame loudness; plot the best unit."""
+    info = next((i for i in stores.get("asr", {}).values()
+                 if i["model"] == hp["loudness_model"] and hp["loudness_layer"] in i["layers"]), None)
+    if info is None:
+        return None
+    store, layer = FeatureStore(info["folder"]), hp["loudness_layer"]
+    rows = utterances.sample(n=min(len(utterances), hp["loudness_utterances"]), random_state=hp["seed"])
+    acts, louds = [], []
+    for _, r in rows.iterrows():
+        act = store.get(r["ID"], layer)
+        wav = read_utterance(r["wav"], r.get("seg_start", ""), r.get("seg_end", "")).numpy()
+        acts.append(act)
+        louds.append(frame_loudness(wav, act.shape[0]))
+    a, lo = np.concatenate(acts), np.concatenate(louds)
+    a_c, l_c = a - a.mean(0), lo - lo.mean()
+    r = (a_c * l_c[:, None]).sum(0) / (np.sqrt((a_c**2).sum(0) * (l_c**2).sum()) + 1e-12)
+    unit = int(np.nanargmax(np.abs(r)))
+    per_utt = [np.corrcoef(x[:, unit], y)[0, 1] for x, y in zip(acts, louds) if len(y) > 2 and x[:, unit].std() > 0]
+    mean_r = float(np.nanmean(per_utt))
+    examples = [(rows.iloc[i]["ID"], acts[i][:, unit], louds[i]) for i in range(min(2, len(acts)))]
+    path = plots.plot_loudness(examples, unit, layer, mean_r, os.path.join(plot_dir, f"loudness_{layer}.png"))
+    return {"layer": layer, "unit": unit, "pooled_r": float(r[unit]), "mean_utterance_r": mean_r,
+            "utterances": len(rows), "units_abs_r_over_0.5": int((np.abs(r) > 0.5).sum()), "plot": path}
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args(stage_parser(__doc__), argv)
-    stage_logging(args.exp_dir, "score").warning("stage score is not implemented yet (issue #6): skipped")
+    args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
+    log = stage_logging(args.exp_dir, "stage6_score")
+    hp, _ = load_stage_hparams(args.conf_dir, "score", args.size, {"seed": args.seed}, args.overrides)
+    hp_ser, _ = load_stage_hparams(args.conf_dir, "ser", args.size, {"output_folder": os.path.join(args.exp_dir, "ser"),
+                                                                     "seed": args.seed}, args.overrides)
+    emotion = os.path.join(args.data_dir, "emotion", args.protocol)
+    manifest = read_manifest(os.path.join(emotion, "manifest.csv"), ("ID", "speaker", "emotion"))
+    folds = load_folds(os.path.join(emotion, f"folds_{args.folds}.json"))
+    classes = sorted(manifest["emotion"].unique())
+    corpus = read_json(os.path.join(args.data_dir, "prepare_summary.json"))["emotion_corpus"]
+    plot_dir = os.path.join(args.exp_dir, "plots")
+
+    results, scores, preds = variant_rows(os.path.join(args.exp_dir, "ser"), hp_ser["variants"], classes,
+                                          hp["reference"], hp_ser, log)
+    results.insert(4, "protocol", f"{args.protocol}/{args.folds}")
+    write_csv(os.path.join(args.exp_dir, "results.csv"), results)
+
+    # Confusion matrices averaged over folds and runs (Lakomkin Figure 5).
+    figures = []
+    for name, frame in preds.items():
+        mats = [normalized_confusion(g["true"], g["predicted"], classes) for _, g in frame.groupby(["fold", "run"])]
+        figures.append(plots.plot_confusion(np.mean(mats, axis=0), classes, f"{name} ({len(mats)} folds x runs)",
+                                            os.path.join(plot_dir, f"confusion_{name}.png")))
+    # UA per layer, one line per model family reading the ASR (Yeh Table 2 / Lakomkin Table 1).
+    series = {}
+    for (typ, asr), g in results[results["layer"] != ""].groupby(["type", "asr"]) if len(results) else []:
+        g = g.sort_values("layer")
+        series[f"{typ} ({asr})"] = (g["layer"].tolist(), g["UA_mean"].tolist(), g["UA_std"].tolist())
+    if series:
+        figures.append(plots.plot_layer_scores(series, os.path.join(plot_dir, "ua_per_layer.png")))
+    stores_path = os.path.join(args.exp_dir, "dump", f"stores_{args.protocol}.json")
+    stores = read_json(stores_path) if os.path.isfile(stores_path) else {}
+    figures += tsne_plots(stores, manifest, hp, plot_dir) if stores and hp["tsne"] else []
+    loud = None
+    if stores and hp["loudness"]:
+        loud = loudness_analysis(stores, read_manifest(stores["utterances"]), hp, plot_dir)
+        if loud:
+            figures.append(loud["plot"])
+
+    asr_path = os.path.join(args.exp_dir, "asr_results.csv")
+    asr_results = pd.read_csv(asr_path, keep_default_na=False) if os.path.isfile(asr_path) else pd.DataFrame()
+    env = environment()
+    chance = chance_scores(manifest, folds, classes, hp["chance_runs"], args.seed)
+
+    md = [f"# Results: {os.path.basename(args.exp_dir.rstrip('/'))}", "",
+          f"Emotion corpus **{corpus}**, protocol **{args.protocol}**, folds **{args.folds}** ({len(folds)} folds), "
+          f"classes {', '.join(classes)}, {len(manifest)} utterances. Generated by stage 6 from stored predictions.", "",
+          "## Environment", "", markdown_table(pd.DataFrame([env])), "",
+          "## Speech emotion recognition", "",
+          f"Mean ± std over folds × runs; p-values of a paired t-test and a Wilcoxon signed-rank test of UA "
+          f"against **{hp['reference']}** over the same (fold, run) pairs.", ""]
+    table = []
+    for name, frame in chance.items():
+        s = summarize(frame)
+        table.append({"Model": name, **{m: fmt(s[f"{m}_mean"], s[f"{m}_std"]) for m in METRICS},
+                      "folds × runs": f"{s['folds']} × {s['runs']}", "p (t-test)": "", "p (Wilcoxon)": ""})
+    for _, r in results.iterrows():
+        table.append({"Model": r["model"], **{m: fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS},
+                      "folds × runs": f"{r['folds']} × {r['runs']}", "p (t-test)": fmt_p(r["p_ttest_UA"]),
+                      "p (Wilcoxon)": fmt_p(r["p_wilcoxon_UA"])})
+    md += [markdown_table(pd.DataFrame(table)), ""]
+    if len(asr_results):
+        md += ["## Speech recognition", "", markdown_table(asr_results.drop(columns=["checkpoint"])), ""]
+        adapt = adaptation_table(asr_results, results, corpus, args.folds)
+        if len(adapt):
+            md += ["## ASR adaptation and SER (Yeh 2020, Tables 1-2)", "",
+                   f"WER/CER on {corpus} ({args.folds} folds pooled; each test utterance decoded by the model adapted "
+                   "without its speakers) "
+                   "next to the SER scores on that model's layers.", "", markdown_table(adapt), ""]
+    if loud:
+        md += ["## ASR units and loudness (Lakomkin 2018, Figure 6)", "",
+               f"Unit {loud['unit']} of {loud['layer']} correlates most with frame loudness: Pearson r = "
+               f"{loud['pooled_r']:.2f} over all frames, {loud['mean_utterance_r']:.2f} on average per utterance "
+               f"({loud['utterances']} utterances); {loud['units_abs_r_over_0.5']} units have |r| > 0.5.", ""]
+    md += ["## Figures", ""] + [f"- [{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in figures] + [""]
+    md += ["## Configurations", "", "The exact configuration of each row (variant and training hparams):", ""]
+    md += [f"- `{r['model']}`: `{r['config']}`" for _, r in results.iterrows()] + [""]
+    write_text(os.path.join(args.exp_dir, "RESULTS.md"), "\n".join(md))
+    for _, r in results.iterrows():
+        print(f"stage 6 {r['model']:<28} UA {fmt(r['UA_mean'], r['UA_std'])}  WA {fmt(r['WA_mean'], r['WA_std'])}  "
+              f"F1 {fmt(r['F1_mean'], r['F1_std'])}  p {fmt_p(r['p_ttest_UA'])}")
+    log.info("stage 6: %s, %s and %d figures written", os.path.join(args.exp_dir, "RESULTS.md"),
+             os.path.join(args.exp_dir, "results.csv"), len(figures))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,112 @@
-"""Stage entry point `ser_train`: arrives with issue #5; the runner's interface is already fixed."""
+"""Stage 5: train every SER variant of conf/ser.yaml on every fold, ``n_runs`` times.
 
+Each (variant, fold, run) writes ``<exp>/ser/<variant>/<fold>/run<k>/predictions.csv`` (utterance,
+true and predicted label, class probabilities) and ``history.json``; a finished one is skipped on
+rerun and an interrupted one resumes from its checkpoint. ``--nj N`` trains N jobs in parallel
+processes (each with its share of the CPU threads, or one GPU each with ``--device cuda``).
+Per-variant metrics over folds x runs go to ``<exp>/ser/<variant>/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ser_modules.fileio import ManifestError, read_manifest, write_json
+from ser_modules.folds import check_speaker_independence, load_folds
+from ser_modules.hparams import load_stage_hparams
+from ser_modules.scoring import classification_metrics
+from ser_modules.ser_training import SERInputs, VariantSpec, train_fold_run
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
+
+_WORKER: dict = {}
+
+
+def _init_worker(state: dict, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(state)
+    _WORKER["inputs"] = SERInputs(state["stores"])
+
+
+def _run_job(job: tuple) -> tuple:
+    spec_dict, fold_index, run, device = job
+    w = _WORKER
+    spec = VariantSpec.from_dict(spec_dict)
+    fold = w["folds"][fold_index]
+    out = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
+    started = time.time()
+    frame = train_fold_run(spec, fold, run, w["manifest"], w["classes"], w["inputs"], w["hp"], out, device)
+    return spec.name, fold.name, run, len(frame), time.time() - started
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args(stage_parser(__doc__), argv)
-    stage_logging(args.exp_dir, "ser_train").warning("stage ser_train is not implemented yet (issue #5): skipped")
+    args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
+    log = stage_logging(args.exp_dir, "stage5_ser")
+    out = os.path.join(args.exp_dir, "ser")
+    hp, resolved = load_stage_hparams(args.conf_dir, "ser", args.size, {"output_folder": out, "seed": args.seed},
+                                      args.overrides)
+    emotion = os.path.join(args.data_dir, "emotion", args.protocol)
+    manifest = read_manifest(os.path.join(emotion, "manifest.csv"), ("ID", "speaker", "emotion"))
+    folds = load_folds(os.path.join(emotion, f"folds_{args.folds}.json"))
+    check_speaker_independence(manifest, folds)
+    stores = os.path.join(args.exp_dir, "dump", f"stores_{args.protocol}.json")
+    if not os.path.isfile(stores):
+        raise ManifestError(f"{stores}: no representation stores for protocol {args.protocol} (run stage 4)")
+    classes = sorted(manifest["emotion"].unique())
+    has_context = "prev_same" in manifest.columns and (manifest["prev_same"] != "").any()
+    variants = []
+    for v in hp["variants"]:
+        spec = VariantSpec.from_dict(v)
+        if spec.type == "iaan" and not has_context:
+            log.warning("variant %s skipped: IAAN needs dialog context and this corpus has no dialog structure", spec.name)
+            continue
+        variants.append(v)
+    jobs = [(v, f, r, args.device) for v in variants for f in range(len(folds)) for r in range(hp["n_runs"])]
+    if args.nj <= 0:  # auto: one job per CPU core (small models barely use more threads), or per GPU
+        args.nj = max(1, torch.cuda.device_count() if args.device.startswith("cuda") else (os.cpu_count() or 1))
+    args.nj = min(args.nj, len(jobs))
+    state = {"stores": stores, "folds": folds, "manifest": manifest, "classes": classes, "hp": hp, "out": out}
+    os.makedirs(out, exist_ok=True)
+    log.info("stage 5: %d variants x %d folds x %d runs = %d trainings, classes %s, %d job(s) in parallel",
+             len(variants), len(folds), hp["n_runs"], len(jobs), classes, args.nj)
+    started = time.time()
+    if args.nj > 1:
+        threads = max(1, (os.cpu_count() or 1) // args.nj)
+        ctx = mp.get_context("spawn")
+        if args.device.startswith("cuda"):  # one GPU per job, round robin
+            n_gpu = max(1, torch.cuda.device_count())
+            jobs = [(v, f, r, f"cuda:{i % n_gpu}") for i, (v, f, r, _) in enumerate(jobs)]
+        with ctx.Pool(args.nj, initializer=_init_worker, initargs=(state, threads)) as pool:
+            for name, fold, run, n, secs in tqdm(pool.imap_unordered(_run_job, jobs), total=len(jobs), desc="SER"):
+                log.info("%s %s run%d: %d test utterances (%.1f s)", name, fold, run, n, secs)
+    else:
+        _init_worker(state, torch.get_num_threads())
+        for job in tqdm(jobs, desc="SER"):
+            name, fold, run, n, secs = _run_job(job)
+            log.info("%s %s run%d: %d test utterances (%.1f s)", name, fold, run, n, secs)
+
+    summary = {}
+    for v in variants:
+        spec = VariantSpec.from_dict(v)
+        frames = [pd.read_csv(os.path.join(out, spec.name, f.name, f"run{r}", "predictions.csv"), keep_default_na=False)
+                  for f in folds for r in range(hp["n_runs"])]
+        per_run = [classification_metrics(fr["true"], fr["predicted"], classes) for fr in frames]
+        mean = {k: float(pd.Series([m[k] for m in per_run]).mean()) for k in ("UA", "WA", "F1")}
+        write_json(os.path.join(out, spec.name, "metrics.json"),
+                   {"variant": v, "classes": classes, "folds": len(folds), "runs": hp["n_runs"], "mean": mean,
+                    "per_fold_run": [{"fold": f.name, "run": r, **m} for (f, r), m in
+                                     zip([(f, r) for f in folds for r in range(hp["n_runs"])], per_run)]})
+        summary[spec.name] = mean
+        print(f"stage 5 {spec.name:<28} UA {mean['UA']:.3f}  WA {mean['WA']:.3f}  F1 {mean['F1']:.3f} "
+              f"({len(folds)} folds x {hp['n_runs']} runs)")
+    write_json(os.path.join(out, "summary.json"), {"protocol": args.protocol, "folds": args.folds, "classes": classes,
+                                                   "variants": summary, "minutes": round((time.time() - started) / 60, 2)})
+    log.info("stage 5 finished in %.1f min", (time.time() - started) / 60)
 
 
 if __name__ == "__main__":

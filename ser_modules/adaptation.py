@@ -1,0 +1,119 @@
+"""Adapting a pretrained ASR model to the emotion corpus (Yeh 2020, sections 2.3-2.4).
+
+Three-stage fine-tuning: ``encoder`` (listener trains, speller frozen), ``decoder`` (speller
+trains, listener frozen), ``all``; each stage starts from the previous stage's best checkpoint
+(by validation CER). The structured variant first replaces every listener FC layer by its SVD
+factorisation (:mod:`ser_modules.models.lowrank`), then runs the same stages.
+
+Adaptation runs per fold on that fold's training speakers only, so the speakers a fold tests are
+never heard by the ASR model whose representations the fold's SER model uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pandas as pd
+import torch
+from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.epoch_loop import EpochCounterWithStopper
+from speechbrain.utils.train_logger import FileTrainLogger
+
+from ser_modules.asr_training import fit_asr, load_best
+from ser_modules.corpus import ASR_COLUMNS, complete_columns
+from ser_modules.fileio import ManifestError, read_json, write_csv, write_json
+from ser_modules.folds import Fold
+from ser_modules.models.ds2 import DeepSpeech2
+from ser_modules.models.las import ListenAttendSpell
+from ser_modules.text import normalize_transcript
+
+logger = logging.getLogger(__name__)
+PARTS = ("encoder", "decoder", "all")
+
+
+def model_parts(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+    """The encoder (acoustic model) and decoder parameters of an ASR model."""
+    if isinstance(model, ListenAttendSpell):
+        encoder = list(model.listener.parameters())
+        if model.ctc_output is not None:
+            encoder += list(model.ctc_output.parameters())
+        decoder = [p for m in (model.embedding, model.speller, model.output) for p in m.parameters()]
+    elif isinstance(model, DeepSpeech2):
+        decoder = list(model.out_bn.parameters()) + list(model.out.parameters())
+        ids = {id(p) for p in decoder}
+        encoder = [p for p in model.parameters() if id(p) not in ids]
+    else:
+        raise TypeError(f"cannot adapt a {type(model).__name__}")
+    return {"encoder": encoder, "decoder": decoder}
+
+
+def set_trainable(model: torch.nn.Module, part: str) -> int:
+    """Make only ``part`` (encoder, decoder or all) trainable; return the trainable parameter count."""
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}: one of {PARTS}")
+    parts = model_parts(model)
+    for p in model.parameters():
+        p.requires_grad = part == "all"
+    if part != "all":
+        for p in parts[part]:
+            p.requires_grad = True
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def adaptation_splits(turns: pd.DataFrame, manifest: pd.DataFrame, fold: Fold, adapt_on: str = "train") -> dict:
+    """ASR manifests for adapting on one fold.
+
+    ``turns`` holds every utterance with a transcript (IEMOCAP's turns.csv, or the protocol manifest);
+    training uses the turns of the fold's training speakers (``adapt_on="train"``) or of every
+    non-test speaker (``"non_test"``), minus the fold's validation utterances; validation uses the
+    validation utterances (or the validation speakers' turns); test uses the test speakers' turns.
+    """
+    if adapt_on not in ("train", "non_test"):
+        raise ValueError(f"adapt_on must be train or non_test, got {adapt_on!r}")
+    speaker_of = dict(zip(manifest["ID"], manifest["speaker"]))
+    test_spk = {speaker_of[i] for i in fold.test}
+    train_spk = {speaker_of[i] for i in fold.train}
+    valid_ids = set(fold.valid)
+    frame = turns.copy()
+    frame["transcript"] = frame["transcript"].map(normalize_transcript)
+    frame = frame[frame["transcript"] != ""]
+    keep_spk = train_spk if adapt_on == "train" else set(frame["speaker"]) - test_spk
+    train = frame[frame["speaker"].isin(keep_spk - set(fold.valid_speakers)) & ~frame["ID"].isin(valid_ids)]
+    valid = frame[frame["ID"].isin(valid_ids) | frame["speaker"].isin(fold.valid_speakers)]
+    test = frame[frame["speaker"].isin(test_spk)]
+    if set(train["speaker"]) & test_spk:
+        raise ManifestError(f"fold {fold.name}: a test speaker would adapt the ASR model")
+    return {name: complete_columns(df, ASR_COLUMNS)[ASR_COLUMNS] for name, df in
+            (("train", train), ("valid", valid), ("test", test))}
+
+
+def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]:
+    paths = {}
+    for name, frame in splits.items():
+        paths[name] = os.path.join(folder, f"{name}.csv")
+        write_csv(paths[name], frame)
+    return paths
+
+
+def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str, str], out_dir: str,
+              run_opts: dict, brain_class) -> str | None:
+    """One adaptation stage in ``out_dir`` (resumable); loads and returns its best checkpoint."""
+    done = os.path.join(out_dir, "done.json")
+    checkpointer = Checkpointer(os.path.join(out_dir, "save"), {"model": model})
+    trainable = set_trainable(model, part)
+    if os.path.isfile(done):
+        load_best(checkpointer)
+        return read_json(done)["checkpoint"]
+    counter = EpochCounterWithStopper(hp["epochs_per_stage"], hp["patience"], 0, "min")
+    checkpointer.add_recoverable("counter", counter)
+    stage_hp = {**hp, "model": model, "checkpointer": checkpointer, "epoch_counter": counter,
+                "teacher_forcing": teacher_forcing, "train_csv": data["train"], "valid_csv": data["valid"],
+                "train_logger": FileTrainLogger(os.path.join(out_dir, "train_log.txt")), "lr_decay": 1.0}
+    logger.info("adaptation stage %s: %d trainable parameters, teacher forcing %.2f, %s", part, trainable,
+                teacher_forcing, out_dir)
+    fit_asr(stage_hp, run_opts, brain_class)
+    ckpt = load_best(checkpointer)
+    set_trainable(model, "all")
+    write_json(done, {"checkpoint": ckpt, "part": part, "trainable_parameters": trainable})
+    return ckpt

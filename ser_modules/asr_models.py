@@ -1,0 +1,117 @@
+"""Trained ASR models of an experiment folder: export, discovery and loading.
+
+Stage 2 exports ``<exp>/asr/model.pt``; stage 3 exports ``<exp>/adapt/<variant>/<fold>/model.pt``.
+Beside each state dict, ``model.json`` records what is needed to rebuild the module: the stage-2
+hparams file (architecture, features, vocabulary) and the SVD rank of a structured model. Later
+stages (representation dump, inference) find models with :func:`list_asr_models` and rebuild them
+with :func:`load_asr_model`; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+
+import ruamel.yaml
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from ser_modules.fileio import ManifestError, atomic_path, read_json, write_json
+
+
+@dataclass
+class ASRModelRef:
+    """One exported ASR model: ``name`` (pretrained, finetuned, structured, ...) and ``fold`` (None
+    for a model shared by all folds)."""
+
+    name: str
+    fold: str | None
+    path: str  # model.pt
+
+    @property
+    def key(self) -> str:
+        return self.name if self.fold is None else f"{self.name}/{self.fold}"
+
+
+MODEL_KEYS = ("model_name", "vocab", "features", "model")
+
+
+def model_blocks(resolved_yaml: str, keys=MODEL_KEYS) -> str:
+    """The top-level entries ``keys`` of a reference-resolved hparams text, aliases expanded: what
+    rebuilds the model without creating the training objects (checkpointer, loggers, seeds)."""
+    yaml = ruamel.yaml.YAML()
+    yaml.representer.ignore_aliases = lambda *args: True
+    data = yaml.load(resolved_yaml)
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ManifestError(f"hparams lack the entries {missing}")
+    out = io.StringIO()
+    yaml.dump({k: data[k] for k in keys}, out)
+    return out.getvalue()
+
+
+def export_model(model: torch.nn.Module, out_dir: str, asr_hparams: str, rank: int | None = None,
+                 extra: dict | None = None) -> str:
+    """Save ``model``'s weights as ``out_dir/model.pt`` with ``model.json`` (atomic writes).
+
+    ``asr_hparams`` is a file holding the model blocks (:func:`model_blocks`) of stage 2."""
+    path = os.path.join(out_dir, "model.pt")
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    write_json(os.path.join(out_dir, "model.json"),
+               {"asr_hparams": os.path.abspath(asr_hparams), "rank": rank, "sha1": file_sha1(path), **(extra or {})})
+    return path
+
+
+def file_sha1(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_asr_models(exp_dir: str) -> list[ASRModelRef]:
+    """The pretrained model and every adapted (variant, fold) model exported under ``exp_dir``."""
+    refs = []
+    pre = os.path.join(exp_dir, "asr", "model.pt")
+    if os.path.isfile(pre):
+        refs.append(ASRModelRef("pretrained", None, pre))
+    adapt = os.path.join(exp_dir, "adapt")
+    if os.path.isdir(adapt):
+        for variant in sorted(os.listdir(adapt)):
+            vdir = os.path.join(adapt, variant)
+            if not os.path.isdir(vdir) or variant == "data":
+                continue
+            for fold in sorted(os.listdir(vdir)):
+                path = os.path.join(vdir, fold, "model.pt")
+                if os.path.isfile(path):
+                    refs.append(ASRModelRef(variant, fold, path))
+    return refs
+
+
+def build_from_hparams(asr_hparams: str):
+    """``(model, features, vocab)`` built from a saved stage-2 ``hyperparams.yaml`` (untrained weights)."""
+    if not os.path.isfile(asr_hparams):
+        raise ManifestError(f"{asr_hparams}: ASR hparams not found (did stage 2 run?)")
+    with open(asr_hparams, encoding="utf-8") as f:
+        hp = load_hyperpyyaml(f)
+    return hp["model"], hp["features"], hp["vocab"]
+
+
+def load_asr_model(path: str, device: str = "cpu"):
+    """Rebuild an exported model: ``(model in eval mode, features, vocab, info)``."""
+    from ser_modules.models.lowrank import factorize_listener
+
+    info_path = os.path.join(os.path.dirname(path), "model.json")
+    info = read_json(info_path)
+    model, features, vocab = build_from_hparams(info["asr_hparams"])
+    if info.get("rank"):
+        factorize_listener(model, int(info["rank"]))
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+    except (RuntimeError, FileNotFoundError) as err:
+        raise ManifestError(f"{path}: cannot load ASR weights ({err})") from err
+    return model.to(device).eval(), features.to(device), vocab, info

@@ -1,0 +1,268 @@
+"""SpeechBrain ``Brain`` classes training the ASR models, and ASR evaluation (WER/CER tables).
+
+:class:`CTCBrain` trains DeepSpeech2 with CTC; :class:`LASBrain` trains Listen-Attend-Spell with
+label-smoothed cross-entropy (plus optional CTC on the listener). Both compute features on the
+device, re-seed every epoch from ``(seed, epoch)`` so a resumed run repeats an uninterrupted one,
+keep the best checkpoint by validation CER next to the latest, and stop when validation CER has
+not improved for ``patience`` epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+import pandas as pd
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.metric_stats import ErrorRateStats
+from tqdm import tqdm
+
+from ser_modules.decoding import Transcriber, ctc_greedy
+from ser_modules.fileio import atomic_path, write_csv
+
+logger = logging.getLogger(__name__)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# Batches are padded to a multiple of half a second: with a few distinct tensor shapes, CPU memory
+# does not fragment (with every length distinct, glibc's heap grew and steps slowed by half).
+PAD_QUANTUM = 8000
+
+
+def pad_to_multiple(x: torch.Tensor, quantum: int, dim: int = 1) -> torch.Tensor:
+    """Zero-pad ``dim`` of ``x`` up to a multiple of ``quantum``."""
+    extra = -x.shape[dim] % quantum
+    if not extra:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, extra]
+    return torch.nn.functional.pad(x, pad)
+
+
+def absolute_lengths(relative: torch.Tensor, max_len: int) -> torch.Tensor:
+    """SpeechBrain's relative lengths -> integer lengths."""
+    return torch.round(relative * max_len).long().clamp(min=1)
+
+
+class ASRBrain(sb.Brain):
+    """Shared training logic; subclasses implement ``compute_forward`` and the loss.
+
+    Expected ``hparams``: ``features`` (module), ``vocab``, ``seed``, ``lr``, ``lr_decay``,
+    ``epoch_counter`` (``EpochCounterWithStopper``), ``train_sampler`` (set by the stage).
+    """
+
+    def features(self, batch, stage):
+        wavs, rel = batch.sig
+        wavs = wavs.to(self.device)
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "speed_perturb", None) is not None:
+            wavs = self.hparams.speed_perturb(wavs)  # one speed per batch: relative lengths unchanged
+        samples = absolute_lengths(rel.to(self.device), wavs.shape[1])
+        return self.hparams.features(pad_to_multiple(wavs, PAD_QUANTUM), samples)
+
+    def on_stage_start(self, stage, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            seed_all(self.hparams.seed * 1000 + int(epoch or 0))
+            sampler = getattr(self.hparams, "train_sampler", None)
+            if sampler is not None:
+                sampler.set_epoch(int(epoch or 1))
+            lr = self.hparams.lr / (self.hparams.lr_decay ** (int(epoch or 1) - 1))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        else:
+            self.cer_stats = ErrorRateStats(split_tokens=True)
+            self.wer_stats = ErrorRateStats()
+
+    def record_hypotheses(self, ids, hyps: list[str], refs: list[str]) -> None:
+        self.cer_stats.append(ids, [list(h) for h in hyps], [list(r) for r in refs])
+        self.wer_stats.append(ids, [h.split() for h in hyps], [r.split() for r in refs])
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        stats = {"loss": round(stage_loss, 4), "CER": round(self.cer_stats.summarize("error_rate"), 2),
+                 "WER": round(self.wer_stats.summarize("error_rate"), 2)}
+        self.last_stats = stats
+        if stage == sb.Stage.VALID:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr},
+                train_stats={"loss": round(self.train_loss, 4)}, valid_stats=stats)
+            self.hparams.epoch_counter.update_metric(stats["CER"])
+            self.checkpointer.save_and_keep_only(meta={"CER": stats["CER"], "epoch": epoch}, min_keys=["CER"],
+                                                 num_to_keep=1)
+
+
+class CTCBrain(ASRBrain):
+    """DeepSpeech2 + CTC (loss summed over each utterance, averaged over the batch, as deepspeech.pytorch)."""
+
+    def compute_forward(self, batch, stage):
+        feats, frames = self.features(batch, stage)
+        logits, out_lengths = self.modules.model(feats, frames)
+        return logits, out_lengths
+
+    def compute_objectives(self, predictions, batch, stage):
+        logits, out_lengths = predictions
+        tokens, token_rel = batch.tokens
+        tokens = tokens.to(self.device)
+        token_lengths = absolute_lengths(token_rel.to(self.device), tokens.shape[1])
+        log_probs = logits.float().log_softmax(dim=-1).transpose(0, 1)  # [T, B, V]
+        loss = F.ctc_loss(log_probs, tokens, out_lengths, token_lengths, blank=0, reduction="sum",
+                          zero_infinity=True) / tokens.shape[0]
+        if stage != sb.Stage.TRAIN:
+            self.record_hypotheses(batch.id, ctc_greedy(logits, out_lengths, self.hparams.vocab), batch.transcript)
+        return loss
+
+
+class LASBrain(ASRBrain):
+    """Listen-Attend-Spell: label-smoothed cross-entropy on the speller (teacher forcing probability
+    ``teacher_forcing``), plus ``ctc_weight`` x CTC on the listener when the model has a CTC head."""
+
+    def compute_forward(self, batch, stage):
+        feats, frames = self.features(batch, stage)
+        tokens_bos, _ = batch.tokens_bos
+        tf = self.hparams.teacher_forcing if stage == sb.Stage.TRAIN else 1.0
+        out = self.modules.model(feats, frames, tokens_bos.to(self.device), teacher_forcing=tf)
+        if stage != sb.Stage.TRAIN:
+            out["feats"], out["frames"] = feats, frames
+        return out
+
+    def compute_objectives(self, predictions, batch, stage):
+        tokens_eos, eos_rel = batch.tokens_eos
+        tokens_eos = tokens_eos.to(self.device)
+        log_probs = predictions["logits"].float().log_softmax(dim=-1)
+        loss = sb.nnet.losses.nll_loss(log_probs, tokens_eos, length=eos_rel.to(self.device),
+                                       label_smoothing=self.hparams.label_smoothing)
+        weight = getattr(self.hparams, "ctc_weight", 0.0)
+        if weight > 0 and "ctc_logits" in predictions:
+            tokens, token_rel = batch.tokens
+            tokens = tokens.to(self.device)
+            ctc = F.ctc_loss(predictions["ctc_logits"].float().log_softmax(-1).transpose(0, 1), tokens,
+                             predictions["enc_lengths"], absolute_lengths(token_rel.to(self.device), tokens.shape[1]),
+                             blank=0, reduction="mean", zero_infinity=True)
+            loss = (1 - weight) * loss + weight * ctc
+        if stage != sb.Stage.TRAIN:
+            hyps = self.transcriber(predictions["feats"], predictions["frames"], "greedy")
+            self.record_hypotheses(batch.id, hyps, batch.transcript)
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)
+        if stage != sb.Stage.TRAIN:
+            self.transcriber = Transcriber(self.modules.model.module if hasattr(self.modules.model, "module")
+                                           else self.modules.model, self.hparams.vocab)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation tables
+
+
+ASR_RESULT_COLUMNS = ["model", "stage", "corpus", "split", "decoder", "WER", "CER", "utterances", "checkpoint"]
+
+
+@torch.no_grad()
+def evaluate_asr(model: torch.nn.Module, features: torch.nn.Module, dataset, vocab, device: str, out_dir: str,
+                 tag: str, methods=("greedy",), batch_size: int = 16, beam_size: int = 10) -> dict[str, dict]:
+    """Transcribe ``dataset`` (an :func:`ser_modules.data.asr_dataset`) with each decoding method;
+    write per-utterance alignments ``wer_<tag>_<method>.txt`` and return ``{method: {WER, CER, n}}``."""
+    from ser_modules.data import LengthBucketBatchSampler, dataset_durations
+
+    model.eval()
+    transcriber = Transcriber(model, vocab, beam_size=beam_size)
+    sampler = LengthBucketBatchSampler(dataset_durations(dataset), batch_size, shuffle=False)
+    loader = sb.dataio.dataloader.make_dataloader(dataset, batch_sampler=sampler)
+    results = {}
+    for method in methods:
+        ids, refs, hyps = [], [], []
+        for batch in tqdm(loader, desc=f"decoding {tag} ({method})", leave=False):
+            wavs, rel = batch.sig
+            wavs = wavs.to(device)
+            feats, frames = features(pad_to_multiple(wavs, PAD_QUANTUM), absolute_lengths(rel.to(device), wavs.shape[1]))
+            hyps += transcriber(feats, frames, method)
+            ids += batch.id
+            refs += batch.transcript
+        path = os.path.join(out_dir, f"wer_{tag}_{method}.txt")
+        results[method] = error_rates(ids, refs, hyps, path)
+        write_csv(os.path.join(out_dir, f"hyp_{tag}_{method}.csv"),
+                  pd.DataFrame({"ID": ids, "reference": refs, "hypothesis": hyps}))
+        logger.info("%s %s: WER %.2f CER %.2f (%d utterances) -> %s", tag, method, results[method]["WER"],
+                    results[method]["CER"], len(ids), path)
+    return results
+
+
+def error_rates(ids: list[str], refs: list[str], hyps: list[str], alignments_path: str | None = None) -> dict:
+    """WER and CER (percent) of hypotheses against references; optionally write the word alignments."""
+    cer, wer = ErrorRateStats(split_tokens=True), ErrorRateStats()
+    cer.append(ids, [list(h) for h in hyps], [list(r) for r in refs])
+    wer.append(ids, [h.split() for h in hyps], [r.split() for r in refs])
+    if alignments_path:
+        with atomic_path(alignments_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            wer.write_stats(f)
+    return {"WER": round(wer.summarize("error_rate"), 2), "CER": round(cer.summarize("error_rate"), 2),
+            "utterances": len(ids)}
+
+
+def update_asr_results(path: str, rows: list[dict]) -> pd.DataFrame:
+    """Insert or replace rows (key: model, stage, corpus, split, decoder) of ``asr_results.csv``."""
+    key = ["model", "stage", "corpus", "split", "decoder"]
+    old = pd.read_csv(path, keep_default_na=False, dtype=str) if os.path.isfile(path) else pd.DataFrame(columns=ASR_RESULT_COLUMNS)
+    new = pd.DataFrame(rows, columns=ASR_RESULT_COLUMNS).astype(str)
+    merged = pd.concat([old[~old.set_index(key).index.isin(new.set_index(key).index)], new], ignore_index=True)
+    write_csv(path, merged)
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# Training driver shared by stage 2 (pretraining) and stage 3 (adaptation)
+
+
+def run_options(device: str, precision: str = "fp32", noprogressbar: bool = False) -> dict:
+    """SpeechBrain run options for ``device``; DDP uses gloo on CPU and NCCL on GPU."""
+    return {"device": device, "precision": precision, "distributed_backend": "gloo" if device == "cpu" else "nccl",
+            "noprogressbar": noprogressbar}
+
+
+def fit_asr(hparams: dict, run_opts: dict, brain_class=None) -> sb.Brain:
+    """Train ``hparams['model']`` on ``train_csv`` / ``valid_csv``, resuming from the checkpointer.
+
+    Hparams used: ``brain_class``, ``vocab``, ``model``, ``opt_class``, ``checkpointer``,
+    ``epoch_counter``, ``batch_size``, ``sortagrad_epochs``, ``seed``, ``num_workers``,
+    ``train_csv``, ``valid_csv`` and what the Brain needs (see :class:`ASRBrain`).
+    """
+    from ser_modules.data import LengthBucketBatchSampler, asr_dataset, dataset_durations
+
+    sb.utils.distributed.ddp_init_group(run_opts)
+    vocab, model = hparams["vocab"], hparams["model"]
+    bos = getattr(model, "bos_index", None)
+    eos = getattr(model, "eos_index", None)
+    train = asr_dataset(hparams["train_csv"], vocab, bos, eos)
+    valid = asr_dataset(hparams["valid_csv"], vocab, bos, eos)
+    sampler = LengthBucketBatchSampler(dataset_durations(train), hparams["batch_size"], shuffle=True,
+                                       sortagrad_epochs=hparams.get("sortagrad_epochs", 1), seed=hparams["seed"])
+    hparams["train_sampler"] = sampler
+    # The sampler orders batches itself: keep SpeechBrain's DDP wrapper from shuffling them again.
+    hparams.setdefault("sorting", "ascending")
+    brain_class = brain_class or hparams["brain_class"]
+    brain = brain_class(modules={"model": model}, opt_class=hparams["opt_class"], hparams=hparams,
+                        run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    eval_sampler = LengthBucketBatchSampler(dataset_durations(valid), hparams.get("eval_batch_size", hparams["batch_size"]),
+                                            shuffle=False)
+    workers = hparams.get("num_workers", 0)
+    brain.fit(hparams["epoch_counter"], train, valid,
+              train_loader_kwargs={"batch_sampler": sampler, "num_workers": workers},
+              valid_loader_kwargs={"batch_sampler": eval_sampler, "num_workers": workers})
+    return brain
+
+
+def load_best(checkpointer, key: str = "CER") -> str | None:
+    """Load the checkpoint with the lowest ``key`` into the checkpointer's recoverables; return its path."""
+    ckpt = checkpointer.recover_if_possible(min_key=key)
+    return None if ckpt is None else str(ckpt.path)

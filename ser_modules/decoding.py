@@ -1,0 +1,62 @@
+"""Greedy and beam-search transcription for the CTC (DeepSpeech2) and attention (LAS) models.
+
+Beam search uses SpeechBrain's searchers: ``CTCBeamSearcher`` for CTC and ``S2SRNNBeamSearcher`` /
+``S2SRNNGreedySearcher`` for the LAS speller (SpeechBrain's ``AttentionalRNNDecoder``).
+"""
+
+from __future__ import annotations
+
+import torch
+from speechbrain.decoders.ctc import CTCBeamSearcher
+from speechbrain.decoders.seq2seq import S2SRNNBeamSearcher, S2SRNNGreedySearcher
+
+from ser_modules.models.ds2 import DeepSpeech2
+from ser_modules.models.las import ListenAttendSpell
+from ser_modules.text import CharVocabulary
+
+
+def ctc_greedy(logits: torch.Tensor, lengths: torch.Tensor, vocab: CharVocabulary, blank: int = 0) -> list[str]:
+    """Best path: argmax per frame, repeats collapsed, blanks dropped. ``logits [B, T, V]``."""
+    best = logits.argmax(dim=-1).cpu()
+    texts = []
+    for seq, n in zip(best, lengths.cpu().tolist()):
+        seq = seq[:n].tolist()
+        ids = [s for i, s in enumerate(seq) if s != blank and (i == 0 or s != seq[i - 1])]
+        texts.append(vocab.decode(ids))
+    return texts
+
+
+class Transcriber:
+    """Transcribe feature batches with a trained model: ``method`` is ``greedy`` or ``beam``."""
+
+    def __init__(self, model: torch.nn.Module, vocab: CharVocabulary, beam_size: int = 10,
+                 max_decode_ratio: float = 1.0):
+        self.model, self.vocab, self.beam_size = model, vocab, beam_size
+        self.is_ctc = isinstance(model, DeepSpeech2)
+        if not self.is_ctc and not isinstance(model, ListenAttendSpell):
+            raise TypeError(f"cannot transcribe with a {type(model).__name__}")
+        if self.is_ctc:
+            self._beam = CTCBeamSearcher(blank_index=0, vocab_list=vocab.symbols, space_token=" ",
+                                         beam_size=beam_size)
+        else:
+            common = dict(bos_index=model.bos_index, eos_index=model.eos_index, min_decode_ratio=0.0,
+                          max_decode_ratio=max_decode_ratio)
+            self._greedy = S2SRNNGreedySearcher(model.embedding, model.speller, model.output, **common)
+            self._beam = S2SRNNBeamSearcher(model.embedding, model.speller, model.output, beam_size=beam_size,
+                                            **common)
+
+    @torch.no_grad()
+    def __call__(self, feats: torch.Tensor, frames: torch.Tensor, method: str = "greedy") -> list[str]:
+        if method not in ("greedy", "beam"):
+            raise ValueError(f"unknown decoding method {method!r}: greedy or beam")
+        if self.is_ctc:
+            logits, lengths = self.model(feats, frames)
+            if method == "greedy":
+                return ctc_greedy(logits, lengths, self.vocab)
+            log_probs = logits.float().log_softmax(dim=-1)
+            hyps = self._beam(log_probs, lengths.float() / logits.shape[1])
+            return [h[0].text.strip() if h else "" for h in hyps]
+        enc, enc_lengths = self.model.listener(feats, frames)
+        searcher = self._greedy if method == "greedy" else self._beam
+        hyps, *_ = searcher(enc, enc_lengths.float() / enc.shape[1])
+        return [self.vocab.decode([int(t) for t in h if int(t) != self.model.eos_index]) for h in hyps]

@@ -1,0 +1,287 @@
+"""Emotion and transcript for new audio from a trained experiment folder.
+
+Python::
+
+    from ser_modules.infer import EmotionRecognizer
+    rec = EmotionRecognizer.from_experiment("recipes/ctc_transfer/exp/demo")   # best variant, all folds
+    rows = rec.predict_files(["a.wav", "b.flac"])   # emotion, probabilities, transcript per file
+
+Command line::
+
+    python -m ser_modules.infer EXP_DIR AUDIO... [--out results.csv|results.json] [--variant NAME]
+        [--fold NAME] [--decoder greedy|beam] [--device cpu] [--batch-size 8] [--long split|refuse]
+
+A SER variant was trained once per fold (stage 5); by default the class probabilities of all fold
+models are averaged (an ensemble), ``--fold`` picks one. Everything is read from the experiment
+folder; nothing is downloaded. Audio of any sample rate or channel count is resampled to 16 kHz
+mono. A recording longer than ``--max-seconds`` is split into windows whose probabilities are
+averaged (weighted by duration) and whose transcripts are joined, or refused (``--long refuse``).
+A file that cannot be read gets its own error row; the exit code is 1 if any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from tqdm import tqdm
+
+from ser_modules.asr_models import load_asr_model
+from ser_modules.audio import AudioReadError, audio_info, load_audio
+from ser_modules.decoding import Transcriber
+from ser_modules.fileio import ManifestError, read_json, write_csv, write_text
+from ser_modules.ser_training import VariantSpec, build_model, collate, forward
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".sph", ".mp3", ".aiff", ".aif")
+
+
+def find_audio(paths: list[str]) -> list[str]:
+    """Files as given, folders expanded (recursively, sorted) to their audio files."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            for folder, _, files in sorted(os.walk(p)):
+                out += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(AUDIO_EXTENSIONS)]
+        else:
+            out.append(p)
+    return out
+
+
+@dataclass
+class FoldModel:
+    """One fold's trained SER model and the ASR model whose layer it reads."""
+
+    fold: str
+    ser: torch.nn.Module
+    asr_path: str | None
+
+
+class EmotionRecognizer:
+    """A trained SER variant (one fold, or the ensemble of all folds) plus its ASR front end."""
+
+    def __init__(self, exp_dir: str, variant: str, folds: list[FoldModel], spec: VariantSpec, classes: list[str],
+                 handcrafted: torch.nn.Module | None, device: str = "cpu", decoder: str = "greedy",
+                 max_seconds: float = 30.0, long: str = "split"):
+        self.exp_dir, self.variant, self.folds, self.spec, self.classes = exp_dir, variant, folds, spec, classes
+        self.handcrafted, self.device, self.decoder = handcrafted, device, decoder
+        self.max_seconds, self.long = max_seconds, long
+        if long not in ("split", "refuse"):
+            raise ValueError(f"long must be split or refuse, got {long!r}")
+        self._asr: dict[str, tuple] = {}
+        transcriber_asr = folds[0].asr_path or os.path.join(exp_dir, "asr", "model.pt")
+        self.transcript_asr = transcriber_asr if os.path.isfile(transcriber_asr) else None
+
+    # -- loading --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_experiment(cls, exp_dir: str, variant: str | None = None, fold: str | None = None, run: int = 0,
+                        device: str = "cpu", **kwargs) -> "EmotionRecognizer":
+        ser_dir = os.path.join(exp_dir, "ser")
+        if not os.path.isdir(ser_dir):
+            raise ManifestError(f"{exp_dir}: no trained SER models (ser/); run stages 1-5 first")
+        if variant is None:
+            variant = best_variant(exp_dir)
+        vdir = os.path.join(ser_dir, variant)
+        if not os.path.isdir(vdir):
+            raise ManifestError(f"{exp_dir}: no SER variant {variant!r}; trained: {sorted(os.listdir(ser_dir))}")
+        fold_names = [fold] if fold else sorted(f for f in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, f)))
+        models, spec, classes = [], None, None
+        for name in fold_names:
+            run_dir = os.path.join(vdir, name, f"run{run}")
+            info_path = os.path.join(run_dir, "model.json")
+            if not os.path.isfile(info_path):
+                raise ManifestError(f"{run_dir}: no trained model (model.json); is fold {name!r} run {run} trained?")
+            info = read_json(info_path)
+            spec, classes = VariantSpec.from_dict(info["variant"]), info["classes"]
+            model = build_model(spec, info["dims"], len(classes), info["dropout"])
+            model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu"))
+            asr_path = None
+            if spec.asr:
+                asr_path = os.path.join(exp_dir, "asr", "model.pt") if spec.asr == "pretrained" else \
+                    os.path.join(exp_dir, "adapt", spec.asr, name, "model.pt")
+            models.append(FoldModel(name, model.to(device).eval(), asr_path))
+        handcrafted = None
+        if spec.uses_handcrafted:
+            handcrafted = load_handcrafted(exp_dir)
+        return cls(exp_dir, variant, models, spec, classes, handcrafted, device, **kwargs)
+
+    def _asr_model(self, path: str):
+        if path not in self._asr:
+            self._asr[path] = load_asr_model(path, self.device)
+        return self._asr[path]
+
+    # -- prediction -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _inputs(self, wavs: list[torch.Tensor], fold: FoldModel) -> dict:
+        """The model inputs of a batch of signals for one fold model (as in stage 5's collate)."""
+        items = [{"id": str(i), "label": 0} for i in range(len(wavs))]
+        if self.spec.uses_handcrafted:
+            for item, wav in zip(items, wavs):
+                item["feats"] = self.handcrafted(wav)
+        if self.spec.asr:
+            model, features, _, _ = self._asr_model(fold.asr_path)
+            lengths = torch.tensor([len(w) for w in wavs], device=self.device)
+            padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(self.device)
+            feats, frames = features(padded, lengths)
+            hidden, hlen = model.forward_layers(feats, frames, [self.spec.layer])[self.spec.layer]
+            # The stores hold float16 unless configured otherwise: round the same way.
+            hidden = hidden.to(self.store_dtype()).float()
+            for i, item in enumerate(items):
+                seq = hidden[i, : int(hlen[i])].cpu()
+                item["asr"] = seq.mean(dim=0, keepdim=True) if self.spec.type in ("mp", "progressive") else seq
+                if self.spec.type == "iaan":  # no dialog context for a lone recording: zero frames
+                    item["prev"] = item["other"] = torch.zeros(1, seq.shape[1])
+        return collate(items)
+
+    def store_dtype(self) -> torch.dtype:
+        """The precision stage 4 stored representations in (inference rounds the same way)."""
+        if not hasattr(self, "_dtype"):
+            path = os.path.join(self.exp_dir, "dump", "hyperparams.yaml")
+            dtype = "float16"
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    dtype = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("dtype:")), dtype)
+            self._dtype = getattr(torch, dtype)
+        return self._dtype
+
+    @torch.no_grad()
+    def predict_signals(self, wavs: list[torch.Tensor]) -> np.ndarray:
+        """Class probabilities ``[N, n_classes]`` of 16 kHz mono signals (fold models averaged)."""
+        probs = []
+        for fold in self.folds:
+            batch = self._inputs(wavs, fold)
+            logits = forward(fold.ser, self.spec, batch, self.device)
+            probs.append(logits.float().softmax(-1).cpu().numpy())
+        return np.mean(probs, axis=0)
+
+    @torch.no_grad()
+    def transcribe(self, wavs: list[torch.Tensor]) -> list[str]:
+        if self.transcript_asr is None:
+            return [""] * len(wavs)
+        model, features, vocab, _ = self._asr_model(self.transcript_asr)
+        lengths = torch.tensor([len(w) for w in wavs], device=self.device)
+        padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(self.device)
+        feats, frames = features(padded, lengths)
+        return Transcriber(model, vocab, beam_size=4)(feats, frames, self.decoder)
+
+    def windows(self, path: str) -> list[torch.Tensor]:
+        """The file's signal, split into windows of at most ``max_seconds`` (read one at a time)."""
+        sr, frames, _ = audio_info(path)
+        if frames == 0:
+            raise AudioReadError(f"{path}: the file holds no audio samples")
+        duration = frames / sr
+        if duration <= self.max_seconds:
+            return [load_audio(path)]
+        if self.long == "refuse":
+            raise AudioReadError(f"{path}: {duration:.1f} s is longer than the model's limit of {self.max_seconds:.0f} s "
+                                 "(use --long split or raise --max-seconds)")
+        n = int(np.ceil(duration / self.max_seconds))
+        edges = np.linspace(0, duration, n + 1)
+        return [load_audio(path, float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+    def predict_files(self, paths: list[str], batch_size: int = 8, progress: bool = False) -> list[dict]:
+        """One result row per file: emotion, class probabilities, transcript, or the error."""
+        rows, pending = [], []
+        started, audio_seconds = time.time(), 0.0
+
+        def flush():
+            nonlocal audio_seconds
+            if not pending:
+                return
+            wavs = [w for _, ws in pending for w in ws]
+            probs = self.predict_signals(wavs)
+            texts = self.transcribe(wavs)
+            k = 0
+            for path, ws in pending:
+                lengths = np.array([len(w) for w in ws], dtype=float)
+                p = (probs[k : k + len(ws)] * lengths[:, None]).sum(0) / lengths.sum()
+                text = " ".join(t for t in texts[k : k + len(ws)] if t)
+                k += len(ws)
+                audio_seconds += lengths.sum() / 16000
+                rows.append({"file": path, "status": "ok", "error": "", "duration": round(lengths.sum() / 16000, 3),
+                             "windows": len(ws), "emotion": self.classes[int(p.argmax())],
+                             **{f"p_{c}": round(float(v), 6) for c, v in zip(self.classes, p)}, "transcript": text})
+            pending.clear()
+
+        for path in tqdm(paths, desc="inference", disable=not progress, unit="file"):
+            try:
+                pending.append((path, self.windows(path)))
+            except (AudioReadError, ManifestError, OSError, RuntimeError) as err:
+                rows.append({"file": path, "status": "error", "error": str(err), "duration": "", "windows": 0,
+                             "emotion": "", **{f"p_{c}": "" for c in self.classes}, "transcript": ""})
+            if sum(len(ws) for _, ws in pending) >= batch_size:
+                flush()
+        flush()
+        order = {p: i for i, p in enumerate(paths)}
+        rows.sort(key=lambda r: order[r["file"]])
+        self.last_rtf = (time.time() - started) / max(audio_seconds, 1e-9)
+        self.last_audio_seconds = audio_seconds
+        return rows
+
+
+def best_variant(exp_dir: str) -> str:
+    """The variant with the highest mean UA in ``results.csv`` (stage 6), else in stage 5's summary."""
+    path = os.path.join(exp_dir, "results.csv")
+    if os.path.isfile(path):
+        results = pd.read_csv(path)
+        if len(results):
+            return str(results.sort_values("UA_mean", ascending=False)["model"].iloc[0])
+    summary = read_json(os.path.join(exp_dir, "ser", "summary.json"))
+    return max(summary["variants"], key=lambda v: summary["variants"][v]["UA"])
+
+
+def load_handcrafted(exp_dir: str) -> torch.nn.Module:
+    """The baseline's feature extractor exactly as stage 4 configured it."""
+    path = os.path.join(exp_dir, "dump", "handcrafted_hparams.yaml")
+    if not os.path.isfile(path):
+        raise ManifestError(f"{path}: missing (stage 4 writes it with the handcrafted features)")
+    with open(path, encoding="utf-8") as f:
+        return load_hyperpyyaml(f)["handcrafted_features"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Emotion and transcript for audio files with a trained experiment")
+    parser.add_argument("exp_dir", help="experiment folder (after stages 1-5, ideally 6)")
+    parser.add_argument("audio", nargs="+", help="audio files or folders")
+    parser.add_argument("--out", default=None, help="results.csv or results.json (default: print a table)")
+    parser.add_argument("--variant", default=None, help="SER variant (default: the best UA in results.csv)")
+    parser.add_argument("--fold", default=None, help="one fold's model (default: average all folds)")
+    parser.add_argument("--run", type=int, default=0)
+    parser.add_argument("--decoder", default="greedy", choices=["greedy", "beam"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="longer recordings are split or refused")
+    parser.add_argument("--long", default="split", choices=["split", "refuse"])
+    args = parser.parse_args(argv)
+    try:
+        rec = EmotionRecognizer.from_experiment(args.exp_dir, args.variant, args.fold, args.run, args.device,
+                                                decoder=args.decoder, max_seconds=args.max_seconds, long=args.long)
+    except ManifestError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    files = find_audio(args.audio)
+    rows = rec.predict_files(files, args.batch_size, progress=len(files) > 1)
+    frame = pd.DataFrame(rows)
+    if args.out and args.out.endswith(".json"):
+        write_text(args.out, json.dumps(rows, indent=2) + "\n")
+    elif args.out:
+        write_csv(args.out, frame)
+    else:
+        print(frame.to_string(index=False))
+    failed = int((frame["status"] != "ok").sum()) if len(frame) else 0
+    print(f"{rec.variant} ({len(rec.folds)} fold model(s)): {len(rows) - failed} file(s) ok, {failed} failed; "
+          f"{rec.last_audio_seconds:.1f} s of audio, real-time factor {rec.last_rtf:.3f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Speech emotion recognition heads of Lakomkin et al. 2018 and the IAAN of Yeh et al. 2019/2020.
+
+Every model takes padded frame sequences with their valid lengths and pools only valid frames,
+so padding never changes a prediction. ASR representations come either precomputed (stage 4
+stores) or from a :class:`FrozenASRLayer` that runs a trained ASR model without ever training it.
+
+Shapes: sequences ``[B, T, D]``, lengths ``[B]`` (frames), logits ``[B, n_classes]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ser_modules.features import length_mask
+from ser_modules.models.rnn import MaskedRNN
+
+
+def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid frames of ``x [B, T, D]`` -> ``[B, D]``."""
+    mask = length_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+    return (x * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def masked_softmax(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Softmax over time of ``scores [B, T]`` with padded frames at zero weight."""
+    scores = scores.masked_fill(~length_mask(lengths, scores.shape[1]), float("-inf"))
+    return torch.softmax(scores, dim=1)
+
+
+class FrozenASRLayer(nn.Module):
+    """One named layer of a trained ASR model used as a fixed feature extractor.
+
+    The ASR model stays in eval mode (BatchNorm statistics untouched) and runs without gradients,
+    whatever mode the SER model around it is in. ``(feats, frames) -> (hidden [B, T', D], lengths)``.
+    """
+
+    def __init__(self, asr_model: nn.Module, layer: str):
+        super().__init__()
+        self.asr, self.layer = asr_model, layer
+        self.output_size = asr_model.layer_sizes[layer]
+        for p in self.asr.parameters():
+            p.requires_grad = False
+        self.asr.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.asr.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.asr.forward_layers(feats, frames, [self.layer])[self.layer]
+
+
+class BiGRUBaseline(nn.Module):
+    """Lakomkin 2018 baseline: 2-layer bidirectional GRU on MFCC+delta+pitch, mean of the second
+    layer's outputs over valid frames, dropout 0.25, softmax classifier (hidden 64 / 96 / 128)."""
+
+    def __init__(self, input_size: int = 27, hidden_size: int = 96, num_layers: int = 2, n_classes: int = 4,
+                 dropout: float = 0.25):
+        super().__init__()
+        layers, size = [], input_size
+        for _ in range(num_layers):
+            layers.append(MaskedRNN("gru", size, hidden_size, bidirectional=True))
+            size = layers[-1].output_size
+        self.rnns = nn.ModuleList(layers)
+        self.dropout = nn.Dropout(dropout)
+        self.output_size = size
+        self.classifier = nn.Linear(size, n_classes)
+
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Pooled utterance vector ``[B, 2 * hidden]``."""
+        for rnn in self.rnns:
+            x = rnn(x, lengths)
+        return masked_mean(x, lengths)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.encode(x, lengths)))
+
+
+class FineTuneMP(nn.Module):
+    """Fine-tuning MP-x: mean of ASR layer x over valid frames -> dropout -> softmax layer.
+    Only the classifier trains (the ASR layer is frozen or precomputed)."""
+
+    def __init__(self, input_size: int, n_classes: int = 4, dropout: float = 0.25):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(input_size, n_classes)
+
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return masked_mean(x, lengths)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.encode(x, lengths)))
+
+
+class FineTuneRNN(nn.Module):
+    """Fine-tuning RNN-x: a new GRU on ASR layer x, mean over valid frames, dropout, classifier.
+    The paper does not give the GRU's size; the default matches the best baseline (96, bidirectional)."""
+
+    def __init__(self, input_size: int, hidden_size: int = 96, bidirectional: bool = True, n_classes: int = 4,
+                 dropout: float = 0.25):
+        super().__init__()
+        self.rnn = MaskedRNN("gru", input_size, hidden_size, bidirectional=bidirectional)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.rnn.output_size, n_classes)
+
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return masked_mean(self.rnn(x, lengths), lengths)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.encode(x, lengths)))
+
+
+class ProgressiveNet(nn.Module):
+    """Progressive net-x: the baseline branch (trained from scratch on handcrafted features) beside
+    the frozen ASR layer x; both pooled vectors concatenated into the classifier."""
+
+    def __init__(self, handcrafted_size: int = 27, asr_size: int = 800, hidden_size: int = 96, num_layers: int = 2,
+                 n_classes: int = 4, dropout: float = 0.25):
+        super().__init__()
+        self.branch = BiGRUBaseline(handcrafted_size, hidden_size, num_layers, n_classes, dropout)
+        self.branch.classifier = nn.Identity()  # the shared classifier below replaces it
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.branch.output_size + asr_size, n_classes)
+
+    def encode(self, feats, feat_lengths, asr, asr_lengths) -> torch.Tensor:
+        return torch.cat([self.branch.encode(feats, feat_lengths), masked_mean(asr, asr_lengths)], dim=-1)
+
+    def forward(self, feats, feat_lengths, asr, asr_lengths) -> torch.Tensor:
+        return self.classifier(self.dropout(self.encode(feats, feat_lengths, asr, asr_lengths)))
+
+
+class SelfAttentionPooling(nn.Module):
+    """``alpha = softmax(u^T tanh(X W + b))`` over valid frames; returns ``sum_t alpha_t x_t``."""
+
+    def __init__(self, input_size: int, attention_size: int):
+        super().__init__()
+        self.proj = nn.Linear(input_size, attention_size)
+        self.u = nn.Linear(attention_size, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = masked_softmax(self.u(torch.tanh(self.proj(x))).squeeze(-1), lengths)
+        return (alpha.unsqueeze(-1) * x).sum(dim=1), alpha
+
+
+class IAAN(nn.Module):
+    """Interaction-aware attention network (Yeh, Lin, Lee, ICASSP 2019; Yeh 2020 uses it on ASR layers).
+
+    Inputs: the target utterance ``[B, T, D]``, the previous utterance of the same speaker ``U_p`` and
+    of the interlocutor ``U_r`` (each ``[B, T_*, D]`` with lengths; a missing context is one zero frame).
+    ``U_p`` and ``U_r``: a GRU each, self-attention pooling -> ``h_p``, ``h_r``. Target: a GRU over its
+    frames ``c_t``, interaction attention ``e_t = u^T tanh(W_c c_t + W_p h_p + W_r h_r + b)``, padded
+    frames masked, ``h_c = sum_t alpha_t c_t``. Output: ``[h_c; h_p; h_r] -> FC -> dropout ->
+    LayerNorm -> ReLU -> FC``. Paper sizes: unidirectional GRUs of 1024, attention 16, MLP 64.
+    """
+
+    def __init__(self, input_size: int = 512, hidden_size: int = 1024, attention_size: int = 16, mlp_size: int = 64,
+                 n_classes: int = 4, dropout: float = 0.25):
+        super().__init__()
+        self.target_rnn = MaskedRNN("gru", input_size, hidden_size, bidirectional=False)
+        self.prev_rnn = MaskedRNN("gru", input_size, hidden_size, bidirectional=False)
+        self.other_rnn = MaskedRNN("gru", input_size, hidden_size, bidirectional=False)
+        self.prev_pool = SelfAttentionPooling(hidden_size, attention_size)
+        self.other_pool = SelfAttentionPooling(hidden_size, attention_size)
+        self.w_c = nn.Linear(hidden_size, attention_size, bias=True)
+        self.w_p = nn.Linear(hidden_size, attention_size, bias=False)
+        self.w_r = nn.Linear(hidden_size, attention_size, bias=False)
+        self.u = nn.Linear(attention_size, 1, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(3 * hidden_size, mlp_size), nn.Dropout(dropout), nn.LayerNorm(mlp_size),
+                                 nn.ReLU(), nn.Linear(mlp_size, n_classes))
+
+    def encode(self, target, target_lengths, prev, prev_lengths, other, other_lengths):
+        """``(h = [h_c; h_p; h_r] [B, 3H], alpha [B, T])``: the pooled vector and target attention."""
+        h_p, _ = self.prev_pool(self.prev_rnn(prev, prev_lengths), prev_lengths)
+        h_r, _ = self.other_pool(self.other_rnn(other, other_lengths), other_lengths)
+        c = self.target_rnn(target, target_lengths)
+        scores = self.u(torch.tanh(self.w_c(c) + (self.w_p(h_p) + self.w_r(h_r)).unsqueeze(1))).squeeze(-1)
+        alpha = masked_softmax(scores, target_lengths)
+        h_c = (alpha.unsqueeze(-1) * c).sum(dim=1)
+        return torch.cat([h_c, h_p, h_r], dim=-1), alpha
+
+    def forward(self, target, target_lengths, prev, prev_lengths, other, other_lengths) -> torch.Tensor:
+        return self.mlp(self.encode(target, target_lengths, prev, prev_lengths, other, other_lengths)[0])

@@ -1,0 +1,412 @@
+"""Training the SER models on stored representations, fold by fold and run by run.
+
+A *variant* is one model on one input (``baseline-96``, ``MP-gru2``, ``IAAN-finetuned-pblstm1``);
+stage 5 trains every variant of the config on every fold of the protocol, ``n_runs`` times with
+different seeds. Training follows Lakomkin 2018 / Yeh 2020: Adam, gradient-norm clipping, SortaGrad
+in the first epoch, learning-rate annealing when the validation loss has not improved for
+``anneal_patience`` epochs, stop when the learning rate falls below ``min_lr``; the model with the
+lowest validation loss is evaluated. Test speakers never enter training or model selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.epoch_loop import EpochCounterWithStopper
+
+from ser_modules.asr_training import seed_all
+from ser_modules.data import LengthBucketBatchSampler
+from ser_modules.dump import FeatureStore
+from ser_modules.fileio import ManifestError, atomic_path, fresh_outputs, read_json, write_csv, write_json
+from ser_modules.folds import Fold
+from ser_modules.models.ser import IAAN, BiGRUBaseline, FineTuneMP, FineTuneRNN, ProgressiveNet
+
+logger = logging.getLogger(__name__)
+MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan")
+
+
+@dataclass
+class VariantSpec:
+    """One SER model configuration: ``type`` in MODEL_TYPES, the ASR model and layer it reads
+    (``asr`` = pretrained, finetuned, structured; ``layer`` = gru2, pblstm1, ...) and sizes."""
+
+    name: str
+    type: str
+    asr: str | None = None
+    layer: str | None = None
+    hidden: int = 96
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> "VariantSpec":
+        spec = dict(spec)
+        if spec.get("type") not in MODEL_TYPES:
+            raise ManifestError(f"variant {spec.get('name')!r}: type must be one of {MODEL_TYPES}, got {spec.get('type')!r}")
+        if spec["type"] != "baseline" and not (spec.get("asr") and spec.get("layer")):
+            raise ManifestError(f"variant {spec.get('name')!r}: type {spec['type']} needs 'asr' and 'layer'")
+        known = {k: spec.pop(k) for k in ("name", "type", "asr", "layer", "hidden") if k in spec}
+        return cls(**known, options=spec)
+
+    @property
+    def uses_handcrafted(self) -> bool:
+        return self.type in ("baseline", "progressive")
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+class SERInputs:
+    """Tensors of the stage-4 stores, cached in memory, for every variant and fold.
+
+    ``stores.json`` (written by stage 4) maps each ASR model key (``pretrained`` or
+    ``finetuned/<fold>``) to its store; the handcrafted store holds the baseline features and their
+    augmented copies (``mfcc_pitch``, ``mfcc_pitch@1``, ...).
+    """
+
+    def __init__(self, stores_json: str):
+        self.info = read_json(stores_json)
+        self._stores: dict[str, FeatureStore] = {}
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def _store(self, folder: str) -> FeatureStore:
+        if folder not in self._stores:
+            self._stores[folder] = FeatureStore(folder)
+        return self._stores[folder]
+
+    def asr_store(self, asr: str, fold: str) -> FeatureStore:
+        """The store of ASR model ``asr`` for ``fold`` (a shared model when it is not per fold)."""
+        for key in (f"{asr}/{fold}", asr):
+            if key in self.info["asr"]:
+                return self._store(self.info["asr"][key]["folder"])
+        raise ManifestError(f"no stage-4 store for ASR model {asr!r} (fold {fold}); stored: {sorted(self.info['asr'])}")
+
+    def handcrafted_store(self) -> FeatureStore:
+        if not self.info.get("handcrafted"):
+            raise ManifestError("the baseline needs handcrafted features: set handcrafted: True in conf/dump.yaml")
+        return self._store(self.info["handcrafted"]["folder"])
+
+    def handcrafted_copies(self) -> list[str]:
+        return self.handcrafted_store().layers
+
+    def sequence(self, store: FeatureStore, layer: str, utt_id: str) -> torch.Tensor:
+        key = (store.folder, layer, utt_id)
+        if key not in self._cache:
+            self._cache[key] = torch.from_numpy(store.get(utt_id, layer))
+        return self._cache[key]
+
+    def pooled(self, store: FeatureStore, layer: str, utt_id: str) -> torch.Tensor:
+        key = (store.folder, layer, utt_id, "mean")
+        if key not in self._cache:
+            self._cache[key] = self.sequence(store, layer, utt_id).mean(dim=0, keepdim=True)
+        return self._cache[key]
+
+    def dim(self, spec: VariantSpec, fold: str) -> dict[str, int]:
+        dims = {}
+        if spec.uses_handcrafted:
+            dims["handcrafted"] = self.handcrafted_store().dim("mfcc_pitch")
+        if spec.asr:
+            dims["asr"] = self.asr_store(spec.asr, fold).dim(spec.layer)
+        return dims
+
+
+class SERDataset(torch.utils.data.Dataset):
+    """Examples of one split for one variant: tensors per utterance, label index, and for the
+    baseline branch one of the augmented copies drawn per epoch (training only)."""
+
+    def __init__(self, spec: VariantSpec, ids: list[str], labels: list[int], inputs: SERInputs, fold: str,
+                 context: pd.DataFrame | None = None, train: bool = False, seed: int = 0):
+        self.spec, self.ids, self.labels, self.inputs, self.fold = spec, ids, labels, inputs, fold
+        self.train, self.seed, self.epoch = train, seed, 1
+        self.asr = inputs.asr_store(spec.asr, fold) if spec.asr else None
+        self.hand = inputs.handcrafted_store() if spec.uses_handcrafted else None
+        self.copies = [c for c in inputs.handcrafted_copies()] if self.hand is not None else []
+        if spec.type == "iaan":
+            if context is None or not {"prev_same", "prev_other"} <= set(context.columns):
+                raise ManifestError(f"variant {spec.name}: IAAN needs dialog context (prev_same/prev_other columns)")
+            ctx = context.set_index("ID")
+            self.context = {i: (ctx.at[i, "prev_same"], ctx.at[i, "prev_other"]) for i in ids}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def length(self, i: int) -> int:
+        """Frames of example ``i`` (for length bucketing)."""
+        if self.spec.type in ("rnn", "iaan"):
+            return int(self.asr.index.at[self.ids[i], f"frames_{self.spec.layer}"])
+        if self.hand is not None:
+            return int(self.hand.index.at[self.ids[i], "frames_mfcc_pitch"])
+        return 1
+
+    def _handcrafted(self, i: int, utt: str) -> torch.Tensor:
+        layer = "mfcc_pitch"
+        if self.train and len(self.copies) > 1:  # one random augmented copy (or the clean one) per epoch
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            layer = self.copies[int(rng.integers(len(self.copies)))]
+        return self.inputs.sequence(self.hand, layer, utt)
+
+    def _context(self, utt: str | None) -> torch.Tensor:
+        if not utt or utt not in self.asr:
+            return torch.zeros(1, self.asr.dim(self.spec.layer))  # a missing context: one zero frame
+        return self.inputs.sequence(self.asr, self.spec.layer, utt)
+
+    def __getitem__(self, i: int) -> dict:
+        utt, t = self.ids[i], self.spec.type
+        item = {"id": utt, "label": self.labels[i]}
+        if self.spec.uses_handcrafted:
+            item["feats"] = self._handcrafted(i, utt)
+        if t in ("mp", "progressive"):
+            item["asr"] = self.inputs.pooled(self.asr, self.spec.layer, utt)  # masked mean of one frame = itself
+        elif t in ("rnn", "iaan"):
+            item["asr"] = self.inputs.sequence(self.asr, self.spec.layer, utt)
+        if t == "iaan":
+            prev, other = self.context[utt]
+            item["prev"], item["other"] = self._context(prev), self._context(other)
+        return item
+
+
+def pad_sequences(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([s.shape[0] for s in seqs])
+    out = torch.zeros(len(seqs), int(lengths.max()), seqs[0].shape[1])
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[0]] = s
+    return out, lengths
+
+
+def collate(items: list[dict]) -> dict:
+    batch = {"id": [x["id"] for x in items], "label": torch.tensor([x["label"] for x in items])}
+    for key in ("feats", "asr", "prev", "other"):
+        if key in items[0]:
+            batch[key] = pad_sequences([x[key] for x in items])
+    return batch
+
+
+def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float) -> torch.nn.Module:
+    o = spec.options
+    if spec.type == "baseline":
+        return BiGRUBaseline(dims["handcrafted"], spec.hidden, o.get("num_layers", 2), n_classes, dropout)
+    if spec.type == "mp":
+        return FineTuneMP(dims["asr"], n_classes, dropout)
+    if spec.type == "rnn":
+        return FineTuneRNN(dims["asr"], spec.hidden, o.get("bidirectional", True), n_classes, dropout)
+    if spec.type == "progressive":
+        return ProgressiveNet(dims["handcrafted"], dims["asr"], spec.hidden, o.get("num_layers", 2), n_classes, dropout)
+    return IAAN(dims["asr"], spec.hidden, o.get("attention_size", 16), o.get("mlp_size", 64), n_classes, dropout)
+
+
+def forward(model: torch.nn.Module, spec: VariantSpec, batch: dict, device) -> torch.Tensor:
+    def seq(key):
+        x, n = batch[key]
+        return x.to(device), n.to(device)
+
+    if spec.type == "baseline":
+        return model(*seq("feats"))
+    if spec.type in ("mp", "rnn"):
+        return model(*seq("asr"))
+    if spec.type == "progressive":
+        return model(*seq("feats"), *seq("asr"))
+    return model(*seq("asr"), *seq("prev"), *seq("other"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+class PlateauAnnealer:
+    """Multiply the learning rate by ``factor`` when the validation loss has not improved for
+    ``patience`` epochs; ``done`` once it is below ``min_lr`` (Lakomkin 2018 stops at 1e-6)."""
+
+    def __init__(self, lr: float, factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6):
+        self.lr, self.factor, self.patience, self.min_lr = lr, factor, patience, min_lr
+        self.best, self.bad_epochs = float("inf"), 0
+
+    def step(self, loss: float) -> float:
+        if loss < self.best - 1e-6:
+            self.best, self.bad_epochs = loss, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                self.lr *= self.factor
+                self.bad_epochs = 0
+        return self.lr
+
+    @property
+    def done(self) -> bool:
+        return self.lr < self.min_lr
+
+    def state_dict(self) -> dict:
+        return {"lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
+
+
+class SERBrain(sb.Brain):
+    """Cross-entropy (label smoothing, optional class weights) on one variant; see module doc.
+
+    Hundreds of small models train per experiment, so instead of SpeechBrain's checkpointer (which
+    re-reads every checkpoint's metadata on each save) one file ``resume.pt`` holds the training
+    state after every epoch (written atomically), and the best weights by validation loss are kept.
+    """
+
+    def compute_forward(self, batch, stage):
+        return forward(self.modules.model, self.hparams.spec, batch, self.device)
+
+    def compute_objectives(self, logits, batch, stage):
+        labels = batch["label"].to(self.device)
+        loss = F.cross_entropy(logits.float(), labels, weight=self.hparams.class_weights,
+                               label_smoothing=self.hparams.label_smoothing)
+        if stage != sb.Stage.TRAIN:
+            self.outputs.append((batch["id"], labels.cpu(), logits.detach().float().softmax(-1).cpu()))
+        return loss
+
+    def on_fit_start(self):
+        super().on_fit_start()
+        self.best_state, self.best_loss = None, float("inf")
+        path = self.hparams.resume_path
+        if os.path.isfile(path):
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            self.modules.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.hparams.annealer.load_state_dict(state["annealer"])
+            self.hparams.epoch_counter.current = state["epoch"]
+            self.hparams.epoch_counter.should_stop = state["should_stop"]
+            self.hparams.history[:] = state["history"]
+            self.best_state, self.best_loss = state["best_state"], state["best_loss"]
+            logger.info("resumed %s after epoch %d", path, state["epoch"])
+
+    def on_stage_start(self, stage, epoch=None):
+        self.outputs = []
+        if stage == sb.Stage.TRAIN:
+            seed_all(self.hparams.seed * 1000 + int(epoch or 0))
+            self.hparams.train_sampler.set_epoch(int(epoch or 1))
+            self.hparams.train_set.set_epoch(int(epoch or 1))
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.hparams.annealer.lr
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        if stage != sb.Stage.VALID:
+            return
+        lr = self.hparams.annealer.lr
+        self.hparams.annealer.step(stage_loss)
+        self.hparams.history.append({"epoch": epoch, "lr": lr, "train_loss": round(self.train_loss, 5),
+                                     "valid_loss": round(stage_loss, 5), "valid_UA": round(self.balanced_accuracy(), 4)})
+        if stage_loss < self.best_loss:
+            self.best_loss = stage_loss
+            self.best_state = {k: v.detach().clone() for k, v in self.modules.model.state_dict().items()}
+        counter = self.hparams.epoch_counter
+        if self.hparams.annealer.done:
+            counter.should_stop = True
+        state = {"model": self.modules.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "annealer": self.hparams.annealer.state_dict(), "epoch": epoch, "should_stop": counter.should_stop,
+                 "history": self.hparams.history, "best_state": self.best_state, "best_loss": self.best_loss}
+        with atomic_path(self.hparams.resume_path) as tmp:
+            torch.save(state, tmp)
+
+    def balanced_accuracy(self) -> float:
+        from sklearn.metrics import balanced_accuracy_score
+
+        labels = torch.cat([o[1] for o in self.outputs]).numpy()
+        preds = torch.cat([o[2] for o in self.outputs]).argmax(-1).numpy()
+        return float(balanced_accuracy_score(labels, preds))
+
+    def predict(self, loader) -> pd.DataFrame:
+        """Predictions on a loader with the current weights: id, label index, class probabilities."""
+        self.modules.eval()
+        self.outputs = []
+        with torch.no_grad():
+            for batch in loader:
+                self.compute_objectives(self.compute_forward(batch, sb.Stage.TEST), batch, sb.Stage.TEST)
+        ids = [i for o in self.outputs for i in o[0]]
+        return pd.DataFrame({"ID": ids, "label": torch.cat([o[1] for o in self.outputs]).numpy()}), \
+            torch.cat([o[2] for o in self.outputs]).numpy()
+
+
+def class_weights(labels: list[int], n_classes: int, mode: str | None) -> torch.Tensor | None:
+    """``balanced``: weights inversely proportional to class frequency (mean 1); else None."""
+    if not mode or mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    weights = counts.sum() / (n_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float)
+
+
+def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFrame, classes: list[str],
+                   inputs: SERInputs, hp: dict, out_dir: str, device: str = "cpu") -> pd.DataFrame:
+    """Train one variant on one fold with seed ``hp['seed'] + run``; write and return test predictions.
+
+    Resumes from ``out_dir/save`` after an interruption; a finished run (``predictions.csv``) is read back.
+    """
+    pred_path = os.path.join(out_dir, "predictions.csv")
+    stores = [inputs.asr_store(spec.asr, fold.name).folder] if spec.asr else []
+    if spec.uses_handcrafted:
+        stores.append(inputs.handcrafted_store().folder)
+    inputs_key = {"variant": vars(spec), "hparams": {k: v for k, v in hp.items() if isinstance(v, (int, float, str))},
+                  "fold": [fold.train, fold.valid, fold.test], "stores": stores, "classes": classes, "run": run}
+    if fresh_outputs(out_dir, inputs_key) and os.path.isfile(pred_path):
+        return pd.read_csv(pred_path, keep_default_na=False, dtype={"ID": str})
+    seed = int(hp["seed"]) + run
+    seed_all(seed)
+    # A variant may set its own epochs and batch size (the demo gives cheap models more epochs).
+    hp = {**hp, **{k: spec.options[k] for k in ("max_epochs", "batch_size") if k in spec.options}}
+    label_of = dict(zip(manifest["ID"], manifest["emotion"]))
+    index = {c: i for i, c in enumerate(classes)}
+
+    def dataset(ids, train):
+        return SERDataset(spec, ids, [index[label_of[i]] for i in ids], inputs, fold.name, manifest, train, seed)
+
+    train_set, valid_set, test_set = dataset(fold.train, True), dataset(fold.valid, False), dataset(fold.test, False)
+    dims = inputs.dim(spec, fold.name)
+    model = build_model(spec, dims, len(classes), hp["dropout"])
+    write_json(os.path.join(out_dir, "model.json"), {"variant": {"name": spec.name, "type": spec.type, "asr": spec.asr,
+                                                                 "layer": spec.layer, "hidden": spec.hidden, **spec.options},
+                                                     "dims": dims, "classes": classes, "dropout": hp["dropout"],
+                                                     "fold": fold.name, "run": run, "seed": seed})
+    sampler = LengthBucketBatchSampler([train_set.length(i) for i in range(len(train_set))], hp["batch_size"],
+                                       sortagrad_epochs=hp["sortagrad_epochs"], seed=seed)
+
+    def loader(ds, shuffle_sampler=None):
+        bs = shuffle_sampler or LengthBucketBatchSampler([ds.length(i) for i in range(len(ds))], hp["batch_size"],
+                                                         shuffle=False)
+        return torch.utils.data.DataLoader(ds, batch_sampler=bs, collate_fn=collate)
+
+    annealer = PlateauAnnealer(hp["lr"], hp["anneal_factor"], hp["anneal_patience"], hp["min_lr"])
+    counter = EpochCounterWithStopper(hp["max_epochs"], hp["max_epochs"], 0, "min")
+    history: list[dict] = []
+    brain_hp = {"spec": spec, "seed": seed, "train_sampler": sampler, "train_set": train_set, "annealer": annealer,
+                "epoch_counter": counter, "history": history, "label_smoothing": hp.get("label_smoothing", 0.0),
+                "class_weights": class_weights(train_set.labels, len(classes), hp.get("class_weights")),
+                "max_grad_norm": hp["max_grad_norm"], "noprogressbar": True,
+                "resume_path": os.path.join(out_dir, "resume.pt")}
+    if brain_hp["class_weights"] is not None:
+        brain_hp["class_weights"] = brain_hp["class_weights"].to(device)
+    brain = SERBrain(modules={"model": model}, opt_class=lambda params: torch.optim.Adam(params, lr=hp["lr"]),
+                     hparams=brain_hp, run_opts={"device": device, "noprogressbar": True})
+    brain.fit(counter, loader(train_set, sampler), loader(valid_set))
+    model.load_state_dict(brain.best_state)  # the lowest validation loss is evaluated
+    with atomic_path(os.path.join(out_dir, "model.pt")) as tmp:
+        torch.save(brain.best_state, tmp)
+    frame, probs = brain.predict(loader(test_set))
+    frame["true"] = [classes[i] for i in frame["label"]]
+    frame["predicted"] = [classes[i] for i in probs.argmax(axis=1)]
+    for j, c in enumerate(classes):
+        frame[f"p_{c}"] = probs[:, j].round(6)
+    frame = frame.drop(columns=["label"])
+    frame.insert(1, "fold", fold.name)
+    frame.insert(2, "run", run)
+    write_json(os.path.join(out_dir, "history.json"), history)
+    write_csv(pred_path, frame)
+    return frame

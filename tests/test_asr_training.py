@@ -1,0 +1,143 @@
+"""ASR training on the tiny demo corpus: losses fall, resuming repeats an uninterrupted run, DDP."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import speechbrain as sb
+import torch
+
+from prepare_librispeech import read_librispeech
+from ser_modules.asr_training import CTCBrain, LASBrain, evaluate_asr, fit_asr, run_options, update_asr_results
+from ser_modules.data import LengthBucketBatchSampler, asr_dataset
+from ser_modules.hparams import load_stage_hparams
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "ctc_transfer": ["asr.conv_channels=2", "asr.rnn_layers=2", "asr.rnn_hidden=24", "asr.batch_size=4", "asr.patience=100",
+                     "asr.lr=0.001"],
+    "las_adapt": ["asr.listener_hidden=32", "asr.fc_size=32", "asr.speller_hidden=32", "asr.attention_dim=16", "asr.patience=100",
+                  "asr.embedding_dim=8", "asr.batch_size=4", "asr.lr=0.01"],
+}
+
+
+@pytest.fixture(scope="module")
+def asr_data(tiny_demo, tmp_path_factory):
+    """16 training and 4 dev utterances of the tiny demo's LibriSpeech layout."""
+    out = tmp_path_factory.mktemp("asr_data")
+    splits = read_librispeech(tiny_demo["librispeech"])
+    splits["train"].sort_values("duration").head(16).to_csv(out / "train.csv", index=False)
+    for split in ("dev", "test"):
+        splits[split].sort_values("duration").head(4).to_csv(out / f"{split}.csv", index=False)
+    return str(out)
+
+
+def tiny_hparams(recipe, asr_data, out, *extra):
+    runner = {"output_folder": str(out), "data_folder": asr_data, "seed": 3}
+    hparams, _ = load_stage_hparams(os.path.join(REPO, "recipes", recipe, "conf"), "asr", "demo", runner,
+                                    TINY[recipe] + list(extra))
+    return hparams
+
+
+def train_losses(brain_cls, hparams, epochs):
+    losses = []
+
+    class Recording(brain_cls):
+        def on_stage_end(self, stage, stage_loss, epoch=None):
+            if stage == sb.Stage.TRAIN:
+                losses.append(stage_loss)
+            super().on_stage_end(stage, stage_loss, epoch)
+
+    hparams["epoch_counter"].limit = epochs
+    fit_asr(hparams, run_options("cpu", noprogressbar=True), Recording)
+    return losses
+
+
+@pytest.mark.parametrize("recipe,brain,epochs,ratio", [("ctc_transfer", CTCBrain, 4, 0.8), ("las_adapt", LASBrain, 15, 0.8)])
+def test_training_loss_falls(recipe, brain, epochs, ratio, asr_data, tmp_path):
+    losses = train_losses(brain, tiny_hparams(recipe, asr_data, tmp_path), epochs=epochs)
+    assert len(losses) == epochs
+    assert losses[-1] < ratio * losses[0], losses
+    log = (tmp_path / "train_log.txt").read_text()
+    assert f"epoch: {epochs}" in log and "valid CER" in log
+
+
+def test_resume_after_interrupted_epoch_matches_uninterrupted(asr_data, tmp_path):
+    whole = tiny_hparams("ctc_transfer", asr_data, tmp_path / "whole")
+    train_losses(CTCBrain, whole, epochs=2)
+    expected = {k: v.clone() for k, v in whole["model"].state_dict().items()}
+
+    class Interrupted(CTCBrain):
+        def fit_batch(self, batch):
+            if self.hparams.epoch_counter.current == 2 and self.step == 2:
+                raise KeyboardInterrupt("power cut in epoch 2")
+            return super().fit_batch(batch)
+
+    first = tiny_hparams("ctc_transfer", asr_data, tmp_path / "resumed")
+    first["epoch_counter"].limit = 2
+    with pytest.raises(KeyboardInterrupt):
+        fit_asr(first, run_options("cpu", noprogressbar=True), Interrupted)
+    second = tiny_hparams("ctc_transfer", asr_data, tmp_path / "resumed")  # a fresh process would rebuild all
+    train_losses(CTCBrain, second, epochs=2)
+    assert second["epoch_counter"].current == 2
+    for name, value in second["model"].state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_sampler_sortagrad_then_shuffled_buckets():
+    lengths = [5.0, 1.0, 3.0, 2.0, 4.0, 6.0]
+    sampler = LengthBucketBatchSampler(lengths, batch_size=2, sortagrad_epochs=1, seed=0)
+    sampler.set_epoch(1)
+    assert list(sampler) == [[1, 3], [2, 4], [0, 5]]  # epoch 1: ascending duration
+    sampler.set_epoch(2)
+    second = list(sampler)
+    assert sorted(i for b in second for i in b) == list(range(6)) and len(second) == 3
+    assert all(abs(lengths[a] - lengths[b]) <= 2 for a, b in second)  # buckets of similar length
+    again = LengthBucketBatchSampler(lengths, batch_size=2, seed=0)
+    again.set_epoch(2)
+    assert list(again) == second  # the order depends only on seed and epoch
+
+
+def test_evaluate_and_results_table(asr_data, tmp_path):
+    hparams = tiny_hparams("ctc_transfer", asr_data, tmp_path)
+    data = asr_dataset(hparams["test_csv"], hparams["vocab"])
+    res = evaluate_asr(hparams["model"], hparams["features"], data, hparams["vocab"], "cpu", str(tmp_path), "test",
+                       methods=("greedy", "beam"), beam_size=2)
+    assert set(res) == {"greedy", "beam"} and res["greedy"]["utterances"] == len(pd.read_csv(hparams["test_csv"]))
+    assert res["greedy"]["WER"] >= 0 and (tmp_path / "wer_test_greedy.txt").is_file()
+    path = str(tmp_path / "asr_results.csv")
+    row = {"model": "ds2", "stage": "pretrained", "corpus": "x", "split": "test", "decoder": "greedy", "WER": 50,
+           "CER": 20, "utterances": 4, "checkpoint": ""}
+    update_asr_results(path, [row, {**row, "split": "dev"}])
+    update_asr_results(path, [{**row, "WER": 40}])  # replaces the test row, keeps dev
+    table = pd.read_csv(path)
+    assert len(table) == 2 and table.set_index("split").loc["test", "WER"] == 40
+
+
+DDP_SCRIPT = r"""
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+from test_asr_training import tiny_hparams
+from ser_modules.asr_training import fit_asr, run_options
+hp = tiny_hparams("ctc_transfer", {data!r}, os.path.join({out!r}, "exp"))
+hp["epoch_counter"].limit = 1
+fit_asr(hp, run_options("cpu", noprogressbar=True))
+torch.save(hp["model"].state_dict(), os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
+"""
+
+
+def test_ddp_two_cpu_processes_stay_identical(asr_data, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=os.path.dirname(__file__), data=asr_data, out=str(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.path.join(REPO, "local"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    untrained = tiny_hparams("ctc_transfer", asr_data, tmp_path / "fresh")["model"].state_dict()
+    assert any(not torch.equal(a[n], untrained[n]) for n in a)  # the replicas did train
