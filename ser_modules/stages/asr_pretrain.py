@@ -18,7 +18,7 @@ import speechbrain as sb
 from ser_modules.asr_models import export_model, model_blocks
 from ser_modules.asr_training import evaluate_asr, fit_asr, load_best, run_options, update_asr_results
 from ser_modules.data import asr_dataset
-from ser_modules.fileio import file_digest, read_json, write_json, write_text
+from ser_modules.fileio import file_digest, fresh_outputs, read_json, write_json, write_text
 from ser_modules.hparams import load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
@@ -36,7 +36,10 @@ def main(argv=None) -> None:
     if os.path.isfile(done_path) and read_json(done_path).get("config") == config_hash:
         log.info("stage 2 already finished with this configuration (%s): skipped", done_path)
         return
-    os.makedirs(out, exist_ok=True)
+    # Checkpoints of another configuration or other data must not be resumed: start afresh.
+    if not fresh_outputs(out, {"config": config_hash}):
+        log.info("stage 2 starts from scratch in %s (configuration %s)", out, config_hash)
+        os.makedirs(hparams["checkpointer"].checkpoints_dir, exist_ok=True)  # made by the hparams, just removed
     write_text(os.path.join(out, "hyperparams.yaml"), resolved)
     model_yaml = os.path.join(out, "model_hparams.yaml")
     write_text(model_yaml, model_blocks(resolved))
