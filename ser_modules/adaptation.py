@@ -48,8 +48,11 @@ def model_parts(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
     return {"encoder": encoder, "decoder": decoder}
 
 
-def set_trainable(model: torch.nn.Module, part: str) -> int:
-    """Make only ``part`` (encoder, decoder or all) trainable; return the trainable parameter count."""
+def set_trainable(model: torch.nn.Module, part: str, ctc: bool = True) -> int:
+    """Make only ``part`` (encoder, decoder or all) trainable; return the trainable parameter count.
+
+    ``ctc=False`` also freezes a LAS model's CTC head: without a CTC loss it gets no gradient, and
+    DDP refuses parameters that never receive one."""
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r}: one of {PARTS}")
     parts = model_parts(model)
@@ -58,6 +61,9 @@ def set_trainable(model: torch.nn.Module, part: str) -> int:
     if part != "all":
         for p in parts[part]:
             p.requires_grad = True
+    if not ctc and getattr(model, "ctc_output", None) is not None:
+        for p in model.ctc_output.parameters():
+            p.requires_grad = False
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -101,7 +107,11 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
     """One adaptation stage in ``out_dir`` (resumable); loads and returns its best checkpoint."""
     done = os.path.join(out_dir, "done.json")
     checkpointer = Checkpointer(os.path.join(out_dir, "save"), {"model": model})
-    trainable = set_trainable(model, part)
+    ctc_weight = float(hp.get("ctc_weight", 0.0))
+    if ctc_weight > 0 and getattr(model, "ctc_output", None) is None:
+        raise ManifestError(f"{out_dir}: ctc_weight {ctc_weight} needs a CTC head, and the pretrained model has none "
+                            "(pretrain with asr.ctc_head=True or set adapt.ctc_weight=0)")
+    trainable = set_trainable(model, part, ctc=ctc_weight > 0)
     if os.path.isfile(done):
         load_best(checkpointer)
         return read_json(done)["checkpoint"]

@@ -142,7 +142,9 @@ class LASBrain(ASRBrain):
         loss = sb.nnet.losses.nll_loss(log_probs, tokens_eos, length=eos_rel.to(self.device),
                                        label_smoothing=self.hparams.label_smoothing)
         weight = getattr(self.hparams, "ctc_weight", 0.0)
-        if weight > 0 and "ctc_logits" in predictions:
+        if weight > 0 and "ctc_logits" not in predictions:
+            raise ValueError(f"ctc_weight is {weight} but the model has no CTC head: set ctc_head: True")
+        if weight > 0:
             tokens, token_rel = batch.tokens
             tokens = tokens.to(self.device)
             ctc = F.ctc_loss(predictions["ctc_logits"].float().log_softmax(-1).transpose(0, 1), tokens,

@@ -75,6 +75,12 @@ def test_freezing_keeps_weights_bit_identical():
                 assert torch.equal(p, before[n]), f"{part}: {n} changed"
         assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n.startswith(trained))
     assert set_trainable(model, "all") == sum(p.numel() for p in model.parameters())
+    joint = ListenAttendSpell(listener_hidden=8, fc_size=8, speller_hidden=8, attention_dim=8, embedding_dim=4,
+                              ctc_head=True)
+    head = sum(p.numel() for p in joint.ctc_output.parameters())
+    assert set_trainable(joint, "encoder", ctc=False) + head == set_trainable(joint, "encoder", ctc=True)
+    assert set_trainable(joint, "all", ctc=False) == sum(p.numel() for p in joint.parameters()) - head
+    assert not any(p.requires_grad for p in joint.ctc_output.parameters())
     ds2 = DeepSpeech2(conv_channels=2, rnn_layers=1, rnn_hidden=4)
     assert set_trainable(ds2, "decoder") == 2 * 4 + 4 * 29  # output BatchNorm and linear layer
 
