@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 
 import pandas as pd
@@ -126,10 +127,23 @@ def fresh_outputs(folder: str, inputs: dict) -> bool:
     folder's stale contents are removed, ``inputs.json`` is written and False is returned."""
     stamp = os.path.join(folder, "inputs.json")
     key = json.loads(json.dumps(inputs, sort_keys=True, default=str))
-    if os.path.isfile(stamp):
-        with open(stamp, encoding="utf-8") as f:
-            if json.load(f) == key:
-                return True
+
+    def up_to_date() -> bool:
+        try:
+            with open(stamp, encoding="utf-8") as f:
+                return json.load(f) == key
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    if up_to_date():
+        return True
+    if int(os.environ.get("RANK", 0)) > 0:  # DDP: only the main process cleans; the others wait for its stamp
+        deadline = time.time() + 600
+        while not up_to_date():
+            if time.time() > deadline:
+                raise ManifestError(f"{folder}: the main process did not prepare this folder within 10 minutes")
+            time.sleep(0.5)
+        return False
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     os.makedirs(folder)

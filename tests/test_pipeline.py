@@ -98,6 +98,22 @@ def test_rerun_skips_finished_work(ctc_exp, tiny_demo):
     assert os.path.getmtime(exp / "ser" / "MP-2" / "session1" / "run0" / "predictions.csv") == before
 
 
+def test_stage2_rescores_on_an_evaluation_change_and_retrains_on_a_training_change(ctc_exp, tiny_demo, tmp_path):
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(ctc_exp[0], exp)  # the shared experiment stays as stage 5 used it
+    save = exp / "asr" / "save"
+    checkpoints = sorted(os.listdir(save))
+    beam = [o.replace("asr.decoders=[greedy]", "asr.decoders=[greedy, beam]") for o in CTC_TINY]
+    proc = run_recipe("ctc_transfer", exp, tiny_demo, beam + ["--stage", "2", "--stop-stage", "2"])
+    assert "starts from scratch" not in proc.stderr and sorted(os.listdir(save)) == checkpoints
+    asr = pd.read_csv(exp / "asr_results.csv")
+    assert set(asr.loc[asr["decoder"] == "beam", "split"]) == {"dev", "test"}
+    proc = run_recipe("ctc_transfer", exp, tiny_demo, beam + ["asr.rnn_hidden=12", "--stage", "2", "--stop-stage", "2"])
+    assert "starts from scratch" in proc.stderr and sorted(os.listdir(save)) != checkpoints
+
+
 @pytest.mark.parametrize("variant", ["MP-2", "Progressive-1"])
 def test_inference_equals_stage5_predictions(ctc_exp, variant):
     exp, _ = ctc_exp
@@ -181,8 +197,10 @@ def test_compare_results(ctc_exp, las_exp, tmp_path):
     assert len(ua_cols) == 2
     for col in ua_cols:
         values = [v for v in csv[col] if v]
-        best = max(values, key=lambda v: float(v.rstrip("*")))
-        assert best.endswith("*") and sum(v.endswith("*") for v in values) >= 1
+        top = max(float(v.rstrip("*")) for v in values)
+        starred = [float(v.rstrip("*")) for v in values if v.endswith("*")]
+        assert starred and all(v == top for v in starred), (col, values)  # only the column's best is marked
+        assert len(starred) < len(values) or len(set(values)) == 1
     assert compare_main([str(ctc_exp[0]), str(las_exp[0]), "--out", str(tmp_path / "cmp")]) == 0
     assert "**" in (tmp_path / "cmp.md").read_text()
     assert compare_main([str(tmp_path)]) == 2  # not an experiment folder

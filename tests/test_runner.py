@@ -62,3 +62,14 @@ def test_stage1_on_real_layouts_and_resume(tiny_demo, tmp_path):
     # A rerun with the same corpora skips the finished stage.
     again = run("las_adapt", *args)
     assert "data already prepared" in again.stderr
+
+
+def test_stage2_configuration_key_ignores_evaluation_keys_paths_and_wrapping():
+    from ser_modules.stages.asr_pretrain import EVAL_ONLY_KEYS, canonical_config
+
+    a = "seed: 1\noutput_folder: /e/x/asr\ndecoders: [greedy]\nbeam_size: 4\nlr: 0.1\nmodel: !new:M\n    h: 8\n"
+    moved = "seed: 1\noutput_folder: \n  /f/x/asr\ndecoders:\n- greedy\n- beam\nbeam_size: 10\nlr: 0.1\nmodel: !new:M\n    h: 8\n"
+    assert canonical_config(a, "/e/x", EVAL_ONLY_KEYS) == canonical_config(moved, "/f/x", EVAL_ONLY_KEYS)
+    assert canonical_config(a, "/e/x") != canonical_config(moved, "/f/x")  # the full key still sees decoding
+    for changed in (a.replace("lr: 0.1", "lr: 0.2"), a.replace("h: 8", "h: 9")):
+        assert canonical_config(changed, "/e/x", EVAL_ONLY_KEYS) != canonical_config(a, "/e/x", EVAL_ONLY_KEYS)

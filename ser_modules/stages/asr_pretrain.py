@@ -1,7 +1,8 @@
 """Stage 2: pretrain the recipe's ASR model (conf/asr.yaml) on the ASR corpus, then score it.
 
 Resumes from the last checkpoint after an interruption; a finished run (``done.json`` with the
-same configuration) is skipped. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest
+same configuration) is skipped; a changed training configuration or ASR corpus removes the old run
+and trains afresh, a change of evaluation-only keys (decoders, beam size) re-scores the trained model. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest
 checkpoints), ``hyperparams.yaml``, ``train_log.txt``, ``wer_<split>_<decoder>.txt`` and rows of
 ``<exp>/asr_results.csv``.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 
 import speechbrain as sb
@@ -22,6 +24,25 @@ from ser_modules.fileio import file_digest, fresh_outputs, read_json, write_json
 from ser_modules.hparams import load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
+EVAL_ONLY_KEYS = ("decoders", "beam_size", "eval_batch_size", "num_workers")
+
+
+def canonical_config(resolved: str, exp_dir: str, drop: tuple[str, ...] = ()) -> str:
+    """The resolved YAML as compared between runs: top-level keys in ``drop`` removed (with their
+    block lists and wrapped lines), the experiment folder replaced by ``<exp>`` (a moved experiment
+    is the same run) and whitespace collapsed (the dumper wraps long paths)."""
+    top_key = re.compile(r"^([A-Za-z_][\w.]*):")
+    kept, skipping = [], False
+    for line in resolved.splitlines():
+        if line and not line[0].isspace() and not line.startswith("- "):
+            match = top_key.match(line)
+            skipping = bool(match and match.group(1) in drop)
+        if not skipping:
+            kept.append(line)
+    text = "\n".join(kept)
+    text = text.replace(os.path.abspath(exp_dir), "<exp>").replace(exp_dir, "<exp>")
+    return " ".join(text.split())
+
 
 def main(argv=None) -> None:
     args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
@@ -31,14 +52,18 @@ def main(argv=None) -> None:
     hparams, resolved = load_stage_hparams(args.conf_dir, "asr", args.size, runner, args.overrides)
     # The run is identified by its configuration and its data.
     data_digest = file_digest(hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"])
-    config_hash = hashlib.sha1((resolved + data_digest).encode()).hexdigest()[:16]
+    config_hash = hashlib.sha1((canonical_config(resolved, args.exp_dir) + data_digest).encode()).hexdigest()[:16]
+    # Evaluation-only keys do not invalidate the training: a change there resumes and re-scores.
+    training = canonical_config(resolved, args.exp_dir, drop=EVAL_ONLY_KEYS)
+    training_hash = hashlib.sha1((training + data_digest).encode()).hexdigest()[:16]
     done_path = os.path.join(out, "done.json")
     if os.path.isfile(done_path) and read_json(done_path).get("config") == config_hash:
         log.info("stage 2 already finished with this configuration (%s): skipped", done_path)
         return
-    # Checkpoints of another configuration or other data must not be resumed: start afresh.
-    if not fresh_outputs(out, {"config": config_hash}):
-        log.info("stage 2 starts from scratch in %s (configuration %s)", out, config_hash)
+    # Checkpoints of another training configuration or other data must not be resumed: start afresh.
+    if not fresh_outputs(out, {"config": training_hash}):
+        log.warning("stage 2 starts from scratch in %s (training configuration %s; an older run there was "
+                    "removed)", out, training_hash)
         os.makedirs(hparams["checkpointer"].checkpoints_dir, exist_ok=True)  # made by the hparams, just removed
     write_text(os.path.join(out, "hyperparams.yaml"), resolved)
     model_yaml = os.path.join(out, "model_hparams.yaml")
