@@ -100,7 +100,7 @@ DIALOG_FRAMES = [
     "we have to {v} it {d}",
 ]
 
-# Read-speech frames for the LibriSpeech-layout corpus: short narrative sentences (4-8 words), so
+# Read-speech frames for the LibriSpeech-layout corpus: short narrative sentences (5-8 words), so
 # that a CPU sees many utterances per minute of training.
 READ_FRAMES = [
     "the {a} {n} {p} the {n}",

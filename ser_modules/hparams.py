@@ -1,7 +1,8 @@
 """Loading a recipe stage's HyperPyYAML hparams with the demo layer and command-line overrides.
 
 A recipe's ``conf/<stage>.yaml`` holds the paper's configuration; ``conf/demo/<stage>.yaml`` lists
-only the keys the demo shrinks (sizes, epochs). Values are layered, later wins:
+only the keys the demo changes (sizes, epochs; a few documented demo-only learning rates). Values
+are layered, later wins:
 
     conf/<stage>.yaml  <  conf/demo/<stage>.yaml (--size demo)  <  runner values  <  key=value
 
