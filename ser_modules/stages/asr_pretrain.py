@@ -2,9 +2,9 @@
 
 Resumes from the last checkpoint after an interruption; a finished run (``done.json`` with the
 same configuration) is skipped; a changed training configuration or ASR corpus removes the old run
-and trains afresh, a change of evaluation-only keys (decoders, beam size) re-scores the trained model. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest
-checkpoints), ``hyperparams.yaml``, ``train_log.txt``, ``wer_<split>_<decoder>.txt`` and rows of
-``<exp>/asr_results.csv``.
+and trains afresh, a change of evaluation-only keys (decoders, beam size) re-scores the trained
+model. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest checkpoints), ``hyperparams.yaml``,
+``train_log.txt``, ``wer_<split>_<decoder>.txt`` and rows of ``<exp>/asr_results.csv``.
 """
 
 from __future__ import annotations
