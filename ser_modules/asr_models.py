@@ -9,7 +9,6 @@ with :func:`load_asr_model`; nothing is downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import ruamel.yaml
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from ser_modules.fileio import ManifestError, atomic_path, read_json, write_json
+from ser_modules.fileio import ManifestError, atomic_path, file_digest, read_json, write_json
 
 
 @dataclass
@@ -61,16 +60,8 @@ def export_model(model: torch.nn.Module, out_dir: str, asr_hparams: str, rank: i
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     write_json(os.path.join(out_dir, "model.json"),
-               {"asr_hparams": os.path.abspath(asr_hparams), "rank": rank, "sha1": file_sha1(path), **(extra or {})})
+               {"asr_hparams": os.path.abspath(asr_hparams), "rank": rank, "sha1": file_digest(path), **(extra or {})})
     return path
-
-
-def file_sha1(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def list_asr_models(exp_dir: str) -> list[ASRModelRef]:

@@ -52,6 +52,12 @@ def absolute_lengths(relative: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.round(relative * max_len).long().clamp(min=1)
 
 
+def append_error_stats(cer: ErrorRateStats, wer: ErrorRateStats, ids, hyps: list[str], refs: list[str]) -> None:
+    """Add hypotheses to character- and word-level error statistics."""
+    cer.append(ids, [list(h) for h in hyps], [list(r) for r in refs])
+    wer.append(ids, [h.split() for h in hyps], [r.split() for r in refs])
+
+
 class ASRBrain(sb.Brain):
     """Shared training logic; subclasses implement ``compute_forward`` and the loss.
 
@@ -81,8 +87,7 @@ class ASRBrain(sb.Brain):
             self.wer_stats = ErrorRateStats()
 
     def record_hypotheses(self, ids, hyps: list[str], refs: list[str]) -> None:
-        self.cer_stats.append(ids, [list(h) for h in hyps], [list(r) for r in refs])
-        self.wer_stats.append(ids, [h.split() for h in hyps], [r.split() for r in refs])
+        append_error_stats(self.cer_stats, self.wer_stats, ids, hyps, refs)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
@@ -203,8 +208,7 @@ def evaluate_asr(model: torch.nn.Module, features: torch.nn.Module, dataset, voc
 def error_rates(ids: list[str], refs: list[str], hyps: list[str], alignments_path: str | None = None) -> dict:
     """WER and CER (percent) of hypotheses against references; optionally write the word alignments."""
     cer, wer = ErrorRateStats(split_tokens=True), ErrorRateStats()
-    cer.append(ids, [list(h) for h in hyps], [list(r) for r in refs])
-    wer.append(ids, [h.split() for h in hyps], [r.split() for r in refs])
+    append_error_stats(cer, wer, ids, hyps, refs)
     if alignments_path:
         with atomic_path(alignments_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             wer.write_stats(f)

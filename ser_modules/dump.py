@@ -24,6 +24,7 @@ import speechbrain as sb
 import torch
 from tqdm import tqdm
 
+from ser_modules.asr_training import absolute_lengths
 from ser_modules.data import LengthBucketBatchSampler, manifest_dataset, read_utterance
 from ser_modules.fileio import ManifestError, read_json, write_csv, write_json
 
@@ -157,7 +158,7 @@ def dump_asr_layers(model: torch.nn.Module, features: torch.nn.Module, utterance
         for batch in tqdm(loader, desc=f"dumping {name} {layers}", leave=False):
             wavs, rel = batch.sig
             wavs = wavs.to(device)
-            samples = torch.round(rel * wavs.shape[1]).long().to(device)
+            samples = absolute_lengths(rel.to(device), wavs.shape[1])
             seconds += float(samples.sum()) / 16000
             feats, frames = features(wavs, samples)
             out = model.forward_layers(feats, frames, layers)

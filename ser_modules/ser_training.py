@@ -20,6 +20,7 @@ import speechbrain as sb
 import torch
 import torch.nn.functional as F
 from speechbrain.utils.epoch_loop import EpochCounterWithStopper
+from torch.nn.utils.rnn import pad_sequence
 
 from ser_modules.asr_training import seed_all
 from ser_modules.data import LengthBucketBatchSampler
@@ -127,7 +128,7 @@ class SERDataset(torch.utils.data.Dataset):
         self.train, self.seed, self.epoch = train, seed, 1
         self.asr = inputs.asr_store(spec.asr, fold) if spec.asr else None
         self.hand = inputs.handcrafted_store() if spec.uses_handcrafted else None
-        self.copies = [c for c in inputs.handcrafted_copies()] if self.hand is not None else []
+        self.copies = inputs.handcrafted_copies() if self.hand is not None else []
         if spec.type == "iaan":
             if context is None or not {"prev_same", "prev_other"} <= set(context.columns):
                 raise ManifestError(f"variant {spec.name}: IAAN needs dialog context (prev_same/prev_other columns)")
@@ -176,11 +177,8 @@ class SERDataset(torch.utils.data.Dataset):
 
 
 def pad_sequences(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([s.shape[0] for s in seqs])
-    out = torch.zeros(len(seqs), int(lengths.max()), seqs[0].shape[1])
-    for i, s in enumerate(seqs):
-        out[i, : s.shape[0]] = s
-    return out, lengths
+    """``[T_i, D]`` tensors -> zero-padded ``[B, T_max, D]`` and the lengths ``[B]``."""
+    return pad_sequence(seqs, batch_first=True), torch.tensor([s.shape[0] for s in seqs])
 
 
 def collate(items: list[dict]) -> dict:

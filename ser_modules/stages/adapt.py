@@ -70,7 +70,8 @@ def main(argv=None) -> None:
 
     # The pretrained model on every fold's test speakers.
     pre_dirs = {}
-    pre_sha = read_json(os.path.join(args.exp_dir, "asr", "model.json"))["sha1"]
+    pre_info = read_json(os.path.join(args.exp_dir, "asr", "model.json"))
+    pre_sha = pre_info["sha1"]
     for fold in folds:
         folder = os.path.join(out, "pretrained", fold.name)
         pre_dirs[fold.name] = folder
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
             model, features, vocab, _ = load_asr_model(pretrained, args.device)
             evaluate_asr(model, features, asr_dataset(data[fold.name]["test"], vocab), vocab, args.device, folder,
                          "test", methods, hp["batch_size"])
-    model_name = read_json(os.path.join(args.exp_dir, "asr", "model.json")).get("model_name", "asr")
+    model_name = pre_info.get("model_name", "asr")
     for m in methods:
         rows.append({"model": model_name, "stage": "pretrained", "corpus": corpus, "split": f"test:{args.folds}",
                      "decoder": m, **score_pooled(args.exp_dir, pre_dirs, m), "checkpoint": "asr/model.pt"})
