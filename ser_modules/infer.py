@@ -128,10 +128,7 @@ class EmotionRecognizer:
             for item, wav in zip(items, wavs):
                 item["feats"] = self.handcrafted(wav)
         if self.spec.asr:
-            model, features, _, _ = self._asr_model(fold.asr_path)
-            lengths = torch.tensor([len(w) for w in wavs], device=self.device)
-            padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(self.device)
-            feats, frames = features(padded, lengths)
+            model, _, feats, frames = self._asr_features(wavs, fold.asr_path)
             hidden, hlen = model.forward_layers(feats, frames, [self.spec.layer])[self.spec.layer]
             # The stores hold float16 unless configured otherwise: round the same way.
             hidden = hidden.to(self.store_dtype()).float()
@@ -141,6 +138,13 @@ class EmotionRecognizer:
                 if self.spec.type == "iaan":  # no dialog context for a lone recording: zero frames
                     item["prev"] = item["other"] = torch.zeros(1, seq.shape[1])
         return collate(items)
+
+    def _asr_features(self, wavs: list[torch.Tensor], path: str) -> tuple:
+        """``(model, vocab, feats, frames)``: the ASR model at ``path`` and its features of the signals."""
+        model, features, vocab, _ = self._asr_model(path)
+        lengths = torch.tensor([len(w) for w in wavs], device=self.device)
+        padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(self.device)
+        return (model, vocab, *features(padded, lengths))
 
     def store_dtype(self) -> torch.dtype:
         """The precision stage 4 stored representations in (inference rounds the same way)."""
@@ -156,10 +160,11 @@ class EmotionRecognizer:
     @torch.no_grad()
     def predict_signals(self, wavs: list[torch.Tensor]) -> np.ndarray:
         """Class probabilities ``[N, n_classes]`` of 16 kHz mono signals (fold models averaged)."""
-        probs = []
+        probs, batches = [], {}
         for fold in self.folds:
-            batch = self._inputs(wavs, fold)
-            logits = forward(fold.ser, self.spec, batch, self.device)
+            if fold.asr_path not in batches:  # folds reading the same ASR model share their inputs
+                batches[fold.asr_path] = self._inputs(wavs, fold)
+            logits = forward(fold.ser, self.spec, batches[fold.asr_path], self.device)
             probs.append(logits.float().softmax(-1).cpu().numpy())
         return np.mean(probs, axis=0)
 
@@ -167,10 +172,7 @@ class EmotionRecognizer:
     def transcribe(self, wavs: list[torch.Tensor]) -> list[str]:
         if self.transcript_asr is None:
             return [""] * len(wavs)
-        model, features, vocab, _ = self._asr_model(self.transcript_asr)
-        lengths = torch.tensor([len(w) for w in wavs], device=self.device)
-        padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(self.device)
-        feats, frames = features(padded, lengths)
+        model, vocab, feats, frames = self._asr_features(wavs, self.transcript_asr)
         return Transcriber(model, vocab, beam_size=4)(feats, frames, self.decoder)
 
     def windows(self, path: str) -> list[torch.Tensor]:
