@@ -30,6 +30,7 @@ import pandas as pd
 
 from ser_modules.audio import audio_duration
 from ser_modules.corpus import IEMOCAP_CLASSES, complete_columns, write_emotion_protocol, write_summary, EMOTION_COLUMNS
+from ser_modules.dialog import UTTERANCE_ID as _UTT_ID, add_context, parse_transcription_lines
 from ser_modules.fileio import ManifestError, setup_logging, write_csv
 from ser_modules.folds import leave_one_session_out, leave_one_speaker_out
 from ser_modules.text import remove_special_tokens
@@ -41,7 +42,6 @@ WORD_TO_CODE = {
     "excited": "exc", "surprise": "sur", "fear": "fea", "disgust": "dis", "other": "oth",
 }
 STANDARD_MAP = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
-CONTEXT_WINDOW = 8
 FULL_CORPUS_TURNS = 10039
 EXPECTED = {
     "standard_total": 5531,
@@ -54,8 +54,6 @@ LAKOMKIN_PAPER_COUNTS = {"total": 6416, "ang": 1104, "hap": 2496, "neu": 1752, "
 
 _TURN_LINE = re.compile(r"^\[(\d+\.?\d*)\s*-\s*(\d+\.?\d*)\]\s+(\S+)\s+(\S+)\s+\[([^\]]*)\]\s*$")
 _VOTE_LINE = re.compile(r"^C-([EFM]\d+):\s*(.*)$")
-_TRANS_LINE = re.compile(r"^(\S+)\s+\[(\d+\.?\d*)-(\d+\.?\d*)\]:\s?(.*)$")
-_UTT_ID = re.compile(r"^(Ses(\d\d)[FM]_.+)_([FM])(\d{3})$")
 
 
 def parse_emo_evaluation(path: str) -> list[dict]:
@@ -98,15 +96,9 @@ def parse_emo_evaluation(path: str) -> list[dict]:
 
 
 def parse_transcriptions(path: str) -> dict[str, str]:
-    """``{utterance id: text}`` from a ``transcriptions/<dialog>.txt``; lines without a time stamp
-    or with ids that are not turns (``_MXX0``) are skipped."""
-    texts = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for raw in f:
-            m = _TRANS_LINE.match(raw.strip())
-            if m and _UTT_ID.match(m.group(1)):
-                texts[m.group(1)] = m.group(4).strip()
-    return texts
+    """``{utterance id: text}`` from a ``transcriptions/<dialog>.txt`` (see
+    :func:`ser_modules.dialog.parse_transcription_lines`)."""
+    return {utt: text for utt, (_, _, text) in parse_transcription_lines(path).items()}
 
 
 def format_votes(votes: list) -> str:
@@ -130,29 +122,6 @@ def lakomkin_label(votes: list) -> str | None:
     if n < 2 or (rest and rest[0][1] == n):
         return None
     return top if top in IEMOCAP_CLASSES else None
-
-
-def add_context(turns: pd.DataFrame, window: int = CONTEXT_WINDOW) -> pd.DataFrame:
-    """Add ``turn_index`` (order by start time within the dialog) and the ids of the previous turn of
-    the same speaker (``prev_same``) and of the interlocutor (``prev_other``), looking back at most
-    ``window`` turns; empty where there is none."""
-    turns = turns.sort_values(["dialog", "start", "end", "ID"]).reset_index(drop=True)
-    turns["turn_index"] = turns.groupby("dialog").cumcount()
-    prev_same, prev_other = [], []
-    for _, group in turns.groupby("dialog", sort=False):
-        ids, speakers = group["ID"].tolist(), group["speaker"].tolist()
-        for i in range(len(ids)):
-            same = other = ""
-            for j in range(i - 1, max(-1, i - 1 - window), -1):
-                if speakers[j] == speakers[i]:
-                    same = same or ids[j]
-                else:
-                    other = other or ids[j]
-            prev_same.append(same)
-            prev_other.append(other)
-    turns["prev_same"] = prev_same
-    turns["prev_other"] = prev_other
-    return turns
 
 
 def read_corpus(root: str) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """Representation dumps: frame-level sequences of every emotion utterance, stored once, memory-mapped.
 
 A store is a folder ``<root>/<name>/<key>/`` holding, per layer, one raw array ``<layer>.bin``
-(``[total_frames, dim]``, float16 by default) that ``numpy.memmap`` opens without reading it, an
-``index.csv`` (utterance id, frame offset and frame count per layer) and ``meta.json``. The key is
+(``[total_frames, dim]``, float16 by default, readable with ``numpy.memmap``), an ``index.csv``
+(utterance id, frame offset and frame count per layer) and ``meta.json``. The key is
 a hash of everything the frames depend on (model weights, layers, feature configuration, the
 utterances' audio); a rerun with the same inputs reuses the store, any change makes a new one.
 A store is written to a temporary folder renamed into place when complete, so an interrupted dump
@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 import os
 import shutil
 import time
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from ser_modules.asr_training import absolute_lengths
 from ser_modules.data import LengthBucketBatchSampler, manifest_dataset, read_utterance
+from ser_modules.features import feature_config
 from ser_modules.fileio import ManifestError, read_json, write_csv, write_json
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,12 @@ def store_key(parts: dict) -> str:
 
 
 class FeatureStore:
-    """Read access to a finished store: ``store.get(utt_id, layer) -> np.ndarray [frames, dim]``."""
+    """Read access to a finished store: ``store.get(utt_id, layer) -> np.ndarray [frames, dim]``.
+
+    Each call reads one utterance's frames with a positioned read from the layer's raw file: nothing
+    of the store stays in the process (the operating system's page cache keeps what is hot), so
+    a training worker's memory does not grow with the corpus.
+    """
 
     def __init__(self, folder: str):
         meta_path = os.path.join(folder, "meta.json")
@@ -51,36 +59,70 @@ class FeatureStore:
         self.folder = folder
         self.meta = read_json(meta_path)
         index = pd.read_csv(os.path.join(folder, "index.csv"), keep_default_na=False, dtype={"ID": str})
-        self.index = index.set_index("ID")
         self.layers = list(self.meta["layers"])
-        self._arrays = {}
+        self.ids = index["ID"].tolist()
+        self._rows = {layer: dict(zip(self.ids, zip(index[f"offset_{layer}"].tolist(), index[f"frames_{layer}"].tolist())))
+                      for layer in self.layers}
+        self._fds: dict[str, int] = {}
 
-    def array(self, layer: str) -> np.memmap:
-        if layer not in self.layers:
+    def _layer_info(self, layer: str) -> dict:
+        if layer not in self._rows:
             raise KeyError(f"{self.folder}: no layer {layer!r}; stored: {self.layers}")
-        if layer not in self._arrays:
-            info = self.meta["layers"][layer]
-            self._arrays[layer] = np.memmap(os.path.join(self.folder, f"{layer}.bin"), dtype=info["dtype"], mode="r",
-                                            shape=(info["frames"], info["dim"]))
-        return self._arrays[layer]
+        return self.meta["layers"][layer]
 
     def dim(self, layer: str) -> int:
-        return int(self.meta["layers"][layer]["dim"])
+        return int(self._layer_info(layer)["dim"])
 
     def __contains__(self, utt_id: str) -> bool:
-        return utt_id in self.index.index
+        return utt_id in self._rows[self.layers[0]] if self.layers else False
 
-    def get(self, utt_id: str, layer: str) -> np.ndarray:
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def frames(self, utt_id: str, layer: str) -> int:
+        """Number of stored frames of ``utt_id`` in ``layer``."""
+        return int(self._row(utt_id, layer)[1])
+
+    def _row(self, utt_id: str, layer: str) -> tuple[int, int]:
+        self._layer_info(layer)
         try:
-            row = self.index.loc[utt_id]
+            return self._rows[layer][utt_id]
         except KeyError as err:
             raise KeyError(f"{self.folder}: utterance {utt_id!r} is not in this store") from err
-        start, n = int(row[f"offset_{layer}"]), int(row[f"frames_{layer}"])
-        return np.asarray(self.array(layer)[start : start + n], dtype=np.float32)
+
+    def get(self, utt_id: str, layer: str) -> np.ndarray:
+        """The frames of one utterance as float32 ``[frames, dim]``."""
+        start, n = self._row(utt_id, layer)
+        info = self.meta["layers"][layer]
+        dtype = np.dtype(info["dtype"])
+        row_bytes = int(info["dim"]) * dtype.itemsize
+        if layer not in self._fds:
+            self._fds[layer] = os.open(os.path.join(self.folder, f"{layer}.bin"), os.O_RDONLY)
+        data = os.pread(self._fds[layer], n * row_bytes, start * row_bytes)
+        if len(data) != n * row_bytes:
+            raise ManifestError(f"{self.folder}/{layer}.bin: truncated (utterance {utt_id!r} needs "
+                                f"{n * row_bytes} bytes at offset {start * row_bytes})")
+        return np.frombuffer(data, dtype=dtype).reshape(n, int(info["dim"])).astype(np.float32)
 
     def mean_pooled(self, layer: str, ids) -> np.ndarray:
         """Utterance vectors: the mean of each utterance's frames, ``[len(ids), dim]``."""
         return np.stack([self.get(i, layer).mean(axis=0) for i in ids])
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __getstate__(self):  # file descriptors are per process: a copy opens its own
+        state = dict(self.__dict__)
+        state["_fds"] = {}
+        return state
 
 
 class _StoreWriter:
@@ -143,7 +185,7 @@ def dump_asr_layers(model: torch.nn.Module, features: torch.nn.Module, utterance
 
     Returns the store; prints the throughput as x real time.
     """
-    key = store_key({"model": model_sha1, "layers": sorted(layers), "features": repr(features),
+    key = store_key({"model": model_sha1, "layers": sorted(layers), "features": feature_config(features),
                      "utterances": utterances_key(utterances), "dtype": dtype})
     folder = os.path.join(root, name, key)
     model.eval()
@@ -170,38 +212,65 @@ def dump_asr_layers(model: torch.nn.Module, features: torch.nn.Module, utterance
               f"{elapsed:.1f} s = {rtf:.0f}x real time")
         return {"x_real_time": round(rtf, 1), "audio_hours": round(seconds / 3600, 4)}
 
-    meta = {"name": name, "model_sha1": model_sha1, "features": repr(features), "device": device}
+    meta = {"name": name, "model_sha1": model_sha1, "features": feature_config(features), "device": device}
     return _write_store(folder, layers, dtype, meta, fill)
 
 
-def dump_handcrafted(utterances: pd.DataFrame, root: str, extractor: torch.nn.Module, dtype: str = "float16",
-                     name: str = "handcrafted", augment: torch.nn.Module | None = None, copies: int = 0,
-                     seed: int = 0) -> FeatureStore:
-    """Store the baseline features (:class:`ser_modules.features.HandcraftedFeatures`) as layer
-    ``mfcc_pitch``, plus ``copies`` augmented versions (``mfcc_pitch@1`` ...) made by ``augment``
-    (tempo/gain) with a generator seeded per utterance and copy; training draws one per epoch."""
+_WORKER_EXTRACT: dict = {}
+
+
+def _init_extract_worker(extractor, augment) -> None:
+    torch.set_num_threads(1)
+    _WORKER_EXTRACT.update(extractor=extractor, augment=augment)
+
+
+def _extract(job: tuple) -> tuple[str, float, dict]:
+    """Features of one utterance: the clean layer and the augmented copies (seeded by the utterance id,
+    so a store does not depend on the order of its utterances)."""
+    row, layer, copies, seed = job
+    extractor, augment = _WORKER_EXTRACT["extractor"], _WORKER_EXTRACT["augment"]
+    wav = read_utterance(row["wav"], row.get("seg_start", ""), row.get("seg_end", ""))
+    arrays = {layer: extractor(wav).numpy()}
+    for k in range(1, copies + 1):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(row["ID"].encode()) * 101 + k)
+        arrays[f"{layer}@{k}"] = extractor(augment(wav, gen)).numpy()
+    return row["ID"], wav.shape[0] / 16000, arrays
+
+
+def dump_features(utterances: pd.DataFrame, root: str, extractor, name: str, layer: str, dtype: str = "float16",
+                  augment: torch.nn.Module | None = None, copies: int = 0, seed: int = 0, nj: int = 1) -> FeatureStore:
+    """Store features computed from each utterance's signal by ``extractor`` (``wav [S] -> [T, D]``) as
+    ``layer``, plus ``copies`` augmented versions (``<layer>@1`` ...) made by ``augment`` (tempo/gain);
+    training draws one per epoch. ``nj`` processes share the utterances. The store's key is built from
+    the extractor's and the augmentation's explicit configurations (:func:`~ser_modules.features.feature_config`)."""
     copies = copies if augment is not None else 0
-    layers = ["mfcc_pitch"] + [f"mfcc_pitch@{k}" for k in range(1, copies + 1)]
-    key = store_key({"features": repr(extractor), "utterances": utterances_key(utterances), "dtype": dtype,
-                     "augment": repr(augment), "copies": copies, "seed": seed})
+    layers = [layer] + [f"{layer}@{k}" for k in range(1, copies + 1)]
+    config = {"features": feature_config(extractor), "augment": feature_config(augment) if copies else {},
+              "copies": copies, "seed": seed if copies else None}
+    key = store_key({**config, "utterances": utterances_key(utterances), "dtype": dtype})
     folder = os.path.join(root, name, key)
 
     def fill(writer):
         started, seconds = time.time(), 0.0
         if augment is not None:
             augment.train()
-        for n, row in enumerate(tqdm(utterances.to_dict("records"), desc="handcrafted features", leave=False)):
-            wav = read_utterance(row["wav"], row.get("seg_start", ""), row.get("seg_end", ""))
-            seconds += wav.shape[0] / 16000
-            arrays = {"mfcc_pitch": extractor(wav).numpy()}
-            for k in range(1, copies + 1):
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + n * 101 + k)
-                arrays[f"mfcc_pitch@{k}"] = extractor(augment(wav, gen)).numpy()
-            writer.add(row["ID"], arrays)
+        jobs = [(row, layer, copies, seed) for row in utterances.to_dict("records")]
+        progress = dict(total=len(jobs), desc=f"{name} features", leave=False)
+        if nj > 1 and len(jobs) >= 4 * nj:
+            with mp.get_context("spawn").Pool(nj, initializer=_init_extract_worker, initargs=(extractor, augment)) as pool:
+                for utt, secs, arrays in tqdm(pool.imap(_extract, jobs, chunksize=8), **progress):
+                    writer.add(utt, arrays)
+                    seconds += secs
+        else:
+            _WORKER_EXTRACT.update(extractor=extractor, augment=augment)
+            for job in tqdm(jobs, **progress):
+                utt, secs, arrays = _extract(job)
+                writer.add(utt, arrays)
+                seconds += secs
         elapsed = time.time() - started
         rtf = seconds / max(elapsed, 1e-9)
         print(f"stage 4 dump {name}: {len(utterances)} utterances (+{copies} augmented copies), "
               f"{seconds / 3600:.2f} h of audio in {elapsed:.1f} s = {rtf:.0f}x real time")
         return {"x_real_time": round(rtf, 1), "audio_hours": round(seconds / 3600, 4), "augmented_copies": copies}
 
-    return _write_store(folder, layers, dtype, {"name": name, "features": repr(extractor)}, fill)
+    return _write_store(folder, layers, dtype, {"name": name, **config}, fill)

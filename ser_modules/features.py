@@ -13,6 +13,17 @@ import torchaudio.functional as AF
 import torchaudio.transforms as T
 
 
+def feature_config(module) -> dict:
+    """The explicit, canonical configuration of a feature extractor or augmentation: what every cache
+    key of computed features is built from (never ``repr()``, which hides parameters)."""
+    if module is None:
+        return {}
+    config = getattr(module, "config", None)
+    if not isinstance(config, dict):
+        raise TypeError(f"{type(module).__name__} has no `config` dict of its parameters: it cannot key a cache")
+    return {"class": f"{type(module).__module__}.{type(module).__qualname__}", **config}
+
+
 def frames_for_samples(samples: torch.Tensor, win: int, hop: int) -> torch.Tensor:
     """Number of complete ``win``-sample frames with hop ``hop`` (at least 1)."""
     return torch.clamp((samples - win).div(hop, rounding_mode="floor") + 1, min=1)
@@ -50,6 +61,7 @@ class LogSpectrogram(nn.Module):
 
     def __init__(self, sample_rate: int = 16000, win_ms: float = 20.0, hop_ms: float = 10.0, normalize: bool = True):
         super().__init__()
+        self.config = {"sample_rate": sample_rate, "win_ms": win_ms, "hop_ms": hop_ms, "normalize": normalize}
         self.win = int(sample_rate * win_ms / 1000)
         self.hop = int(sample_rate * hop_ms / 1000)
         self.normalize = normalize
@@ -96,6 +108,8 @@ class MFCC(nn.Module):
     def __init__(self, sample_rate: int = 16000, n_mfcc: int = 13, n_mels: int = 40, win_ms: float = 25.0,
                  hop_ms: float = 10.0, delta_order: int = 2, normalize: bool = True):
         super().__init__()
+        self.config = {"sample_rate": sample_rate, "n_mfcc": n_mfcc, "n_mels": n_mels, "win_ms": win_ms,
+                       "hop_ms": hop_ms, "delta_order": delta_order, "normalize": normalize}
         self.win = int(sample_rate * win_ms / 1000)
         self.hop = int(sample_rate * hop_ms / 1000)
         self.delta_order = delta_order
@@ -165,6 +179,8 @@ class HandcraftedFeatures(nn.Module):
     def __init__(self, sample_rate: int = 16000, n_mfcc: int = 13, win_ms: float = 20.0, hop_ms: float = 10.0,
                  pitch_smoothing: int = 15, pitch_min: float = 60.0, pitch_max: float = 500.0):
         super().__init__()
+        self.config = {"sample_rate": sample_rate, "n_mfcc": n_mfcc, "win_ms": win_ms, "hop_ms": hop_ms,
+                       "pitch_smoothing": pitch_smoothing, "pitch_min": pitch_min, "pitch_max": pitch_max}
         self.mfcc = MFCC(sample_rate, n_mfcc=n_mfcc, win_ms=win_ms, hop_ms=hop_ms, delta_order=1, normalize=False)
         self.sample_rate, self.pitch_smoothing = sample_rate, pitch_smoothing
         self.pitch_min, self.pitch_max = pitch_min, pitch_max
@@ -191,6 +207,7 @@ class TempoGainAugment(nn.Module):
     def __init__(self, tempo=(0.85, 1.15), gain_db=(-3.0, 6.0), n_fft: int = 512, hop: int = 128):
         super().__init__()
         self.tempo, self.gain_db, self.n_fft, self.hop = tuple(tempo), tuple(gain_db), n_fft, hop
+        self.config = {"tempo": list(self.tempo), "gain_db": list(self.gain_db), "n_fft": n_fft, "hop": hop}
         self.stretch = T.TimeStretch(hop_length=hop, n_freq=n_fft // 2 + 1)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
@@ -205,3 +222,32 @@ class TempoGainAugment(nn.Module):
         out = torch.istft(stretched, self.n_fft, self.hop, window=self.window,
                           length=max(int(round(wav.shape[-1] / rate)), self.n_fft))
         return out * 10 ** (gain / 20)
+
+
+class EGeMAPSFunctionals:
+    """The extended Geneva Minimalistic Acoustic Parameter Set (eGeMAPS v02, Eyben et al. 2016): 88
+    utterance-level functionals computed by openSMILE, the classical SER reference features.
+
+    ``wav [S]`` (16 kHz mono) -> ``[1, 88]`` (one "frame" per utterance, float32).
+    """
+
+    def __init__(self, sample_rate: int = 16000):
+        import opensmile
+
+        self.sample_rate = sample_rate
+        self._smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                                      feature_level=opensmile.FeatureLevel.Functionals)
+        self.names = list(self._smile.feature_names)
+        self.config = {"feature_set": "eGeMAPSv02", "level": "functionals", "opensmile": opensmile.__version__,
+                       "sample_rate": sample_rate}
+
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        signal = wav.reshape(-1).detach().cpu().numpy().astype("float32")
+        values = self._smile.process_signal(signal, self.sample_rate).to_numpy(dtype="float32", copy=True)
+        return torch.from_numpy(values.reshape(1, -1))
+
+    def __getstate__(self):  # the openSMILE handle is per process: a copy builds its own
+        return {"sample_rate": self.sample_rate}
+
+    def __setstate__(self, state):
+        self.__init__(state["sample_rate"])

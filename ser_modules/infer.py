@@ -10,6 +10,7 @@ Command line::
 
     python -m ser_modules.infer EXP_DIR AUDIO... [--out results.csv|results.json] [--variant NAME]
         [--fold NAME] [--decoder greedy|beam] [--device cpu] [--batch-size 8] [--long split|refuse]
+        [--context turns.csv|IEMOCAP_FOLDER]
 
 A SER variant was trained once per fold (stage 5); by default the class probabilities of all fold
 models are averaged (an ensemble), ``--fold`` picks one. Everything is read from the experiment
@@ -17,6 +18,11 @@ folder; nothing is downloaded. Audio of any sample rate or channel count is resa
 mono. A recording longer than ``--max-seconds`` is split into windows whose probabilities are
 averaged (weighted by duration) and whose transcripts are joined, or refused (``--long refuse``).
 A file that cannot be read gets its own error row; the exit code is 1 if any file failed.
+
+IAAN variants read the dialog context they were trained with: the previous turn of the same speaker
+and of the interlocutor, found in ``--context`` (a CSV ``path,speaker,dialog,order`` or an
+IEMOCAP-style folder, :mod:`ser_modules.dialog`). Without it they fall back to zero context, and the
+``context`` column and the summary line say so.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from tqdm import tqdm
 from ser_modules.asr_models import load_asr_model
 from ser_modules.audio import AudioReadError, audio_info, load_audio
 from ser_modules.decoding import Transcriber
+from ser_modules.dialog import load_dialog_context
+from ser_modules.features import EGeMAPSFunctionals
 from ser_modules.fileio import ManifestError, read_json, write_csv, write_text
 from ser_modules.ser_training import VariantSpec, build_model, collate, forward
 
@@ -69,12 +77,18 @@ class EmotionRecognizer:
 
     def __init__(self, exp_dir: str, variant: str, folds: list[FoldModel], spec: VariantSpec, classes: list[str],
                  handcrafted: torch.nn.Module | None, device: str = "cpu", decoder: str = "greedy",
-                 max_seconds: float = 30.0, long: str = "split"):
+                 max_seconds: float = 30.0, long: str = "split", context: str | pd.DataFrame | None = None):
         self.exp_dir, self.variant, self.folds, self.spec, self.classes = exp_dir, variant, folds, spec, classes
         self.handcrafted, self.device, self.decoder = handcrafted, device, decoder
         self.max_seconds, self.long = max_seconds, long
         if long not in ("split", "refuse"):
             raise ValueError(f"long must be split or refuse, got {long!r}")
+        self.egemaps = EGeMAPSFunctionals() if spec.type == "reference" else None
+        # Dialog context (IAAN): absolute audio path -> (previous turn of the same speaker, of the other).
+        self.context = None
+        if context is not None:
+            turns = load_dialog_context(context) if isinstance(context, str) else context
+            self.context = {i: (p or None, o or None) for i, p, o in zip(turns["ID"], turns["prev_same"], turns["prev_other"])}
         self._asr: dict[str, tuple] = {}
         transcriber_asr = folds[0].asr_path or os.path.join(exp_dir, "asr", "model.pt")
         self.transcript_asr = transcriber_asr if os.path.isfile(transcriber_asr) else None
@@ -121,23 +135,37 @@ class EmotionRecognizer:
     # -- prediction -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _inputs(self, wavs: list[torch.Tensor], fold: FoldModel) -> dict:
-        """The model inputs of a batch of signals for one fold model (as in stage 5's collate)."""
+    def _inputs(self, wavs: list[torch.Tensor], fold: FoldModel, contexts: list[tuple] | None = None) -> dict:
+        """The model inputs of a batch of signals for one fold model (as in stage 5's collate);
+        ``contexts`` gives IAAN each signal's (previous same-speaker turn, previous other turn) or Nones."""
         items = [{"id": str(i), "label": 0} for i in range(len(wavs))]
         if self.spec.uses_handcrafted:
             for item, wav in zip(items, wavs):
                 item["feats"] = self.handcrafted(wav)
+        if self.egemaps is not None:
+            for item, wav in zip(items, wavs):
+                item["egemaps"] = self.egemaps(wav)
         if self.spec.asr:
-            model, _, feats, frames = self._asr_features(wavs, fold.asr_path)
-            hidden, hlen = model.forward_layers(feats, frames, [self.spec.layer])[self.spec.layer]
-            # The stores hold float16 unless configured otherwise: round the same way.
-            hidden = hidden.to(self.store_dtype()).float()
+            contexts = contexts or [(None, None)] * len(wavs)
+            extra = [c for pair in contexts for c in pair if c is not None] if self.spec.type == "iaan" else []
+            seqs = self._layer(wavs + extra, fold.asr_path)
+            context_seqs = iter(seqs[len(wavs):])
             for i, item in enumerate(items):
-                seq = hidden[i, : int(hlen[i])].cpu()
+                seq = seqs[i]
                 item["asr"] = seq.mean(dim=0, keepdim=True) if self.spec.type in ("mp", "progressive") else seq
-                if self.spec.type == "iaan":  # no dialog context for a lone recording: zero frames
-                    item["prev"] = item["other"] = torch.zeros(1, seq.shape[1])
+                if self.spec.type == "iaan":  # a missing context turn is one zero frame, as in training
+                    zero = torch.zeros(1, seq.shape[1])
+                    prev, other = contexts[i]
+                    item["prev"] = next(context_seqs) if prev is not None else zero
+                    item["other"] = next(context_seqs) if other is not None else zero
         return collate(items)
+
+    def _layer(self, wavs: list[torch.Tensor], path: str) -> list[torch.Tensor]:
+        """The SER variant's ASR layer of each signal, rounded to the precision of the stage-4 stores."""
+        model, _, feats, frames = self._asr_features(wavs, path)
+        hidden, hlen = model.forward_layers(feats, frames, [self.spec.layer])[self.spec.layer]
+        hidden = hidden.to(self.store_dtype()).float()
+        return [hidden[i, : int(hlen[i])].cpu() for i in range(len(wavs))]
 
     def _asr_features(self, wavs: list[torch.Tensor], path: str) -> tuple:
         """``(model, vocab, feats, frames)``: the ASR model at ``path`` and its features of the signals."""
@@ -158,12 +186,13 @@ class EmotionRecognizer:
         return self._dtype
 
     @torch.no_grad()
-    def predict_signals(self, wavs: list[torch.Tensor]) -> np.ndarray:
-        """Class probabilities ``[N, n_classes]`` of 16 kHz mono signals (fold models averaged)."""
+    def predict_signals(self, wavs: list[torch.Tensor], contexts: list[tuple] | None = None) -> np.ndarray:
+        """Class probabilities ``[N, n_classes]`` of 16 kHz mono signals (fold models averaged);
+        ``contexts``: per signal, the signals of its dialog context turns (IAAN) or ``(None, None)``."""
         probs, batches = [], {}
         for fold in self.folds:
             if fold.asr_path not in batches:  # folds reading the same ASR model share their inputs
-                batches[fold.asr_path] = self._inputs(wavs, fold)
+                batches[fold.asr_path] = self._inputs(wavs, fold, contexts)
             logits = forward(fold.ser, self.spec, batches[fold.asr_path], self.device)
             probs.append(logits.float().softmax(-1).cpu().numpy())
         return np.mean(probs, axis=0)
@@ -190,20 +219,37 @@ class EmotionRecognizer:
         edges = np.linspace(0, duration, n + 1)
         return [load_audio(path, float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
 
+    def dialog_context(self, path: str) -> tuple[tuple, str]:
+        """IAAN's context signals of ``path`` (previous turn of the same speaker, of the other; None
+        where missing) and what the result row says about them."""
+        if self.spec.type != "iaan":
+            return (None, None), ""
+        if self.context is None:
+            return (None, None), "zero (no --context given)"
+        key = os.path.normpath(os.path.abspath(path))
+        if key not in self.context:
+            return (None, None), "zero (file not in --context)"
+        turns = self.context[key]
+        signals = tuple(load_audio(t, 0.0, self.max_seconds) if t else None for t in turns)
+        return signals, "dialog" if any(t for t in turns) else "zero (first turn of its dialog)"
+
     def predict_files(self, paths: list[str], batch_size: int = 8, progress: bool = False) -> list[dict]:
-        """One result row per file: emotion, class probabilities, transcript, or the error."""
+        """One result row per file: emotion, class probabilities, transcript, or the error (and for
+        IAAN, the dialog context used)."""
         rows, pending = [], []
         started, audio_seconds = time.time(), 0.0
+        iaan = self.spec.type == "iaan"
 
         def flush():
             nonlocal audio_seconds
             if not pending:
                 return
-            wavs = [w for _, ws in pending for w in ws]
-            probs = self.predict_signals(wavs)
+            wavs = [w for _, ws, _, _ in pending for w in ws]
+            contexts = [c for _, ws, c, _ in pending for _ in ws]
+            probs = self.predict_signals(wavs, contexts)
             texts = self.transcribe(wavs)
             k = 0
-            for path, ws in pending:
+            for path, ws, _, note in pending:
                 lengths = np.array([len(w) for w in ws], dtype=float)
                 p = (probs[k : k + len(ws)] * lengths[:, None]).sum(0) / lengths.sum()
                 text = " ".join(t for t in texts[k : k + len(ws)] if t)
@@ -211,16 +257,20 @@ class EmotionRecognizer:
                 audio_seconds += lengths.sum() / 16000
                 rows.append({"file": path, "status": "ok", "error": "", "duration": round(lengths.sum() / 16000, 3),
                              "windows": len(ws), "emotion": self.classes[int(p.argmax())],
-                             **{f"p_{c}": round(float(v), 6) for c, v in zip(self.classes, p)}, "transcript": text})
+                             **{f"p_{c}": round(float(v), 6) for c, v in zip(self.classes, p)}, "transcript": text,
+                             **({"context": note} if iaan else {})})
             pending.clear()
 
         for path in tqdm(paths, desc="inference", disable=not progress, unit="file"):
             try:
-                pending.append((path, self.windows(path)))
+                windows = self.windows(path)
+                context, note = self.dialog_context(path)
+                pending.append((path, windows, context, note))
             except (AudioReadError, ManifestError, OSError, RuntimeError) as err:
                 rows.append({"file": path, "status": "error", "error": str(err), "duration": "", "windows": 0,
-                             "emotion": "", **{f"p_{c}": "" for c in self.classes}, "transcript": ""})
-            if sum(len(ws) for _, ws in pending) >= batch_size:
+                             "emotion": "", **{f"p_{c}": "" for c in self.classes}, "transcript": "",
+                             **({"context": ""} if iaan else {})})
+            if sum(len(ws) for _, ws, _, _ in pending) >= batch_size:
                 flush()
         flush()
         order = {p: i for i, p in enumerate(paths)}
@@ -263,10 +313,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=30.0, help="longer recordings are split or refused")
     parser.add_argument("--long", default="split", choices=["split", "refuse"])
+    parser.add_argument("--context", default=None,
+                        help="IAAN's dialog context: a CSV path,speaker,dialog,order or an IEMOCAP-style folder")
     args = parser.parse_args(argv)
     try:
         rec = EmotionRecognizer.from_experiment(args.exp_dir, args.variant, args.fold, args.run, args.device,
-                                                decoder=args.decoder, max_seconds=args.max_seconds, long=args.long)
+                                                decoder=args.decoder, max_seconds=args.max_seconds, long=args.long,
+                                                context=args.context)
     except ManifestError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -282,6 +335,11 @@ def main(argv=None) -> int:
     failed = int((frame["status"] != "ok").sum()) if len(frame) else 0
     print(f"{rec.variant} ({len(rec.folds)} fold model(s)): {len(rows) - failed} file(s) ok, {failed} failed; "
           f"{rec.last_audio_seconds:.1f} s of audio, real-time factor {rec.last_rtf:.3f}", file=sys.stderr)
+    if "context" in frame.columns:
+        notes = frame.loc[frame["status"] == "ok", "context"].value_counts().to_dict()
+        print("IAAN dialog context: " + ", ".join(f"{n} file(s) {k}" for k, n in notes.items())
+              + ("" if args.context else "; give --context (turns.csv or an IEMOCAP-style folder) to use the "
+                 "previous turns, as in training"), file=sys.stderr)
     return 1 if failed else 0
 
 

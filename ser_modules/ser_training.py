@@ -27,10 +27,11 @@ from ser_modules.data import LengthBucketBatchSampler
 from ser_modules.dump import FeatureStore
 from ser_modules.fileio import ManifestError, atomic_path, fresh_outputs, read_json, write_csv, write_json
 from ser_modules.folds import Fold
-from ser_modules.models.ser import IAAN, BiGRUBaseline, FineTuneMP, FineTuneRNN, ProgressiveNet
+from ser_modules.models.ser import IAAN, BiGRUBaseline, FineTuneMP, FineTuneRNN, LinearSVMReference, ProgressiveNet
 
 logger = logging.getLogger(__name__)
-MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan")
+MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference")
+NO_ASR_TYPES = ("baseline", "reference")
 
 
 @dataclass
@@ -50,7 +51,7 @@ class VariantSpec:
         spec = dict(spec)
         if spec.get("type") not in MODEL_TYPES:
             raise ManifestError(f"variant {spec.get('name')!r}: type must be one of {MODEL_TYPES}, got {spec.get('type')!r}")
-        if spec["type"] != "baseline" and not (spec.get("asr") and spec.get("layer")):
+        if spec["type"] not in NO_ASR_TYPES and not (spec.get("asr") and spec.get("layer")):
             raise ManifestError(f"variant {spec.get('name')!r}: type {spec['type']} needs 'asr' and 'layer'")
         known = {k: spec.pop(k) for k in ("name", "type", "asr", "layer", "hidden") if k in spec}
         return cls(**known, options=spec)
@@ -65,17 +66,17 @@ class VariantSpec:
 
 
 class SERInputs:
-    """Tensors of the stage-4 stores, cached in memory, for every variant and fold.
+    """The stage-4 stores of every variant and fold, opened once per process.
 
     ``stores.json`` (written by stage 4) maps each ASR model key (``pretrained`` or
     ``finetuned/<fold>``) to its store; the handcrafted store holds the baseline features and their
-    augmented copies (``mfcc_pitch``, ``mfcc_pitch@1``, ...).
+    augmented copies (``mfcc_pitch``, ``mfcc_pitch@1``, ...). Nothing is cached here: datasets read
+    their utterances from the stores, so memory does not grow with the number of jobs a worker runs.
     """
 
     def __init__(self, stores_json: str):
         self.info = read_json(stores_json)
         self._stores: dict[str, FeatureStore] = {}
-        self._cache: dict[tuple, torch.Tensor] = {}
 
     def _store(self, folder: str) -> FeatureStore:
         if folder not in self._stores:
@@ -97,22 +98,18 @@ class SERInputs:
     def handcrafted_copies(self) -> list[str]:
         return self.handcrafted_store().layers
 
-    def sequence(self, store: FeatureStore, layer: str, utt_id: str) -> torch.Tensor:
-        key = (store.folder, layer, utt_id)
-        if key not in self._cache:
-            self._cache[key] = torch.from_numpy(store.get(utt_id, layer))
-        return self._cache[key]
-
-    def pooled(self, store: FeatureStore, layer: str, utt_id: str) -> torch.Tensor:
-        key = (store.folder, layer, utt_id, "mean")
-        if key not in self._cache:
-            self._cache[key] = self.sequence(store, layer, utt_id).mean(dim=0, keepdim=True)
-        return self._cache[key]
+    def egemaps_store(self) -> FeatureStore:
+        if not self.info.get("egemaps"):
+            raise ManifestError("the reference variant needs eGeMAPS features: set egemaps: True in conf/dump.yaml "
+                                "and rerun stage 4")
+        return self._store(self.info["egemaps"]["folder"])
 
     def dim(self, spec: VariantSpec, fold: str) -> dict[str, int]:
         dims = {}
         if spec.uses_handcrafted:
             dims["handcrafted"] = self.handcrafted_store().dim("mfcc_pitch")
+        if spec.type == "reference":
+            dims["egemaps"] = self.egemaps_store().dim("egemaps")
         if spec.asr:
             dims["asr"] = self.asr_store(spec.asr, fold).dim(spec.layer)
         return dims
@@ -120,7 +117,11 @@ class SERInputs:
 
 class SERDataset(torch.utils.data.Dataset):
     """Examples of one split for one variant: tensors per utterance, label index, and for the
-    baseline branch one of the augmented copies drawn per epoch (training only)."""
+    baseline branch one of the augmented copies drawn per epoch (training only).
+
+    Frame sequences are read from the stores per item; the mean-pooled ASR vectors that MP-x and
+    Progressive net-x read (one vector per utterance) are computed once when the dataset is made.
+    """
 
     def __init__(self, spec: VariantSpec, ids: list[str], labels: list[int], inputs: SERInputs, fold: str,
                  context: pd.DataFrame | None = None, train: bool = False, seed: int = 0):
@@ -129,6 +130,9 @@ class SERDataset(torch.utils.data.Dataset):
         self.asr = inputs.asr_store(spec.asr, fold) if spec.asr else None
         self.hand = inputs.handcrafted_store() if spec.uses_handcrafted else None
         self.copies = inputs.handcrafted_copies() if self.hand is not None else []
+        self.pooled = {}
+        if spec.type in ("mp", "progressive"):  # the masked mean of one frame is the frame itself
+            self.pooled = {u: torch.from_numpy(self.asr.get(u, spec.layer).mean(axis=0, keepdims=True)) for u in ids}
         if spec.type == "iaan":
             if context is None or not {"prev_same", "prev_other"} <= set(context.columns):
                 raise ManifestError(f"variant {spec.name}: IAAN needs dialog context (prev_same/prev_other columns)")
@@ -144,9 +148,9 @@ class SERDataset(torch.utils.data.Dataset):
     def length(self, i: int) -> int:
         """Frames of example ``i`` (for length bucketing)."""
         if self.spec.type in ("rnn", "iaan"):
-            return int(self.asr.index.at[self.ids[i], f"frames_{self.spec.layer}"])
+            return self.asr.frames(self.ids[i], self.spec.layer)
         if self.hand is not None:
-            return int(self.hand.index.at[self.ids[i], "frames_mfcc_pitch"])
+            return self.hand.frames(self.ids[i], "mfcc_pitch")
         return 1
 
     def _handcrafted(self, i: int, utt: str) -> torch.Tensor:
@@ -154,12 +158,12 @@ class SERDataset(torch.utils.data.Dataset):
         if self.train and len(self.copies) > 1:  # one random augmented copy (or the clean one) per epoch
             rng = np.random.default_rng([self.seed, self.epoch, i])
             layer = self.copies[int(rng.integers(len(self.copies)))]
-        return self.inputs.sequence(self.hand, layer, utt)
+        return torch.from_numpy(self.hand.get(utt, layer))
 
     def _context(self, utt: str | None) -> torch.Tensor:
         if not utt or utt not in self.asr:
             return torch.zeros(1, self.asr.dim(self.spec.layer))  # a missing context: one zero frame
-        return self.inputs.sequence(self.asr, self.spec.layer, utt)
+        return torch.from_numpy(self.asr.get(utt, self.spec.layer))
 
     def __getitem__(self, i: int) -> dict:
         utt, t = self.ids[i], self.spec.type
@@ -167,9 +171,9 @@ class SERDataset(torch.utils.data.Dataset):
         if self.spec.uses_handcrafted:
             item["feats"] = self._handcrafted(i, utt)
         if t in ("mp", "progressive"):
-            item["asr"] = self.inputs.pooled(self.asr, self.spec.layer, utt)  # masked mean of one frame = itself
+            item["asr"] = self.pooled[utt]
         elif t in ("rnn", "iaan"):
-            item["asr"] = self.inputs.sequence(self.asr, self.spec.layer, utt)
+            item["asr"] = torch.from_numpy(self.asr.get(utt, self.spec.layer))
         if t == "iaan":
             prev, other = self.context[utt]
             item["prev"], item["other"] = self._context(prev), self._context(other)
@@ -183,7 +187,7 @@ def pad_sequences(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 
 def collate(items: list[dict]) -> dict:
     batch = {"id": [x["id"] for x in items], "label": torch.tensor([x["label"] for x in items])}
-    for key in ("feats", "asr", "prev", "other"):
+    for key in ("feats", "asr", "prev", "other", "egemaps"):
         if key in items[0]:
             batch[key] = pad_sequences([x[key] for x in items])
     return batch
@@ -199,6 +203,8 @@ def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout
         return FineTuneRNN(dims["asr"], spec.hidden, o.get("bidirectional", True), n_classes, dropout)
     if spec.type == "progressive":
         return ProgressiveNet(dims["handcrafted"], dims["asr"], spec.hidden, o.get("num_layers", 2), n_classes, dropout)
+    if spec.type == "reference":
+        return LinearSVMReference(dims["egemaps"], n_classes)
     return IAAN(dims["asr"], spec.hidden, o.get("attention_size", 16), o.get("mlp_size", 64), n_classes, dropout)
 
 
@@ -209,6 +215,8 @@ def forward(model: torch.nn.Module, spec: VariantSpec, batch: dict, device) -> t
 
     if spec.type == "baseline":
         return model(*seq("feats"))
+    if spec.type == "reference":
+        return model(*seq("egemaps"))
     if spec.type in ("mp", "rnn"):
         return model(*seq("asr"))
     if spec.type == "progressive":
@@ -342,19 +350,31 @@ def class_weights(labels: list[int], n_classes: int, mode: str | None) -> torch.
     return torch.tensor(weights, dtype=torch.float)
 
 
+def store_identity(store: FeatureStore) -> str:
+    """A store as ``<name>/<key>``: its content key, the same wherever the experiment folder lives."""
+    return "/".join(os.path.normpath(store.folder).split(os.sep)[-2:])
+
+
+def run_key(spec: VariantSpec, fold: Fold, run: int, classes: list[str], inputs: SERInputs, hp: dict) -> dict:
+    """What a (variant, fold, run) result is computed from: no paths, so a moved experiment is the same."""
+    stores = [inputs.asr_store(spec.asr, fold.name)] if spec.asr else []
+    if spec.uses_handcrafted:
+        stores.append(inputs.handcrafted_store())
+    if spec.type == "reference":
+        stores.append(inputs.egemaps_store())
+    hparams = {k: v for k, v in hp.items() if isinstance(v, (int, float, str)) and k != "output_folder"}
+    return {"variant": vars(spec), "hparams": hparams, "fold": [fold.train, fold.valid, fold.test],
+            "stores": [store_identity(st) for st in stores], "classes": classes, "run": run}
+
+
 def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFrame, classes: list[str],
                    inputs: SERInputs, hp: dict, out_dir: str, device: str = "cpu") -> pd.DataFrame:
     """Train one variant on one fold with seed ``hp['seed'] + run``; write and return test predictions.
 
-    Resumes from ``out_dir/save`` after an interruption; a finished run (``predictions.csv``) is read back.
+    Resumes from ``out_dir/resume.pt`` after an interruption; a finished run (``predictions.csv``) is read back.
     """
     pred_path = os.path.join(out_dir, "predictions.csv")
-    stores = [inputs.asr_store(spec.asr, fold.name).folder] if spec.asr else []
-    if spec.uses_handcrafted:
-        stores.append(inputs.handcrafted_store().folder)
-    inputs_key = {"variant": vars(spec), "hparams": {k: v for k, v in hp.items() if isinstance(v, (int, float, str))},
-                  "fold": [fold.train, fold.valid, fold.test], "stores": stores, "classes": classes, "run": run}
-    if fresh_outputs(out_dir, inputs_key) and os.path.isfile(pred_path):
+    if fresh_outputs(out_dir, run_key(spec, fold, run, classes, inputs, hp)) and os.path.isfile(pred_path):
         return pd.read_csv(pred_path, keep_default_na=False, dtype={"ID": str})
     seed = int(hp["seed"]) + run
     seed_all(seed)
@@ -362,17 +382,40 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
     hp = {**hp, **{k: spec.options[k] for k in ("max_epochs", "batch_size") if k in spec.options}}
     label_of = dict(zip(manifest["ID"], manifest["emotion"]))
     index = {c: i for i, c in enumerate(classes)}
+    dims = inputs.dim(spec, fold.name)
+    if spec.type == "reference":
+        model, test_ids, probs, history = fit_reference(spec, fold, [index[label_of[i]] for i in fold.train],
+                                                        [index[label_of[i]] for i in fold.valid], inputs, dims,
+                                                        len(classes), hp, seed)
+        state = model.state_dict()
+    else:
+        model, test_ids, probs, history, state = train_neural(spec, fold, manifest, label_of, index, inputs, dims,
+                                                              len(classes), hp, seed, out_dir, device)
+    write_json(os.path.join(out_dir, "model.json"), {"variant": {"name": spec.name, "type": spec.type, "asr": spec.asr,
+                                                                 "layer": spec.layer, "hidden": spec.hidden, **spec.options},
+                                                     "dims": dims, "classes": classes, "dropout": hp["dropout"],
+                                                     "fold": fold.name, "run": run, "seed": seed})
+    with atomic_path(os.path.join(out_dir, "model.pt")) as tmp:
+        torch.save(state, tmp)
+    frame = pd.DataFrame({"ID": test_ids, "fold": fold.name, "run": run,
+                          "true": [label_of[i] for i in test_ids],
+                          "predicted": [classes[i] for i in probs.argmax(axis=1)]})
+    for j, c in enumerate(classes):
+        frame[f"p_{c}"] = probs[:, j].round(6)
+    write_json(os.path.join(out_dir, "history.json"), history)
+    write_csv(pred_path, frame)
+    return frame
+
+
+def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes, hp, seed, out_dir, device):
+    """Stage 5's neural training (see module doc); returns the best model, test ids, test class
+    probabilities, the epoch history and the best state dict."""
 
     def dataset(ids, train):
         return SERDataset(spec, ids, [index[label_of[i]] for i in ids], inputs, fold.name, manifest, train, seed)
 
     train_set, valid_set, test_set = dataset(fold.train, True), dataset(fold.valid, False), dataset(fold.test, False)
-    dims = inputs.dim(spec, fold.name)
-    model = build_model(spec, dims, len(classes), hp["dropout"])
-    write_json(os.path.join(out_dir, "model.json"), {"variant": {"name": spec.name, "type": spec.type, "asr": spec.asr,
-                                                                 "layer": spec.layer, "hidden": spec.hidden, **spec.options},
-                                                     "dims": dims, "classes": classes, "dropout": hp["dropout"],
-                                                     "fold": fold.name, "run": run, "seed": seed})
+    model = build_model(spec, dims, n_classes, hp["dropout"])
     sampler = LengthBucketBatchSampler([train_set.length(i) for i in range(len(train_set))], hp["batch_size"],
                                        sortagrad_epochs=hp["sortagrad_epochs"], seed=seed)
 
@@ -386,7 +429,7 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
     history: list[dict] = []
     brain_hp = {"spec": spec, "seed": seed, "train_sampler": sampler, "train_set": train_set, "annealer": annealer,
                 "epoch_counter": counter, "history": history, "label_smoothing": hp.get("label_smoothing", 0.0),
-                "class_weights": class_weights(train_set.labels, len(classes), hp.get("class_weights")),
+                "class_weights": class_weights(train_set.labels, n_classes, hp.get("class_weights")),
                 "max_grad_norm": hp["max_grad_norm"], "noprogressbar": True,
                 "resume_path": os.path.join(out_dir, "resume.pt")}
     if brain_hp["class_weights"] is not None:
@@ -395,16 +438,54 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
                      hparams=brain_hp, run_opts={"device": device, "noprogressbar": True})
     brain.fit(counter, loader(train_set, sampler), loader(valid_set))
     model.load_state_dict(brain.best_state)  # the lowest validation loss is evaluated
-    with atomic_path(os.path.join(out_dir, "model.pt")) as tmp:
-        torch.save(brain.best_state, tmp)
     frame, probs = brain.predict(loader(test_set))
-    frame["true"] = [classes[i] for i in frame["label"]]
-    frame["predicted"] = [classes[i] for i in probs.argmax(axis=1)]
-    for j, c in enumerate(classes):
-        frame[f"p_{c}"] = probs[:, j].round(6)
-    frame = frame.drop(columns=["label"])
-    frame.insert(1, "fold", fold.name)
-    frame.insert(2, "run", run)
-    write_json(os.path.join(out_dir, "history.json"), history)
-    write_csv(pred_path, frame)
-    return frame
+    return model, frame["ID"].tolist(), probs, history, brain.best_state
+
+
+def fit_reference(spec, fold, train_labels, valid_labels, inputs, dims, n_classes, hp, seed):
+    """The classical reference: eGeMAPS functionals, standardised, into a linear SVM (scikit-learn).
+
+    The SVM's ``C`` is chosen from ``spec.options['C']`` (a list; default 1e-3 ... 1) by UA on the
+    fold's validation speakers, then the SVM is refitted on training + validation speakers. The
+    fitted scaler and SVM become a :class:`~ser_modules.models.ser.LinearSVMReference`; the class
+    scores written are the softmax of its decision values (not calibrated probabilities).
+    """
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    store = inputs.egemaps_store()
+
+    def features(ids):
+        return np.stack([store.get(i, "egemaps")[0] for i in ids]).astype(np.float64)
+
+    x_train, x_valid = features(fold.train), features(fold.valid)
+    y_train, y_valid = np.asarray(train_labels), np.asarray(valid_labels)
+    weight = "balanced" if hp.get("class_weights") == "balanced" else None
+    grid = spec.options.get("C", [0.001, 0.01, 0.1, 1.0])
+    grid = [float(c) for c in (grid if isinstance(grid, (list, tuple)) else [grid])]
+
+    def fit(c, x, y):
+        scaler = StandardScaler().fit(x)
+        return scaler, LinearSVC(C=c, class_weight=weight, max_iter=20000, random_state=seed).fit(scaler.transform(x), y)
+
+    history = []
+    for c in grid if len(grid) > 1 else []:
+        scaler, svm = fit(c, x_train, y_train)
+        history.append({"C": c, "valid_UA": round(float(balanced_accuracy_score(y_valid, svm.predict(
+            scaler.transform(x_valid)))), 4)})
+    best = max(history, key=lambda h: (h["valid_UA"], -h["C"]))["C"] if history else grid[0]
+    scaler, svm = fit(best, np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]))
+    coef, intercept = svm.coef_, svm.intercept_
+    if coef.shape[0] == 1:  # a two-class SVM has one decision value d; [-d/2, d/2] has the same argmax
+        coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
+    # Rows per class; a class absent from training gets a prohibitive bias and is never predicted.
+    full_coef, full_intercept = np.zeros((n_classes, coef.shape[1])), np.full(n_classes, -1e4)
+    full_coef[svm.classes_], full_intercept[svm.classes_] = coef, intercept
+    model = LinearSVMReference(dims["egemaps"], n_classes)
+    model.set_parameters(scaler.mean_, scaler.scale_, full_coef, full_intercept)
+    with torch.no_grad():
+        x_test = torch.from_numpy(features(fold.test).astype(np.float32)).unsqueeze(1)
+        probs = model(x_test, torch.ones(len(fold.test), dtype=torch.long)).softmax(-1).numpy()
+    history.append({"chosen_C": best, "fitted_on": "train+valid", "utterances": int(len(y_train) + len(y_valid))})
+    return model, list(fold.test), probs, history

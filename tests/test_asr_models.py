@@ -34,14 +34,15 @@ def test_deepspeech2_paper_parameter_count():
 
 def test_las_paper_parameter_count():
     model = ListenAttendSpell()  # 256 cells/direction, FC 1024 -> 512, speller 2 x LSTM 512, 31 symbols
-    listener = 2 * lstm(39, 256) + (512 * 512 + 512) + 2 * (2 * lstm(512, 256) + 1024 * 512 + 512)
+    listener = 2 * lstm(39, 256) + 2 * (2 * lstm(512, 256) + 1024 * 512 + 512)  # FC after each pBLSTM only
     assert n_params(model.listener) == listener
+    assert n_params(ListenAttendSpell(blstm_fc=True).listener) == listener + 512 * 512 + 512  # the authors' extra FC
     embedding = 31 * 256
     attention = 3 * (512 * 512 + 512) + 512  # W_h, W_s, context projection, u (no bias)
     cells = (4 * 512 * (256 + 512 + 512) + 8 * 512) + (4 * 512 * (512 + 512) + 8 * 512)  # input = [emb; context]
     speller = (1024 * 512 + 512) + attention + cells
     output = 512 * 31 + 31
-    assert n_params(model) == listener + embedding + speller + output == 11_138_335
+    assert n_params(model) == listener + embedding + speller + output == 10_875_679
 
 
 @pytest.mark.parametrize("model_cls", [DeepSpeech2, ListenAttendSpell])

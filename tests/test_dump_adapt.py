@@ -10,7 +10,7 @@ import torch
 
 from ser_modules.adaptation import adaptation_splits, set_trainable
 from ser_modules.asr_models import export_model, list_asr_models, load_asr_model, model_blocks
-from ser_modules.dump import FeatureStore, dump_asr_layers, dump_handcrafted
+from ser_modules.dump import FeatureStore, dump_asr_layers, dump_features
 from ser_modules.features import HandcraftedFeatures, LogSpectrogram, TempoGainAugment, estimate_pitch, moving_average
 from ser_modules.folds import Fold
 from ser_modules.models.ds2 import DeepSpeech2
@@ -49,11 +49,21 @@ def test_low_rank_full_rank_reproduces_and_counts():
 
 def test_paper_structured_las_parameter_counts():
     model = ListenAttendSpell()
+    assert model.listener.fc0 is None  # the paper's listener: an FC after each pyramidal BLSTM only
+    before = sum(p.numel() for p in model.parameters())
     counts = factorize_listener(model, 256)
-    # Paper: 1024 x 512 -> r (m + n) = 256 * 1536; fc0 (512 x 512) gains nothing at rank 256.
+    # Paper: m x n = 1024 x 512 -> r (m + n) = 256 * 1536, plus the bias, in each factorised layer.
+    assert set(counts) == {"fc1", "fc2"}
     assert counts["fc1"] == (1024 * 512 + 512, 256 * (1024 + 512) + 512)
     assert counts["fc2"] == counts["fc1"]
-    assert counts["fc0"] == (512 * 512 + 512, 256 * (512 + 512) + 512)
+    for name in ("fc1", "fc2"):
+        layer = getattr(model.listener, name)
+        assert isinstance(layer, LowRankLinear)
+        assert sum(p.numel() for p in layer.parameters()) == 256 * (1024 + 512) + 512
+    assert before - sum(p.numel() for p in model.parameters()) == 2 * (1024 * 512 - 256 * 1536)
+    # The authors' extra FC after the first BLSTM is an option; it is never factorised.
+    extra = ListenAttendSpell(blstm_fc=True)
+    assert set(factorize_listener(extra, 256)) == {"fc1", "fc2"} and isinstance(extra.listener.fc0, torch.nn.Linear)
 
 
 def test_freezing_keeps_weights_bit_identical():
@@ -158,13 +168,38 @@ def test_interrupted_dump_leaves_no_store(utterances, tmp_path):
 
 def test_handcrafted_store_with_augmented_copies(utterances, tmp_path):
     turns, _ = utterances
-    store = dump_handcrafted(turns.head(3), str(tmp_path), HandcraftedFeatures(), augment=TempoGainAugment(),
-                             copies=2, seed=1)
+    store = dump_features(turns.head(3), str(tmp_path), HandcraftedFeatures(), "handcrafted", "mfcc_pitch",
+                          augment=TempoGainAugment(), copies=2, seed=1)
     assert store.layers == ["mfcc_pitch", "mfcc_pitch@1", "mfcc_pitch@2"]
     utt = turns["ID"].iloc[0]
     clean, aug = store.get(utt, "mfcc_pitch"), store.get(utt, "mfcc_pitch@1")
     assert clean.shape[1] == 27 and np.allclose(clean.mean(0), 0, atol=0.02)  # normalised per utterance
     assert aug.shape[0] != clean.shape[0] or not np.allclose(aug, clean)  # tempo changes the frames
+    # Two worker processes and another utterance order give the same arrays in the same store.
+    again = dump_features(turns.head(3).iloc[::-1], str(tmp_path / "b"), HandcraftedFeatures(), "handcrafted",
+                          "mfcc_pitch", augment=TempoGainAugment(), copies=2, seed=1, nj=2)
+    for layer in store.layers:
+        np.testing.assert_array_equal(again.get(utt, layer), store.get(utt, layer))
+
+
+def test_feature_store_keys_follow_every_parameter(utterances, tmp_path):
+    """A changed extractor or augmentation parameter makes a new store; an equal configuration reuses it."""
+    turns, _ = utterances
+    few = turns.head(2)
+
+    def folder(extractor, augment=None, copies=0):
+        return dump_features(few, str(tmp_path), extractor, "handcrafted", "mfcc_pitch", augment=augment,
+                             copies=copies, seed=1).folder
+
+    base = folder(HandcraftedFeatures())
+    assert folder(HandcraftedFeatures()) == base
+    assert folder(HandcraftedFeatures(pitch_smoothing=5)) != base
+    assert folder(HandcraftedFeatures(win_ms=25.0)) != base
+    aug = folder(HandcraftedFeatures(), TempoGainAugment(), 1)
+    assert folder(HandcraftedFeatures(), TempoGainAugment(gain_db=(-3.0, 3.0)), 1) != aug
+    assert folder(HandcraftedFeatures(), TempoGainAugment(tempo=(0.9, 1.1)), 1) != aug
+    with pytest.raises(TypeError, match="cannot key a cache"):
+        folder(torch.nn.Identity())
 
 
 def test_pitch_and_smoothing():

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ser_modules.features import length_mask
 from ser_modules.models import requested_layers
+from ser_modules.models.flops import linear_flops, total
 from ser_modules.models.rnn import MaskedRNN
 
 
@@ -74,6 +75,11 @@ class MaskedConvBlock(nn.Module):
         k, s, p = self.kernel[0], self.stride[0], self.padding[0]
         return (n_freq + 2 * p - k) // s + 1
 
+    def forward_flops(self, n_freq: int, out_frames: int) -> int:
+        """Convolution FLOPs for ``out_frames`` valid output time steps of an ``n_freq``-bin input."""
+        macs_per_output = self.conv.in_channels * self.kernel[0] * self.kernel[1]
+        return 2 * macs_per_output * self.conv.out_channels * self.out_size(n_freq) * out_frames
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv(x)
         lengths = self.out_lengths(lengths)
@@ -121,6 +127,7 @@ class DeepSpeech2(nn.Module):
             layers.append(BatchRNN(size, rnn_hidden, batch_norm=i > 0, bidirectional=bidirectional))
             size = layers[-1].output_size
         self.rnns = nn.ModuleList(layers)
+        self.n_freq = n_freq
         self.out_bn = MaskedBatchNorm(size)
         self.out = nn.Linear(size, n_symbols, bias=False)
         self.layer_names = ["conv"] + [f"gru{i + 1}" for i in range(rnn_layers)] + ["logits"]
@@ -128,6 +135,15 @@ class DeepSpeech2(nn.Module):
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.conv2.out_lengths(self.conv1.out_lengths(lengths))
+
+    def forward_flops(self, frames) -> int:
+        """Forward FLOPs for utterances of ``frames`` spectrogram frames each (:mod:`~ser_modules.models.flops`)."""
+        frames = torch.as_tensor(frames).reshape(-1)
+        t1 = total(self.conv1.out_lengths(frames))
+        t2 = total(self.output_lengths(frames))
+        flops = self.conv1.forward_flops(self.n_freq, t1) + self.conv2.forward_flops(self.conv1.out_size(self.n_freq), t2)
+        flops += sum(r.rnn.forward_flops(t2) for r in self.rnns)
+        return flops + linear_flops(self.out.in_features, self.out.out_features, t2)
 
     def forward_layers(self, feats: torch.Tensor, lengths: torch.Tensor, layers=None) -> dict:
         """Run up to the deepest requested layer. ``feats [B, T, F]``, ``lengths [B]`` (frames).

@@ -1,8 +1,9 @@
 """Listen, Attend and Spell of Yeh et al. 2020 (layout of the authors' TensorFlow ``char_ver`` code,
 with real LSTM cells).
 
-Listener: ``MFCC-39 [B, T, 39]`` -> BLSTM -> FC(tanh) -> 2 x (:class:`PyramidalBLSTM` -> FC(tanh)),
-256 units per direction, FC 1024 -> 512, time reduced 4x. Speller: SpeechBrain's
+Listener (paper, section 2.2): ``MFCC-39 [B, T, 39]`` -> BLSTM -> 2 x (:class:`PyramidalBLSTM` ->
+FC(tanh)), 256 units per direction, FC 1024 -> 512, time reduced 4x. The authors' code also has an
+FC(tanh) after the first BLSTM: ``blstm_fc=True`` adds it (off in the paper config). Speller: SpeechBrain's
 ``AttentionalRNNDecoder`` (2-layer LSTM, content-based attention ``u^T tanh(W_h h + W_s s)``
 masked over padded encoder frames), input ``[previous-token embedding; previous context]``.
 An optional CTC head on the listener output gives joint CTC-attention training.
@@ -17,6 +18,7 @@ from speechbrain.nnet.RNN import AttentionalRNNDecoder
 
 from ser_modules.features import length_mask
 from ser_modules.models import requested_layers
+from ser_modules.models.flops import linear_flops, module_linear_flops, total
 from ser_modules.models.rnn import MaskedRNN
 
 
@@ -49,35 +51,38 @@ class PyramidalBLSTM(nn.Module):
 
 
 class Listener(nn.Module):
-    """BLSTM -> FC -> pBLSTM -> FC -> pBLSTM -> FC (every FC with tanh); named layer outputs.
+    """BLSTM [-> FC] -> pBLSTM -> FC -> pBLSTM -> FC (every FC with tanh); named layer outputs.
 
-    Layer names: ``blstm`` (after the first FC, full frame rate), ``pblstm1`` (T/2), ``pblstm2`` (T/4).
-    The FC layers are plain ``nn.Linear`` modules ``fc0``, ``fc1``, ``fc2`` so that SVD factorisation
-    can replace them (:mod:`ser_modules.models.lowrank`).
+    Layer names: ``blstm`` (full frame rate; after ``fc0`` when ``blstm_fc``), ``pblstm1`` (T/2),
+    ``pblstm2`` (T/4). The FC layers after the pyramidal BLSTMs, ``fc1`` and ``fc2`` (1024 -> 512 at
+    paper size), are the ones SVD factorisation replaces (:mod:`ser_modules.models.lowrank`).
     """
 
     layer_names = ["blstm", "pblstm1", "pblstm2"]
 
-    def __init__(self, input_size: int = 39, hidden_size: int = 256, fc_size: int = 512, dropout: float = 0.0):
+    def __init__(self, input_size: int = 39, hidden_size: int = 256, fc_size: int = 512, dropout: float = 0.0,
+                 blstm_fc: bool = False):
         super().__init__()
         self.blstm = MaskedRNN("lstm", input_size, hidden_size, bidirectional=True)
-        self.fc0 = nn.Linear(2 * hidden_size, fc_size)
-        self.pblstm1 = PyramidalBLSTM(fc_size, hidden_size)
+        self.fc0 = nn.Linear(2 * hidden_size, fc_size) if blstm_fc else None
+        blstm_size = fc_size if blstm_fc else 2 * hidden_size
+        self.pblstm1 = PyramidalBLSTM(blstm_size, hidden_size)
         self.fc1 = nn.Linear(self.pblstm1.output_size, fc_size)
         self.pblstm2 = PyramidalBLSTM(fc_size, hidden_size)
         self.fc2 = nn.Linear(self.pblstm2.output_size, fc_size)
         self.dropout = nn.Dropout(dropout)
         self.output_size = fc_size
-        self.layer_sizes = dict.fromkeys(self.layer_names, fc_size)
+        self.layer_sizes = {"blstm": blstm_size, "pblstm1": fc_size, "pblstm2": fc_size}
 
     def _fc(self, fc: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.dropout(torch.tanh(fc(x))) * length_mask(lengths, x.shape[1]).unsqueeze(-1)
 
     def forward_layers(self, feats: torch.Tensor, lengths: torch.Tensor, layers=None) -> dict:
-        """``{name: (hidden [B, T', fc_size], lengths [B])}`` for the requested layers (default all)."""
+        """``{name: (hidden [B, T', D], lengths [B])}`` for the requested layers (default all)."""
         wanted, last = requested_layers(layers, self.layer_names, "listener")
         out = {}
-        x = self._fc(self.fc0, self.blstm(feats, lengths), lengths)
+        x = self.blstm(feats, lengths)
+        x = self._fc(self.fc0, x, lengths) if self.fc0 is not None else self.dropout(x)
         out["blstm"] = (x, lengths)
         for i, (pblstm, fc) in enumerate(((self.pblstm1, self.fc1), (self.pblstm2, self.fc2)), 1):
             if i > last:
@@ -95,6 +100,18 @@ class Listener(nn.Module):
             lengths = (lengths + 1).div(2, rounding_mode="floor")
         return lengths
 
+    def forward_flops(self, frames) -> int:
+        """Forward FLOPs for utterances of ``frames`` feature frames each (:mod:`~ser_modules.models.flops`)."""
+        frames = torch.as_tensor(frames).reshape(-1)
+        half = (frames + 1).div(2, rounding_mode="floor")
+        quarter = self.output_lengths(frames)
+        flops = self.blstm.forward_flops(frames)
+        if self.fc0 is not None:
+            flops += module_linear_flops(self.fc0, total(frames))
+        flops += self.pblstm1.blstm.forward_flops(frames) + module_linear_flops(self.fc1, total(half))
+        flops += self.pblstm2.blstm.forward_flops(half) + module_linear_flops(self.fc2, total(quarter))
+        return flops
+
 
 class ListenAttendSpell(nn.Module):
     """Listener + attention speller (+ optional CTC head).
@@ -105,9 +122,10 @@ class ListenAttendSpell(nn.Module):
 
     def __init__(self, n_input: int = 39, listener_hidden: int = 256, fc_size: int = 512, speller_hidden: int = 512,
                  speller_layers: int = 2, attention_dim: int = 512, embedding_dim: int = 256, n_symbols: int = 31,
-                 ctc_head: bool = False, dropout: float = 0.0, bos_index: int = 1, eos_index: int = 2):
+                 ctc_head: bool = False, dropout: float = 0.0, bos_index: int = 1, eos_index: int = 2,
+                 blstm_fc: bool = False):
         super().__init__()
-        self.listener = Listener(n_input, listener_hidden, fc_size, dropout)
+        self.listener = Listener(n_input, listener_hidden, fc_size, dropout, blstm_fc)
         self.embedding = nn.Embedding(n_symbols, embedding_dim)
         self.speller = AttentionalRNNDecoder(
             rnn_type="lstm", attn_type="content", hidden_size=speller_hidden, attn_dim=attention_dim,
@@ -128,6 +146,27 @@ class ListenAttendSpell(nn.Module):
 
     def forward_layers(self, feats, lengths, layers=None) -> dict:
         return self.listener.forward_layers(feats, lengths, layers)
+
+    def forward_flops(self, frames, tokens) -> int:
+        """Forward FLOPs (teacher-forced) for utterances of ``frames`` feature frames and ``tokens``
+        decoder steps each (:mod:`~ser_modules.models.flops`)."""
+        frames = torch.as_tensor(frames).reshape(-1)
+        tokens = torch.as_tensor(tokens).reshape(-1)
+        enc = self.listener.output_lengths(frames)
+        flops = self.listener.forward_flops(frames)
+        sp, attn = self.speller, self.speller.attn
+        hidden, steps, enc_dim = sp.hidden_size, total(tokens), attn.mlp_enc.in_features
+        rnn_in = self.embedding.embedding_dim + sp.attn_dim
+        per_step = 4 * hidden * (rnn_in + hidden) + (sp.num_layers - 1) * 4 * hidden * 2 * hidden
+        per_step += hidden * sp.attn_dim + enc_dim * sp.attn_dim + (hidden + sp.attn_dim) * hidden
+        per_step += hidden * self.n_symbols
+        flops += 2 * per_step * steps
+        # Keys projected once per utterance; energies and context at every step over the valid frames.
+        flops += linear_flops(enc_dim, sp.attn_dim, total(enc))
+        flops += 2 * (sp.attn_dim + enc_dim) * int((enc * tokens).sum())
+        if self.ctc_output is not None:
+            flops += linear_flops(self.ctc_output.in_features, self.n_symbols, total(enc))
+        return flops
 
     def spell(self, enc: torch.Tensor, enc_lengths: torch.Tensor, tokens_bos: torch.Tensor,
               teacher_forcing: float = 1.0) -> torch.Tensor:

@@ -56,6 +56,11 @@ def factorize_linears(module: nn.Module, names: list[str], rank: int) -> dict[st
     return counts
 
 
+LISTENER_FC = ("fc1", "fc2")
+
+
 def factorize_listener(las, rank: int) -> dict[str, tuple[int, int]]:
-    """Structured LAS: every FC layer of the listener (``fc0``, ``fc1``, ``fc2``) factorised."""
-    return factorize_linears(las.listener, ["fc0", "fc1", "fc2"], rank)
+    """Structured LAS (Yeh 2020, section 2.4): the FC layer after each pyramidal BLSTM (``fc1``,
+    ``fc2``; m x n = 1024 x 512 at paper size) factorised at ``rank``. An optional FC after the first
+    BLSTM (``blstm_fc``) is not one of the paper's listener FC layers and stays as it is."""
+    return factorize_linears(las.listener, list(LISTENER_FC), rank)

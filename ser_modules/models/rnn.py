@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ser_modules.features import length_mask
+from ser_modules.models.flops import rnn_flops, total
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -40,10 +41,16 @@ class MaskedRNN(nn.Module):
         if merge not in ("concat", "sum"):
             raise ValueError(f"merge must be concat or sum, got {merge!r}")
         cls = RNN_TYPES[rnn_type]
+        self.rnn_type, self.input_size, self.bidirectional = rnn_type, input_size, bidirectional
         self.forward_rnn = cls(input_size, hidden_size, batch_first=True)
         self.backward_rnn = cls(input_size, hidden_size, batch_first=True) if bidirectional else None
         self.hidden_size, self.merge = hidden_size, merge
         self.output_size = hidden_size * (2 if bidirectional and merge == "concat" else 1)
+
+    def forward_flops(self, lengths) -> int:
+        """Forward FLOPs over the valid frames ``lengths`` (see :mod:`ser_modules.models.flops`)."""
+        return rnn_flops(self.rnn_type, self.input_size, self.hidden_size, total(lengths),
+                         2 if self.bidirectional else 1)
 
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:

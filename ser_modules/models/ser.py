@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ser_modules.features import length_mask
+from ser_modules.models.flops import linear_flops, total
 from ser_modules.models.rnn import MaskedRNN
 
 
@@ -69,6 +70,14 @@ class BiGRUBaseline(nn.Module):
         self.output_size = size
         self.classifier = nn.Linear(size, n_classes)
 
+    def forward_flops(self, lengths) -> int:
+        """Forward FLOPs for utterances of ``lengths`` frames (:mod:`~ser_modules.models.flops`)."""
+        flops = sum(rnn.forward_flops(lengths) for rnn in self.rnns)
+        n = len(torch.as_tensor(lengths).reshape(-1))
+        if isinstance(self.classifier, nn.Linear):
+            flops += linear_flops(self.classifier.in_features, self.classifier.out_features, n)
+        return flops
+
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Pooled utterance vector ``[B, 2 * hidden]``."""
         for rnn in self.rnns:
@@ -88,6 +97,11 @@ class FineTuneMP(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(input_size, n_classes)
 
+    def forward_flops(self, lengths) -> int:
+        """Forward FLOPs (the classifier; pooling is a sum) for utterances of ``lengths`` frames."""
+        n = len(torch.as_tensor(lengths).reshape(-1))
+        return linear_flops(self.classifier.in_features, self.classifier.out_features, n)
+
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return masked_mean(x, lengths)
 
@@ -105,6 +119,11 @@ class FineTuneRNN(nn.Module):
         self.rnn = MaskedRNN("gru", input_size, hidden_size, bidirectional=bidirectional)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.rnn.output_size, n_classes)
+
+    def forward_flops(self, lengths) -> int:
+        """Forward FLOPs for utterances of ``lengths`` frames (:mod:`~ser_modules.models.flops`)."""
+        n = len(torch.as_tensor(lengths).reshape(-1))
+        return self.rnn.forward_flops(lengths) + linear_flops(self.classifier.in_features, self.classifier.out_features, n)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return masked_mean(self.rnn(x, lengths), lengths)
@@ -124,6 +143,13 @@ class ProgressiveNet(nn.Module):
         self.branch.classifier = nn.Identity()  # the shared classifier below replaces it
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.branch.output_size + asr_size, n_classes)
+
+    def forward_flops(self, feat_lengths, asr_lengths) -> int:
+        """Forward FLOPs: the handcrafted branch over ``feat_lengths`` frames and the classifier
+        (the ASR layer is precomputed or frozen and is not part of this model's work)."""
+        n = len(torch.as_tensor(feat_lengths).reshape(-1))
+        return self.branch.forward_flops(feat_lengths) + linear_flops(self.classifier.in_features,
+                                                                      self.classifier.out_features, n)
 
     def encode(self, feats, feat_lengths, asr, asr_lengths) -> torch.Tensor:
         return torch.cat([self.branch.encode(feats, feat_lengths), masked_mean(asr, asr_lengths)], dim=-1)
@@ -171,6 +197,18 @@ class IAAN(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(3 * hidden_size, mlp_size), nn.Dropout(dropout), nn.LayerNorm(mlp_size),
                                  nn.ReLU(), nn.Linear(mlp_size, n_classes))
 
+    def forward_flops(self, target_lengths, prev_lengths, other_lengths) -> int:
+        """Forward FLOPs for target / previous / interlocutor utterances of the given frame counts."""
+        t, p, o = (total(x) for x in (target_lengths, prev_lengths, other_lengths))
+        n = len(torch.as_tensor(target_lengths).reshape(-1))
+        hidden, att = self.target_rnn.hidden_size, self.w_c.out_features
+        flops = self.target_rnn.forward_flops(t) + self.prev_rnn.forward_flops(p) + self.other_rnn.forward_flops(o)
+        flops += linear_flops(hidden, att, p + o) + linear_flops(att, 1, p + o)  # self-attention pooling
+        flops += linear_flops(hidden, att, t) + 2 * linear_flops(hidden, att, n) + linear_flops(att, 1, t)
+        first, last = self.mlp[0], self.mlp[-1]
+        return flops + linear_flops(first.in_features, first.out_features, n) + linear_flops(
+            last.in_features, last.out_features, n)
+
     def encode(self, target, target_lengths, prev, prev_lengths, other, other_lengths):
         """``(h = [h_c; h_p; h_r] [B, 3H], alpha [B, T])``: the pooled vector and target attention."""
         h_p, _ = self.prev_pool(self.prev_rnn(prev, prev_lengths), prev_lengths)
@@ -183,3 +221,30 @@ class IAAN(nn.Module):
 
     def forward(self, target, target_lengths, prev, prev_lengths, other, other_lengths) -> torch.Tensor:
         return self.mlp(self.encode(target, target_lengths, prev, prev_lengths, other, other_lengths)[0])
+
+
+class LinearSVMReference(nn.Module):
+    """The classical SER reference: utterance-level features (eGeMAPS functionals), standardised,
+    into a one-vs-rest linear SVM. Its parameters are fitted by scikit-learn (stage 5) and copied into
+    the buffers, so inference runs it like any other model. ``x [B, 1, D]`` -> decision values ``[B, C]``.
+    """
+
+    def __init__(self, input_size: int = 88, n_classes: int = 4):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(input_size))
+        self.register_buffer("scale", torch.ones(input_size))
+        self.register_buffer("weight", torch.zeros(n_classes, input_size))
+        self.register_buffer("bias", torch.zeros(n_classes))
+
+    def set_parameters(self, mean, scale, coef, intercept) -> None:
+        """From a fitted ``StandardScaler`` (``mean_``, ``scale_``) and the SVM's per-class weights
+        ``coef [C, D]`` and biases ``intercept [C]``."""
+        for buffer, value in ((self.mean, mean), (self.scale, scale), (self.weight, coef), (self.bias, intercept)):
+            buffer.copy_(torch.as_tensor(value, dtype=torch.float32))
+
+    def forward_flops(self, lengths) -> int:
+        n = len(torch.as_tensor(lengths).reshape(-1))
+        return linear_flops(self.weight.shape[1], self.weight.shape[0], n)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return ((x[:, 0] - self.mean) / self.scale) @ self.weight.T + self.bias

@@ -12,7 +12,8 @@ import os
 import pandas as pd
 
 from ser_modules.asr_models import list_asr_models, load_asr_model, model_blocks
-from ser_modules.dump import dump_asr_layers, dump_handcrafted
+from ser_modules.dump import dump_asr_layers, dump_features
+from ser_modules.features import EGeMAPSFunctionals
 from ser_modules.fileio import ManifestError, read_manifest, write_csv, write_json, write_text
 from ser_modules.hparams import load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
@@ -50,7 +51,7 @@ def main(argv=None) -> None:
     write_csv(csv_path, utterances)
     log.info("%d utterances to dump (protocol %s with context turns)", len(utterances), args.protocol)
 
-    stores = {"protocol": args.protocol, "utterances": csv_path, "asr": {}, "handcrafted": None}
+    stores = {"protocol": args.protocol, "utterances": csv_path, "asr": {}, "handcrafted": None, "egemaps": None}
     refs = [r for r in list_asr_models(args.exp_dir) if r.name in hp["models"]]
     if not refs and hp["models"]:
         raise ManifestError(f"{args.exp_dir}: none of the ASR models {hp['models']} is exported (run stages 2-3)")
@@ -63,12 +64,17 @@ def main(argv=None) -> None:
                                 args.device, hp["batch_size"], hp["dtype"])
         stores["asr"][ref.key] = {"folder": store.folder, "layers": layers, "model": ref.name, "fold": ref.fold,
                                   "dims": {n: store.dim(n) for n in layers}}
+    nj = args.nj if args.nj > 0 else (os.cpu_count() or 1)
     if hp["handcrafted"]:
-        store = dump_handcrafted(utterances, out, hp["handcrafted_features"], hp["dtype"],
-                                 augment=hp.get("augmentation"), copies=hp.get("augmented_copies", 0), seed=args.seed)
+        store = dump_features(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch", hp["dtype"],
+                              augment=hp.get("augmentation"), copies=hp.get("augmented_copies", 0), seed=args.seed, nj=nj)
         stores["handcrafted"] = {"folder": store.folder, "layers": ["mfcc_pitch"], "dims": {"mfcc_pitch": store.dim("mfcc_pitch")}}
+    if hp.get("egemaps"):  # the classical reference: openSMILE eGeMAPS functionals (one vector per utterance)
+        store = dump_features(utterances, out, EGeMAPSFunctionals(), "egemaps", "egemaps", "float32", nj=nj)
+        stores["egemaps"] = {"folder": store.folder, "layers": ["egemaps"], "dims": {"egemaps": store.dim("egemaps")}}
     write_json(os.path.join(out, f"stores_{args.protocol}.json"), stores)
-    log.info("stage 4 done: %d ASR stores%s", len(stores["asr"]), " + handcrafted" if stores["handcrafted"] else "")
+    log.info("stage 4 done: %d ASR stores%s%s", len(stores["asr"]), " + handcrafted" if stores["handcrafted"] else "",
+             " + eGeMAPS" if stores["egemaps"] else "")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,39 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
     return pd.DataFrame(rows), scores, preds
 
 
+FAMILIES = {"baseline": "Baseline", "mp": "Fine-tuning MP", "rnn": "Fine-tuning RNN", "progressive": "Progressive net",
+            "iaan": "IAAN", "reference": "Classical reference"}
+
+
+def family_table(results: pd.DataFrame, chance: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The SER table in the layout of Lakomkin 2018 Table 1: chance rows, then the models grouped by
+    family (configuration order within a family), the best mean per metric in bold."""
+    rows = []
+    for name, frame in chance.items():
+        s = summarize(frame)
+        rows.append({"Family": "Chance" if not rows else "", "Model": name,
+                     **{m: fmt(s[f"{m}_mean"], s[f"{m}_std"]) for m in METRICS},
+                     "folds × runs": f"{s['folds']} × {s['runs']}", "p (t-test)": "", "p (Wilcoxon)": ""})
+    if not len(results):
+        return pd.DataFrame(rows)
+    best = {m: results[f"{m}_mean"].max() for m in METRICS}
+    order = {t: i for i, t in enumerate(FAMILIES)}
+    ranked = results.assign(_family=results["type"].map(lambda t: order.get(t, len(order))),
+                            _row=range(len(results))).sort_values(["_family", "_row"])
+    previous = None
+    for _, r in ranked.iterrows():
+        cells = {}
+        for m in METRICS:
+            text = fmt(r[f"{m}_mean"], r[f"{m}_std"])
+            cells[m] = f"**{text}**" if np.isclose(r[f"{m}_mean"], best[m]) else text
+        family = FAMILIES.get(r["type"], r["type"])
+        rows.append({"Family": family if family != previous else "", "Model": r["model"], **cells,
+                     "folds × runs": f"{r['folds']} × {r['runs']}", "p (t-test)": fmt_p(r["p_ttest_UA"]),
+                     "p (Wilcoxon)": fmt_p(r["p_wilcoxon_UA"])})
+        previous = family
+    return pd.DataFrame(rows)
+
+
 def adaptation_table(asr_results: pd.DataFrame, results: pd.DataFrame, corpus: str, scheme: str) -> pd.DataFrame:
     """Yeh 2020 Tables 1-2: per ASR model and adaptation stage, WER on the emotion corpus next to
     the UA/WA of the SER models reading that model's layers."""
@@ -176,16 +209,9 @@ def main(argv=None) -> None:
           "## Speech emotion recognition", "",
           f"Mean ± std over folds × runs; p-values of a paired t-test and a Wilcoxon signed-rank test of UA "
           f"against **{hp['reference']}** over the same (fold, run) pairs.", ""]
-    table = []
-    for name, frame in chance.items():
-        s = summarize(frame)
-        table.append({"Model": name, **{m: fmt(s[f"{m}_mean"], s[f"{m}_std"]) for m in METRICS},
-                      "folds × runs": f"{s['folds']} × {s['runs']}", "p (t-test)": "", "p (Wilcoxon)": ""})
-    for _, r in results.iterrows():
-        table.append({"Model": r["model"], **{m: fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS},
-                      "folds × runs": f"{r['folds']} × {r['runs']}", "p (t-test)": fmt_p(r["p_ttest_UA"]),
-                      "p (Wilcoxon)": fmt_p(r["p_wilcoxon_UA"])})
-    md += [markdown_table(pd.DataFrame(table)), ""]
+    md += [markdown_table(family_table(results, chance)), "",
+           "Rows grouped by model family as in Table 1 of Lakomkin et al. 2018; the best mean of each column "
+           "(chance rows excluded) in bold.", ""]
     if len(asr_results):
         md += ["## Speech recognition", "", markdown_table(asr_results.drop(columns=["checkpoint"])), ""]
         adapt = adaptation_table(asr_results, results, corpus, args.folds)
