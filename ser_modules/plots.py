@@ -84,3 +84,39 @@ def plot_layer_scores(series: dict[str, tuple[list[str], list[float], list[float
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_benchmark(frame, path: str) -> str:
+    """Benchmark rows as horizontal bars: achieved / GEMM FLOP rate per model, demo and paper size."""
+    labels = [f"{m} [{s}]" for m, s in zip(frame["model"], frame["size"])]
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(frame) + 1.2))
+    colours = ["tab:blue" if s == "demo" else "tab:orange" for s in frame["size"]]
+    ax.barh(range(len(frame)), frame["ratio"], color=colours)
+    ax.set_yticks(range(len(frame)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0.35, color="grey", ls="--", lw=0.8)
+    ax.axvline(0.20, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("achieved FLOP rate / GEMM rate (training step)")
+    ax.set_title(f"{frame['device'].iloc[0]}: GEMM {frame['gemm_gflops'].iloc[0]:.0f} GFLOP/s (blue demo, orange paper)",
+                 fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_scaling(frame, path: str) -> str:
+    """Wall time and peak RSS of stages 4 and 5 against the corpus replication factor."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for stage, g in frame.groupby("stage"):
+        left.plot(g["factor"], g["seconds"], marker="o", label=f"stage {stage}")
+        right.plot(g["factor"], g["peak_rss_mb"], marker="o", label=f"stage {stage}")
+    factors = sorted(frame["factor"].unique())
+    for ax, ylabel in ((left, "wall time (s)"), (right, "peak RSS (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(factors, [f"{f}x" for f in factors])
+        ax.set_xlabel("demo emotion corpus replicated")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    right.set_ylim(bottom=0)
+    fig.tight_layout()
+    return _save(fig, path)
