@@ -10,6 +10,7 @@ not improved for ``patience`` epochs.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 
@@ -251,7 +252,13 @@ def fit_asr(hparams: dict, run_opts: dict, brain_class=None) -> sb.Brain:
     eos = getattr(model, "eos_index", None)
     train = asr_dataset(hparams["train_csv"], vocab, bos, eos)
     valid = asr_dataset(hparams["valid_csv"], vocab, bos, eos)
-    sampler = LengthBucketBatchSampler(dataset_durations(train), hparams["batch_size"], shuffle=True,
+    # batch_size is the global batch: data-parallel processes each take their share of it.
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    per_process = max(1, math.ceil(hparams["batch_size"] / world))
+    if world > 1:
+        logger.info("data-parallel training over %d processes: %d utterances each per step (global batch %d)",
+                    world, per_process, hparams["batch_size"])
+    sampler = LengthBucketBatchSampler(dataset_durations(train), per_process, shuffle=True,
                                        sortagrad_epochs=hparams.get("sortagrad_epochs", 1), seed=hparams["seed"])
     hparams["train_sampler"] = sampler
     # The sampler orders batches itself: keep SpeechBrain's DDP wrapper from shuffling them again.

@@ -113,6 +113,23 @@ def load_stage_hparams(conf_dir: str, stage: str, size: str = "paper", runner: d
     return hparams, resolved
 
 
+def canonical_config(resolved: str, exp_dir: str, drop: tuple[str, ...] = ()) -> str:
+    """The resolved YAML as compared between runs: top-level keys in ``drop`` removed (with their
+    block lists and wrapped lines), the experiment folder replaced by ``<exp>`` (a moved experiment
+    is the same run) and whitespace collapsed (the dumper wraps long paths)."""
+    top_key = re.compile(r"^([A-Za-z_][\w.]*):")
+    kept, skipping = [], False
+    for line in resolved.splitlines():
+        if line and not line[0].isspace() and not line.startswith("- "):
+            match = top_key.match(line)
+            skipping = bool(match and match.group(1) in drop)
+        if not skipping:
+            kept.append(line)
+    text = "\n".join(kept)
+    text = text.replace(os.path.abspath(exp_dir), "<exp>").replace(exp_dir, "<exp>")
+    return " ".join(text.split())
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Check key=value overrides against a recipe's conf folder")
     parser.add_argument("command", choices=["check"])

@@ -186,3 +186,45 @@ def test_named_layers_and_errors():
     out = las.forward_layers(torch.randn(1, 9, 39), torch.tensor([9]), ["pblstm1"])
     assert out["pblstm1"][0].shape == (1, 5, 6) and out["pblstm1"][1].tolist() == [5]
     assert float(out["pblstm1"][0].detach().abs().max()) <= 1.0  # FC layers end in tanh
+
+
+def reference_spell(model, enc, enc_lengths, tokens_bos, teacher_forcing=1.0):
+    """The speller step by step through SpeechBrain's AttentionalRNNDecoder.forward_step (beam search's path)."""
+    model.speller.attn.reset()
+    context = enc.new_zeros(enc.shape[0], model.speller.attn_dim)
+    hs, logits, inp = None, [], tokens_bos[:, 0]
+    for t in range(tokens_bos.shape[1]):
+        dec_out, hs, context, _ = model.speller.forward_step(model.embedding(inp), hs, context, enc, enc_lengths)
+        logits.append(model.output(dec_out))
+        if t + 1 < tokens_bos.shape[1]:
+            inp = tokens_bos[:, t + 1]
+            if teacher_forcing < 1.0:
+                own = torch.rand(inp.shape[0]) >= teacher_forcing
+                inp = torch.where(own, logits[-1].argmax(dim=-1), inp)
+    return torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("teacher_forcing", [1.0, 0.5])
+def test_speller_equals_speechbrain_forward_step(teacher_forcing):
+    torch.manual_seed(0)
+    model = ListenAttendSpell(listener_hidden=4, fc_size=6, speller_hidden=5, speller_layers=3, attention_dim=3,
+                              embedding_dim=2).eval()
+    enc, lengths = torch.randn(3, 7, 6), torch.tensor([7, 4, 2])  # padded encoder frames must get no attention
+    enc[1, 4:], enc[2, 2:] = 50.0, -50.0
+    tokens = torch.randint(3, 31, (3, 6))
+    torch.manual_seed(1)
+    expected = reference_spell(model, enc, lengths, tokens, teacher_forcing)
+    torch.manual_seed(1)
+    got = model.spell(enc, lengths, tokens, teacher_forcing)
+    assert got.shape == (3, 6, 31)
+    assert torch.allclose(got, expected, atol=1e-5)
+    # Gradients reach the speller's weights as through the reference loop.
+    enc.requires_grad_(True)
+    model.zero_grad()
+    model.spell(enc, lengths, tokens).logsumexp(-1).sum().backward()
+    fast = {n: p.grad.clone() for n, p in model.speller.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    reference_spell(model, enc, lengths, tokens).logsumexp(-1).sum().backward()
+    for name, p in model.speller.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(fast[name], p.grad, atol=1e-5), name

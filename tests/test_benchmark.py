@@ -46,9 +46,11 @@ def test_las_flops_by_hand_and_by_pytorch():
     listener = (2 * 2 * 4 * 2 * (3 + 2) * 8  # BLSTM 3 -> 2 over 8 frames
                 + 2 * 2 * 4 * 2 * (4 + 2) * 8 + 2 * 8 * 4 * 4  # pBLSTM1 (input 4) and FC 8 -> 4 on 4 frames
                 + 2 * 2 * 4 * 2 * (4 + 2) * 4 + 2 * 8 * 4 * 2)  # pBLSTM2 and FC on 2 frames
-    # Per step: LSTM (2 + 2 -> 3), query 3 -> 2, context projection 4 -> 2, combination 5 -> 3, output 3 -> 5.
-    per_step = 4 * 3 * (4 + 3) + 3 * 2 + 4 * 2 + 5 * 3 + 3 * 5
-    attention = 2 * 4 * 2 * 2 + 2 * (2 + 4) * 2 * steps  # keys once; energies and context per step
+    # Per step: LSTM (2 + 2 -> 3), query 3 -> 2, combination 5 -> 3, output 3 -> 5.
+    per_step = 4 * 3 * (4 + 3) + 3 * 2 + 5 * 3 + 3 * 5
+    # Keys and projected values (4 -> 2) once on the 2 encoder frames; per step, energies and the
+    # context average over them (2 multiply-adds of size 2 per frame).
+    attention = 2 * (2 * 4 * 2 * 2) + 2 * (2 + 2) * 2 * steps
     hand = listener + 2 * per_step * steps + attention
     assert model.forward_flops([frames], [steps]) == hand
     tokens = torch.tensor([[1, 3, 4]])

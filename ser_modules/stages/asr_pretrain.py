@@ -10,9 +10,7 @@ model. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest checkpoints), ``
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import time
 
 import speechbrain as sb
@@ -21,27 +19,10 @@ from ser_modules.asr_models import export_model, model_blocks
 from ser_modules.asr_training import evaluate_asr, fit_asr, load_best, run_options, update_asr_results
 from ser_modules.data import asr_dataset
 from ser_modules.fileio import file_digest, fresh_outputs, read_json, write_json, write_text
-from ser_modules.hparams import load_stage_hparams
+from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
 EVAL_ONLY_KEYS = ("decoders", "beam_size", "eval_batch_size", "num_workers")
-
-
-def canonical_config(resolved: str, exp_dir: str, drop: tuple[str, ...] = ()) -> str:
-    """The resolved YAML as compared between runs: top-level keys in ``drop`` removed (with their
-    block lists and wrapped lines), the experiment folder replaced by ``<exp>`` (a moved experiment
-    is the same run) and whitespace collapsed (the dumper wraps long paths)."""
-    top_key = re.compile(r"^([A-Za-z_][\w.]*):")
-    kept, skipping = [], False
-    for line in resolved.splitlines():
-        if line and not line[0].isspace() and not line.startswith("- "):
-            match = top_key.match(line)
-            skipping = bool(match and match.group(1) in drop)
-        if not skipping:
-            kept.append(line)
-    text = "\n".join(kept)
-    text = text.replace(os.path.abspath(exp_dir), "<exp>").replace(exp_dir, "<exp>")
-    return " ".join(text.split())
 
 
 def main(argv=None) -> None:

@@ -11,11 +11,12 @@ import os
 
 import pandas as pd
 
-from ser_modules.asr_models import list_asr_models, load_asr_model, model_blocks
+from ser_modules.asr_models import ASRModelRef, list_asr_models, load_asr_model, model_blocks
 from ser_modules.dump import dump_asr_layers, dump_features
 from ser_modules.features import EGeMAPSFunctionals
 from ser_modules.fileio import ManifestError, read_manifest, write_csv, write_json, write_text
 from ser_modules.hparams import load_stage_hparams
+from ser_modules.jobs import default_jobs, run_jobs, worker_state
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
 
@@ -37,6 +38,21 @@ def dump_utterances(data_dir: str, protocol: str) -> pd.DataFrame:
     return turns[turns["ID"].isin(wanted)].reset_index(drop=True)
 
 
+def dump_job(job: tuple) -> tuple[str, dict]:
+    """Run one exported ASR model over the utterances and store the configured layers."""
+    name, fold, path = job
+    w = worker_state()
+    ref = ASRModelRef(name, fold, path)
+    model, features, _, info = load_asr_model(path, w["device"])
+    layers = [layer for layer in w["hp"]["layers"] if layer in model.layer_names]
+    if not layers:
+        raise ManifestError(f"{path}: none of the layers {w['hp']['layers']} exists; available {model.layer_names}")
+    store = dump_asr_layers(model, features, w["utterances"], w["csv"], layers, w["out"], ref.key, info["sha1"],
+                            w["device"], w["hp"]["batch_size"], w["hp"]["dtype"])
+    return ref.key, {"folder": store.folder, "layers": layers, "model": name, "fold": fold,
+                     "dims": {n: store.dim(n) for n in layers}}
+
+
 def main(argv=None) -> None:
     args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
     log = stage_logging(args.exp_dir, "stage4_dump")
@@ -55,16 +71,11 @@ def main(argv=None) -> None:
     refs = [r for r in list_asr_models(args.exp_dir) if r.name in hp["models"]]
     if not refs and hp["models"]:
         raise ManifestError(f"{args.exp_dir}: none of the ASR models {hp['models']} is exported (run stages 2-3)")
-    for ref in refs:
-        model, features, _, info = load_asr_model(ref.path, args.device)
-        layers = [layer for layer in hp["layers"] if layer in model.layer_names]
-        if not layers:
-            raise ManifestError(f"{ref.path}: none of the layers {hp['layers']} exists; available {model.layer_names}")
-        store = dump_asr_layers(model, features, utterances, csv_path, layers, out, ref.key, info["sha1"],
-                                args.device, hp["batch_size"], hp["dtype"])
-        stores["asr"][ref.key] = {"folder": store.folder, "layers": layers, "model": ref.name, "fold": ref.fold,
-                                  "dims": {n: store.dim(n) for n in layers}}
-    nj = args.nj if args.nj > 0 else (os.cpu_count() or 1)
+    nj = default_jobs(args.nj, args.device)
+    state = {"hp": hp, "utterances": utterances, "csv": csv_path, "out": out, "device": args.device}
+    for key, info in run_jobs(dump_job, [(r.name, r.fold, r.path) for r in refs], nj, state, "stage 4"):
+        stores["asr"][key] = info
+    stores["asr"] = {r.key: stores["asr"][r.key] for r in refs}  # in the order of the models, not of completion
     if hp["handcrafted"]:
         store = dump_features(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch", hp["dtype"],
                               augment=hp.get("augmentation"), copies=hp.get("augmented_copies", 0), seed=args.seed, nj=nj)

@@ -3,39 +3,37 @@
 Each (variant, fold, run) writes ``<exp>/ser/<variant>/<fold>/run<k>/predictions.csv`` (utterance,
 true and predicted label, class probabilities) and ``history.json``; a finished one is skipped on
 rerun and an interrupted one resumes from its checkpoint. ``--nj N`` trains N jobs in parallel
-processes (each with its share of the CPU threads, or one GPU each with ``--device cuda``).
+processes (:mod:`ser_modules.jobs`: one thread each on a CPU, one GPU each with ``--device cuda``).
 Per-variant metrics over folds x runs go to ``<exp>/ser/<variant>/metrics.json``.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from ser_modules.fileio import ManifestError, read_manifest, write_json
 from ser_modules.folds import check_speaker_independence, load_folds
 from ser_modules.hparams import load_stage_hparams
+from ser_modules.jobs import default_jobs, run_jobs, worker_state
 from ser_modules.scoring import classification_metrics
 from ser_modules.ser_training import SERInputs, VariantSpec, train_fold_run
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
-_WORKER: dict = {}
+
+COST_RANK = {"progressive": 0, "baseline": 1, "iaan": 2, "rnn": 3, "mp": 4, "reference": 5}
 
 
-def _init_worker(state: dict, threads: int) -> None:
-    torch.set_num_threads(threads)
-    _WORKER.update(state)
-    _WORKER["inputs"] = SERInputs(state["stores"])
+def _open_stores(state: dict) -> None:
+    state["inputs"] = SERInputs(state["stores"])
 
 
 def _run_job(job: tuple) -> tuple:
     spec_dict, fold_index, run, device = job
-    w = _WORKER
+    w = worker_state()
     spec = VariantSpec.from_dict(spec_dict)
     fold = w["folds"][fold_index]
     out = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
@@ -66,29 +64,20 @@ def main(argv=None) -> None:
             log.warning("variant %s skipped: IAAN needs dialog context and this corpus has no dialog structure", spec.name)
             continue
         variants.append(v)
-    jobs = [(v, f, r, args.device) for v in variants for f in range(len(folds)) for r in range(hp["n_runs"])]
-    if args.nj <= 0:  # auto: one job per CPU core (small models barely use more threads), or per GPU
-        args.nj = max(1, torch.cuda.device_count() if args.device.startswith("cuda") else (os.cpu_count() or 1))
-    args.nj = min(args.nj, len(jobs))
+    # Longest jobs first: the last ones to finish are then the short ones, and the workers end together.
+    ordered = sorted(variants, key=lambda v: COST_RANK.get(v["type"], len(COST_RANK)))
+    jobs = [(v, f, r, args.device) for v in ordered for f in range(len(folds)) for r in range(hp["n_runs"])]
+    nj = min(default_jobs(args.nj, args.device), len(jobs))
+    if args.device.startswith("cuda") and nj > 1:  # one GPU per job, round robin
+        n_gpu = max(1, torch.cuda.device_count())
+        jobs = [(v, f, r, f"cuda:{i % n_gpu}") for i, (v, f, r, _) in enumerate(jobs)]
     state = {"stores": stores, "folds": folds, "manifest": manifest, "classes": classes, "hp": hp, "out": out}
     os.makedirs(out, exist_ok=True)
     log.info("stage 5: %d variants x %d folds x %d runs = %d trainings, classes %s, %d job(s) in parallel",
-             len(variants), len(folds), hp["n_runs"], len(jobs), classes, args.nj)
+             len(variants), len(folds), hp["n_runs"], len(jobs), classes, nj)
     started = time.time()
-    if args.nj > 1:
-        threads = max(1, (os.cpu_count() or 1) // args.nj)
-        ctx = mp.get_context("spawn")
-        if args.device.startswith("cuda"):  # one GPU per job, round robin
-            n_gpu = max(1, torch.cuda.device_count())
-            jobs = [(v, f, r, f"cuda:{i % n_gpu}") for i, (v, f, r, _) in enumerate(jobs)]
-        with ctx.Pool(args.nj, initializer=_init_worker, initargs=(state, threads)) as pool:
-            for name, fold, run, n, secs in tqdm(pool.imap_unordered(_run_job, jobs), total=len(jobs), desc="SER"):
-                log.info("%s %s run%d: %d test utterances (%.1f s)", name, fold, run, n, secs)
-    else:
-        _init_worker(state, torch.get_num_threads())
-        for job in tqdm(jobs, desc="SER"):
-            name, fold, run, n, secs = _run_job(job)
-            log.info("%s %s run%d: %d test utterances (%.1f s)", name, fold, run, n, secs)
+    for name, fold, run, n, secs in run_jobs(_run_job, jobs, nj, state, "SER", setup=_open_stores):
+        log.info("%s %s run%d: %d test utterances (%.1f s)", name, fold, run, n, secs)
 
     summary = {}
     for v in variants:

@@ -1,0 +1,86 @@
+"""Independent jobs (folds, runs, models) in parallel worker processes, one thread each.
+
+On a CPU the toolkit's small recurrent models are latency-bound: two single-thread processes train
+about 1.5-2x the utterances per second of one two-thread process (``ser_modules.benchmark``), so
+every stage with independent work runs it through :func:`run_jobs`. Workers are spawned (no state
+leaks from the parent), receive a shared ``state`` once, and read it with :func:`worker_state`.
+
+SIGTERM (what a scheduler sends on pre-emption) and SIGINT stop the stage: the pool's workers are
+terminated with it, and finished jobs' outputs stay, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from collections.abc import Callable, Iterable
+
+import torch
+from tqdm import tqdm
+
+_STATE: dict = {}
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_jobs(nj: int, device: str = "cpu") -> int:
+    """``nj`` if positive, else one job per GPU on CUDA or one per core on CPU."""
+    if nj > 0:
+        return nj
+    if device.startswith("cuda"):
+        return max(1, torch.cuda.device_count())
+    return cpu_count()
+
+
+def worker_state() -> dict:
+    """The ``state`` given to :func:`run_jobs`, in a worker (or in the main process when ``nj`` is 1)."""
+    return _STATE
+
+
+def _init_worker(state: dict, threads: int, setup: Callable | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides; it terminates the pool
+    torch.set_num_threads(threads)
+    _STATE.clear()
+    _STATE.update(state)
+    if setup is not None:
+        setup(_STATE)
+
+
+def _raise_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` in the main process, so ``finally`` blocks and pool shutdown run."""
+    if mp.current_process().name == "MainProcess":
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+
+
+def run_jobs(fn: Callable, jobs: Iterable, nj: int, state: dict, desc: str, setup: Callable | None = None,
+             threads: int | None = None) -> Iterable:
+    """Yield ``fn(job)`` for every job, from ``nj`` spawned worker processes (in completion order),
+    or in this process when ``nj`` is 1. ``fn`` is a module-level function reading
+    :func:`worker_state`; ``setup(state)`` runs once per worker (e.g. to open stores)."""
+    jobs = list(jobs)
+    nj = max(1, min(nj, len(jobs)))
+    stop_on_sigterm()
+    if nj == 1:
+        _init_worker(state, threads or torch.get_num_threads(), setup)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for job in tqdm(jobs, desc=desc):
+            yield fn(job)
+        return
+    threads = threads or max(1, cpu_count() // nj)
+    with mp.get_context("spawn").Pool(nj, initializer=_init_worker, initargs=(state, threads, setup)) as pool:
+        try:
+            yield from tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc)
+        except BaseException:
+            pool.terminate()
+            raise
