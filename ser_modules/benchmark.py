@@ -265,7 +265,6 @@ def ser_case(spec_dict: dict, hp: dict, asr_sizes: dict, size: str, device: str,
 
     spec = VariantSpec.from_dict(spec_dict)
     dims = {"handcrafted": HANDCRAFTED_DIM}
-    stack = int(spec.options.get("frame_stack", 1))
     if spec.asr:
         dims["asr"] = asr_sizes[spec.layer]
     model = build_model(spec, dims, 4, hp["dropout"]).to(device)
@@ -299,7 +298,7 @@ def ser_case(spec_dict: dict, hp: dict, asr_sizes: dict, size: str, device: str,
         return collate(items)
 
     def flops(durations):
-        hand = [(n + stack - 1) // stack for n in _frames(durations, HANDCRAFTED_RATE)]
+        hand = _frames(durations, HANDCRAFTED_RATE)  # the models stack frames themselves (frame_stack)
         if spec.type == "baseline":
             return model.forward_flops(hand)
         if spec.type == "progressive":

@@ -34,6 +34,20 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def stack_frames(x: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T, D]`` -> ``[B, ceil(T/k), k D]``: every ``k`` consecutive frames side by side (the frame
+    rate divided by ``k``), new lengths ``ceil(L/k)``. A partial last group is completed with zero
+    frames whatever the padding held, so a padded batch groups each utterance as it would be alone."""
+    if k == 1:
+        return x, lengths
+    x = x * length_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+    b, t, d = x.shape
+    extra = -t % k
+    if extra:
+        x = torch.nn.functional.pad(x, (0, 0, 0, extra))
+    return x.reshape(b, (t + extra) // k, k * d), (lengths + k - 1).div(k, rounding_mode="floor")
+
+
 def masked_normalize(x: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Per-utterance, per-dimension mean/variance normalisation over valid frames.
 

@@ -196,13 +196,15 @@ def collate(items: list[dict]) -> dict:
 def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float) -> torch.nn.Module:
     o = spec.options
     if spec.type == "baseline":
-        return BiGRUBaseline(dims["handcrafted"], spec.hidden, o.get("num_layers", 2), n_classes, dropout)
+        return BiGRUBaseline(dims["handcrafted"], spec.hidden, o.get("num_layers", 2), n_classes, dropout,
+                             o.get("frame_stack", 1))
     if spec.type == "mp":
         return FineTuneMP(dims["asr"], n_classes, dropout)
     if spec.type == "rnn":
         return FineTuneRNN(dims["asr"], spec.hidden, o.get("bidirectional", True), n_classes, dropout)
     if spec.type == "progressive":
-        return ProgressiveNet(dims["handcrafted"], dims["asr"], spec.hidden, o.get("num_layers", 2), n_classes, dropout)
+        return ProgressiveNet(dims["handcrafted"], dims["asr"], spec.hidden, o.get("num_layers", 2), n_classes, dropout,
+                              o.get("frame_stack", 1))
     if spec.type == "reference":
         return LinearSVMReference(dims["egemaps"], n_classes)
     return IAAN(dims["asr"], spec.hidden, o.get("attention_size", 16), o.get("mlp_size", 64), n_classes, dropout)

@@ -6,7 +6,8 @@ import torchaudio
 
 from ser_modules.features import MFCC, LogSpectrogram, add_deltas, masked_normalize
 from ser_modules.models.ds2 import DeepSpeech2
-from ser_modules.models.las import ListenAttendSpell, PyramidalBLSTM, concat_frame_pairs
+from ser_modules.features import stack_frames
+from ser_modules.models.las import ListenAttendSpell, PyramidalBLSTM
 from ser_modules.models.rnn import MaskedRNN, reverse_padded
 
 
@@ -73,12 +74,14 @@ def test_paper_models_train_one_step(model_cls):
 
 def test_pyramidal_reduction_by_hand():
     x = torch.arange(2 * 5 * 1, dtype=torch.float).reshape(2, 5, 1)
-    y, lengths = concat_frame_pairs(x, torch.tensor([5, 4]))
+    y, lengths = stack_frames(x, torch.tensor([5, 4]), 2)
     # Length 5 is padded with one zero frame: pairs (0,1) (2,3) (4,pad); length 4 -> 2 pairs.
     assert y.shape == (2, 3, 2)
     assert y[0].tolist() == [[0, 1], [2, 3], [4, 0]]
     assert y[1, :2].tolist() == [[5, 6], [7, 8]]
     assert lengths.tolist() == [3, 2]
+    y, lengths = stack_frames(x, torch.tensor([5, 2]), 4)  # groups of 4: (0,1,2,3) (4,pad,pad,pad)
+    assert y.shape == (2, 2, 4) and y[0].tolist() == [[0, 1, 2, 3], [4, 0, 0, 0]] and lengths.tolist() == [2, 1]
     p = PyramidalBLSTM(3, 4)
     out, out_len = p(torch.randn(3, 7, 3), torch.tensor([7, 6, 1]))
     assert out.shape == (3, 4, 16) and out_len.tolist() == [4, 3, 1]

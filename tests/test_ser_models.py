@@ -19,6 +19,7 @@ def test_masked_mean_ignores_padding():
 
 @pytest.mark.parametrize("make", [
     lambda: BiGRUBaseline(5, 8),
+    lambda: BiGRUBaseline(5, 8, frame_stack=3),  # 7 frames -> 3 groups, the last one completed with zeros
     lambda: FineTuneMP(5),
     lambda: FineTuneRNN(5, 8),
 ])

@@ -16,7 +16,7 @@ import torch.nn as nn
 from speechbrain.nnet.linear import Linear as SBLinear
 from speechbrain.nnet.RNN import AttentionalRNNDecoder
 
-from ser_modules.features import length_mask
+from ser_modules.features import length_mask, stack_frames
 from ser_modules.models import requested_layers
 from ser_modules.models.flops import linear_flops, module_linear_flops, total
 from ser_modules.models.rnn import MaskedRNN
@@ -29,20 +29,8 @@ def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torc
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def concat_frame_pairs(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, T, D]`` -> ``[B, ceil(T/2), 2D]``: frames 2t and 2t+1 side by side.
-
-    An odd length is padded with one zero frame, so the new length is ``ceil(L/2)``.
-    """
-    b, t, d = x.shape
-    if t % 2:
-        x = torch.nn.functional.pad(x, (0, 0, 0, 1))
-        t += 1
-    return x.reshape(b, t // 2, 2 * d), (lengths + 1).div(2, rounding_mode="floor")
-
-
 class PyramidalBLSTM(nn.Module):
-    """A BLSTM followed by frame-pair concatenation (halves time).
+    """A BLSTM followed by frame-pair concatenation (:func:`~ser_modules.features.stack_frames`, halves time).
 
     ``x [B, T, input_size]``, ``lengths [B]`` -> ``[B, ceil(T/2), 4 * hidden_size]``, ``ceil(lengths/2)``.
     Padded frames are zero before pairing, so pairing with padding equals padding to even length.
@@ -54,7 +42,7 @@ class PyramidalBLSTM(nn.Module):
         self.output_size = 4 * hidden_size
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return concat_frame_pairs(self.blstm(x, lengths), lengths)
+        return stack_frames(self.blstm(x, lengths), lengths, 2)
 
 
 class Listener(nn.Module):

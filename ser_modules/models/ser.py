@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ser_modules.features import length_mask
+from ser_modules.features import length_mask, stack_frames
 from ser_modules.models.flops import linear_flops, total
 from ser_modules.models.rnn import MaskedRNN
 
@@ -56,12 +56,17 @@ class FrozenASRLayer(nn.Module):
 
 class BiGRUBaseline(nn.Module):
     """Lakomkin 2018 baseline: 2-layer bidirectional GRU on MFCC+delta+pitch, mean of the second
-    layer's outputs over valid frames, dropout 0.25, softmax classifier (hidden 64 / 96 / 128)."""
+    layer's outputs over valid frames, dropout 0.25, softmax classifier (hidden 64 / 96 / 128).
+
+    ``frame_stack`` k > 1 feeds the GRU k consecutive frames at a time (the frame rate divided by k,
+    :func:`~ser_modules.features.stack_frames`); the paper uses 1 (10 ms frames).
+    """
 
     def __init__(self, input_size: int = 27, hidden_size: int = 96, num_layers: int = 2, n_classes: int = 4,
-                 dropout: float = 0.25):
+                 dropout: float = 0.25, frame_stack: int = 1):
         super().__init__()
-        layers, size = [], input_size
+        self.frame_stack = int(frame_stack)
+        layers, size = [], input_size * self.frame_stack
         for _ in range(num_layers):
             layers.append(MaskedRNN("gru", size, hidden_size, bidirectional=True))
             size = layers[-1].output_size
@@ -71,15 +76,18 @@ class BiGRUBaseline(nn.Module):
         self.classifier = nn.Linear(size, n_classes)
 
     def forward_flops(self, lengths) -> int:
-        """Forward FLOPs for utterances of ``lengths`` frames (:mod:`~ser_modules.models.flops`)."""
-        flops = sum(rnn.forward_flops(lengths) for rnn in self.rnns)
-        n = len(torch.as_tensor(lengths).reshape(-1))
+        """Forward FLOPs for utterances of ``lengths`` input frames (:mod:`~ser_modules.models.flops`)."""
+        lengths = torch.as_tensor(lengths).reshape(-1)
+        steps = (lengths + self.frame_stack - 1).div(self.frame_stack, rounding_mode="floor")
+        flops = sum(rnn.forward_flops(steps) for rnn in self.rnns)
+        n = len(lengths)
         if isinstance(self.classifier, nn.Linear):
             flops += linear_flops(self.classifier.in_features, self.classifier.out_features, n)
         return flops
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Pooled utterance vector ``[B, 2 * hidden]``."""
+        x, lengths = stack_frames(x, lengths, self.frame_stack)
         for rnn in self.rnns:
             x = rnn(x, lengths)
         return masked_mean(x, lengths)
@@ -137,9 +145,9 @@ class ProgressiveNet(nn.Module):
     the frozen ASR layer x; both pooled vectors concatenated into the classifier."""
 
     def __init__(self, handcrafted_size: int = 27, asr_size: int = 800, hidden_size: int = 96, num_layers: int = 2,
-                 n_classes: int = 4, dropout: float = 0.25):
+                 n_classes: int = 4, dropout: float = 0.25, frame_stack: int = 1):
         super().__init__()
-        self.branch = BiGRUBaseline(handcrafted_size, hidden_size, num_layers, n_classes, dropout)
+        self.branch = BiGRUBaseline(handcrafted_size, hidden_size, num_layers, n_classes, dropout, frame_stack)
         self.branch.classifier = nn.Identity()  # the shared classifier below replaces it
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.branch.output_size + asr_size, n_classes)
