@@ -32,6 +32,7 @@ from ser_modules.models.ser import IAAN, BiGRUBaseline, FineTuneMP, FineTuneRNN,
 logger = logging.getLogger(__name__)
 MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference")
 NO_ASR_TYPES = ("baseline", "reference")
+VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr")
 
 
 @dataclass
@@ -380,8 +381,8 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
         return pd.read_csv(pred_path, keep_default_na=False, dtype={"ID": str})
     seed = int(hp["seed"]) + run
     seed_all(seed)
-    # A variant may set its own epochs and batch size (the demo gives cheap models more epochs).
-    hp = {**hp, **{k: spec.options[k] for k in ("max_epochs", "batch_size") if k in spec.options}}
+    # A variant may set its own epochs, batch size and learning rate (the demo gives cheap models more epochs).
+    hp = {**hp, **{k: spec.options[k] for k in VARIANT_TRAINING_KEYS if k in spec.options}}
     label_of = dict(zip(manifest["ID"], manifest["emotion"]))
     index = {c: i for i, c in enumerate(classes)}
     dims = inputs.dim(spec, fold.name)
