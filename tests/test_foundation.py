@@ -43,6 +43,12 @@ def test_load_audio_errors_name_the_file(tmp_path):
 def test_transcript_normalisation():
     assert remove_special_tokens("[LAUGHTER] Oh,  really? [BREATHING]") == "Oh, really?"
     assert normalize_transcript("Well--I don't know. [GARBAGE] {NOISE} <unk> 'quoted'") == "WELL I DON'T KNOW QUOTED"
+    # Letters outside A-Z are transliterated (German umlauts written out), never dropped.
+    assert normalize_transcript("Was sind denn das für Tüten, die da unter dem Tisch stehen?") == \
+        "WAS SIND DENN DAS FUER TUETEN DIE DA UNTER DEM TISCH STEHEN"
+    assert normalize_transcript("Heute abend könnte ich es ihm sagen. Straße, GROẞ") == \
+        "HEUTE ABEND KOENNTE ICH ES IHM SAGEN STRASSE GROSS"
+    assert normalize_transcript("A\u0308pfel im Café, don\u2019t") == "AEPFEL IM CAFE DON'T"  # decomposed umlaut
     vocab = CharVocabulary()
     assert len(vocab) == 29 and vocab.symbols[0] == "<blank>" and vocab.symbols[-1] == " "
     ids = vocab.encode("IT'S A")
