@@ -112,10 +112,11 @@ def read_cremad(root: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def prepare_cremad(root: str, out: str, label_map: dict[str, str] | None = None, k: int = DEFAULT_K,
+def prepare_cremad(root: str, out: str, label_map: dict[str, str] | None = None, k: int | None = None,
                    protocol: str = "default") -> dict:
     """Read CREMA-D and write ``<out>/<protocol>/manifest.csv``, ``folds_lkso.json`` and ``summary.json``."""
-    return write_speaker_fold_corpus(read_cremad(root), out, "crema-d", label_map, k, protocol)
+    return write_speaker_fold_corpus(read_cremad(root), out, "crema-d", label_map, k, protocol, language="en",
+                                     default_k=DEFAULT_K)
 
 
 def main(argv=None) -> None:

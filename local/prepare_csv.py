@@ -2,8 +2,10 @@
 """Generic emotion corpus from a CSV list: one protocol with leave-k-speakers-out folds.
 
 The CSV has a header and the columns ``path`` (audio file; a relative path is relative to the
-CSV's folder), ``speaker`` and ``label``, and optionally ``transcript``, ``group`` (e.g. a
-recording session; becomes the manifest's ``session``, the speaker where empty), ``gender``
+CSV's folder), ``speaker`` and ``label``, and optionally ``transcript`` (the words spoken; without
+them stage 3 scores no WER and adapts no ASR model), ``language`` (a code such as ``en`` or ``de``;
+empty: unknown), ``group`` (e.g. a recording session; becomes the manifest's ``session``, the
+speaker where empty), ``gender``
 (F/M, female/male or empty; when every speaker has one the folds are gender-interleaved) and
 ``ID`` (default: the audio file name without extension, which must then be unique). Labels are
 kept as written; map them with ``--label-map``. Any bad row is an error naming the CSV line.
@@ -61,12 +63,13 @@ def _row(csv_path: str, line: int, record: dict) -> dict:
     return {"ID": record.get("ID") or os.path.splitext(os.path.basename(audio))[0],
             "wav": os.path.abspath(audio), "duration": _duration(csv_path, line, audio),
             "speaker": record["speaker"], "gender": GENDERS[gender.lower()], "label": record["label"],
-            "transcript": record.get("transcript", ""), "session": record.get("group") or record["speaker"]}
+            "transcript": record.get("transcript", ""), "language": record.get("language", ""),
+            "session": record.get("group") or record["speaker"]}
 
 
 def read_csv(root: str) -> pd.DataFrame:
     """The corpus listed in the CSV file ``root``: ``ID, wav, duration, speaker, gender, label,
-    transcript, session``."""
+    transcript, language, session``."""
     if not os.path.isfile(root):
         raise ManifestError(f"{root}: CSV file not found")
     try:
@@ -91,15 +94,15 @@ def read_csv(root: str) -> pd.DataFrame:
     return frame
 
 
-def prepare_csv(root: str, out: str, label_map: dict[str, str] | None = None, k: int = DEFAULT_K,
+def prepare_csv(root: str, out: str, label_map: dict[str, str] | None = None, k: int | None = None,
                 protocol: str = "default") -> dict:
     """Read the CSV ``root`` and write ``<out>/<protocol>/manifest.csv``, ``folds_lkso.json`` and ``summary.json``."""
-    return write_speaker_fold_corpus(read_csv(root), out, "csv", label_map, k, protocol)
+    return write_speaker_fold_corpus(read_csv(root), out, "csv", label_map, k, protocol, default_k=DEFAULT_K)
 
 
 def main(argv=None) -> None:
     speaker_fold_main(argv, prepare_csv, __doc__.split("\n\n")[0], DEFAULT_K,
-                      "the CSV file (columns path, speaker, label[, transcript, group, gender, ID])")
+                      "the CSV file (columns path, speaker, label[, transcript, language, group, gender, ID])")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ logger = logging.getLogger("prepare_data")
 
 EMOTION_CORPORA = ("demo", "iemocap", "ravdess", "crema-d", "emodb", "csv")
 ASR_CORPORA = ("demo", "librispeech", "tedlium", "voxforge")
+ASR_LANGUAGE = "en"  # every ASR corpus above is English
 # Speaker-fold corpora: module in local/ and its default k for leave-k-speakers-out.
 SPEAKER_FOLD_PREPARERS = {
     "ravdess": ("prepare_ravdess", "prepare_ravdess"),
@@ -87,6 +88,9 @@ def main(argv=None) -> None:
     summary["emotion"] = prepare_emotion(args.emotion_corpus, emotion_root, os.path.join(args.out, "emotion"),
                                          args.label_map, args.k, args.seed, args.valid_fraction,
                                          not args.no_strict_counts)
+    # Later stages compare them: WER on transcripts of another language measures the mismatch.
+    summary["emotion_language"] = summary["emotion"].get("language", "")
+    summary["asr_language"] = ASR_LANGUAGE
     if not args.skip_asr:
         from prepare_asr import parse_subsets, prepare_asr
 

@@ -216,7 +216,7 @@ def prepare_iemocap(root: str, out: str, valid_fraction: float = 0.1, seed: int 
     logger.info("lakomkin2018 vote rule: %d utterances %s (paper: %d %s)", len(lakomkin), found, paper["total"],
                 {k: v for k, v in paper.items() if k != "total"})
 
-    summary = {"corpus": "iemocap", "root": os.path.abspath(root), "turns": len(turns),
+    summary = {"corpus": "iemocap", "root": os.path.abspath(root), "language": "en", "turns": len(turns),
                "labels": turns["label"].value_counts().to_dict(), "protocols": {}}
     for name, frame in (("standard", standard), ("lakomkin2018", lakomkin)):
         frame = frame.drop(columns=["lakomkin_label"]).reset_index(drop=True)

@@ -113,10 +113,11 @@ def read_ravdess(root: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def prepare_ravdess(root: str, out: str, label_map: dict[str, str] | None = None, k: int = DEFAULT_K,
+def prepare_ravdess(root: str, out: str, label_map: dict[str, str] | None = None, k: int | None = None,
                     protocol: str = "default") -> dict:
     """Read RAVDESS and write ``<out>/<protocol>/manifest.csv``, ``folds_lkso.json`` and ``summary.json``."""
-    return write_speaker_fold_corpus(read_ravdess(root), out, "ravdess", label_map, k, protocol)
+    return write_speaker_fold_corpus(read_ravdess(root), out, "ravdess", label_map, k, protocol, language="en",
+                                     default_k=DEFAULT_K)
 
 
 def main(argv=None) -> None:

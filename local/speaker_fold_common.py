@@ -62,8 +62,9 @@ def speaker_fold_main(argv, prepare: Callable[..., dict], description: str, defa
     parser.add_argument("--out", required=True, help="output folder (receives <protocol>/ and summary.json)")
     parser.add_argument("--label-map", default=None,
                         help="iemocap4, inline 'label:class,...' or a JSON file; unmapped labels are dropped")
-    parser.add_argument("--k", type=int, default=default_k,
-                        help=f"speakers per test group, leave-k-speakers-out (default {default_k})")
+    parser.add_argument("--k", type=int, default=None,
+                        help=f"speakers per test group, leave-k-speakers-out (default {default_k}, smaller for a "
+                             "corpus with fewer than 3 groups of it)")
     parser.add_argument("--protocol", default="default", help="name of the protocol folder (default: default)")
     parser.add_argument("--log", default=None, help="append the log to this file")
     args = parser.parse_args(argv)

@@ -119,13 +119,34 @@ def write_summary(path: str, summary: dict) -> None:
     write_json(path, summary)
 
 
+def fitted_k(speakers: int, k: int | None, default_k: int, corpus: str) -> int:
+    """The k of leave-k-speakers-out: ``k`` when given, else the corpus default, made smaller when
+    the corpus has too few speakers for 3 groups of it (training, validation and test need one each)."""
+    if k is not None:
+        return k
+    fitted = max(1, min(default_k, speakers // 3))
+    if fitted < default_k:
+        logger.warning("%s: %d speakers make fewer than 3 groups of the default k=%d; using k=%d", corpus, speakers,
+                       default_k, fitted)
+    return fitted
+
+
+def corpus_language(frame: pd.DataFrame) -> str:
+    """The language code(s) of a manifest's ``language`` column, comma-separated; empty when unknown."""
+    codes = sorted({c for c in frame.get("language", pd.Series(dtype=str)) if c})
+    return ",".join(codes)
+
+
 def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_map: dict[str, str] | None = None,
-                              k: int = 1, protocol: str = "default") -> dict:
+                              k: int | None = None, protocol: str = "default", language: str = "",
+                              default_k: int = 1) -> dict:
     """Shared tail of the RAVDESS / CREMA-D / EmoDB / generic-CSV preparers.
 
     ``frame`` holds ``ID, wav, duration, speaker, label`` (and optionally ``gender``, ``transcript``,
-    ``session``); the label map sets ``emotion`` and drops unmapped labels; folds are
-    leave-``k``-speakers-out (scheme ``lkso``), gender-interleaved when genders are known.
+    ``session``, ``language``); the label map sets ``emotion`` and drops unmapped labels; folds are
+    leave-``k``-speakers-out (scheme ``lkso``), gender-interleaved when genders are known, with
+    ``k = None`` meaning ``default_k`` fitted to the number of speakers (:func:`fitted_k`).
+    ``language`` (e.g. ``en``, ``de``) fills the ``language`` column where the frame has none.
     """
     from ser_modules.folds import leave_k_speakers_out
 
@@ -134,13 +155,17 @@ def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_
         raise ManifestError(f"{corpus}: no utterances left after the label map {label_map}")
     if "session" not in frame.columns or (frame["session"] == "").all():
         frame["session"] = frame["speaker"]
+    if "language" not in frame.columns:
+        frame["language"] = language
     genders = None
     if "gender" in frame.columns and (frame["gender"] != "").all():
         genders = dict(zip(frame["speaker"], frame["gender"]))
+    k = fitted_k(frame["speaker"].nunique(), k, default_k, corpus)
     folds = {"lkso": leave_k_speakers_out(frame, k, genders)}
     write_emotion_protocol(out, protocol, frame, folds)
     summary = {
         "corpus": corpus, "utterances": len(frame), "speakers": int(frame["speaker"].nunique()),
+        "language": corpus_language(frame),
         "protocols": {protocol: {"utterances": len(frame),
                                  "classes": frame["emotion"].value_counts().sort_index().to_dict(),
                                  "fold_schemes": ["lkso"], "k": k, "folds": len(folds["lkso"]),

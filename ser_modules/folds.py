@@ -125,6 +125,7 @@ def leave_k_speakers_out(manifest: pd.DataFrame, k: int = 1, genders: dict[str, 
         raise ManifestError(
             f"leave-{k}-speakers-out needs at least 3 speaker groups (train/valid/test); "
             f"the manifest has {manifest['speaker'].nunique()} speakers"
+            + ("; give a smaller --k" if k > 1 else "")
         )
     folds = []
     for i, test_spk in enumerate(groups):

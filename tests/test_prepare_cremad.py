@@ -4,38 +4,22 @@ import logging
 import os
 import re
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 import prepare_cremad
 from ser_modules.corpus import resolve_label_map
 from ser_modules.fileio import ManifestError, read_manifest
 from ser_modules.folds import load_folds, speaker_groups
 
-FILES = [  # (name, seconds)
-    ("1001_DFA_ANG_XX.wav", 0.1), ("1001_IEO_HAP_HI.wav", 0.2),
-    ("1002_TIE_SAD_LO.wav", 0.1), ("1002_IOM_NEU_XX.wav", 0.1),
-    ("1003_IWW_FEA_MD.wav", 0.1), ("1003_TAI_DIS_HI.wav", 0.1),
-    ("1004_MTI_NEU_XX.wav", 0.1), ("1004_IWL_ANG_LO.wav", 0.3),
-]
-DEMOGRAPHICS = "ActorID,Age,Sex,Race,Ethnicity\n1001,51,Male,Caucasian,Not Hispanic\n" \
-               "1002,21,Female,Caucasian,Not Hispanic\n1003,21,Female,Caucasian,Not Hispanic\n" \
-               "1004,42,Male,Caucasian,Not Hispanic\n"
+from corpus_fixtures import CREMAD_FILES, write_cremad, write_wav as write
 
-
-def write(path, seconds, sr=16000):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    sf.write(path, np.full(int(round(seconds * sr)), 0.1, dtype=np.float32), sr, subtype="PCM_16")
+FILES = CREMAD_FILES
 
 
 @pytest.fixture
 def corpus(tmp_path):
     root = tmp_path / "CREMA-D"
-    for name, seconds in FILES:
-        write(str(root / "AudioWAV" / name), seconds)
-    write(str(root / "AudioWAV" / "1005_DFA_ANG.wav"), 0.1)  # misnamed: no level
-    (root / "VideoDemographics.csv").write_text(DEMOGRAPHICS)
+    write_cremad(str(root))
     return root
 
 
@@ -105,6 +89,16 @@ def test_default_k_groups_nine_actors(tmp_path):
     # the full corpus: 91 actors -> 10 folds (nine of 9 actors, one of 10)
     groups = speaker_groups([str(a) for a in range(1001, 1092)], prepare_cremad.DEFAULT_K)
     assert [len(g) for g in groups] == [9] * 9 + [10]
+
+
+def test_default_k_shrinks_for_a_corpus_with_few_actors(corpus, tmp_path, caplog):
+    # 4 actors cannot make 3 groups of the default 9: leave one actor out instead (the fixture's case)
+    summary = prepare_cremad.prepare_cremad(str(corpus), str(tmp_path / "out"))
+    assert summary["protocols"]["default"]["k"] == 1 and summary["protocols"]["default"]["folds"] == 4
+    assert "4 speakers make fewer than 3 groups of the default k=9; using k=1" in caplog.text
+    assert summary["language"] == "en"
+    with pytest.raises(ManifestError, match="needs at least 3 speaker groups.*give a smaller --k"):
+        prepare_cremad.prepare_cremad(str(corpus), str(tmp_path / "out2"), k=2)  # an explicit k is kept
 
 
 def test_main_cli(corpus, tmp_path):

@@ -1,39 +1,20 @@
 """Generic CSV preparer: relative and absolute paths, optional transcript/group/gender, bad rows."""
 
-import os
 import re
+from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 import prepare_csv
 from ser_modules.fileio import ManifestError, read_manifest
 from ser_modules.folds import load_folds
 
-
-def write(path, seconds=0.1, sr=16000):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    sf.write(path, np.full(int(round(seconds * sr)), 0.1, dtype=np.float32), sr, subtype="PCM_16")
+from corpus_fixtures import write_csv_corpus, write_wav as write
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    folder = tmp_path / "mycorpus"
-    for name in ("a1", "a2", "b1", "c1", "c2"):
-        write(str(folder / "audio" / f"{name}.wav"), 0.2 if name == "c2" else 0.1)
-    elsewhere = tmp_path / "elsewhere" / "d1.flac"
-    write(str(elsewhere), 0.3)
-    csv = folder / "list.csv"
-    csv.write_text(
-        "path,speaker,label,transcript,group\n"
-        "audio/a1.wav,alice,happy,hello there,s1\n"
-        "audio/a2.wav,alice,sad,,s1\n"
-        "audio/b1.wav,bob,happy,good morning,\n"
-        "audio/c1.wav,carol,angry,,s2\n"
-        "audio/c2.wav,carol,neutral,fine,s2\n"
-        f"{elsewhere},dave,sad,far away,s3\n")
-    return csv
+    return Path(write_csv_corpus(str(tmp_path)))
 
 
 def test_read_csv_rows(corpus):
@@ -41,7 +22,7 @@ def test_read_csv_rows(corpus):
     assert list(frame.index) == ["a1", "a2", "b1", "c1", "c2", "d1"]
     assert frame.loc["a1"].to_dict() == {
         "wav": str(corpus.parent / "audio" / "a1.wav"), "duration": 0.1, "speaker": "alice", "gender": "",
-        "label": "happy", "transcript": "hello there", "session": "s1"}
+        "label": "happy", "transcript": "hello there", "language": "", "session": "s1"}
     assert frame.loc["d1", "wav"] == str(corpus.parent.parent / "elsewhere" / "d1.flac")
     assert frame.loc["d1", "duration"] == 0.3 and frame.loc["c2", "duration"] == 0.2
     assert frame["session"].to_dict() == {"a1": "s1", "a2": "s1", "b1": "bob", "c1": "s2", "c2": "s2", "d1": "s3"}
@@ -100,3 +81,17 @@ def test_speaker_with_two_genders(corpus):
     corpus.write_text("path,speaker,label,gender\naudio/a1.wav,alice,happy,F\naudio/a2.wav,alice,sad,M\n")
     with pytest.raises(ManifestError, match=re.escape(str(corpus)) + ".*'alice'.*both genders"):
         prepare_csv.read_csv(str(corpus))
+
+
+def test_without_transcript_column_and_with_a_language_column(tmp_path):
+    csv = write_csv_corpus(str(tmp_path), transcripts=False)
+    frame = prepare_csv.read_csv(csv)
+    assert (frame["transcript"] == "").all() and (frame["language"] == "").all()
+    summary = prepare_csv.prepare_csv(csv, str(tmp_path / "out"))
+    assert summary["language"] == ""  # unknown
+    rows = open(csv).read().splitlines()
+    with open(csv, "w") as f:
+        f.write("\n".join([rows[0] + ",language"] + [r + ",fr" for r in rows[1:]]) + "\n")
+    summary = prepare_csv.prepare_csv(csv, str(tmp_path / "out"))
+    assert summary["language"] == "fr"
+    assert (read_manifest(str(tmp_path / "out" / "default" / "manifest.csv"))["language"] == "fr").all()

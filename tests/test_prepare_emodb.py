@@ -1,36 +1,24 @@
 """EmoDB preparer on a tiny corpus in the real layout (wav/<spk><text><emotion><version>.wav, a misnamed file)."""
 
 import logging
-import os
 import re
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 import prepare_emodb
 from ser_modules.corpus import resolve_label_map
 from ser_modules.fileio import ManifestError, read_manifest
 from ser_modules.folds import load_folds
 
-# one file per speaker (all ten) plus a second one for speaker 03
-FILES = ["03a01Fa", "03a02Na", "08a02Wb", "09b01Lc", "10a04Ea", "11b02Aa", "12a05Ta", "13b03Na", "14a07Fb",
-         "15b09Wa", "16b10Ta"]
+from corpus_fixtures import EMODB_FILES, write_emodb, write_wav as write
 
-
-def write(path, seconds=0.1, sr=16000):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    sf.write(path, np.full(int(round(seconds * sr)), 0.1, dtype=np.float32), sr, subtype="PCM_16")
+FILES = EMODB_FILES
 
 
 @pytest.fixture
 def corpus(tmp_path):
     root = tmp_path / "emodb"
-    for stem in FILES:
-        write(str(root / "wav" / f"{stem}.wav"), 0.25 if stem == "03a01Fa" else 0.1)
-    write(str(root / "wav" / "03a01F.wav"))  # misnamed: no version letter
-    write(str(root / "wav" / "._03a01Fa.wav"))  # macOS debris, silently ignored
-    (root / "wav" / "readme.txt").write_text("not audio")
+    write_emodb(str(root))
     return root
 
 
@@ -40,7 +28,11 @@ def test_read_emodb_rows(corpus, caplog):
     assert sorted(frame.index) == [f"emodb-{s}" for s in FILES]
     assert frame.loc["emodb-03a01Fa"].to_dict() == {
         "wav": str(corpus / "wav" / "03a01Fa.wav"), "duration": 0.25, "speaker": "emodb-03", "gender": "M",
-        "label": "happiness", "transcript": ""}
+        "label": "happiness", "transcript": "Der Lappen liegt auf dem Eisschrank."}
+    # every file's transcript is the documented sentence of its text code (characters 3-5)
+    assert frame.loc["emodb-09b01Lc", "transcript"] == "Was sind denn das für Tüten, die da unter dem Tisch stehen?"
+    assert frame.loc["emodb-16b10Ta", "transcript"] == "Die wird auf dem Platz sein, wo wir sie immer hinlegen."
+    assert all(frame.loc[f"emodb-{s}", "transcript"] == prepare_emodb.TEXTS[s[2:5]] for s in FILES)
     assert {i: frame.loc[f"emodb-{i}", "label"] for i in ("08a02Wb", "09b01Lc", "10a04Ea", "11b02Aa", "12a05Ta",
                                                           "13b03Na")} == {
         "08a02Wb": "anger", "09b01Lc": "boredom", "10a04Ea": "disgust", "11b02Aa": "fear", "12a05Ta": "sadness",
@@ -57,11 +49,13 @@ def test_prepare_default_leave_one_speaker_out(corpus, tmp_path):
     out = tmp_path / "out"
     summary = prepare_emodb.prepare_emodb(str(corpus), str(out))
     assert summary["protocols"]["default"]["folds"] == 10
+    assert summary["language"] == "de"  # German transcripts: stage 6 notes the mismatch with the English ASR
     folds = load_folds(str(out / "default" / "folds_lkso.json"))
     order = ["08", "03", "09", "10", "13", "11", "14", "12", "16", "15"]  # F and M interleaved
     assert [(f.test_speakers, f.valid_speakers) for f in folds] == [
         ([f"emodb-{s}"], [f"emodb-{order[(i + 1) % 10]}"]) for i, s in enumerate(order)]
     manifest = read_manifest(str(out / "default" / "manifest.csv"))
+    assert (manifest["language"] == "de").all() and (manifest["transcript"] != "").all()
     speaker_of = dict(zip(manifest["ID"], manifest["speaker"]))
     assert sorted(folds[1].test) == ["emodb-03a01Fa", "emodb-03a02Na"]
     for fold in folds:
@@ -99,4 +93,10 @@ def test_unknown_emotion_letter_names_the_file(corpus):
 def test_unknown_speaker_names_the_file(corpus):
     write(str(corpus / "wav" / "07a01Fa.wav"))
     with pytest.raises(ManifestError, match=re.escape("07a01Fa.wav") + ".*speaker '07'"):
+        prepare_emodb.read_emodb(str(corpus))
+
+
+def test_unknown_text_code_names_the_file(corpus):
+    write(str(corpus / "wav" / "03a03Fa.wav"))
+    with pytest.raises(ManifestError, match=re.escape("03a03Fa.wav") + ".*text code 'a03'"):
         prepare_emodb.read_emodb(str(corpus))

@@ -3,84 +3,21 @@
 import json
 import os
 
-import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 
 import prepare_iemocap
 from prepare_iemocap import lakomkin_label, parse_emo_evaluation, prepare_iemocap as prepare
 from ser_modules.fileio import ManifestError
 from ser_modules.folds import load_folds
 
-HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
-
-
-def block(utt, start, end, label, votes, vad=(2.5, 2.5, 2.5), self_vote=None):
-    lines = [f"[{start:.4f} - {end:.4f}]\t{utt}\t{label}\t[{vad[0]:.4f}, {vad[1]:.4f}, {vad[2]:.4f}]"]
-    for i, words in enumerate(votes, 1):
-        lines.append(f"C-E{i}:\t{' '.join(w + ';' for w in words)}\t(comment; with semicolon)")
-    if self_vote:
-        lines.append(f"C-{utt[-4]}1:\t{self_vote};\t()")
-    lines.append("A-E1:\tval 3; act 2; dom  2;\t()")
-    return "\n".join(lines) + "\n\n"
-
-
-def write_dialog(root, session, dialog, turns, order=None, skip_wav=()):
-    """turns: (suffix, start, end, label, votes, transcript). Writes EmoEvaluation, transcription, wavs."""
-    base = root / f"Session{session}"
-    emo = base / "dialog" / "EmoEvaluation"
-    trans = base / "dialog" / "transcriptions"
-    wav_dir = base / "sentences" / "wav" / dialog
-    for d in (emo, trans, wav_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    order = order or range(len(turns))
-    text = HEADER + "".join(block(f"{dialog}_{turns[i][0]}", *turns[i][1:5]) for i in order)
-    (emo / f"{dialog}.txt").write_text(text)
-    lines = [f"{dialog}_{turns[i][0]} [{turns[i][1]:08.4f}-{turns[i][2]:08.4f}]: {turns[i][5]}" for i in order]
-    lines.insert(1, f"{dialog}_MXX0 [000.1000-000.2000]: Mm.")
-    lines.append(f"{dialog}_F999: no time stamp")
-    (trans / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
-    for suffix, start, end, *_ in turns:
-        if suffix in skip_wav:
-            continue
-        n = int(round((end - start) * 16000))
-        sf.write(wav_dir / f"{dialog}_{suffix}.wav", np.zeros(n, dtype=np.float32), 16000, subtype="PCM_16")
-
-
-N, H, A, S, F, X = ["Neutral"], ["Happiness"], ["Anger"], ["Sadness"], ["Frustration"], ["Excited"]
+from corpus_fixtures import IEMOCAP_HEADER as HEADER, write_iemocap
 
 
 @pytest.fixture
 def corpus(tmp_path):
     root = tmp_path / "IEMOCAP_full_release"
-    # Session 1, improvised: each vote pattern of the two protocols once.
-    write_dialog(root, 1, "Ses01F_impro01", [
-        ("F000", 1.0, 2.0, "neu", [N, N, N], "Excuse me."),
-        ("M000", 2.5, 3.5, "exc", [X, X, H], "[LAUGHTER] Do you have your forms?"),
-        ("F001", 4.0, 5.0, "xxx", [A, F, S], "Yeah."),  # three different labels
-        ("M001", 5.5, 6.5, "xxx", [F + A, A, N], "Let me see them."),  # two agree but three labels
-        ("F002", 7.0, 8.0, "fru", [F, F, A], "Is there a problem?"),  # agreed, not a target class
-        ("M002", 8.5, 9.5, "xxx", [S, S, N], "Who told you to get in this line?"),  # votes agree on sad
-        ("F003", 10.0, 11.0, "ang", [A, A, A], "You did."),
-        ("M003", 11.5, 12.5, "sad", [S, S, S], "Okay."),
-    ])
-    # Session 1, scripted: a female monologue longer than the context window, then the male actor.
-    mono = [(f"F{i:03d}", 1.0 + i, 1.8 + i, "neu", [N, N, N], f"line {i}") for i in range(10)]
-    write_dialog(root, 1, "Ses01M_script01_1", mono + [
-        ("M000", 0.0, 0.5, "hap", [H, H, N], "Hi."),  # earliest turn, written last
-        ("M001", 11.5, 12.0, "ang", [A, A, F], "Stop."),
-    ])
-    (root / "Session1" / "dialog" / "EmoEvaluation" / "Categorical").mkdir()
-    (root / "Session1" / "dialog" / "EmoEvaluation" / "Categorical" / "Ses01F_impro01_e1_cat.txt").write_text("x\n")
-    # Session 2: files written out of time order (the Session 2 quirk); one wav is missing.
-    write_dialog(root, 2, "Ses02F_impro01", [
-        ("F000", 1.0, 2.0, "neu", [N, N, H], "One."),
-        ("F001", 5.0, 6.0, "sad", [S, S, S], "Three."),
-        ("M000", 3.0, 4.0, "ang", [A, A, A], "Two."),
-        ("M001", 7.0, 8.0, "exc", [X, X, X], "Four."),
-        ("M002", 9.0, 10.0, "hap", [H, H, H], "Five."),
-    ], skip_wav=("M002",))
+    write_iemocap(str(root))
     return root
 
 
@@ -181,3 +118,4 @@ def test_summary_json(corpus, tmp_path):
     summary = json.loads((tmp_path / "data" / "summary.json").read_text())
     assert summary["protocols"]["lakomkin2018"]["paper_counts"]["total"] == 6416
     assert summary["protocols"]["standard"]["fold_schemes"] == ["loso", "lospk"]
+    assert summary["language"] == "en"

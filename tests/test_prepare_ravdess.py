@@ -4,8 +4,8 @@ import json
 import logging
 import os
 import re
+from functools import partial
 
-import numpy as np
 import pytest
 import soundfile as sf
 
@@ -14,50 +14,22 @@ from ser_modules.audio import load_audio
 from ser_modules.fileio import ManifestError, read_manifest
 from ser_modules.folds import load_folds
 
-SR = 48000
-# (actor folder, file stem, seconds): two speech files per actor, labels chosen by hand below.
-SPEECH = [
-    ("Actor_01", "03-01-01-01-01-01-01", 0.2),  # neutral, statement 1 (stereo)
-    ("Actor_01", "03-01-06-02-02-01-01", 0.1),  # fearful, strong, statement 2
-    ("Actor_02", "03-01-02-01-01-01-02", 0.1),  # calm
-    ("Actor_02", "03-01-03-02-02-01-02", 0.1),  # happy
-    ("Actor_03", "03-01-04-01-01-01-03", 0.1),  # sad
-    ("Actor_03", "03-01-05-02-01-02-03", 0.15),  # angry
-    ("Actor_04", "03-01-07-01-02-01-04", 0.1),  # disgust
-    ("Actor_04", "03-01-04-01-01-02-04", 0.1),  # sad
-    ("Actor_05", "03-01-05-01-01-01-05", 0.1),  # angry
-    ("Actor_05", "03-01-03-01-02-01-05", 0.1),  # happy
-    ("Actor_06", "03-01-01-01-02-01-06", 0.1),  # neutral
-    ("Actor_06", "03-01-08-02-01-01-06", 0.1),  # surprised
-]
+from corpus_fixtures import RAVDESS_SPEECH, RAVDESS_SR, write_ravdess, write_wav
+
+SR = RAVDESS_SR
+SPEECH = RAVDESS_SPEECH
 LABELS = {
     "01": "neutral", "06": "fearful", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "07": "disgust",
     "08": "surprised",
 }
 KIDS, DOGS = "Kids are talking by the door", "Dogs are sitting by the door"
-
-
-def write(path, seconds, channels=1, sr=SR, value=0.1):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    data = np.full((int(round(seconds * sr)), channels), value, dtype=np.float32)
-    sf.write(path, data, sr, subtype="PCM_16")
+write = partial(write_wav, sr=SR)
 
 
 @pytest.fixture
 def corpus(tmp_path):
     root = tmp_path / "RAVDESS"
-    for actor, stem, seconds in SPEECH:
-        if stem == "03-01-01-01-01-01-01":
-            # left 0.25, right 0.75: the mono mix is 0.5
-            os.makedirs(root / actor, exist_ok=True)
-            data = np.stack([np.full(int(seconds * SR), 0.25), np.full(int(seconds * SR), 0.75)], axis=1)
-            sf.write(root / actor / f"{stem}.wav", data.astype(np.float32), SR, subtype="PCM_16")
-        else:
-            write(str(root / actor / f"{stem}.wav"), seconds)
-    write(str(root / "Actor_01" / "03-02-03-01-01-01-01.wav"), 0.1)  # song: channel 02
-    write(str(root / "Actor_02" / "notes.wav"), 0.1)  # misnamed
-    write(str(root / "__MACOSX" / "Actor_01" / "._03-01-01-01-01-01-01.wav"), 0.1)  # archive debris
-    (root / "Actor_03" / "03-01-05-02-01-02-03.mp4").write_bytes(b"not audio")  # video, not .wav
+    write_ravdess(str(root))
     return root
 
 
@@ -102,6 +74,7 @@ def test_prepare_default_folds(corpus, tmp_path):
     summary = prepare_ravdess.prepare_ravdess(str(corpus), str(out))
     manifest = read_manifest(str(out / "default" / "manifest.csv"))
     assert len(manifest) == 12 and summary["utterances"] == 12 and summary["speakers"] == 6
+    assert summary["language"] == "en" and (manifest["transcript"] != "").all()
     assert (manifest["emotion"] == manifest["label"]).all()
     folds = load_folds(str(out / "default" / "folds_lkso.json"))
     # k=2, genders interleaved F, M: groups (02, 01), (04, 03), (06, 05)

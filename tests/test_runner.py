@@ -57,7 +57,7 @@ def test_stage1_on_real_layouts_and_resume(tiny_demo, tmp_path):
     asr = {s: pd.read_csv(exp / "data" / "asr" / f"{s}.csv") for s in ("train", "dev", "test")}
     assert set(asr["train"]["speaker"]).isdisjoint(asr["test"]["speaker"])
     summary = json.loads((exp / "data" / "prepare_summary.json").read_text())
-    assert summary["emotion_corpus"] == "iemocap"
+    assert (summary["emotion_corpus"], summary["emotion_language"], summary["asr_language"]) == ("iemocap", "en", "en")
     assert "(las_adapt) stage 1" in (exp / "run.log").read_text()
     # A rerun with the same corpora skips the finished stage.
     again = run("las_adapt", *args)
