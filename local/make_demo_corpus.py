@@ -15,7 +15,9 @@ Two corpora are written under ``--out``:
 The output is deterministic for a given seed and size. eSpeak NG carries synthesis state from
 one utterance to the next inside a process, so every dialog and chapter is synthesised in a
 fresh process with its random generators seeded per utterance. A finished corpus is recorded in
-``demo_corpus.json``; a rerun with the same parameters reuses it.
+``demo_corpus.json``; a rerun with the same parameters reuses it, and the recipes (which ask for no
+particular size) reuse any demo corpus of this generator version, e.g. a smaller one made here with
+``--sessions 2 --turns-per-dialog 4``.
 
 Usage: ``python local/make_demo_corpus.py --out corpora/demo [--seed 0] [--nj 2]``
 """
@@ -503,18 +505,23 @@ def corpus_paths(out: str) -> dict:
 
 
 def make_demo_corpus(out: str, cfg: DemoConfig | None = None, nj: int = 2) -> dict:
-    """Generate (or reuse) the demo corpora under ``out``; return their root folders and counts."""
-    cfg = cfg or DemoConfig()
+    """Generate (or reuse) the demo corpora under ``out``; return their root folders and counts.
+
+    A corpus already in ``out`` is reused when it was made with ``cfg``, or, with ``cfg=None`` (any
+    size will do), by this generator version; otherwise ``cfg`` (default: :class:`DemoConfig`) is made."""
     stamp = os.path.join(out, "demo_corpus.json")
     if os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as f:
             info = json.load(f)
-        if info.get("config") == cfg.key():
-            logger.info("reusing the demo corpus in %s", out)
+        made_with = info.get("config", {})
+        any_size = cfg is None and made_with.get("generator_version") == GENERATOR_VERSION
+        if made_with == (cfg or DemoConfig()).key() or any_size:
+            logger.info("reusing the demo corpus in %s (%s)", out, made_with)
             return {**corpus_paths(out), **info}
         logger.info("demo corpus in %s was made with other parameters: regenerating", out)
     elif os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"{out}: folder exists, is not empty and holds no demo_corpus.json; choose another --out")
+    cfg = cfg or DemoConfig()
 
     started = time.time()
     tmp = f"{out.rstrip('/')}.partial"

@@ -54,6 +54,8 @@ def test_rerun_reuses_the_corpus(demo, caplog):
     info = make_demo_corpus(root, TINY)
     assert os.path.getmtime(stamp) == before and "reusing" in caplog.text
     assert info["emotion_turns"] == 2 * 2 * 4
+    # The recipes ask for no size (cfg None): a small demo corpus made beforehand is theirs to use.
+    assert make_demo_corpus(root)["emotion_turns"] == 2 * 2 * 4 and os.path.getmtime(stamp) == before
 
 
 def test_refuses_a_foreign_folder(tmp_path):
