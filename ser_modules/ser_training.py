@@ -473,18 +473,23 @@ def fit_reference(spec, fold, train_labels, valid_labels, inputs, dims, n_classe
         return scaler, LinearSVC(C=c, class_weight=weight, max_iter=20000, random_state=seed).fit(scaler.transform(x), y)
 
     history = []
-    for c in grid if len(grid) > 1 else []:
+    for c in grid if len(grid) > 1 and len(set(y_train)) > 1 else []:
         scaler, svm = fit(c, x_train, y_train)
         history.append({"C": c, "valid_UA": round(float(balanced_accuracy_score(y_valid, svm.predict(
             scaler.transform(x_valid)))), 4)})
     best = max(history, key=lambda h: (h["valid_UA"], -h["C"]))["C"] if history else grid[0]
-    scaler, svm = fit(best, np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]))
-    coef, intercept = svm.coef_, svm.intercept_
-    if coef.shape[0] == 1:  # a two-class SVM has one decision value d; [-d/2, d/2] has the same argmax
+    x_fit, y_fit = np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid])
+    if len(set(y_fit)) > 1:
+        scaler, svm = fit(best, x_fit, y_fit)
+        coef, intercept, fitted = svm.coef_, svm.intercept_, svm.classes_
+    else:  # one class in a tiny corpus's fold: nothing to separate (LinearSVC refuses), always that class
+        scaler, fitted = StandardScaler().fit(x_fit), y_fit[:1]
+        coef, intercept = np.zeros((1, x_fit.shape[1])), np.zeros(1)
+    if len(fitted) == 2:  # a two-class SVM has one decision value d; [-d/2, d/2] has the same argmax
         coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
     # Rows per class; a class absent from training gets a prohibitive bias and is never predicted.
     full_coef, full_intercept = np.zeros((n_classes, coef.shape[1])), np.full(n_classes, -1e4)
-    full_coef[svm.classes_], full_intercept[svm.classes_] = coef, intercept
+    full_coef[fitted], full_intercept[fitted] = coef, intercept
     model = LinearSVMReference(dims["egemaps"], n_classes)
     model.set_parameters(scaler.mean_, scaler.scale_, full_coef, full_intercept)
     with torch.no_grad():

@@ -76,6 +76,15 @@ def test_reference_chooses_c_on_the_validation_speakers(corpus):
     assert history[-1]["fitted_on"] == "train+valid"
 
 
+def test_reference_on_a_fold_with_one_training_class_predicts_it(corpus):
+    turns, inputs, fold, tmp = corpus
+    one_class = turns.assign(emotion="ang")  # a tiny corpus's fold: LinearSVC refuses a single class
+    spec = VariantSpec.from_dict({"name": "ref", "type": "reference", "C": [0.01, 1.0]})
+    frame = train_fold_run(spec, fold, 0, one_class, ["ang", "neu"], inputs, {"seed": 1, "dropout": 0.0},
+                           str(tmp / "one"))
+    assert (frame["predicted"] == "ang").all() and (frame["p_ang"] > 0.99).all()
+
+
 def test_reference_class_absent_from_training_is_never_predicted():
     model = LinearSVMReference(3, 4)
     coef = np.zeros((4, 3))
