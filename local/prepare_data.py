@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ser_modules.corpus import resolve_label_map  # noqa: E402
-from ser_modules.fileio import ManifestError, setup_logging, write_json  # noqa: E402
+from ser_modules.fileio import ManifestError, run_main, setup_logging, write_json  # noqa: E402
 
 logger = logging.getLogger("prepare_data")
 
@@ -107,4 +107,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "prepare_data")

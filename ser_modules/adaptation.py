@@ -94,6 +94,11 @@ def adaptation_splits(turns: pd.DataFrame, manifest: pd.DataFrame, fold: Fold, a
             (("train", train), ("valid", valid), ("test", test))}
 
 
+def untranscribed_folds(splits: dict[str, dict[str, pd.DataFrame]], names=("train", "valid", "test")) -> list[str]:
+    """The folds of ``{fold: adaptation_splits(...)}`` with no transcribed utterance in a split of ``names``."""
+    return [fold for fold, frames in splits.items() if any(frames[n].empty for n in names)]
+
+
 def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]:
     paths = {}
     for name, frame in splits.items():

@@ -83,6 +83,12 @@ def list_asr_models(exp_dir: str) -> list[ASRModelRef]:
     return refs
 
 
+def adaptation_skip_reason(exp_dir: str) -> str | None:
+    """Why stage 3 adapted no model (e.g. the emotion corpus has no transcripts), or None."""
+    summary = os.path.join(exp_dir, "adapt", "summary.json")
+    return read_json(summary).get("adaptation_skipped") if os.path.isfile(summary) else None
+
+
 def build_from_hparams(asr_hparams: str):
     """``(model, features, vocab)`` built from a saved stage-2 ``hyperparams.yaml`` (untrained weights)."""
     if not os.path.isfile(asr_hparams):

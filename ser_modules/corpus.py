@@ -137,6 +137,23 @@ def corpus_language(frame: pd.DataFrame) -> str:
     return ",".join(codes)
 
 
+LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian"}
+
+
+def language_mismatch(prepared: dict) -> str | None:
+    """A sentence when the emotion corpus's language differs from the ASR's (``prepare_summary.json``), else None."""
+    corpus, language = prepared.get("emotion_corpus"), prepared.get("emotion_language")
+    asr = prepared.get("asr_language")
+    if not language or not asr or language == asr:
+        return None
+
+    def name(code):
+        return ", ".join(f"{LANGUAGE_NAMES.get(c, c)} ({c})" for c in code.split(","))
+
+    return (f"the transcripts of {corpus} are {name(language)} while the ASR is {name(asr)}: WER on them measures "
+            "the language mismatch, not the ASR")
+
+
 def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_map: dict[str, str] | None = None,
                               k: int | None = None, protocol: str = "default", language: str = "",
                               default_k: int = 1) -> dict:

@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pandas as pd
 
@@ -90,6 +91,16 @@ def read_manifest(path: str, required: Sequence[str] = ("ID",)) -> pd.DataFrame:
         dup = frame.loc[frame["ID"].duplicated(), "ID"].iloc[0]
         raise ManifestError(f"{path}: duplicate utterance ID {dup!r}")
     return frame
+
+
+def run_main(main: Callable[[], object], name: str) -> None:
+    """Run a command-line ``main``; a :class:`ManifestError` (its message names the file and the problem,
+    e.g. a corpus lacking what a stage needs) ends it with that one line and exit code 1, not a traceback."""
+    try:
+        main()
+    except ManifestError as err:
+        logging.getLogger(name).error("%s", err)
+        sys.exit(1)
 
 
 def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:

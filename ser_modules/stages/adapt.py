@@ -7,7 +7,10 @@ and adapted models on the emotion corpus (each test utterance decoded by its own
 pooled over folds) go into ``<exp>/asr_results.csv``, after every adaptation stage when
 ``score_every_stage``. With no variants (the Lakomkin 2018 recipe keeps its ASR frozen) only the
 pretrained model is scored. The (variant, fold) jobs run in ``--nj`` parallel processes; finished
-work is skipped on rerun.
+work is skipped on rerun. Transcripts are optional: a corpus without them gets one line saying so
+and neither WER nor adaptation; adaptation also needs transcribed utterances in every fold's
+training, validation and test speakers, else it is skipped with the reason (``summary.json``), and
+stages 4-5 leave out what reads adapted models.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import time
 
 import pandas as pd
 
-from ser_modules.adaptation import adaptation_splits, run_stage, write_splits
+from ser_modules.adaptation import adaptation_splits, run_stage, untranscribed_folds, write_splits
 from ser_modules.asr_models import export_model, load_asr_model
 from ser_modules.asr_training import error_rates, evaluate_asr, run_options, update_asr_results
+from ser_modules.corpus import language_mismatch
 from ser_modules.data import asr_dataset
-from ser_modules.fileio import ManifestError, file_digest, fresh_outputs, read_json, read_manifest, write_json
+from ser_modules.fileio import ManifestError, file_digest, fresh_outputs, read_json, read_manifest, run_main, write_json
 from ser_modules.folds import load_folds
 from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.jobs import default_jobs, run_jobs, worker_state
@@ -109,13 +113,29 @@ def main(argv=None) -> None:
     if not os.path.isfile(pretrained):
         raise ManifestError(f"{pretrained}: no pretrained ASR model (run stage 2 first)")
     turns, manifest, folds = emotion_inputs(args.data_dir, args.protocol, args.folds)
-    corpus = read_json(os.path.join(args.data_dir, "prepare_summary.json"))["emotion_corpus"]
+    prepared = read_json(os.path.join(args.data_dir, "prepare_summary.json"))
+    corpus = prepared["emotion_corpus"]
     os.makedirs(out, exist_ok=True)
     started = time.time()
 
     # Every fold's adaptation data (and the test turns the pretrained model is scored on).
-    data = {fold.name: write_splits(adaptation_splits(turns, manifest, fold, hp["adapt_on"]),
-                                    os.path.join(out, "data", fold.name)) for fold in folds}
+    splits = {fold.name: adaptation_splits(turns, manifest, fold, hp["adapt_on"]) for fold in folds}
+    data = {name: write_splits(frames, os.path.join(out, "data", name)) for name, frames in splits.items()}
+    unscored = untranscribed_folds(splits, ("test",))
+    if len(unscored) == len(folds):
+        return skip_stage(out, f"the emotion corpus {corpus} has no transcripts", hp["variants"], log)
+    if unscored:
+        log.warning("folds %s have no transcribed test utterances: WER pooled over the other %d folds",
+                    ", ".join(unscored), len(folds) - len(unscored))
+    if language_mismatch(prepared):
+        log.warning("%s", language_mismatch(prepared))
+    variants, skipped = hp["variants"], None
+    gaps = untranscribed_folds(splits)
+    if variants and gaps:  # an adapted model of every fold, or none: stage 5 compares them over all folds
+        skipped = f"folds {', '.join(gaps)} of {corpus} have no transcribed training, validation or test utterances"
+        log.warning("stage 3: adaptation (%s) skipped: %s", ", ".join(variants), skipped)
+        variants = []
+    folds_scored = [f for f in folds if f.name not in unscored]
     pre_info = read_json(os.path.join(args.exp_dir, "asr", "model.json"))
     # Decoding keys and the experiment's location do not change what adaptation trains.
     training_config = canonical_config(resolved, args.exp_dir, drop=("decoders", "eval_batch_size",
@@ -123,18 +143,18 @@ def main(argv=None) -> None:
     state = {"hp": hp, "data": data, "device": args.device, "out": out, "pretrained": pretrained,
              "pre_sha": pre_info["sha1"], "training_config": training_config,
              "asr_hparams": os.path.join(args.exp_dir, "asr", "model_hparams.yaml")}
-    jobs = [("pretrained", f.name) for f in folds] + [(v, f.name) for v in hp["variants"] for f in folds]
+    jobs = [("pretrained", f.name) for f in folds_scored] + [(v, f.name) for v in variants for f in folds]
     nj = default_jobs(args.nj, args.device)
     log.info("stage 3: %d jobs (pretrained scoring and %s x %d folds), %d in parallel", len(jobs),
-             hp["variants"] or "no adaptation", len(folds), min(nj, len(jobs)))
+             variants or "no adaptation", len(folds), min(nj, len(jobs)))
     for variant, fold, seconds in run_jobs(adapt_job, jobs, nj, state, "stage 3"):
         log.info("%s %s done (%.1f s)", variant, fold, seconds)
 
     methods, model_name = hp["decoders"], pre_info.get("model_name", "asr")
     rows = [{"model": model_name, "stage": "pretrained", "corpus": corpus, "split": f"test:{args.folds}",
-             "decoder": m, **score_pooled({f.name: os.path.join(out, "pretrained", f.name) for f in folds}, m),
+             "decoder": m, **score_pooled({f.name: os.path.join(out, "pretrained", f.name) for f in folds_scored}, m),
              "checkpoint": "asr/model.pt"} for m in methods]
-    for variant in hp["variants"]:
+    for variant in variants:
         for i, part in enumerate(hp["stages"]):
             last = i == len(hp["stages"]) - 1
             if not (hp["score_every_stage"] or last):
@@ -148,9 +168,20 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"stage 3 {r['model']} {r['stage']:<32} {r['corpus']} {r['split']} ({r['decoder']}): "
               f"WER {r['WER']:.2f}%  CER {r['CER']:.2f}%")
-    write_json(os.path.join(out, "summary.json"), {"rows": rows, "minutes": round((time.time() - started) / 60, 2)})
+    write_json(os.path.join(out, "summary.json"), {"rows": rows, "minutes": round((time.time() - started) / 60, 2),
+                                                   "adaptation_skipped": skipped, "unscored_folds": unscored})
     log.info("stage 3 finished in %.1f min", (time.time() - started) / 60)
 
 
+def skip_stage(out: str, reason: str, variants: list[str], log) -> None:
+    """Stage 3 without transcripts: one line with the reason, and a summary that tells stages 4-6."""
+    line = f"stage 3 skipped: {reason}, so no WER is scored on it" + (
+        f" and no ASR model is adapted ({', '.join(variants)})" if variants else "")
+    log.info("%s", line)
+    print(line)
+    write_json(os.path.join(out, "summary.json"), {"rows": [], "minutes": 0.0, "skipped": reason,
+                                                   "adaptation_skipped": reason if variants else None})
+
+
 if __name__ == "__main__":
-    main()
+    run_main(main, "stage3_adapt")

@@ -18,7 +18,7 @@ import speechbrain as sb
 from ser_modules.asr_models import export_model, model_blocks
 from ser_modules.asr_training import evaluate_asr, fit_asr, load_best, run_options, update_asr_results
 from ser_modules.data import asr_dataset
-from ser_modules.fileio import file_digest, fresh_outputs, read_json, write_json, write_text
+from ser_modules.fileio import file_digest, fresh_outputs, read_json, run_main, write_json, write_text
 from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
@@ -81,4 +81,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "stage2_asr")

@@ -2,7 +2,8 @@
 
 The utterances are the protocol's plus the dialog context turns IAAN reads. Each exported ASR model
 listed in ``models`` (``pretrained``, and per fold ``finetuned`` / ``structured`` after stage 3) runs
-once over them; ``<exp>/dump/stores.json`` tells stage 5 which store holds which model's layers.
+once over them; ``<exp>/dump/stores.json`` tells stage 5 which store holds which model's layers. An
+adapted model stage 3 did not make (no transcripts) is left out with a warning; the pretrained one is required.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import os
 
 import pandas as pd
 
-from ser_modules.asr_models import ASRModelRef, list_asr_models, load_asr_model, model_blocks
+from ser_modules.asr_models import ASRModelRef, adaptation_skip_reason, list_asr_models, load_asr_model, model_blocks
 from ser_modules.dump import dump_asr_layers, dump_features
 from ser_modules.features import EGeMAPSFunctionals
-from ser_modules.fileio import ManifestError, read_manifest, write_csv, write_json, write_text
+from ser_modules.fileio import ManifestError, read_manifest, run_main, write_csv, write_json, write_text
 from ser_modules.hparams import load_stage_hparams
 from ser_modules.jobs import default_jobs, run_jobs, worker_state
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
@@ -69,6 +70,12 @@ def main(argv=None) -> None:
 
     stores = {"protocol": args.protocol, "utterances": csv_path, "asr": {}, "handcrafted": None, "egemaps": None}
     refs = [r for r in list_asr_models(args.exp_dir) if r.name in hp["models"]]
+    absent = [m for m in hp["models"] if m not in {r.name for r in refs}]
+    if "pretrained" in absent:
+        raise ManifestError(f"{os.path.join(args.exp_dir, 'asr', 'model.pt')}: no pretrained ASR model (run stage 2)")
+    if absent:  # stage 5 skips the variants that read them
+        log.warning("ASR model(s) %s of conf/dump.yaml not dumped: %s", ", ".join(absent),
+                    adaptation_skip_reason(args.exp_dir) or "not exported by stage 3 (run it)")
     if not refs and hp["models"]:
         raise ManifestError(f"{args.exp_dir}: none of the ASR models {hp['models']} is exported (run stages 2-3)")
     nj = default_jobs(args.nj, args.device)
@@ -89,4 +96,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "stage4_dump")

@@ -15,7 +15,8 @@ import time
 import pandas as pd
 import torch
 
-from ser_modules.fileio import ManifestError, read_manifest, write_json
+from ser_modules.asr_models import adaptation_skip_reason
+from ser_modules.fileio import ManifestError, read_json, read_manifest, run_main, write_json
 from ser_modules.folds import check_speaker_independence, load_folds
 from ser_modules.hparams import load_stage_hparams
 from ser_modules.jobs import default_jobs, run_jobs, worker_state
@@ -25,6 +26,20 @@ from ser_modules.stages.common import parse_stage_args, stage_logging, stage_par
 
 
 COST_RANK = {"progressive": 0, "baseline": 1, "iaan": 2, "rnn": 3, "mp": 4, "reference": 5}
+
+
+def skip_reason(spec: VariantSpec, has_context: bool, asr_stores: dict, folds, exp_dir: str) -> str | None:
+    """Why a variant cannot train here (IAAN without dialog context, no stage-4 store of its ASR
+    model for some fold), or None."""
+    if spec.type == "iaan" and not has_context:
+        return "IAAN needs dialog context and this corpus has no dialog structure"
+    stored = set(asr_stores)
+    missing = [f.name for f in folds if spec.asr and not {spec.asr, f"{spec.asr}/{f.name}"} & stored]
+    if not missing:
+        return None
+    where = "" if len(missing) == len(folds) else f" for folds {', '.join(missing)}"
+    why = adaptation_skip_reason(exp_dir) if spec.asr != "pretrained" else None
+    return f"stage 4 stored no layers of ASR model {spec.asr!r}{where}" + (f" (no adaptation: {why})" if why else "")
 
 
 def _open_stores(state: dict) -> None:
@@ -52,18 +67,27 @@ def main(argv=None) -> None:
     manifest = read_manifest(os.path.join(emotion, "manifest.csv"), ("ID", "speaker", "emotion"))
     folds = load_folds(os.path.join(emotion, f"folds_{args.folds}.json"))
     check_speaker_independence(manifest, folds)
+    empty = [f.name for f in folds if not f.train or not f.valid]
+    if empty:
+        raise ManifestError(f"{os.path.join(emotion, f'folds_{args.folds}.json')}: no training or no validation "
+                            f"utterances in fold(s) {', '.join(empty)} (too small a corpus for them: try other --folds "
+                            "or --k)")
     stores = os.path.join(args.exp_dir, "dump", f"stores_{args.protocol}.json")
     if not os.path.isfile(stores):
         raise ManifestError(f"{stores}: no representation stores for protocol {args.protocol} (run stage 4)")
     classes = sorted(manifest["emotion"].unique())
     has_context = "prev_same" in manifest.columns and (manifest["prev_same"] != "").any()
-    variants = []
+    variants, skipped = [], {}
     for v in hp["variants"]:
         spec = VariantSpec.from_dict(v)
-        if spec.type == "iaan" and not has_context:
-            log.warning("variant %s skipped: IAAN needs dialog context and this corpus has no dialog structure", spec.name)
+        reason = skip_reason(spec, has_context, read_json(stores)["asr"], folds, args.exp_dir)
+        if reason:
+            log.warning("variant %s skipped: %s", spec.name, reason)
+            skipped[spec.name] = reason
             continue
         variants.append(v)
+    if not variants:
+        log.warning("stage 5: no variant of conf/ser.yaml can train on this experiment")
     # Longest jobs first: the last ones to finish are then the short ones, and the workers end together.
     ordered = sorted(variants, key=lambda v: COST_RANK.get(v["type"], len(COST_RANK)))
     jobs = [(v, f, r, args.device) for v in ordered for f in range(len(folds)) for r in range(hp["n_runs"])]
@@ -94,9 +118,10 @@ def main(argv=None) -> None:
         print(f"stage 5 {spec.name:<28} UA {mean['UA']:.3f}  WA {mean['WA']:.3f}  F1 {mean['F1']:.3f} "
               f"({len(folds)} folds x {hp['n_runs']} runs)")
     write_json(os.path.join(out, "summary.json"), {"protocol": args.protocol, "folds": args.folds, "classes": classes,
-                                                   "variants": summary, "minutes": round((time.time() - started) / 60, 2)})
+                                                   "variants": summary, "skipped": skipped,
+                                                   "minutes": round((time.time() - started) / 60, 2)})
     log.info("stage 5 finished in %.1f min", (time.time() - started) / 60)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "stage5_ser")
