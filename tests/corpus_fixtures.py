@@ -1,4 +1,5 @@
-"""Tiny emotion corpora in each corpus's real layout, quirks included.
+"""Tiny emotion corpora in each corpus's real layout, quirks included; each writer returns the
+corpus root (the CSV file for the generic CSV corpus).
 
 The preparer tests (``test_prepare_*.py``) check the manifests read from them; the end-to-end
 matrix (``test_corpora_e2e.py``) runs both recipes on them. Audio is a constant signal of a tenth of
@@ -27,13 +28,14 @@ EMODB_FILES = ["03a01Fa", "03a02Na", "08a02Wb", "09b01Lc", "10a04Ea", "11b02Aa",
                "15b09Wa", "16b10Ta"]
 
 
-def write_emodb(root) -> None:
+def write_emodb(root) -> str:
     for stem in EMODB_FILES:
         write_wav(os.path.join(root, "wav", f"{stem}.wav"), 0.25 if stem == "03a01Fa" else 0.1)
     write_wav(os.path.join(root, "wav", "03a01F.wav"))  # misnamed: no version letter
     write_wav(os.path.join(root, "wav", "._03a01Fa.wav"))  # macOS debris, silently ignored
     with open(os.path.join(root, "wav", "readme.txt"), "w") as f:
         f.write("not audio")
+    return root
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,7 +61,7 @@ RAVDESS_SPEECH = [
 RAVDESS_STEREO = "03-01-01-01-01-01-01"
 
 
-def write_ravdess(root) -> None:
+def write_ravdess(root) -> str:
     for actor, stem, seconds in RAVDESS_SPEECH:
         path = os.path.join(root, actor, f"{stem}.wav")
         if stem == RAVDESS_STEREO:  # left 0.25, right 0.75: the mono mix is 0.5
@@ -74,6 +76,7 @@ def write_ravdess(root) -> None:
     write_wav(os.path.join(root, "__MACOSX", "Actor_01", "._03-01-01-01-01-01-01.wav"), 0.1, RAVDESS_SR)  # debris
     with open(os.path.join(root, "Actor_03", "03-01-05-02-01-02-03.mp4"), "wb") as f:  # video, not .wav
         f.write(b"not audio")
+    return root
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,12 +93,13 @@ CREMAD_DEMOGRAPHICS = "ActorID,Age,Sex,Race,Ethnicity\n1001,51,Male,Caucasian,No
                       "1004,42,Male,Caucasian,Not Hispanic\n"
 
 
-def write_cremad(root) -> None:
+def write_cremad(root) -> str:
     for name, seconds in CREMAD_FILES:
         write_wav(os.path.join(root, "AudioWAV", name), seconds)
     write_wav(os.path.join(root, "AudioWAV", "1005_DFA_ANG.wav"))  # misnamed: no level
     with open(os.path.join(root, "VideoDemographics.csv"), "w") as f:
         f.write(CREMAD_DEMOGRAPHICS)
+    return root
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,7 +172,7 @@ def write_iemocap_dialog(root, session, dialog, turns, order=None, skip_wav=()):
                  subtype="PCM_16")
 
 
-def write_iemocap(root) -> None:
+def write_iemocap(root) -> str:
     # Session 1, improvised: each vote pattern of the two protocols once.
     write_iemocap_dialog(root, 1, "Ses01F_impro01", [
         ("F000", 1.0, 2.0, "neu", [N, N, N], "Excuse me."),
@@ -198,3 +202,4 @@ def write_iemocap(root) -> None:
         ("M001", 7.0, 8.0, "exc", [X, X, X], "Four."),
         ("M002", 9.0, 10.0, "hap", [H, H, H], "Five."),
     ], skip_wav=("M002",))
+    return root

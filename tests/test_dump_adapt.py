@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ser_modules.adaptation import adaptation_splits, set_trainable
+from ser_modules.adaptation import adaptation_splits, set_trainable, untranscribed_folds
 from ser_modules.asr_models import export_model, list_asr_models, load_asr_model, model_blocks
 from ser_modules.dump import FeatureStore, dump_asr_layers, dump_features
 from ser_modules.features import HandcraftedFeatures, LogSpectrogram, TempoGainAugment, estimate_pitch, moving_average
@@ -110,6 +110,21 @@ def test_adaptation_data_never_holds_test_speakers():
     assert splits["train"]["transcript"].iloc[0] == "HELLO THERE"
     wider = adaptation_splits(turns, manifest, fold, adapt_on="non_test")
     assert set(wider["train"]["ID"]) == set(splits["train"]["ID"])  # validation speakers stay out of training
+
+
+def test_folds_without_transcribed_utterances_are_named():
+    turns = pd.DataFrame({"ID": [f"{s}_{i}" for s in "abc" for i in range(2)],
+                          "speaker": [s for s in "abc" for _ in range(2)],
+                          "transcript": ["hi", "", "", "", "yes", ""], "wav": "x.wav", "duration": 1.0})
+
+    def fold(test, valid, train):
+        return Fold(test, [test], [valid], [f"{train}_{i}" for i in range(2)], [f"{valid}_{i}" for i in range(2)],
+                    [f"{test}_{i}" for i in range(2)])
+
+    splits = {f.name: adaptation_splits(turns, turns, f) for f in (fold("a", "b", "c"), fold("b", "c", "a"),
+                                                                    fold("c", "a", "b"))}
+    assert untranscribed_folds(splits, ("test",)) == ["b"]  # speaker b said nothing transcribed
+    assert untranscribed_folds(splits) == ["a", "b", "c"]  # b is always in one split: no fold can adapt
 
 
 def test_dumped_frames_equal_a_direct_forward_pass(utterances, tmp_path):
