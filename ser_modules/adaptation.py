@@ -22,7 +22,7 @@ from speechbrain.utils.train_logger import FileTrainLogger
 
 from ser_modules.asr_training import fit_asr, load_best
 from ser_modules.corpus import ASR_COLUMNS, complete_columns
-from ser_modules.fileio import ManifestError, read_json, write_csv, write_json
+from ser_modules.fileio import ManifestError, atomic_path, read_json, write_csv, write_json
 from ser_modules.folds import Fold
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
@@ -108,9 +108,15 @@ def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]
 
 
 def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str, str], out_dir: str,
-              run_opts: dict, brain_class) -> str | None:
-    """One adaptation stage in ``out_dir`` (resumable); loads and returns its best checkpoint."""
+              run_opts: dict, brain_class, start_cer: float | None = None) -> dict:
+    """One adaptation stage in ``out_dir`` (resumable); leaves the model at its best state by
+    validation CER and returns the stage's record (``done.json``).
+
+    The model the stage starts from is a candidate too: when no epoch lowers the validation CER
+    below ``start_cer`` (scored here when not given), the stage keeps the starting weights, so an
+    adaptation stage never makes the model worse on the fold's validation speakers."""
     done = os.path.join(out_dir, "done.json")
+    kept_path = os.path.join(out_dir, "start_model.pt")
     checkpointer = Checkpointer(os.path.join(out_dir, "save"), {"model": model})
     ctc_weight = float(hp.get("ctc_weight", 0.0))
     if ctc_weight > 0 and getattr(model, "ctc_output", None) is None:
@@ -118,8 +124,17 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
                             "(pretrain with asr.ctc_head=True or set adapt.ctc_weight=0)")
     trainable = set_trainable(model, part, ctc=ctc_weight > 0)
     if os.path.isfile(done):
-        load_best(checkpointer)
-        return read_json(done)["checkpoint"]
+        record = read_json(done)
+        if record.get("kept_start"):
+            model.load_state_dict(torch.load(kept_path, map_location="cpu"))
+        else:
+            load_best(checkpointer)
+        set_trainable(model, "all")
+        return record
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start_json = os.path.join(out_dir, "start.json")
+    if start_cer is None and os.path.isfile(start_json):  # resumed: the start was scored before
+        start_cer = read_json(start_json)["CER"]
     counter = EpochCounterWithStopper(hp["epochs_per_stage"], hp["patience"], 0, "min")
     checkpointer.add_recoverable("counter", counter)
     stage_hp = {**hp, "model": model, "checkpointer": checkpointer, "epoch_counter": counter,
@@ -127,8 +142,21 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
                 "train_logger": FileTrainLogger(os.path.join(out_dir, "train_log.txt")), "lr_decay": 1.0}
     logger.info("adaptation stage %s: %d trainable parameters, teacher forcing %.2f, %s", part, trainable,
                 teacher_forcing, out_dir)
-    fit_asr(stage_hp, run_opts, brain_class)
+    brain = fit_asr(stage_hp, run_opts, brain_class, evaluate_start=start_cer is None)
+    if start_cer is None:
+        start_cer = brain.start_stats["CER"]
+        write_json(start_json, {"CER": start_cer})
     ckpt = load_best(checkpointer)
+    best_cer = checkpointer.find_checkpoint(min_key="CER").meta["CER"]
+    kept_start = start_cer <= best_cer
+    if kept_start:
+        logger.info("adaptation stage %s did not lower the validation CER (%.2f at the start, best epoch %.2f): "
+                    "keeping the starting model", part, start_cer, best_cer)
+        model.load_state_dict(start_state)
+        with atomic_path(kept_path) as tmp:
+            torch.save(start_state, tmp)
     set_trainable(model, "all")
-    write_json(done, {"checkpoint": ckpt, "part": part, "trainable_parameters": trainable})
-    return ckpt
+    record = {"checkpoint": ckpt, "part": part, "trainable_parameters": trainable, "start_CER": start_cer,
+              "best_epoch_CER": best_cer, "kept_start": kept_start, "valid_CER": min(start_cer, best_cer)}
+    write_json(done, record)
+    return record

@@ -237,8 +237,9 @@ def run_options(device: str, precision: str = "fp32", noprogressbar: bool = Fals
             "noprogressbar": noprogressbar}
 
 
-def fit_asr(hparams: dict, run_opts: dict, brain_class=None) -> sb.Brain:
+def fit_asr(hparams: dict, run_opts: dict, brain_class=None, evaluate_start: bool = False) -> sb.Brain:
     """Train ``hparams['model']`` on ``train_csv`` / ``valid_csv``, resuming from the checkpointer.
+    With ``evaluate_start``, the model is first scored on ``valid_csv`` (``brain.start_stats``).
 
     Hparams used: ``brain_class``, ``vocab``, ``model``, ``opt_class``, ``checkpointer``,
     ``epoch_counter``, ``batch_size``, ``sortagrad_epochs``, ``seed``, ``num_workers``,
@@ -269,9 +270,12 @@ def fit_asr(hparams: dict, run_opts: dict, brain_class=None) -> sb.Brain:
     eval_sampler = LengthBucketBatchSampler(dataset_durations(valid), hparams.get("eval_batch_size", hparams["batch_size"]),
                                             shuffle=False)
     workers = hparams.get("num_workers", 0)
+    valid_kwargs = {"batch_sampler": eval_sampler, "num_workers": workers}
+    if evaluate_start:  # the validation scores of the model before any update (no checkpoint exists yet)
+        brain.evaluate(valid, test_loader_kwargs=dict(valid_kwargs), progressbar=False)  # evaluate edits its kwargs
+        brain.start_stats = dict(brain.last_stats)
     brain.fit(hparams["epoch_counter"], train, valid,
-              train_loader_kwargs={"batch_sampler": sampler, "num_workers": workers},
-              valid_loader_kwargs={"batch_sampler": eval_sampler, "num_workers": workers})
+              train_loader_kwargs={"batch_sampler": sampler, "num_workers": workers}, valid_loader_kwargs=valid_kwargs)
     return brain
 
 

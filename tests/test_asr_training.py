@@ -10,6 +10,7 @@ import speechbrain as sb
 import torch
 
 from prepare_librispeech import read_librispeech
+from ser_modules.adaptation import run_stage
 from ser_modules.asr_training import CTCBrain, LASBrain, evaluate_asr, fit_asr, run_options, update_asr_results
 from ser_modules.data import LengthBucketBatchSampler, asr_dataset
 from ser_modules.hparams import load_stage_hparams
@@ -84,6 +85,50 @@ def test_resume_after_interrupted_epoch_matches_uninterrupted(asr_data, tmp_path
     assert second["epoch_counter"].current == 2
     for name, value in second["model"].state_dict().items():
         assert torch.equal(value, expected[name]), name
+
+
+def adaptation_hparams(asr_hp, out, *overrides):
+    hp, _ = load_stage_hparams(os.path.join(REPO, "recipes", "las_adapt", "conf"), "adapt", "demo",
+                               {"output_folder": str(out)}, ["adapt.lr=0.01", "adapt.batch_size=4", *overrides])
+    return {**hp, "vocab": asr_hp["vocab"], "features": asr_hp["features"]}
+
+
+@pytest.mark.parametrize("start_cer,keeps_start", [(50.0, True), (1000.0, False)])
+def test_adaptation_stage_keeps_its_start_unless_an_epoch_beats_it(asr_data, tmp_path, start_cer, keeps_start):
+    asr_hp = tiny_hparams("las_adapt", asr_data, tmp_path / "asr")
+    model = asr_hp["model"]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class ValidCER90(LASBrain):  # every epoch scores validation CER 90
+        def on_stage_end(self, stage, stage_loss, epoch=None):
+            if stage == sb.Stage.VALID:
+                self.cer_stats.summarize = lambda field=None: 90.0
+            super().on_stage_end(stage, stage_loss, epoch)
+
+    data = {"train": asr_hp["train_csv"], "valid": asr_hp["valid_csv"]}
+    hp = adaptation_hparams(asr_hp, tmp_path / "adapt", "adapt.epochs_per_stage=2")
+    record = run_stage(model, hp, "all", 1.0, data, str(tmp_path / "stage"), run_options("cpu", noprogressbar=True),
+                       ValidCER90, start_cer=start_cer)
+    assert record["kept_start"] is keeps_start and record["valid_CER"] == min(start_cer, 90.0)
+    adapted = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(adapted[k], start[k]) for k in start) is keeps_start  # trained weights differ
+    # A rerun (a new process) restores the same weights from disk without training.
+    fresh = tiny_hparams("las_adapt", asr_data, tmp_path / "asr2")["model"]
+    again = run_stage(fresh, hp, "all", 1.0, data, str(tmp_path / "stage"), run_options("cpu", noprogressbar=True),
+                      ValidCER90, start_cer=start_cer)
+    assert again == record and all(torch.equal(fresh.state_dict()[k], adapted[k]) for k in adapted)
+
+
+def test_adaptation_stage_scores_its_start_when_not_given(asr_data, tmp_path):
+    asr_hp = tiny_hparams("las_adapt", asr_data, tmp_path / "asr")
+    data = {"train": asr_hp["train_csv"], "valid": asr_hp["valid_csv"]}
+    model = asr_hp["model"]
+    expected = evaluate_asr(model, asr_hp["features"], asr_dataset(data["valid"], asr_hp["vocab"]), asr_hp["vocab"],
+                            "cpu", str(tmp_path), "valid")["greedy"]["CER"]
+    hp = adaptation_hparams(asr_hp, tmp_path / "adapt", "adapt.lr=0.0")  # no update: every epoch ties the start
+    record = run_stage(model, hp, "encoder", 1.0, data, str(tmp_path / "stage"),
+                       run_options("cpu", noprogressbar=True), LASBrain)
+    assert record["start_CER"] == pytest.approx(expected, abs=0.01) and record["kept_start"]
 
 
 def test_sampler_sortagrad_then_shuffled_buckets():

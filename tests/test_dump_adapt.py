@@ -15,7 +15,7 @@ from ser_modules.features import HandcraftedFeatures, LogSpectrogram, TempoGainA
 from ser_modules.folds import Fold
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
-from ser_modules.models.lowrank import LowRankLinear, factorize_listener
+from ser_modules.models.lowrank import LowRankLinear, factorize_listener, listener_size
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +51,7 @@ def test_paper_structured_las_parameter_counts():
     model = ListenAttendSpell()
     assert model.listener.fc0 is None  # the paper's listener: an FC after each pyramidal BLSTM only
     before = sum(p.numel() for p in model.parameters())
+    dense = listener_size(model)
     counts = factorize_listener(model, 256)
     # Paper: m x n = 1024 x 512 -> r (m + n) = 256 * 1536, plus the bias, in each factorised layer.
     assert set(counts) == {"fc1", "fc2"}
@@ -61,6 +62,10 @@ def test_paper_structured_las_parameter_counts():
         assert isinstance(layer, LowRankLinear)
         assert sum(p.numel() for p in layer.parameters()) == 256 * (1024 + 512) + 512
     assert before - sum(p.numel() for p in model.parameters()) == 2 * (1024 * 512 - 256 * 1536)
+    low = listener_size(model)  # what RESULTS.md reports for pretrained vs structured
+    assert (dense["rank"], low["rank"]) == (0, 256) and dense["model"] == before
+    assert dense["listener_fc"] == 2 * (1024 * 512 + 512) and low["listener_fc"] == 2 * (256 * 1536 + 512)
+    assert dense["model"] - low["model"] == dense["listener"] - low["listener"] == 2 * (1024 * 512 - 256 * 1536)
     # The authors' extra FC after the first BLSTM is an option; it is never factorised.
     extra = ListenAttendSpell(blstm_fc=True)
     assert set(factorize_listener(extra, 256)) == {"fc1", "fc2"} and isinstance(extra.listener.fc0, torch.nn.Linear)

@@ -64,3 +64,12 @@ def factorize_listener(las, rank: int) -> dict[str, tuple[int, int]]:
     ``fc2``; m x n = 1024 x 512 at paper size) factorised at ``rank``. An optional FC after the first
     BLSTM (``blstm_fc``) is not one of the paper's listener FC layers and stays as it is."""
     return factorize_linears(las.listener, list(LISTENER_FC), rank)
+
+
+def listener_size(las) -> dict[str, int]:
+    """Parameter counts of a LAS: its listener FC layers (``fc1``, ``fc2``, factorised or not), the
+    whole listener and the whole model; the rank of the factorised layers (0 when dense)."""
+    fcs = [getattr(las.listener, name) for name in LISTENER_FC]
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    return {"rank": max((getattr(fc, "rank", 0) for fc in fcs), default=0),
+            "listener_fc": sum(count(fc) for fc in fcs), "listener": count(las.listener), "model": count(las)}

@@ -107,6 +107,33 @@ def adaptation_table(asr_results: pd.DataFrame, results: pd.DataFrame, corpus: s
     return pd.DataFrame(rows)
 
 
+def listener_size_table(exp_dir: str) -> pd.DataFrame:
+    """Yeh 2020, section 2.4: parameters of the listener FC layers and of the whole LAS, pretrained
+    vs each adapted variant (one fold's model: every fold has the same shape). Empty for non-LAS."""
+    from ser_modules.asr_models import list_asr_models, load_asr_model
+    from ser_modules.models.lowrank import listener_size
+
+    rows, seen = [], set()
+    for ref in list_asr_models(exp_dir):
+        if ref.name in seen:
+            continue
+        seen.add(ref.name)
+        model = load_asr_model(ref.path)[0]
+        if not hasattr(model, "listener"):
+            return pd.DataFrame()
+        rows.append({"ASR model": ref.name, **listener_size(model)})
+    if not rows or rows[0]["ASR model"] != "pretrained":
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    base = table.iloc[0]
+    table["listener FC vs pretrained"] = [f"{100 * (r - base['listener_fc']) / base['listener_fc']:+.1f}%"
+                                          for r in table["listener_fc"]]
+    table["model vs pretrained"] = [f"{100 * (r - base['model']) / base['model']:+.1f}%" for r in table["model"]]
+    table["rank"] = [str(r) if r else "full" for r in table["rank"]]
+    return table.rename(columns={"listener_fc": "listener FC parameters", "listener": "listener parameters",
+                                 "model": "model parameters"})
+
+
 def tsne_plots(stores: dict, manifest: pd.DataFrame, hp: dict, plot_dir: str) -> list[str]:
     from sklearn.manifold import TSNE
 
@@ -245,6 +272,12 @@ def main(argv=None) -> None:
                    f"WER/CER on {corpus} ({args.folds} folds pooled; each test utterance decoded by the model adapted "
                    "without its speakers) "
                    "next to the SER scores on that model's layers.", "", markdown_table(adapt), ""]
+        sizes = listener_size_table(args.exp_dir)
+        if len(sizes) > 1:
+            md += ["## Listener size (Yeh 2020, section 2.4)", "",
+                   "Parameters of the listener FC layers (the FC after each pyramidal BLSTM, the layers the SVD "
+                   "factorises) and of the whole LAS; adapted models counted on one fold's model.", "",
+                   markdown_table(sizes), ""]
     if loud:
         md += ["## ASR units and loudness (Lakomkin 2018, Figure 6)", "",
                f"Unit {loud['unit']} of {loud['layer']} correlates most with frame loudness: Pearson r = "
