@@ -4,8 +4,9 @@ A *variant* is one model on one input (``baseline-96``, ``MP-gru2``, ``IAAN-fine
 stage 5 trains every variant of the config on every fold of the protocol, ``n_runs`` times with
 different seeds. Training follows Lakomkin 2018 / Yeh 2020: Adam, gradient-norm clipping, SortaGrad
 in the first epoch, learning-rate annealing when the validation loss has not improved for
-``anneal_patience`` epochs, stop when the learning rate falls below ``min_lr``; the model with the
-lowest validation loss is evaluated. Test speakers never enter training or model selection.
+``anneal_patience`` epochs, stop when the learning rate falls below ``min_lr`` (or, optionally, after
+``early_stop_patience`` epochs without a lower validation loss); the model with the lowest validation
+loss is evaluated. Test speakers never enter training or model selection.
 """
 
 from __future__ import annotations
@@ -319,6 +320,10 @@ class SERBrain(sb.Brain):
         counter = self.hparams.epoch_counter
         if self.hparams.annealer.done:
             counter.should_stop = True
+        patience = self.hparams.early_stop_patience  # epochs without a lower validation loss (None: off)
+        best_epoch = min(self.hparams.history, key=lambda h: h["valid_loss"])["epoch"]
+        if patience and int(epoch) - best_epoch >= patience:
+            counter.should_stop = True
         state = {"model": self.modules.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "annealer": self.hparams.annealer.state_dict(), "epoch": epoch, "should_stop": counter.should_stop,
                  "history": self.hparams.history, "best_state": self.best_state, "best_loss": self.best_loss}
@@ -434,6 +439,7 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
                 "epoch_counter": counter, "history": history, "label_smoothing": hp.get("label_smoothing", 0.0),
                 "class_weights": class_weights(train_set.labels, n_classes, hp.get("class_weights")),
                 "max_grad_norm": hp["max_grad_norm"], "noprogressbar": True,
+                "early_stop_patience": hp.get("early_stop_patience"),
                 "resume_path": os.path.join(out_dir, "resume.pt")}
     if brain_hp["class_weights"] is not None:
         brain_hp["class_weights"] = brain_hp["class_weights"].to(device)

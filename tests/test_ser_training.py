@@ -1,0 +1,54 @@
+"""Stage-5 training rules on the tiny demo corpus: early stopping on the validation loss."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ser_modules.dump import dump_features
+from ser_modules.features import HandcraftedFeatures
+from ser_modules.folds import Fold
+from ser_modules.hparams import load_stage_hparams
+from ser_modules.ser_training import SERInputs, VariantSpec, train_fold_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_demo, tmp_path_factory):
+    """The tiny demo's turns with a handcrafted-feature store and one speaker fold."""
+    from prepare_iemocap import read_corpus
+
+    turns = read_corpus(tiny_demo["iemocap"])
+    turns["emotion"] = np.where(turns.index % 2 == 0, "neu", "ang")
+    tmp = tmp_path_factory.mktemp("ser_training")
+    store = dump_features(turns, str(tmp), HandcraftedFeatures(), "handcrafted", "mfcc_pitch", "float32")
+    stores = tmp / "stores.json"
+    stores.write_text(json.dumps({"asr": {}, "handcrafted": {"folder": store.folder}, "egemaps": None}))
+    speakers = sorted(turns["speaker"].unique())
+    ids = lambda spk: turns.loc[turns["speaker"].isin(spk), "ID"].tolist()  # noqa: E731
+    fold = Fold(name="f1", test_speakers=[speakers[0]], valid_speakers=[speakers[1]], train=ids(speakers[2:]),
+                valid=ids([speakers[1]]), test=ids([speakers[0]]))
+    return turns, SERInputs(str(stores)), fold, tmp
+
+
+def train(corpus, name, *overrides):
+    turns, inputs, fold, tmp = corpus
+    hp, _ = load_stage_hparams(os.path.join(REPO, "recipes", "ctc_transfer", "conf"), "ser", "paper",
+                               {"output_folder": str(tmp / name)}, ["ser.lr=0.05", "ser.batch_size=4", *overrides])
+    spec = VariantSpec.from_dict({"name": "baseline-8", "type": "baseline", "hidden": 8, "frame_stack": 4})
+    train_fold_run(spec, fold, 0, turns, ["ang", "neu"], inputs, hp, str(tmp / name))
+    return json.loads((tmp / name / "history.json").read_text())
+
+
+def test_early_stopping_waits_patience_epochs_after_the_best_validation_loss(corpus):
+    # lr 0.05 on random labels: the validation loss soon stops falling.
+    history = train(corpus, "patience", "ser.max_epochs=25", "ser.early_stop_patience=3", "ser.anneal_patience=100")
+    losses = [h["valid_loss"] for h in history]
+    best = int(np.argmin(losses))
+    assert len(history) == best + 1 + 3 < 25  # stopped exactly 3 epochs after the best one
+    assert min(losses[best + 1:]) >= losses[best]
+    # Without early stopping the same run goes on (only min_lr or max_epochs end it).
+    assert len(train(corpus, "no_patience", f"ser.max_epochs={len(history) + 2}", "ser.anneal_patience=100")) \
+        == len(history) + 2
