@@ -108,13 +108,14 @@ def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]
 
 
 def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str, str], out_dir: str,
-              run_opts: dict, brain_class, start_cer: float | None = None) -> dict:
-    """One adaptation stage in ``out_dir`` (resumable); leaves the model at its best state by
-    validation CER and returns the stage's record (``done.json``).
+              run_opts: dict, brain_class, start_error: float | None = None) -> dict:
+    """One adaptation stage in ``out_dir`` (resumable); leaves the model at its best state by the
+    validation error rate ``hp["select_on"]`` (CER or WER) and returns the stage's record (``done.json``).
 
-    The model the stage starts from is a candidate too: when no epoch lowers the validation CER
-    below ``start_cer`` (scored here when not given), the stage keeps the starting weights, so an
+    The model the stage starts from is a candidate too: when no epoch lowers the validation error
+    below ``start_error`` (scored here when not given), the stage keeps the starting weights, so an
     adaptation stage never makes the model worse on the fold's validation speakers."""
+    key = hp.get("select_on", "CER")
     done = os.path.join(out_dir, "done.json")
     kept_path = os.path.join(out_dir, "start_model.pt")
     checkpointer = Checkpointer(os.path.join(out_dir, "save"), {"model": model})
@@ -133,8 +134,8 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
         return record
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_json = os.path.join(out_dir, "start.json")
-    if start_cer is None and os.path.isfile(start_json):  # resumed: the start was scored before
-        start_cer = read_json(start_json)["CER"]
+    if start_error is None and os.path.isfile(start_json):  # resumed: the start was scored before
+        start_error = read_json(start_json)[key]
     counter = EpochCounterWithStopper(hp["epochs_per_stage"], hp["patience"], 0, "min")
     checkpointer.add_recoverable("counter", counter)
     stage_hp = {**hp, "model": model, "checkpointer": checkpointer, "epoch_counter": counter,
@@ -142,21 +143,21 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
                 "train_logger": FileTrainLogger(os.path.join(out_dir, "train_log.txt")), "lr_decay": 1.0}
     logger.info("adaptation stage %s: %d trainable parameters, teacher forcing %.2f, %s", part, trainable,
                 teacher_forcing, out_dir)
-    brain = fit_asr(stage_hp, run_opts, brain_class, evaluate_start=start_cer is None)
-    if start_cer is None:
-        start_cer = brain.start_stats["CER"]
-        write_json(start_json, {"CER": start_cer})
-    ckpt = load_best(checkpointer)
-    best_cer = checkpointer.find_checkpoint(min_key="CER").meta["CER"]
-    kept_start = start_cer <= best_cer
+    brain = fit_asr(stage_hp, run_opts, brain_class, evaluate_start=start_error is None)
+    if start_error is None:
+        start_error = brain.start_stats[key]
+        write_json(start_json, brain.start_stats)
+    ckpt = load_best(checkpointer, key)
+    best = checkpointer.find_checkpoint(min_key=key).meta[key]
+    kept_start = start_error <= best
     if kept_start:
-        logger.info("adaptation stage %s did not lower the validation CER (%.2f at the start, best epoch %.2f): "
-                    "keeping the starting model", part, start_cer, best_cer)
+        logger.info("adaptation stage %s did not lower the validation %s (%.2f at the start, best epoch %.2f): "
+                    "keeping the starting model", part, key, start_error, best)
         model.load_state_dict(start_state)
         with atomic_path(kept_path) as tmp:
             torch.save(start_state, tmp)
     set_trainable(model, "all")
-    record = {"checkpoint": ckpt, "part": part, "trainable_parameters": trainable, "start_CER": start_cer,
-              "best_epoch_CER": best_cer, "kept_start": kept_start, "valid_CER": min(start_cer, best_cer)}
+    record = {"checkpoint": ckpt, "part": part, "trainable_parameters": trainable, "select_on": key,
+              "start": start_error, "best_epoch": best, "kept_start": kept_start, "valid": min(start_error, best)}
     write_json(done, record)
     return record

@@ -102,9 +102,10 @@ class ASRBrain(sb.Brain):
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr},
                 train_stats={"loss": round(self.train_loss, 4)}, valid_stats=stats)
-            self.hparams.epoch_counter.update_metric(stats["CER"])
-            self.checkpointer.save_and_keep_only(meta={"CER": stats["CER"], "epoch": epoch}, min_keys=["CER"],
-                                                 num_to_keep=1)
+            key = getattr(self.hparams, "select_on", "CER")  # the validation error rate that picks checkpoints
+            self.hparams.epoch_counter.update_metric(stats[key])
+            self.checkpointer.save_and_keep_only(meta={"CER": stats["CER"], "WER": stats["WER"], "epoch": epoch},
+                                                 min_keys=[key], num_to_keep=1)
 
 
 class CTCBrain(ASRBrain):

@@ -108,14 +108,14 @@ def test_adaptation_stage_keeps_its_start_unless_an_epoch_beats_it(asr_data, tmp
     data = {"train": asr_hp["train_csv"], "valid": asr_hp["valid_csv"]}
     hp = adaptation_hparams(asr_hp, tmp_path / "adapt", "adapt.epochs_per_stage=2")
     record = run_stage(model, hp, "all", 1.0, data, str(tmp_path / "stage"), run_options("cpu", noprogressbar=True),
-                       ValidCER90, start_cer=start_cer)
-    assert record["kept_start"] is keeps_start and record["valid_CER"] == min(start_cer, 90.0)
+                       ValidCER90, start_error=start_cer)
+    assert record["kept_start"] is keeps_start and record["valid"] == min(start_cer, 90.0)
     adapted = {k: v.clone() for k, v in model.state_dict().items()}
     assert all(torch.equal(adapted[k], start[k]) for k in start) is keeps_start  # trained weights differ
     # A rerun (a new process) restores the same weights from disk without training.
     fresh = tiny_hparams("las_adapt", asr_data, tmp_path / "asr2")["model"]
     again = run_stage(fresh, hp, "all", 1.0, data, str(tmp_path / "stage"), run_options("cpu", noprogressbar=True),
-                      ValidCER90, start_cer=start_cer)
+                      ValidCER90, start_error=start_cer)
     assert again == record and all(torch.equal(fresh.state_dict()[k], adapted[k]) for k in adapted)
 
 
@@ -128,7 +128,7 @@ def test_adaptation_stage_scores_its_start_when_not_given(asr_data, tmp_path):
     hp = adaptation_hparams(asr_hp, tmp_path / "adapt", "adapt.lr=0.0")  # no update: every epoch ties the start
     record = run_stage(model, hp, "encoder", 1.0, data, str(tmp_path / "stage"),
                        run_options("cpu", noprogressbar=True), LASBrain)
-    assert record["start_CER"] == pytest.approx(expected, abs=0.01) and record["kept_start"]
+    assert record["start"] == pytest.approx(expected, abs=0.01) and record["kept_start"]
 
 
 def test_sampler_sortagrad_then_shuffled_buckets():

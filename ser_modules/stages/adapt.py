@@ -86,14 +86,14 @@ def adapt_job(job: tuple) -> tuple[str, str, float]:
     if hasattr(model, "set_dropout"):
         model.set_dropout(hp["dropout"])
     fold_hp = {**hp, "vocab": vocab, "features": features}
-    last, valid_cer = len(hp["stages"]) - 1, None
+    last, valid_error = len(hp["stages"]) - 1, None
     for i, (part, tf) in enumerate(zip(hp["stages"], hp["teacher_forcing"])):
         stage_dir = os.path.join(fold_dir, f"stage{i + 1}_{part}")
         if os.path.isfile(final) and i < last and not hp["score_every_stage"]:
             continue
-        # Each stage starts where the previous one ended: its validation CER is the next one's start.
-        valid_cer = run_stage(model, fold_hp, part, tf, data, stage_dir, run_options(device), hp["brain_class"],
-                              valid_cer)["valid_CER"]
+        # Each stage starts where the previous one ended: its validation error is the next one's start.
+        valid_error = run_stage(model, fold_hp, part, tf, data, stage_dir, run_options(device), hp["brain_class"],
+                                valid_error)["valid"]
         if (hp["score_every_stage"] or i == last) and not scored(stage_dir, methods):
             score_test(model, features, vocab, data["test"], stage_dir, methods, hp, device)
     if not os.path.isfile(final):
