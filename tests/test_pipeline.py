@@ -187,6 +187,22 @@ def test_las_recipe_adapts_per_fold_and_trains_iaan(las_exp):
     assert "ASR adaptation and SER" in (exp / "RESULTS.md").read_text()
 
 
+def test_iaan_inference_reads_the_dialog_context(las_exp, tiny_demo):
+    exp, _ = las_exp
+    variant, fold = "IAAN-pretrained-pblstm1", "session1"
+    stage5 = pd.read_csv(exp / "ser" / variant / fold / "run0" / "predictions.csv", keep_default_na=False)
+    manifest = pd.read_csv(exp / "data" / "emotion" / "standard" / "manifest.csv", keep_default_na=False)
+    files = [dict(zip(manifest["ID"], manifest["wav"]))[i] for i in stage5["ID"]]
+    with_context = pd.DataFrame(EmotionRecognizer.from_experiment(str(exp), variant, fold=fold,
+                                                                  context=tiny_demo["iemocap"]).predict_files(files))
+    without = pd.DataFrame(EmotionRecognizer.from_experiment(str(exp), variant, fold=fold).predict_files(files))
+    probs = [c for c in stage5.columns if c.startswith("p_")]
+    # With the IEMOCAP folder's dialogs, inference hears what stage 5 heard: the same probabilities.
+    np.testing.assert_allclose(with_context[probs].astype(float), stage5[probs], atol=1e-4)
+    assert (without["context"] == "zero (no --context given)").all()
+    assert np.abs(without[probs].to_numpy(float) - stage5[probs].to_numpy(float)).max() > 1e-3  # context matters
+
+
 def test_compare_results(ctc_exp, las_exp, tmp_path):
     sys.path.insert(0, os.path.join(REPO, "utils"))
     from compare_results import compare, main as compare_main
