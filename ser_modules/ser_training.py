@@ -203,7 +203,8 @@ def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout
     if spec.type == "mp":
         return FineTuneMP(dims["asr"], n_classes, dropout)
     if spec.type == "rnn":
-        return FineTuneRNN(dims["asr"], spec.hidden, o.get("bidirectional", True), n_classes, dropout)
+        return FineTuneRNN(dims["asr"], spec.hidden, o.get("bidirectional", True), n_classes, dropout,
+                           o.get("frame_stack", 1))
     if spec.type == "progressive":
         return ProgressiveNet(dims["handcrafted"], dims["asr"], spec.hidden, o.get("num_layers", 2), n_classes, dropout,
                               o.get("frame_stack", 1))

@@ -75,6 +75,9 @@ def test_ser_model_flops_by_hand_and_by_pytorch():
     rnn = FineTuneRNN(6, 5).eval()
     assert rnn.forward_flops([8]) == 2 * 2 * 3 * 5 * (6 + 5) * 8 + 2 * 10 * 4
     assert rnn.forward_flops([8]) == counted(lambda: rnn(torch.randn(1, 8, 6), torch.tensor([8])))
+    stacked = FineTuneRNN(6, 5, frame_stack=2).eval()  # 8 frames -> 4 steps of 12 inputs
+    assert stacked.forward_flops([8]) == 2 * 2 * 3 * 5 * (12 + 5) * 4 + 2 * 10 * 4
+    assert stacked.forward_flops([8]) == counted(lambda: stacked(torch.randn(1, 8, 6), torch.tensor([8])))
     prog = ProgressiveNet(handcrafted_size=3, asr_size=6, hidden_size=2).eval()
     assert prog.forward_flops([5], [1]) == hand - 2 * 4 * 4 + 2 * (4 + 6) * 4
     assert prog.forward_flops([5], [1]) == counted(

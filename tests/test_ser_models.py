@@ -22,6 +22,7 @@ def test_masked_mean_ignores_padding():
     lambda: BiGRUBaseline(5, 8, frame_stack=3),  # 7 frames -> 3 groups, the last one completed with zeros
     lambda: FineTuneMP(5),
     lambda: FineTuneRNN(5, 8),
+    lambda: FineTuneRNN(5, 8, frame_stack=2),
 ])
 def test_padded_and_unpadded_give_the_same_vector(make):
     torch.manual_seed(0)

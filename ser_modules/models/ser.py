@@ -54,6 +54,11 @@ class FrozenASRLayer(nn.Module):
         return self.asr.forward_layers(feats, frames, [self.layer])[self.layer]
 
 
+def stacked_lengths(lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """Sequence lengths after stacking ``k`` frames per step (a partial last group counts)."""
+    return (lengths + k - 1).div(k, rounding_mode="floor")
+
+
 class BiGRUBaseline(nn.Module):
     """Lakomkin 2018 baseline: 2-layer bidirectional GRU on MFCC+delta+pitch, mean of the second
     layer's outputs over valid frames, dropout 0.25, softmax classifier (hidden 64 / 96 / 128).
@@ -78,7 +83,7 @@ class BiGRUBaseline(nn.Module):
     def forward_flops(self, lengths) -> int:
         """Forward FLOPs for utterances of ``lengths`` input frames (:mod:`~ser_modules.models.flops`)."""
         lengths = torch.as_tensor(lengths).reshape(-1)
-        steps = (lengths + self.frame_stack - 1).div(self.frame_stack, rounding_mode="floor")
+        steps = stacked_lengths(lengths, self.frame_stack)
         flops = sum(rnn.forward_flops(steps) for rnn in self.rnns)
         n = len(lengths)
         if isinstance(self.classifier, nn.Linear):
@@ -122,18 +127,21 @@ class FineTuneRNN(nn.Module):
     The paper does not give the GRU's size; the default matches the best baseline (96, bidirectional)."""
 
     def __init__(self, input_size: int, hidden_size: int = 96, bidirectional: bool = True, n_classes: int = 4,
-                 dropout: float = 0.25):
+                 dropout: float = 0.25, frame_stack: int = 1):
         super().__init__()
-        self.rnn = MaskedRNN("gru", input_size, hidden_size, bidirectional=bidirectional)
+        self.frame_stack = int(frame_stack)  # k ASR frames per GRU step, as in the baseline (paper: 1)
+        self.rnn = MaskedRNN("gru", input_size * self.frame_stack, hidden_size, bidirectional=bidirectional)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.rnn.output_size, n_classes)
 
     def forward_flops(self, lengths) -> int:
         """Forward FLOPs for utterances of ``lengths`` frames (:mod:`~ser_modules.models.flops`)."""
-        n = len(torch.as_tensor(lengths).reshape(-1))
-        return self.rnn.forward_flops(lengths) + linear_flops(self.classifier.in_features, self.classifier.out_features, n)
+        lengths = torch.as_tensor(lengths).reshape(-1)
+        return (self.rnn.forward_flops(stacked_lengths(lengths, self.frame_stack))
+                + linear_flops(self.classifier.in_features, self.classifier.out_features, len(lengths)))
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x, lengths = stack_frames(x, lengths, self.frame_stack)
         return masked_mean(self.rnn(x, lengths), lengths)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
