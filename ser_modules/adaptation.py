@@ -107,6 +107,15 @@ def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]
     return paths
 
 
+def stage_lr(hp: dict, part: str) -> float:
+    """The learning rate of one adaptation stage: ``lr`` times the stage's entry of
+    ``stage_lr_scale`` (one factor per entry of ``stages``; absent: 1)."""
+    scales = hp.get("stage_lr_scale") or [1.0] * len(hp["stages"])
+    if len(scales) != len(hp["stages"]):
+        raise ManifestError(f"stage_lr_scale has {len(scales)} entries for {len(hp['stages'])} stages {hp['stages']}")
+    return float(hp["lr"]) * float(scales[list(hp["stages"]).index(part)])
+
+
 def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str, str], out_dir: str,
               run_opts: dict, brain_class, start_error: float | None = None) -> dict:
     """One adaptation stage in ``out_dir`` (resumable); leaves the model at its best state by the
@@ -139,6 +148,7 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
     counter = EpochCounterWithStopper(hp["epochs_per_stage"], hp["patience"], 0, "min")
     checkpointer.add_recoverable("counter", counter)
     stage_hp = {**hp, "model": model, "checkpointer": checkpointer, "epoch_counter": counter,
+                "lr": stage_lr(hp, part),  # the Brain sets each epoch's lr from it
                 "teacher_forcing": teacher_forcing, "train_csv": data["train"], "valid_csv": data["valid"],
                 "train_logger": FileTrainLogger(os.path.join(out_dir, "train_log.txt")), "lr_decay": 1.0}
     logger.info("adaptation stage %s: %d trainable parameters, teacher forcing %.2f, %s", part, trainable,

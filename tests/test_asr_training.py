@@ -10,7 +10,8 @@ import speechbrain as sb
 import torch
 
 from prepare_librispeech import read_librispeech
-from ser_modules.adaptation import run_stage
+from ser_modules.adaptation import run_stage, stage_lr
+from ser_modules.fileio import ManifestError
 from ser_modules.asr_training import CTCBrain, LASBrain, evaluate_asr, fit_asr, run_options, update_asr_results
 from ser_modules.data import LengthBucketBatchSampler, asr_dataset
 from ser_modules.hparams import load_stage_hparams
@@ -89,7 +90,8 @@ def test_resume_after_interrupted_epoch_matches_uninterrupted(asr_data, tmp_path
 
 def adaptation_hparams(asr_hp, out, *overrides):
     hp, _ = load_stage_hparams(os.path.join(REPO, "recipes", "las_adapt", "conf"), "adapt", "demo",
-                               {"output_folder": str(out)}, ["adapt.lr=0.01", "adapt.batch_size=4", *overrides])
+                               {"output_folder": str(out)},
+                               ["adapt.lr=0.01", "adapt.batch_size=4", "adapt.select_on=CER", *overrides])
     return {**hp, "vocab": asr_hp["vocab"], "features": asr_hp["features"]}
 
 
@@ -129,6 +131,28 @@ def test_adaptation_stage_scores_its_start_when_not_given(asr_data, tmp_path):
     record = run_stage(model, hp, "encoder", 1.0, data, str(tmp_path / "stage"),
                        run_options("cpu", noprogressbar=True), LASBrain)
     assert record["start"] == pytest.approx(expected, abs=0.01) and record["kept_start"]
+
+
+def test_adaptation_stage_learning_rates(asr_data, tmp_path):
+    hp = {"lr": 1e-3, "stages": ["encoder", "decoder", "all"]}
+    assert stage_lr(hp, "decoder") == 1e-3  # no scales: the shared lr
+    hp["stage_lr_scale"] = [1.0, 0.25, 0.5]
+    assert [stage_lr(hp, p) for p in hp["stages"]] == [1e-3, 2.5e-4, 5e-4]
+    with pytest.raises(ManifestError, match="stage_lr_scale has 2 entries for 3 stages"):
+        stage_lr({**hp, "stage_lr_scale": [1.0, 0.5]}, "all")
+    # The optimiser of a stage runs at its scaled rate.
+    asr_hp = tiny_hparams("las_adapt", asr_data, tmp_path / "asr")
+    seen = []
+
+    class Recording(LASBrain):
+        def on_stage_end(self, stage, stage_loss, epoch=None):
+            seen.append(self.optimizer.param_groups[0]["lr"])
+            super().on_stage_end(stage, stage_loss, epoch)
+
+    hp = adaptation_hparams(asr_hp, tmp_path / "adapt", "adapt.epochs_per_stage=1", "adapt.stage_lr_scale=[1.0,0.1,1.0]")
+    run_stage(asr_hp["model"], hp, "decoder", 1.0, {"train": asr_hp["train_csv"], "valid": asr_hp["valid_csv"]},
+              str(tmp_path / "stage"), run_options("cpu", noprogressbar=True), Recording, start_error=50.0)
+    assert seen and all(lr == pytest.approx(0.001) for lr in seen)  # adapt.lr=0.01 x 0.1
 
 
 def test_sampler_sortagrad_then_shuffled_buckets():
