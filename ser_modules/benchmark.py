@@ -510,7 +510,7 @@ def _run_measured(cmd: list[str], log_path: str) -> tuple[float, float]:
     return time.perf_counter() - started, peak
 
 
-def scaling(out: str, factors=(1, 2, 4, 8), nj: int = 1, demo_dir: str | None = None) -> pd.DataFrame:
+def scaling(out: str, factors=(1, 2, 4, 8), nj: int = 2, demo_dir: str | None = None) -> pd.DataFrame:
     """Stages 4 and 5 of ``ctc_transfer`` (demo size, an untrained DS2, two SER variants at 3 epochs)
     on the demo emotion corpus replicated ``factors`` times."""
     from ser_modules.asr_models import export_model, model_blocks
@@ -525,7 +525,8 @@ def scaling(out: str, factors=(1, 2, 4, 8), nj: int = 1, demo_dir: str | None = 
     conf = os.path.join(RECIPES, "ctc_transfer", "conf")
     protocol, folds = "lakomkin2018", "loso"
     overrides = ["ser.variants=[{name: RNN-2, type: rnn, asr: pretrained, layer: gru2, hidden: 32, max_epochs: 3},"
-                 " {name: baseline, type: baseline, hidden: 32, max_epochs: 3}]", "ser.n_runs=1", "dump.augmented_copies=0"]
+                 " {name: baseline, type: baseline, hidden: 32, max_epochs: 3}]", "ser.n_runs=1", "dump.augmented_copies=0",
+                 "dump.egemaps=False"]  # the two variants read the DS2 layer and the handcrafted features only
     rows = []
     for factor in factors:
         exp = os.path.join(work, f"x{factor}")
