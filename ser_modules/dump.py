@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ser_modules.asr_training import absolute_lengths
 from ser_modules.data import LengthBucketBatchSampler, manifest_dataset, read_utterance
-from ser_modules.features import feature_config
+from ser_modules.features import feature_config, minimum_samples
 from ser_modules.fileio import ManifestError, read_json, write_csv, write_json
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,16 @@ def utterances_key(frame: pd.DataFrame) -> str:
     """Hash of the utterances (ids, audio paths, segments, durations) a store covers."""
     cols = [c for c in ("ID", "wav", "seg_start", "seg_end", "duration") if c in frame.columns]
     return hashlib.sha1(frame[cols].astype(str).to_csv(index=False).encode()).hexdigest()
+
+
+def check_durations(utterances: pd.DataFrame, features, sample_rate: int = 16000) -> None:
+    """Raise :class:`ManifestError` naming the first utterance shorter than one analysis window of ``features``."""
+    shortest = minimum_samples(features) / sample_rate
+    short = utterances[utterances["duration"].astype(float) < shortest]
+    if len(short):
+        row = short.iloc[0]
+        raise ManifestError(f"{row['wav']}: utterance {row['ID']} lasts {float(row['duration']) * 1000:.1f} ms, shorter "
+                            f"than the model's minimum of {shortest * 1000:.1f} ms ({len(short)} such utterance(s))")
 
 
 def store_key(parts: dict) -> str:
@@ -188,6 +198,7 @@ def dump_asr_layers(model: torch.nn.Module, features: torch.nn.Module, utterance
     key = store_key({"model": model_sha1, "layers": sorted(layers), "features": feature_config(features),
                      "utterances": utterances_key(utterances), "dtype": dtype})
     folder = os.path.join(root, name, key)
+    check_durations(utterances, features)
     model.eval()
     layers = list(layers)
 
@@ -249,6 +260,7 @@ def dump_features(utterances: pd.DataFrame, root: str, extractor, name: str, lay
               "copies": copies, "seed": seed if copies else None}
     key = store_key({**config, "utterances": utterances_key(utterances), "dtype": dtype})
     folder = os.path.join(root, name, key)
+    check_durations(utterances, extractor)
 
     def fill(writer):
         started, seconds = time.time(), 0.0

@@ -93,14 +93,22 @@ def read_manifest(path: str, required: Sequence[str] = ("ID",)) -> pd.DataFrame:
     return frame
 
 
-def run_main(main: Callable[[], object], name: str) -> None:
-    """Run a command-line ``main``; a :class:`ManifestError` (its message names the file and the problem,
-    e.g. a corpus lacking what a stage needs) ends it with that one line and exit code 1, not a traceback."""
+def run_main(main: Callable[[], object], name: str):
+    """Run a command-line ``main`` and return its result. A :class:`ManifestError`, an
+    :class:`~ser_modules.hparams.HparamsError` or an :class:`~ser_modules.audio.AudioReadError` (their
+    messages name the file or key and the problem) ends it with that one line and exit code 1, not a
+    traceback; Ctrl-C with one line and exit code 130."""
+    from ser_modules.audio import AudioReadError
+    from ser_modules.hparams import HparamsError
+
     try:
-        main()
-    except ManifestError as err:
+        return main()
+    except (ManifestError, HparamsError, AudioReadError) as err:
         logging.getLogger(name).error("%s", err)
         sys.exit(1)
+    except KeyboardInterrupt:
+        logging.getLogger(name).error("interrupted: finished work is kept, a rerun resumes")
+        sys.exit(130)
 
 
 def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:

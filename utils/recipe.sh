@@ -135,6 +135,13 @@ parse_recipe_options() {
   log_file=$exp_dir/run.log
   export PYTHONPATH="$toolkit_root${PYTHONPATH:+:$PYTHONPATH}"
   $python -m ser_modules.hparams check --conf-dir "$conf_dir" -- "${overrides[@]}"
+  local n
+  for n in "$stage" "$stop_stage"; do
+    case "$n" in [1-6]) ;; *) echo "$0: --stage and --stop-stage must be stage numbers 1-6, got '$n'" >&2; exit 2 ;; esac
+  done
+  if [ "$stage" -gt "$stop_stage" ]; then
+    echo "$0: --stage $stage is after --stop-stage $stop_stage: no stage to run" >&2; exit 2
+  fi
 }
 
 log() {
