@@ -30,6 +30,7 @@ from ser_modules.asr_training import absolute_lengths
 from ser_modules.data import LengthBucketBatchSampler, manifest_dataset, read_utterance
 from ser_modules.features import feature_config, minimum_samples
 from ser_modules.fileio import ManifestError, read_json, write_csv, write_json
+from ser_modules.jobs import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,18 @@ def utterances_key(frame: pd.DataFrame) -> str:
     """Hash of the utterances (ids, audio paths, segments, durations) a store covers."""
     cols = [c for c in ("ID", "wav", "seg_start", "seg_end", "duration") if c in frame.columns]
     return hashlib.sha1(frame[cols].astype(str).to_csv(index=False).encode()).hexdigest()
+
+
+def read_stores(path: str) -> dict:
+    """A ``stores_<protocol>.json`` of stage 4 with its paths (kept relative to the file's folder, so the
+    experiment may move) made absolute."""
+    stores, root = read_json(path), os.path.dirname(os.path.abspath(path))
+    if stores.get("utterances"):
+        stores["utterances"] = os.path.join(root, stores["utterances"])
+    for info in [*stores.get("asr", {}).values(), stores.get("handcrafted"), stores.get("egemaps")]:
+        if info:
+            info["folder"] = os.path.join(root, info["folder"])
+    return stores
 
 
 def check_durations(utterances: pd.DataFrame, features, sample_rate: int = 16000) -> None:
@@ -153,6 +166,7 @@ class _StoreWriter:
             row[f"offset_{name}"], row[f"frames_{name}"] = self.offsets[name], a.shape[0]
             self.offsets[name] += a.shape[0]
         self.rows.append(row)
+        fault_point("utterance")
 
     def close(self, meta: dict) -> None:
         for f in self.files.values():
@@ -163,12 +177,32 @@ class _StoreWriter:
         write_json(os.path.join(self.folder, "meta.json"), meta)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(root: str) -> None:
+    """Remove the ``*.partial-<pid>`` folders in ``root`` left by killed dumps (their process is gone)."""
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        stem, sep, pid = name.rpartition(".partial-")
+        if sep and pid.isdigit() and not _alive(int(pid)):
+            logger.info("removing %s, left by an interrupted dump", os.path.join(root, name))
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
 def _write_store(folder: str, layers: list[str], dtype: str, meta: dict, fill) -> FeatureStore:
     """Create ``folder`` atomically: ``fill(writer)`` adds every utterance into a temporary folder and
     returns extra metadata (throughput)."""
     if os.path.isfile(os.path.join(folder, "meta.json")):
         logger.info("reusing representation store %s", folder)
         return FeatureStore(folder)
+    remove_stale_partials(os.path.dirname(folder))
     tmp = f"{folder}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

@@ -106,7 +106,8 @@ class EmotionRecognizer:
         vdir = os.path.join(ser_dir, variant)
         if not os.path.isdir(vdir):
             raise ManifestError(f"{exp_dir}: no SER variant {variant!r}; trained: {sorted(os.listdir(ser_dir))}")
-        fold_names = [fold] if fold else sorted(f for f in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, f)))
+        fold_names = [fold] if fold else sorted(f for f in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, f))
+                                                and not f.startswith("."))
         models, spec, classes = [], None, None
         for name in fold_names:
             run_dir = os.path.join(vdir, name, f"run{run}")

@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -178,3 +180,215 @@ def test_a_preparer_error_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "local", "prepare_csv.py"), "--root", str(csv), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
     one_line_error(proc, "1 class(es) ['sad'] left")
+
+
+# ----------------------------------------------------------------------------------------------
+# Finished work is never lost; stage 6 never scores an incomplete variant silently
+
+
+def finished_runs(exp) -> dict[str, bytes]:
+    """Every finished SER run's predictions (path relative to ``ser/`` -> bytes)."""
+    out = {}
+    for variant in SER_VARIANTS:
+        for fold in FOLDS:
+            run_dir = exp / "ser" / variant / fold / "run0"
+            if (run_dir / "predictions.csv").is_file() and (run_dir / "model.pt").is_file():
+                out[f"{variant}/{fold}"] = (run_dir / "predictions.csv").read_bytes()
+    return out
+
+
+def work_folders(exp) -> list[str]:
+    """Unfinished work left in the experiment: hidden work folders and interrupted dumps."""
+    return sorted(os.path.relpath(os.path.join(d, n), exp) for d, dirs, _ in os.walk(exp) for n in dirs
+                  if n.endswith(".partial") or n.endswith(".old") or ".partial-" in n)
+
+
+def test_a_changed_configuration_keeps_finished_runs_until_their_replacement_is_complete(base, tiny_demo, tmp_path):
+    exp = copy_experiment(base, tmp_path)
+    before = finished_runs(exp)
+    assert len(before) == 4
+    # The new configuration retrains every run; the stage is killed after its first finished run.
+    proc = run(exp, tiny_demo, "ser.dropout=0.5", "--stage", "5", "--stop-stage", "5", check=False,
+               env={"SER_FAULT": "job:1:SIGKILL"})
+    assert proc.returncode != 0
+    after = finished_runs(exp)
+    assert len(after) == 4  # nothing deleted: one run replaced, three as they were
+    assert sum(after[k] != before[k] for k in before) == 1
+    run(exp, tiny_demo, "ser.dropout=0.5", "--stage", "5", "--stop-stage", "5")
+    assert len(finished_runs(exp)) == 4 and work_folders(exp) == []
+
+
+def test_stage6_refuses_a_variant_with_fewer_folds_x_runs_than_planned(base, tiny_demo, tmp_path):
+    exp = copy_experiment(base, tmp_path)
+    shutil.rmtree(exp / "ser" / "MP-1" / "session2")
+    proc = run(exp, tiny_demo, "--stage", "6", check=False)
+    one_line_error(proc, "MP-1: predictions of 1 of the 2 planned (fold, run) pairs", "score.allow_incomplete=True")
+    run(exp, tiny_demo, "--stage", "6", "score.allow_incomplete=True")
+    results = (exp / "RESULTS.md").read_text()
+    assert "**MP-1 (incomplete)**" in results and "| 1 × 1 |" in results
+    assert "baseline-8 (incomplete)" not in results
+
+
+# ----------------------------------------------------------------------------------------------
+# A moved experiment is still finished, and answers inference
+
+
+def test_a_moved_experiment_reruns_every_stage_as_already_done_and_answers_inference(base, tiny_demo, tmp_path):
+    from ser_modules.infer import EmotionRecognizer
+
+    first = copy_experiment(base, tmp_path / "a")
+    moved = tmp_path / "b" / "elsewhere"
+    moved.parent.mkdir()
+    shutil.move(str(first), str(moved))
+    outputs = ["asr/model.pt", "adapt/finetuned/session1/model.pt", "adapt/pretrained/session2/inputs.json",
+               *[f"ser/{v}/{f}/run0/predictions.csv" for v in SER_VARIANTS for f in FOLDS]]
+    stamps = {p: os.stat(moved / p).st_mtime_ns for p in outputs}
+    stores = sorted(p for p in os.listdir(moved / "dump" / "pretrained"))
+    proc = run(moved, tiny_demo)
+    assert "stage 1: data already prepared" in proc.stderr
+    assert "stage 2 already finished with this configuration" in proc.stderr
+    assert "reusing representation store" in proc.stderr
+    assert "stage 5: 4 of 4 trainings already finished" in proc.stderr
+    assert {p: os.stat(moved / p).st_mtime_ns for p in outputs} == stamps  # nothing redone
+    assert sorted(os.listdir(moved / "dump" / "pretrained")) == stores
+    assert str(base) not in (moved / "dump" / "stores_lakomkin2018.json").read_text()
+    assert str(base) not in (moved / "adapt" / "finetuned" / "session1" / "model.json").read_text()
+    manifest = pd.read_csv(moved / "data" / "emotion" / "lakomkin2018" / "manifest.csv", keep_default_na=False)
+    stage5 = pd.read_csv(moved / "ser" / "MP-1" / "session1" / "run0" / "predictions.csv", keep_default_na=False)
+    wav = dict(zip(manifest["ID"], manifest["wav"]))[stage5["ID"].iloc[0]]
+    row = EmotionRecognizer.from_experiment(str(moved), "MP-1", fold="session1").predict_files([wav])[0]
+    assert row["status"] == "ok" and row["emotion"] == stage5["predicted"].iloc[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Signals: a kill inside stages 2-5, then a rerun equal to the uninterrupted run
+
+
+def stage_outputs_equal(stage: int, exp, base) -> None:
+    if stage == 2:
+        files = ["asr/model.pt"]
+    elif stage == 3:
+        files = [f"adapt/finetuned/{f}/model.pt" for f in FOLDS]
+    elif stage == 4:
+        files = [os.path.relpath(os.path.join(d, n), base) for d, _, names in os.walk(base / "dump")
+                 for n in names if n.endswith(".bin")]
+        assert len(files) >= 3 and sorted(files) == sorted(
+            os.path.relpath(os.path.join(d, n), exp) for d, _, names in os.walk(exp / "dump") for n in names
+            if n.endswith(".bin"))
+    else:
+        files = [f"ser/{v}/{f}/run0/predictions.csv" for v in SER_VARIANTS for f in FOLDS]
+    for path in files:
+        if path.endswith(".pt"):
+            got, want = torch.load(exp / path), torch.load(base / path)
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), path
+        else:
+            assert (exp / path).read_bytes() == (base / path).read_bytes(), path
+
+
+def processes_with(token: str) -> list[int]:
+    """Processes whose environment holds ``token`` (the killed stage and any worker it left)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if token.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+STAGE_FOLDER = {2: "asr", 3: "adapt", 4: "dump", 5: "ser"}
+# Where each stage is killed: SIGKILL inside a job of a one-process stage (an epoch of stage 2's ASR
+# training, of the second fold's adaptation in stage 3, of an MP-1 training in stage 5 after both
+# baseline-8 runs; an utterance of the first stage-4 store); SIGTERM to the main process of a stage
+# whose jobs run in 2 worker processes (after its first job, or during the handcrafted features'
+# pool), or of stage 2 after an epoch. Stage 5's SIGTERM comes from the runner on Ctrl-C (below).
+KILLS = {
+    (2, "SIGKILL"): ("epoch:1", 1), (3, "SIGKILL"): ("epoch:3", 1), (4, "SIGKILL"): ("utterance:5", 1),
+    (5, "SIGKILL"): ("epoch:5", 1),
+    (2, "SIGTERM"): ("epoch:1", 1), (3, "SIGTERM"): ("job:1", 2), (4, "SIGTERM"): ("handcrafted", 2),
+}
+
+
+@dataclass
+class Killed:
+    exp: object
+    killed: subprocess.CompletedProcess
+    survivors: list  # processes of the killed run still alive after it ended
+    left: list  # work folders left by the kill
+    rerun: subprocess.CompletedProcess
+
+
+def kill_and_rerun(base, tiny_demo, root, stage: int, signal_name: str) -> Killed:
+    exp = copy_experiment(base, root, f"stage{stage}-{signal_name}")
+    shutil.rmtree(exp / STAGE_FOLDER[stage])
+    point, nj = KILLS[(stage, signal_name)]
+    if point == "handcrafted":  # past the ASR store's utterances, into the handcrafted features' pool
+        point = f"utterance:{len(pd.read_csv(base / 'dump' / 'utterances_lakomkin2018.csv')) + 3}"
+    token = f"SER_FAULT_TEST_{os.getpid()}_{stage}_{signal_name}"
+    only = ["--stage", str(stage), "--stop-stage", str(stage)]
+    killed = run(exp, tiny_demo, *only, "--nj", str(nj), check=False,
+                 env={"SER_FAULT": f"{point}:{signal_name}", token: "1"})
+    survivors, left = processes_with(token), work_folders(exp)
+    return Killed(exp, killed, survivors, left, run(exp, tiny_demo, *only, check=False))
+
+
+@pytest.fixture(scope="module")
+def kills(base, tiny_demo, tmp_path_factory):
+    """Every kill scenario, two at a time (each is mostly one single-threaded process)."""
+    root = tmp_path_factory.mktemp("kills")
+    with ThreadPoolExecutor(2) as pool:
+        futures = {key: pool.submit(kill_and_rerun, base, tiny_demo, root, *key) for key in KILLS}
+        yield {key: f.result() for key, f in futures.items()}
+
+
+@pytest.mark.parametrize("stage,signal_name", list(KILLS), ids=[f"stage{s}-{n}" for s, n in KILLS])
+def test_a_killed_stage_resumes_to_the_uninterrupted_results(base, kills, stage, signal_name):
+    k = kills[(stage, signal_name)]
+    assert k.killed.returncode != 0, k.killed.stderr[-2000:]
+    assert k.survivors == []  # no worker outlives its stage
+    if signal_name == "SIGTERM":
+        assert "Traceback" not in k.killed.stderr, k.killed.stderr[-3000:]
+        assert not [p for p in k.left if ".partial-" in p]  # an interrupted dump cleans up
+    assert k.rerun.returncode == 0, k.rerun.stderr[-3000:]
+    stage_outputs_equal(stage, k.exp, base)
+    assert work_folders(k.exp) == []
+
+
+def test_ctrl_c_to_the_runner_stops_stage5_and_its_workers_and_a_rerun_resumes(base, tiny_demo, tmp_path):
+    import signal
+    import time
+
+    exp = copy_experiment(base, tmp_path)
+    shutil.rmtree(exp / "ser")
+    token = f"SER_FAULT_TEST_{os.getpid()}_sigint"
+    args = ["--stage", "5", "--stop-stage", "5", "--nj", "2"]
+    cmd = ["bash", os.path.join(REPO, "recipes", "ctc_transfer", "run.sh"), "--exp-dir", str(exp), "--size", "demo",
+           "--emotion-corpus", "iemocap", "--emotion-root", tiny_demo["iemocap"], "--asr-corpus", "librispeech",
+           "--asr-root", tiny_demo["librispeech"], "--folds", "loso", *TINY, *args]
+    # The stage stops itself (SIGSTOP) after its first finished job: the runner is then sure to be waiting for it.
+    runner = subprocess.Popen(cmd, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+                                        "SER_FAULT": "job:1:SIGSTOP", token: "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def stopped_stage() -> bool:
+        for pid in processes_with(token):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                        return True
+            except OSError:
+                continue
+        return False
+
+    while not stopped_stage():
+        assert runner.poll() is None, runner.communicate()
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGINT)
+    _, stderr = runner.communicate(timeout=300)
+    assert runner.returncode == 130 and "stopped by SIGINT: finished work is kept" in stderr, stderr[-3000:]
+    assert processes_with(token) == []
+    assert 1 <= len(finished_runs(exp)) < 4
+    run(exp, tiny_demo, "--stage", "5", "--stop-stage", "5")
+    stage_outputs_equal(5, exp, base)
