@@ -22,7 +22,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ser_modules.corpus import drop_long_utterances, write_asr_split, write_summary  # noqa: E402
-from ser_modules.fileio import ManifestError, setup_logging  # noqa: E402
+from ser_modules.fileio import ManifestError, run_main, setup_logging  # noqa: E402
 
 logger = logging.getLogger("prepare_asr")
 
@@ -102,4 +102,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "prepare_asr")

@@ -23,7 +23,6 @@ import argparse
 import logging
 import os
 import re
-import sys
 from collections import Counter
 
 import pandas as pd
@@ -31,7 +30,7 @@ import pandas as pd
 from ser_modules.audio import audio_duration
 from ser_modules.corpus import IEMOCAP_CLASSES, complete_columns, write_emotion_protocol, write_summary, EMOTION_COLUMNS
 from ser_modules.dialog import UTTERANCE_ID as _UTT_ID, add_context, parse_transcription_lines
-from ser_modules.fileio import ManifestError, setup_logging, write_csv
+from ser_modules.fileio import ManifestError, run_main, setup_logging, write_csv
 from ser_modules.folds import leave_one_session_out, leave_one_speaker_out
 from ser_modules.text import remove_special_tokens
 
@@ -250,4 +249,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "prepare_iemocap")

@@ -153,10 +153,9 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
                 "train_logger": FileTrainLogger(os.path.join(out_dir, "train_log.txt")), "lr_decay": 1.0}
     logger.info("adaptation stage %s: %d trainable parameters, teacher forcing %.2f, %s", part, trainable,
                 teacher_forcing, out_dir)
-    brain = fit_asr(stage_hp, run_opts, brain_class, evaluate_start=start_error is None)
+    brain = fit_asr(stage_hp, run_opts, brain_class, start_json=start_json if start_error is None else None)
     if start_error is None:
         start_error = brain.start_stats[key]
-        write_json(start_json, brain.start_stats)
     ckpt = load_best(checkpointer, key)
     best = checkpointer.find_checkpoint(min_key=key).meta[key]
     kept_start = start_error <= best
@@ -167,7 +166,7 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
         with atomic_path(kept_path) as tmp:
             torch.save(start_state, tmp)
     set_trainable(model, "all")
-    record = {"checkpoint": ckpt, "part": part, "trainable_parameters": trainable, "select_on": key,
+    record = {"checkpoint": os.path.relpath(ckpt, out_dir) if ckpt else None, "part": part, "trainable_parameters": trainable, "select_on": key,
               "start": start_error, "best_epoch": best, "kept_start": kept_start, "valid": min(start_error, best)}
     write_json(done, record)
     return record

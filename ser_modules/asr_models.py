@@ -55,12 +55,14 @@ def export_model(model: torch.nn.Module, out_dir: str, asr_hparams: str, rank: i
                  extra: dict | None = None) -> str:
     """Save ``model``'s weights as ``out_dir/model.pt`` with ``model.json`` (atomic writes).
 
-    ``asr_hparams`` is a file holding the model blocks (:func:`model_blocks`) of stage 2."""
+    ``asr_hparams`` is a file holding the model blocks (:func:`model_blocks`) of stage 2; ``model.json``
+    gives its path relative to ``out_dir``, so the experiment folder may move."""
     path = os.path.join(out_dir, "model.pt")
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     write_json(os.path.join(out_dir, "model.json"),
-               {"asr_hparams": os.path.abspath(asr_hparams), "rank": rank, "sha1": file_digest(path), **(extra or {})})
+               {"asr_hparams": os.path.relpath(os.path.abspath(asr_hparams), os.path.abspath(out_dir)), "rank": rank,
+                "sha1": file_digest(path), **(extra or {})})
     return path
 
 
@@ -74,9 +76,9 @@ def list_asr_models(exp_dir: str) -> list[ASRModelRef]:
     if os.path.isdir(adapt):
         for variant in sorted(os.listdir(adapt)):
             vdir = os.path.join(adapt, variant)
-            if not os.path.isdir(vdir) or variant == "data":
+            if not os.path.isdir(vdir) or variant == "data" or variant.startswith("."):
                 continue
-            for fold in sorted(os.listdir(vdir)):
+            for fold in sorted(f for f in os.listdir(vdir) if not f.startswith(".")):  # not unfinished work
                 path = os.path.join(vdir, fold, "model.pt")
                 if os.path.isfile(path):
                     refs.append(ASRModelRef(variant, fold, path))
@@ -104,7 +106,7 @@ def load_asr_model(path: str, device: str = "cpu"):
 
     info_path = os.path.join(os.path.dirname(path), "model.json")
     info = read_json(info_path)
-    model, features, vocab = build_from_hparams(info["asr_hparams"])
+    model, features, vocab = build_from_hparams(os.path.join(os.path.dirname(path), info["asr_hparams"]))
     if info.get("rank"):
         factorize_listener(model, int(info["rank"]))
     try:

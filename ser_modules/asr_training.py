@@ -23,7 +23,8 @@ from speechbrain.utils.metric_stats import ErrorRateStats
 from tqdm import tqdm
 
 from ser_modules.decoding import Transcriber, ctc_greedy
-from ser_modules.fileio import atomic_path, write_csv
+from ser_modules.fileio import atomic_path, write_csv, write_json
+from ser_modules.jobs import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class ASRBrain(sb.Brain):
             self.hparams.epoch_counter.update_metric(stats[key])
             self.checkpointer.save_and_keep_only(meta={"CER": stats["CER"], "WER": stats["WER"], "epoch": epoch},
                                                  min_keys=[key], num_to_keep=1)
+            fault_point("epoch")
 
 
 class CTCBrain(ASRBrain):
@@ -238,9 +240,10 @@ def run_options(device: str, precision: str = "fp32", noprogressbar: bool = Fals
             "noprogressbar": noprogressbar}
 
 
-def fit_asr(hparams: dict, run_opts: dict, brain_class=None, evaluate_start: bool = False) -> sb.Brain:
+def fit_asr(hparams: dict, run_opts: dict, brain_class=None, start_json: str | None = None) -> sb.Brain:
     """Train ``hparams['model']`` on ``train_csv`` / ``valid_csv``, resuming from the checkpointer.
-    With ``evaluate_start``, the model is first scored on ``valid_csv`` (``brain.start_stats``).
+    With ``start_json``, the model is first scored on ``valid_csv`` (``brain.start_stats``), written to
+    ``start_json`` before any update, so that a run interrupted later resumes knowing its start.
 
     Hparams used: ``brain_class``, ``vocab``, ``model``, ``opt_class``, ``checkpointer``,
     ``epoch_counter``, ``batch_size``, ``sortagrad_epochs``, ``seed``, ``num_workers``,
@@ -272,9 +275,10 @@ def fit_asr(hparams: dict, run_opts: dict, brain_class=None, evaluate_start: boo
                                             shuffle=False)
     workers = hparams.get("num_workers", 0)
     valid_kwargs = {"batch_sampler": eval_sampler, "num_workers": workers}
-    if evaluate_start:  # the validation scores of the model before any update (no checkpoint exists yet)
+    if start_json:  # the validation scores of the model before any update (no checkpoint exists yet)
         brain.evaluate(valid, test_loader_kwargs=dict(valid_kwargs), progressbar=False)  # evaluate edits its kwargs
         brain.start_stats = dict(brain.last_stats)
+        write_json(start_json, brain.start_stats)
     brain.fit(hparams["epoch_counter"], train, valid,
               train_loader_kwargs={"batch_sampler": sampler, "num_workers": workers}, valid_loader_kwargs=valid_kwargs)
     return brain

@@ -18,7 +18,21 @@ TARGET_SAMPLE_RATE = 16000
 
 
 class AudioReadError(RuntimeError):
-    """An audio file is missing, empty, corrupt or not audio; the message names the file."""
+    """An audio file is missing, empty, corrupt, not audio, or holds no usable signal (non-finite or
+    only zero samples, shorter than a model can hear); the message names the file."""
+
+
+def check_signal(wav: torch.Tensor, path: str, min_samples: int = 0, sample_rate: int = TARGET_SAMPLE_RATE) -> None:
+    """Raise :class:`AudioReadError` naming ``path`` when ``wav`` has NaN or infinite samples, only zero
+    samples, or fewer than ``min_samples`` samples (e.g. one analysis window of the model's features)."""
+    bad = int((~torch.isfinite(wav)).sum())
+    if bad:
+        raise AudioReadError(f"{path}: {bad} of {wav.numel()} samples are not finite (NaN or infinite)")
+    if wav.numel() and not bool(wav.abs().max() > 0):
+        raise AudioReadError(f"{path}: every sample is zero (digital silence), nothing to recognise")
+    if wav.numel() < min_samples:
+        raise AudioReadError(f"{path}: {wav.numel() / sample_rate * 1000:.1f} ms is shorter than the model's "
+                             f"minimum of {min_samples / sample_rate * 1000:.1f} ms")
 
 
 def audio_info(path: str) -> tuple[int, int, int]:
@@ -47,7 +61,8 @@ def load_audio(
     """Read ``path`` (optionally the segment ``[start, end)`` in seconds) as mono float32 at ``target_sr``.
 
     Channels are averaged; any sample rate is resampled. Returns a 1-D tensor ``[samples]``.
-    Raises :class:`AudioReadError` naming the file when it is missing, empty, corrupt or not audio.
+    Raises :class:`AudioReadError` naming the file when it is missing, empty, corrupt or not audio, or
+    when its samples are not finite or all zero (:func:`check_signal`).
     """
     sr, frames, _ = audio_info(path)
     first = 0 if start is None else max(0, int(round(start * sr)))
@@ -63,6 +78,7 @@ def load_audio(
     if data.size == 0:
         raise AudioReadError(f"{path}: the file holds no audio samples")
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    check_signal(wav, path, sample_rate=sr)
     if sr != target_sr:
         wav = resample(wav, sr, target_sr)
     return wav

@@ -68,11 +68,13 @@ def parse_label_map(spec: str | None) -> dict[str, str] | None:
     return mapping
 
 
-# RAVDESS / CREMA-D / EmoDB emotions onto the four IEMOCAP classes (happy, angry, sad, neutral).
+# RAVDESS / CREMA-D / EmoDB emotions, and corpora already labelled with IEMOCAP's short codes (excited
+# joins happy, as in IEMOCAP's standard protocol), onto the four IEMOCAP classes.
 LABEL_MAPS = {
     "iemocap4": {
         "neutral": "neu", "calm": "neu", "happy": "hap", "happiness": "hap", "sad": "sad", "sadness": "sad",
-        "angry": "ang", "anger": "ang",
+        "angry": "ang", "anger": "ang", "excited": "hap",
+        "neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang",
     },
 }
 
@@ -84,18 +86,32 @@ def resolve_label_map(spec: str | None) -> dict[str, str] | None:
     return parse_label_map(spec)
 
 
-def apply_label_map(frame: pd.DataFrame, mapping: dict[str, str] | None, column: str = "label") -> pd.DataFrame:
-    """Set ``emotion`` from ``column`` through ``mapping`` and drop unmapped rows (logged)."""
+def apply_label_map(frame: pd.DataFrame, mapping: dict[str, str] | None, column: str = "label",
+                    corpus: str = "the corpus") -> pd.DataFrame:
+    """Set ``emotion`` from ``column`` through ``mapping`` (a label matches in any letter case) and drop
+    unmapped rows (logged). Fewer than 2 classes left is a :class:`ManifestError`; without a map, a
+    label of a single utterance is kept with a warning naming it."""
     frame = frame.copy()
+    found = sorted(frame[column].astype(str).unique())
     if mapping is None:
         frame["emotion"] = frame[column]
-        return frame
-    frame["emotion"] = frame[column].map(mapping)
-    dropped = frame["emotion"].isna()
-    if dropped.any():
-        logger.info("label map drops %d utterances with labels %s", int(dropped.sum()),
-                    sorted(frame.loc[dropped, column].unique()))
-    return frame[~dropped].reset_index(drop=True)
+    else:
+        lower = {k.lower(): v for k, v in mapping.items()}
+        frame["emotion"] = [mapping.get(label, lower.get(str(label).lower())) for label in frame[column]]
+        dropped = frame["emotion"].isna()
+        if dropped.any():
+            logger.info("label map drops %d utterances with labels %s", int(dropped.sum()),
+                        sorted(frame.loc[dropped, column].unique()))
+        frame = frame[~dropped].reset_index(drop=True)
+    counts = frame["emotion"].value_counts()
+    if len(counts) < 2:
+        raise ManifestError(f"{corpus}: {len(counts)} class(es) {sorted(counts.index)} left after the label map "
+                            f"{mapping}; emotion recognition needs at least 2 (labels in the corpus: {found})")
+    single = sorted(counts[counts < 2].index)
+    if mapping is None and single:
+        logger.warning("%s: label(s) %s have a single utterance and become classes of their own; map or drop "
+                       "them with --label-map", corpus, single)
+    return frame
 
 
 def drop_long_utterances(frame: pd.DataFrame, max_duration: float | None, name: str) -> pd.DataFrame:
@@ -167,9 +183,7 @@ def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_
     """
     from ser_modules.folds import leave_k_speakers_out
 
-    frame = apply_label_map(frame, label_map)
-    if frame.empty:
-        raise ManifestError(f"{corpus}: no utterances left after the label map {label_map}")
+    frame = apply_label_map(frame, label_map, corpus=corpus)
     if "session" not in frame.columns or (frame["session"] == "").all():
         frame["session"] = frame["speaker"]
     if "language" not in frame.columns:

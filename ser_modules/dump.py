@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from ser_modules.asr_training import absolute_lengths
 from ser_modules.data import LengthBucketBatchSampler, manifest_dataset, read_utterance
-from ser_modules.features import feature_config
+from ser_modules.features import feature_config, minimum_samples
 from ser_modules.fileio import ManifestError, read_json, write_csv, write_json
+from ser_modules.jobs import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,28 @@ def utterances_key(frame: pd.DataFrame) -> str:
     """Hash of the utterances (ids, audio paths, segments, durations) a store covers."""
     cols = [c for c in ("ID", "wav", "seg_start", "seg_end", "duration") if c in frame.columns]
     return hashlib.sha1(frame[cols].astype(str).to_csv(index=False).encode()).hexdigest()
+
+
+def read_stores(path: str) -> dict:
+    """A ``stores_<protocol>.json`` of stage 4 with its paths (kept relative to the file's folder, so the
+    experiment may move) made absolute."""
+    stores, root = read_json(path), os.path.dirname(os.path.abspath(path))
+    if stores.get("utterances"):
+        stores["utterances"] = os.path.join(root, stores["utterances"])
+    for info in [*stores.get("asr", {}).values(), stores.get("handcrafted"), stores.get("egemaps")]:
+        if info:
+            info["folder"] = os.path.join(root, info["folder"])
+    return stores
+
+
+def check_durations(utterances: pd.DataFrame, features, sample_rate: int = 16000) -> None:
+    """Raise :class:`ManifestError` naming the first utterance shorter than one analysis window of ``features``."""
+    shortest = minimum_samples(features) / sample_rate
+    short = utterances[utterances["duration"].astype(float) < shortest]
+    if len(short):
+        row = short.iloc[0]
+        raise ManifestError(f"{row['wav']}: utterance {row['ID']} lasts {float(row['duration']) * 1000:.1f} ms, shorter "
+                            f"than the model's minimum of {shortest * 1000:.1f} ms ({len(short)} such utterance(s))")
 
 
 def store_key(parts: dict) -> str:
@@ -143,6 +166,7 @@ class _StoreWriter:
             row[f"offset_{name}"], row[f"frames_{name}"] = self.offsets[name], a.shape[0]
             self.offsets[name] += a.shape[0]
         self.rows.append(row)
+        fault_point("utterance")
 
     def close(self, meta: dict) -> None:
         for f in self.files.values():
@@ -153,12 +177,32 @@ class _StoreWriter:
         write_json(os.path.join(self.folder, "meta.json"), meta)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(root: str) -> None:
+    """Remove the ``*.partial-<pid>`` folders in ``root`` left by killed dumps (their process is gone)."""
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        stem, sep, pid = name.rpartition(".partial-")
+        if sep and pid.isdigit() and not _alive(int(pid)):
+            logger.info("removing %s, left by an interrupted dump", os.path.join(root, name))
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
 def _write_store(folder: str, layers: list[str], dtype: str, meta: dict, fill) -> FeatureStore:
     """Create ``folder`` atomically: ``fill(writer)`` adds every utterance into a temporary folder and
     returns extra metadata (throughput)."""
     if os.path.isfile(os.path.join(folder, "meta.json")):
         logger.info("reusing representation store %s", folder)
         return FeatureStore(folder)
+    remove_stale_partials(os.path.dirname(folder))
     tmp = f"{folder}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -188,6 +232,7 @@ def dump_asr_layers(model: torch.nn.Module, features: torch.nn.Module, utterance
     key = store_key({"model": model_sha1, "layers": sorted(layers), "features": feature_config(features),
                      "utterances": utterances_key(utterances), "dtype": dtype})
     folder = os.path.join(root, name, key)
+    check_durations(utterances, features)
     model.eval()
     layers = list(layers)
 
@@ -249,6 +294,7 @@ def dump_features(utterances: pd.DataFrame, root: str, extractor, name: str, lay
               "copies": copies, "seed": seed if copies else None}
     key = store_key({**config, "utterances": utterances_key(utterances), "dtype": dtype})
     folder = os.path.join(root, name, key)
+    check_durations(utterances, extractor)
 
     def fill(writer):
         started, seconds = time.time(), 0.0

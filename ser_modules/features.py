@@ -24,6 +24,13 @@ def feature_config(module) -> dict:
     return {"class": f"{type(module).__module__}.{type(module).__qualname__}", **config}
 
 
+def minimum_samples(features) -> int:
+    """Samples in one analysis window of ``features`` (an ASR model's front end or the handcrafted
+    extractor): a shorter clip holds no complete frame, so the model cannot hear it."""
+    inner = getattr(features, "mfcc", None)
+    return int(getattr(features, "win", 0) or getattr(inner, "win", 0))
+
+
 def frames_for_samples(samples: torch.Tensor, win: int, hop: int) -> torch.Tensor:
     """Number of complete ``win``-sample frames with hop ``hop`` (at least 1)."""
     return torch.clamp((samples - win).div(hop, rounding_mode="floor") + 1, min=1)

@@ -93,14 +93,22 @@ def read_manifest(path: str, required: Sequence[str] = ("ID",)) -> pd.DataFrame:
     return frame
 
 
-def run_main(main: Callable[[], object], name: str) -> None:
-    """Run a command-line ``main``; a :class:`ManifestError` (its message names the file and the problem,
-    e.g. a corpus lacking what a stage needs) ends it with that one line and exit code 1, not a traceback."""
+def run_main(main: Callable[[], object], name: str):
+    """Run a command-line ``main`` and return its result. A :class:`ManifestError`, an
+    :class:`~ser_modules.hparams.HparamsError` or an :class:`~ser_modules.audio.AudioReadError` (their
+    messages name the file or key and the problem) ends it with that one line and exit code 1, not a
+    traceback; Ctrl-C with one line and exit code 130."""
+    from ser_modules.audio import AudioReadError
+    from ser_modules.hparams import HparamsError
+
     try:
-        main()
-    except ManifestError as err:
+        return main()
+    except (ManifestError, HparamsError, AudioReadError) as err:
         logging.getLogger(name).error("%s", err)
         sys.exit(1)
+    except KeyboardInterrupt:
+        logging.getLogger(name).error("interrupted: finished work is kept, a rerun resumes")
+        sys.exit(130)
 
 
 def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:
@@ -133,30 +141,69 @@ def file_digest(*paths: str) -> str:
     return h.hexdigest()
 
 
-def fresh_outputs(folder: str, inputs: dict) -> bool:
-    """True when ``folder`` was made from exactly ``inputs`` (its ``inputs.json``). Otherwise the
-    folder's stale contents are removed, ``inputs.json`` is written and False is returned."""
-    stamp = os.path.join(folder, "inputs.json")
-    key = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+def _stamp(inputs: dict):
+    return json.loads(json.dumps(inputs, sort_keys=True, default=str))
 
-    def up_to_date() -> bool:
-        try:
-            with open(stamp, encoding="utf-8") as f:
-                return json.load(f) == key
-        except (FileNotFoundError, json.JSONDecodeError):
-            return False
 
-    if up_to_date():
-        return True
-    if int(os.environ.get("RANK", 0)) > 0:  # DDP: only the main process cleans; the others wait for its stamp
-        deadline = time.time() + 600
-        while not up_to_date():
-            if time.time() > deadline:
-                raise ManifestError(f"{folder}: the main process did not prepare this folder within 10 minutes")
-            time.sleep(0.5)
-        return False
-    if os.path.isdir(folder):
-        shutil.rmtree(folder)
-    os.makedirs(folder)
-    write_json(stamp, key)
-    return False
+def _read_stamp(folder: str):
+    try:
+        with open(os.path.join(folder, "inputs.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+class StagedOutputs:
+    """The outputs of one unit of work (an SER run, an adapted model, the ASR training), written aside
+    and renamed into place when complete, so finished outputs are never deleted before their
+    replacement is whole. Readers skip the hidden work folders (names starting with a dot).
+
+    ``folder`` holds finished outputs and their ``inputs.json`` (what they were made from); work in
+    progress lives in the hidden sibling ``.<name>.partial`` with the ``inputs.json`` of what it is
+    making, so an interrupted run resumes there, and work for other inputs starts afresh there while
+    the finished outputs stay. Being a sibling, the work folder keeps relative paths valid. Under DDP
+    only the main process (``RANK`` 0) prepares the work folder; the others wait for it.
+    """
+
+    def __init__(self, folder: str, inputs: dict):
+        self.folder = os.path.normpath(folder)
+        parent, name = os.path.split(self.folder)
+        self.work = os.path.join(parent, f".{name}.partial")
+        self._old = os.path.join(parent, f".{name}.old")
+        self.key = _stamp(inputs)
+
+    @property
+    def done(self) -> bool:
+        """True when ``folder`` holds finished outputs of exactly these inputs."""
+        if os.path.isdir(self._old):  # interrupted between two renames of publish()
+            if os.path.isdir(self.folder):
+                shutil.rmtree(self._old)
+            else:
+                os.replace(self._old, self.folder)
+        return _read_stamp(self.folder) == self.key
+
+    def begin(self) -> str:
+        """The work folder for these inputs: resumed when it holds them, else made empty. Returns its path."""
+        if _read_stamp(self.work) == self.key:
+            return self.work
+        if int(os.environ.get("RANK", 0)) > 0:  # DDP: the main process prepares the folder
+            deadline = time.time() + 600
+            while _read_stamp(self.work) != self.key:
+                if time.time() > deadline:
+                    raise ManifestError(f"{self.work}: the main process did not prepare this folder within 10 minutes")
+                time.sleep(0.5)
+            return self.work
+        shutil.rmtree(self.work, ignore_errors=True)
+        os.makedirs(self.work)
+        write_json(os.path.join(self.work, "inputs.json"), self.key)
+        return self.work
+
+    def publish(self) -> str:
+        """Rename the finished work folder onto ``folder`` (replacing older outputs only now); return ``folder``."""
+        if os.path.isdir(self.folder):
+            shutil.rmtree(self._old, ignore_errors=True)
+            os.replace(self.folder, self._old)
+        os.replace(self.work, self.folder)
+        shutil.rmtree(self._old, ignore_errors=True)
+        return self.folder
+

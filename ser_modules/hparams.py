@@ -8,7 +8,8 @@ are layered, later wins:
 
 A ``key=value`` from ``run.sh`` applies to every stage whose file has ``key``; ``<stage>.key=value``
 (``asr.``, ``adapt.``, ``dump.``, ``ser.``, ``score.``) targets one stage. A key that no stage file has is
-an error, so a typo never goes unnoticed.
+an error, so a typo never goes unnoticed, and so is a value whose type differs from the stage file's
+(``ser.lr=abc`` where ``lr: 0.0001``): ``run.sh`` checks every override before any stage runs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,56 @@ def top_level_keys(path: str) -> set[str]:
         return {m.group(1) for line in f if (m := _TOP_KEY.match(line))}
 
 
+class _Tagged:
+    """A HyperPyYAML value built by a tag (``!new:``, ``!ref``, ``!PLACEHOLDER``): no plain type to check."""
+
+
+_TAGGED = _Tagged()
+
+
+class _TagTolerantLoader(yaml.SafeLoader):
+    pass
+
+
+_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: _TAGGED)
+
+
+def stage_values(path: str) -> dict:
+    """Top-level values of a HyperPyYAML file as plain YAML (tagged values are opaque)."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return yaml.load(f, Loader=_TagTolerantLoader) or {}
+        except yaml.YAMLError as err:
+            raise HparamsError(f"{path}: not valid YAML ({err})") from err
+
+
+_KINDS = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list"),
+          (dict, "a mapping"), (type(None), "null"))
+
+
+def _kind(value) -> str:
+    return next((name for t, name in _KINDS if isinstance(value, t)), type(value).__name__)
+
+
+def check_value_type(path: str, name: str, value, default) -> None:
+    """Raise :class:`HparamsError` when the value of override ``name`` (``key`` or ``stage.key``) does
+    not have the type of the stage file's ``default`` (an integer key takes integers, a number key any number, and so on)."""
+    if isinstance(default, _Tagged) or default is None:
+        return  # built by a tag, or null: any value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        key = name.split(".", 1)[-1] if name.split(".", 1)[0] in STAGE_FILES else name
+        raise HparamsError(f"override {name}={value!r}: {path} has {key}: {default!r} ({_kind(default)}), "
+                           f"the override is {_kind(value)}")
+
+
 def parse_overrides(items: list[str]) -> list[tuple[str | None, str, object]]:
     """``["ser.lr=1e-3", "seed=3"]`` -> ``[("ser", "lr", 0.001), (None, "seed", 3)]``."""
     parsed = []
@@ -60,9 +111,11 @@ def stage_file(conf_dir: str, stage: str) -> str:
 
 
 def check_overrides(conf_dir: str, items: list[str]) -> None:
-    """Raise :class:`HparamsError` for an override that no stage file of ``conf_dir`` has."""
+    """Raise :class:`HparamsError` for an override that no stage file of ``conf_dir`` has, or whose
+    value has another type than the stage file's value (:func:`check_value_type`)."""
     keys = {s: top_level_keys(stage_file(conf_dir, s)) for s in STAGE_FILES if os.path.isfile(stage_file(conf_dir, s))}
-    for stage, key, _ in parse_overrides(items):
+    values = {s: stage_values(stage_file(conf_dir, s)) for s in keys}
+    for stage, key, value in parse_overrides(items):
         if stage is not None:
             if stage not in keys:
                 raise HparamsError(f"override {stage}.{key}: {conf_dir} has no {stage}.yaml")
@@ -70,6 +123,8 @@ def check_overrides(conf_dir: str, items: list[str]) -> None:
                 raise HparamsError(f"override {stage}.{key}: {stage_file(conf_dir, stage)} has no key {key!r}")
         elif not any(key in k for k in keys.values()):
             raise HparamsError(f"override {key}: no stage file in {conf_dir} has this key ({', '.join(sorted(keys))}.yaml)")
+        for s in [stage] if stage else [s for s in keys if key in keys[s]]:
+            check_value_type(stage_file(conf_dir, s), f"{s}.{key}" if stage else key, value, values[s].get(key))
 
 
 def layered_overrides(conf_dir: str, stage: str, size: str, runner: dict | None, items: list[str]) -> dict:
@@ -88,8 +143,11 @@ def layered_overrides(conf_dir: str, stage: str, size: str, runner: dict | None,
             raise HparamsError(f"{demo_path}: keys {sorted(unknown)} are not in {path}")
         merged.update(demo)
     merged.update({k: v for k, v in (runner or {}).items() if k in keys})
+    values = None
     for s, key, value in parse_overrides(items):
         if (s is None and key in keys) or s == stage:
+            values = stage_values(path) if values is None else values
+            check_value_type(path, f"{s}.{key}" if s else key, value, values.get(key))
             merged[key] = value
     return merged
 

@@ -41,10 +41,10 @@ from hyperpyyaml import load_hyperpyyaml
 from tqdm import tqdm
 
 from ser_modules.asr_models import load_asr_model
-from ser_modules.audio import AudioReadError, audio_info, load_audio
+from ser_modules.audio import AudioReadError, audio_info, check_signal, load_audio
 from ser_modules.decoding import Transcriber
 from ser_modules.dialog import load_dialog_context
-from ser_modules.features import EGeMAPSFunctionals
+from ser_modules.features import EGeMAPSFunctionals, minimum_samples
 from ser_modules.fileio import ManifestError, read_json, write_csv, write_text
 from ser_modules.ser_training import VariantSpec, build_model, collate, forward
 
@@ -106,7 +106,8 @@ class EmotionRecognizer:
         vdir = os.path.join(ser_dir, variant)
         if not os.path.isdir(vdir):
             raise ManifestError(f"{exp_dir}: no SER variant {variant!r}; trained: {sorted(os.listdir(ser_dir))}")
-        fold_names = [fold] if fold else sorted(f for f in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, f)))
+        fold_names = [fold] if fold else sorted(f for f in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, f))
+                                                and not f.startswith("."))
         models, spec, classes = [], None, None
         for name in fold_names:
             run_dir = os.path.join(vdir, name, f"run{run}")
@@ -204,20 +205,29 @@ class EmotionRecognizer:
         model, vocab, feats, frames = self._asr_features(wavs, self.transcript_asr)
         return Transcriber(model, vocab, beam_size=4)(feats, frames, self.decoder)
 
+    def min_samples(self) -> int:
+        """The shortest signal the variant's front ends hear: one analysis window of each."""
+        fronts = [self.handcrafted] + ([self._asr_model(f.asr_path)[1] for f in self.folds if f.asr_path])
+        return max(minimum_samples(f) for f in fronts if f is not None) if any(fronts) else 0
+
     def windows(self, path: str) -> list[torch.Tensor]:
-        """The file's signal, split into windows of at most ``max_seconds`` (read one at a time)."""
+        """The file's signal, split into windows of at most ``max_seconds`` (read one at a time);
+        :class:`AudioReadError` for samples that are not finite or all zero, or a clip too short."""
         sr, frames, _ = audio_info(path)
         if frames == 0:
             raise AudioReadError(f"{path}: the file holds no audio samples")
         duration = frames / sr
         if duration <= self.max_seconds:
-            return [load_audio(path)]
-        if self.long == "refuse":
+            wavs = [load_audio(path)]
+        elif self.long == "refuse":
             raise AudioReadError(f"{path}: {duration:.1f} s is longer than the model's limit of {self.max_seconds:.0f} s "
                                  "(use --long split or raise --max-seconds)")
-        n = int(np.ceil(duration / self.max_seconds))
-        edges = np.linspace(0, duration, n + 1)
-        return [load_audio(path, float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
+        else:
+            edges = np.linspace(0, duration, int(np.ceil(duration / self.max_seconds)) + 1)
+            wavs = [load_audio(path, float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
+        for wav in wavs:
+            check_signal(wav, path, self.min_samples())
+        return wavs
 
     def dialog_context(self, path: str) -> tuple[tuple, str]:
         """IAAN's context signals of ``path`` (previous turn of the same speaker, of the other; None
@@ -240,6 +250,10 @@ class EmotionRecognizer:
         started, audio_seconds = time.time(), 0.0
         iaan = self.spec.type == "iaan"
 
+        def error_row(path: str, message: str) -> dict:
+            return {"file": path, "status": "error", "error": message, "duration": "", "windows": 0, "emotion": "",
+                    **{f"p_{c}": "" for c in self.classes}, "transcript": "", **({"context": ""} if iaan else {})}
+
         def flush():
             nonlocal audio_seconds
             if not pending:
@@ -254,6 +268,9 @@ class EmotionRecognizer:
                 p = (probs[k : k + len(ws)] * lengths[:, None]).sum(0) / lengths.sum()
                 text = " ".join(t for t in texts[k : k + len(ws)] if t)
                 k += len(ws)
+                if not np.isfinite(p).all():  # never an emotion without probabilities
+                    rows.append(error_row(path, f"{path}: the model gave non-finite class probabilities"))
+                    continue
                 audio_seconds += lengths.sum() / 16000
                 rows.append({"file": path, "status": "ok", "error": "", "duration": round(lengths.sum() / 16000, 3),
                              "windows": len(ws), "emotion": self.classes[int(p.argmax())],
@@ -267,9 +284,7 @@ class EmotionRecognizer:
                 context, note = self.dialog_context(path)
                 pending.append((path, windows, context, note))
             except (AudioReadError, ManifestError, OSError, RuntimeError) as err:
-                rows.append({"file": path, "status": "error", "error": str(err), "duration": "", "windows": 0,
-                             "emotion": "", **{f"p_{c}": "" for c in self.classes}, "transcript": "",
-                             **({"context": ""} if iaan else {})})
+                rows.append(error_row(path, str(err)))
             if sum(len(ws) for _, ws, _, _ in pending) >= batch_size:
                 flush()
         flush()

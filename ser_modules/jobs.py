@@ -63,6 +63,24 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
 
+_FAULTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the reliability tests (``tests/test_faults.py``): with the environment
+    variable ``SER_FAULT=<name>:<n>:<SIGNAL>`` (e.g. ``epoch:1:SIGKILL``), the process sends itself
+    ``SIGNAL`` the ``n``-th time it passes the point ``name``: ``job`` (a stage-3/4/5 job finished),
+    ``epoch`` (an ASR or SER epoch saved) or ``utterance`` (an utterance written to a stage-4 store)."""
+    spec = os.environ.get("SER_FAULT", "")
+    point, _, rest = spec.partition(":")
+    if point != name:
+        return
+    count, _, sig = rest.partition(":")
+    _FAULTS[name] = _FAULTS.get(name, 0) + 1
+    if _FAULTS[name] == int(count):
+        os.kill(os.getpid(), getattr(signal, sig))
+
+
 def run_jobs(fn: Callable, jobs: Iterable, nj: int, state: dict, desc: str, setup: Callable | None = None,
              threads: int | None = None) -> Iterable:
     """Yield ``fn(job)`` for every job, from ``nj`` spawned worker processes (in completion order),
@@ -76,11 +94,14 @@ def run_jobs(fn: Callable, jobs: Iterable, nj: int, state: dict, desc: str, setu
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for job in tqdm(jobs, desc=desc):
             yield fn(job)
+            fault_point("job")
         return
     threads = threads or max(1, cpu_count() // nj)
     with mp.get_context("spawn").Pool(nj, initializer=_init_worker, initargs=(state, threads, setup)) as pool:
         try:
-            yield from tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc)
+            for result in tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc):
+                yield result
+                fault_point("job")
         except BaseException:
             pool.terminate()
             raise

@@ -41,14 +41,15 @@ def normalized_confusion(true, predicted, classes: list[str]) -> np.ndarray:
 
 
 def load_predictions(ser_dir: str, variant: str) -> pd.DataFrame:
-    """All ``predictions.csv`` of a variant (columns ID, fold, run, true, predicted, p_*)."""
+    """All finished ``predictions.csv`` of a variant (columns ID, fold, run, true, predicted, p_*);
+    work folders of unfinished runs (hidden names) are not read."""
     folder = os.path.join(ser_dir, variant)
     frames = []
     for fold in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         fdir = os.path.join(folder, fold)
-        if not os.path.isdir(fdir):
+        if not os.path.isdir(fdir) or fold.startswith("."):
             continue
-        for run in sorted(os.listdir(fdir)):
+        for run in sorted(r for r in os.listdir(fdir) if not r.startswith(".")):
             path = os.path.join(fdir, run, "predictions.csv")
             if os.path.isfile(path):
                 frames.append(pd.read_csv(path, keep_default_na=False, dtype={"ID": str, "fold": str}))

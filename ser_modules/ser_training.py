@@ -25,9 +25,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ser_modules.asr_training import seed_all
 from ser_modules.data import LengthBucketBatchSampler
-from ser_modules.dump import FeatureStore
-from ser_modules.fileio import ManifestError, atomic_path, fresh_outputs, read_json, write_csv, write_json
+from ser_modules.dump import FeatureStore, read_stores
+from ser_modules.fileio import ManifestError, StagedOutputs, atomic_path, write_csv, write_json
 from ser_modules.folds import Fold
+from ser_modules.jobs import fault_point
 from ser_modules.models.ser import IAAN, BiGRUBaseline, FineTuneMP, FineTuneRNN, LinearSVMReference, ProgressiveNet
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class SERInputs:
     """
 
     def __init__(self, stores_json: str):
-        self.info = read_json(stores_json)
+        self.info = read_stores(stores_json)
         self._stores: dict[str, FeatureStore] = {}
 
     def _store(self, folder: str) -> FeatureStore:
@@ -330,6 +331,7 @@ class SERBrain(sb.Brain):
                  "history": self.hparams.history, "best_state": self.best_state, "best_loss": self.best_loss}
         with atomic_path(self.hparams.resume_path) as tmp:
             torch.save(state, tmp)
+        fault_point("epoch")
 
     def balanced_accuracy(self) -> float:
         from sklearn.metrics import balanced_accuracy_score
@@ -380,11 +382,17 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
                    inputs: SERInputs, hp: dict, out_dir: str, device: str = "cpu") -> pd.DataFrame:
     """Train one variant on one fold with seed ``hp['seed'] + run``; write and return test predictions.
 
-    Resumes from ``out_dir/resume.pt`` after an interruption; a finished run (``predictions.csv``) is read back.
+    A finished run of the same inputs is read back (``frame.attrs["finished_before"]``); otherwise the run trains in a work folder beside
+    ``out_dir`` (resuming from its ``resume.pt`` after an interruption) that replaces ``out_dir`` only
+    when complete (:class:`~ser_modules.fileio.StagedOutputs`).
     """
+    staged = StagedOutputs(out_dir, run_key(spec, fold, run, classes, inputs, hp))
+    if staged.done and os.path.isfile(os.path.join(out_dir, "predictions.csv")):
+        frame = pd.read_csv(os.path.join(out_dir, "predictions.csv"), keep_default_na=False, dtype={"ID": str})
+        frame.attrs["finished_before"] = True
+        return frame
+    out_dir = staged.begin()
     pred_path = os.path.join(out_dir, "predictions.csv")
-    if fresh_outputs(out_dir, run_key(spec, fold, run, classes, inputs, hp)) and os.path.isfile(pred_path):
-        return pd.read_csv(pred_path, keep_default_na=False, dtype={"ID": str})
     seed = int(hp["seed"]) + run
     seed_all(seed)
     # A variant may set its own epochs, batch size and learning rate (the demo gives cheap models more epochs).
@@ -413,6 +421,7 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
         frame[f"p_{c}"] = probs[:, j].round(6)
     write_json(os.path.join(out_dir, "history.json"), history)
     write_csv(pred_path, frame)
+    staged.publish()
     return frame
 
 

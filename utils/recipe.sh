@@ -135,6 +135,13 @@ parse_recipe_options() {
   log_file=$exp_dir/run.log
   export PYTHONPATH="$toolkit_root${PYTHONPATH:+:$PYTHONPATH}"
   $python -m ser_modules.hparams check --conf-dir "$conf_dir" -- "${overrides[@]}"
+  local n
+  for n in "$stage" "$stop_stage"; do
+    case "$n" in [1-6]) ;; *) echo "$0: --stage and --stop-stage must be stage numbers 1-6, got '$n'" >&2; exit 2 ;; esac
+  done
+  if [ "$stage" -gt "$stop_stage" ]; then
+    echo "$0: --stage $stage is after --stop-stage $stop_stage: no stage to run" >&2; exit 2
+  fi
 }
 
 log() {
@@ -154,6 +161,29 @@ run_stage() {
   return 1
 }
 
+# Every stage runs as a child the runner waits for, so that SIGTERM (a scheduler's pre-emption) or
+# SIGINT (Ctrl-C) to the runner reaches the stage: it stops its workers, keeps finished work, and the
+# same command resumes. (A background child ignores SIGINT, so both are passed on as SIGTERM.)
+_child=
+_on_signal() {
+  log "stopped by SIG$1: finished work is kept; rerun the same command to resume"
+  if [ -n "$_child" ]; then  # a stopped (Ctrl-Z) stage is continued to see the signal
+    kill -TERM "$_child" 2>/dev/null || true; kill -CONT "$_child" 2>/dev/null || true; wait "$_child" || true
+  fi
+  exit $((128 + $2))
+}
+trap '_on_signal TERM 15' TERM
+trap '_on_signal INT 2' INT
+
+run_child() {
+  "$@" &
+  _child=$!
+  local rc=0
+  wait "$_child" || rc=$?
+  _child=
+  return "$rc"
+}
+
 # Arguments every Python stage takes.
 common_stage_args() {
   echo --exp-dir "$exp_dir" --data-dir "$data_dir" --conf-dir "$conf_dir" --size "$size" \
@@ -164,7 +194,7 @@ common_stage_args() {
 # run_python MODULE ARGS...: run a Python stage module (stages 3-6 parallelise their jobs themselves).
 run_python() {
   local module=$1; shift
-  $python -m "$module" "$@" -- "${overrides[@]}"
+  run_child $python -m "$module" "$@" -- "${overrides[@]}"
 }
 
 # gpu_count: GPUs this run may use (0 with --device cpu); asked once.
@@ -186,11 +216,11 @@ run_training() {
   elif [ "$(gpu_count)" -eq 0 ]; then procs=$nj; [ "$procs" -gt 0 ] || procs=$(nproc 2>/dev/null || echo 1); fi
   local launch=($python -m torch.distributed.run --standalone --nproc_per_node="$procs" -m "$module")
   if [ "$procs" -gt 1 ] && [ "$ngpu" -gt 1 ]; then
-    "${launch[@]}" "$@" -- "${overrides[@]}"
+    run_child "${launch[@]}" "$@" -- "${overrides[@]}"
   elif [ "$procs" -gt 1 ]; then
-    OMP_NUM_THREADS=1 "${launch[@]}" "$@" -- "${overrides[@]}"
+    run_child env OMP_NUM_THREADS=1 "${launch[@]}" "$@" -- "${overrides[@]}"
   else
-    $python -m "$module" "$@" -- "${overrides[@]}"
+    run_child $python -m "$module" "$@" -- "${overrides[@]}"
   fi
 }
 
@@ -216,7 +246,7 @@ stage_data_preparation() {
     log "stage 1: data already prepared in $data_dir (same corpora), skipped"
     return 0
   fi
-  $python "$toolkit_root/local/prepare_data.py" "${args[@]}"
+  run_child $python "$toolkit_root/local/prepare_data.py" "${args[@]}"
   echo "$stamp" > "$data_dir/.stage1_stamp"
 }
 

@@ -25,7 +25,7 @@ from ser_modules.asr_models import export_model, load_asr_model
 from ser_modules.asr_training import error_rates, evaluate_asr, run_options, update_asr_results
 from ser_modules.corpus import language_mismatch
 from ser_modules.data import asr_dataset
-from ser_modules.fileio import ManifestError, file_digest, fresh_outputs, read_json, read_manifest, run_main, write_json
+from ser_modules.fileio import ManifestError, StagedOutputs, file_digest, read_json, read_manifest, run_main, write_json
 from ser_modules.folds import load_folds
 from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.jobs import default_jobs, run_jobs, worker_state
@@ -69,17 +69,19 @@ def adapt_job(job: tuple) -> tuple[str, str, float]:
     hp, data, methods, device = w["hp"], w["data"][fold], w["hp"]["decoders"], w["device"]
     started = time.time()
     if variant == "pretrained":
-        folder = os.path.join(w["out"], "pretrained", fold)
-        key = {"model": w["pre_sha"], "test": file_digest(data["test"]), "decoders": methods}
-        if not fresh_outputs(folder, key) or not scored(folder, methods):
+        staged = StagedOutputs(os.path.join(w["out"], "pretrained", fold),
+                               {"model": w["pre_sha"], "test": file_digest(data["test"]), "decoders": methods})
+        if not staged.done:  # scored aside, then renamed into place
             model, features, vocab, _ = load_asr_model(w["pretrained"], device)
-            score_test(model, features, vocab, data["test"], folder, methods, hp, device)
+            score_test(model, features, vocab, data["test"], staged.begin(), methods, hp, device)
+            staged.publish()
         return variant, fold, time.time() - started
     rank = hp["structured_rank"] if variant == "structured" else None
-    fold_dir = os.path.join(w["out"], variant, fold)
+    staged = StagedOutputs(os.path.join(w["out"], variant, fold),
+                           {"model": w["pre_sha"], "config": w["training_config"], "variant": variant, "rank": rank,
+                            "data": file_digest(*data.values())})
+    fold_dir = staged.folder if staged.done else staged.begin()  # adapted aside, renamed into place when exported
     final = os.path.join(fold_dir, "model.pt")
-    fresh_outputs(fold_dir, {"model": w["pre_sha"], "config": w["training_config"], "variant": variant, "rank": rank,
-                             "data": file_digest(*data.values())})
     model, features, vocab, _ = load_asr_model(w["pretrained"], device)
     if rank:
         factorize_listener(model, rank)
@@ -101,6 +103,8 @@ def adapt_job(job: tuple) -> tuple[str, str, float]:
             model.set_dropout(0.0)
         export_model(model, fold_dir, w["asr_hparams"], rank=rank,
                      extra={"variant": variant, "fold": fold, "stages": hp["stages"]})
+    if fold_dir != staged.folder:
+        staged.publish()
     return variant, fold, time.time() - started
 
 

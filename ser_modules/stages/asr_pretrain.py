@@ -1,9 +1,9 @@
 """Stage 2: pretrain the recipe's ASR model (conf/asr.yaml) on the ASR corpus, then score it.
 
 Resumes from the last checkpoint after an interruption; a finished run (``done.json`` with the
-same configuration) is skipped; a changed training configuration or ASR corpus removes the old run
-and trains afresh, a change of evaluation-only keys (decoders, beam size) re-scores the trained
-model. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest checkpoints), ``hyperparams.yaml``,
+same configuration) is skipped; a changed training configuration or ASR corpus trains afresh in a
+work folder that replaces the old run only when complete, a change of evaluation-only keys
+(decoders, beam size) re-scores the trained model. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest checkpoints), ``hyperparams.yaml``,
 ``train_log.txt``, ``wer_<split>_<decoder>.txt`` and rows of ``<exp>/asr_results.csv``.
 """
 
@@ -18,7 +18,7 @@ import speechbrain as sb
 from ser_modules.asr_models import export_model, model_blocks
 from ser_modules.asr_training import evaluate_asr, fit_asr, load_best, run_options, update_asr_results
 from ser_modules.data import asr_dataset
-from ser_modules.fileio import file_digest, fresh_outputs, read_json, run_main, write_json, write_text
+from ser_modules.fileio import StagedOutputs, file_digest, read_json, run_main, write_json, write_text
 from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
@@ -41,13 +41,19 @@ def main(argv=None) -> None:
     if os.path.isfile(done_path) and read_json(done_path).get("config") == config_hash:
         log.info("stage 2 already finished with this configuration (%s): skipped", done_path)
         return
-    # Checkpoints of another training configuration or other data must not be resumed: start afresh.
-    if not fresh_outputs(out, {"config": training_hash}):
-        log.warning("stage 2 starts from scratch in %s (training configuration %s; an older run there was "
-                    "removed)", out, training_hash)
-        os.makedirs(hparams["checkpointer"].checkpoints_dir, exist_ok=True)  # made by the hparams, just removed
-    write_text(os.path.join(out, "hyperparams.yaml"), resolved)
-    model_yaml = os.path.join(out, "model_hparams.yaml")
+    # Checkpoints of another training configuration or other data must not be resumed: that training
+    # runs in a work folder, and replaces the finished run only when it is complete.
+    staged = StagedOutputs(out, {"config": training_hash})
+    work = out if staged.done else staged.begin()
+    if work != out:
+        if os.path.isdir(out):
+            log.warning("stage 2 starts from scratch in %s (training configuration %s); the older run in %s stays "
+                        "until this one is complete", work, training_hash, out)
+        hparams, _ = load_stage_hparams(args.conf_dir, "asr", args.size, {**runner, "output_folder": work},
+                                        args.overrides)
+        os.makedirs(hparams["checkpointer"].checkpoints_dir, exist_ok=True)
+    write_text(os.path.join(work, "hyperparams.yaml"), resolved)
+    model_yaml = os.path.join(work, "model_hparams.yaml")
     write_text(model_yaml, model_blocks(resolved))
 
     started = time.time()
@@ -57,27 +63,31 @@ def main(argv=None) -> None:
     if not sb.utils.distributed.if_main_process():
         return
     ckpt = load_best(hparams["checkpointer"])
+    ckpt = os.path.relpath(ckpt, work) if ckpt else None  # relative: the experiment may move
     model = hparams["model"].to(args.device)
     features = hparams["features"].to(args.device)
     vocab = hparams["vocab"]
-    export_model(model, out, model_yaml, extra={"checkpoint": ckpt, "model_name": hparams["model_name"]})
+    export_model(model, work, model_yaml, extra={"checkpoint": ckpt, "model_name": hparams["model_name"]})
     bos, eos = getattr(model, "bos_index", None), getattr(model, "eos_index", None)
     corpus = "+".join(sorted(read_json(os.path.join(args.data_dir, "asr", "summary.json"))["corpora"]))
     rows, summary = [], {}
     for split, csv in (("dev", hparams["valid_csv"]), ("test", hparams["test_csv"])):
-        res = evaluate_asr(model, features, asr_dataset(csv, vocab, bos, eos), vocab, args.device, out, split,
+        res = evaluate_asr(model, features, asr_dataset(csv, vocab, bos, eos), vocab, args.device, work, split,
                            hparams["decoders"], hparams.get("eval_batch_size", 16), hparams.get("beam_size", 10))
         for method, r in res.items():
             rows.append({"model": hparams["model_name"], "stage": "pretrained", "corpus": corpus, "split": split,
-                         "decoder": method, **r, "checkpoint": os.path.relpath(ckpt, args.exp_dir) if ckpt else ""})
+                         "decoder": method, **r, "checkpoint": os.path.join("asr", ckpt) if ckpt else ""})
         summary[split] = res
     update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows)
+    write_json(os.path.join(work, "done.json"), {"config": config_hash, "results": summary, "checkpoint": ckpt,
+                                                 "train_minutes": round(train_seconds / 60, 2),
+                                                 "epochs": brain.hparams.epoch_counter.current})
+    if work != out:
+        staged.publish()
     for split, res in summary.items():
         for method, r in res.items():
             print(f"stage 2 {hparams['model_name']} {split} ({method}): CER {r['CER']:.2f}%  WER {r['WER']:.2f}%")
     log.info("stage 2 finished in %.1f min (training %.1f min)", (time.time() - started) / 60, train_seconds / 60)
-    write_json(done_path, {"config": config_hash, "results": summary, "checkpoint": ckpt,
-                           "train_minutes": round(train_seconds / 60, 2), "epochs": brain.hparams.epoch_counter.current})
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from ser_modules.fileio import setup_logging
+from ser_modules.jobs import stop_on_sigterm
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -36,6 +37,7 @@ def parse_stage_args(parser: argparse.ArgumentParser, argv=None):
         argv, overrides = argv[:i], argv[i + 1 :]
     args = parser.parse_args(argv)
     args.overrides = overrides
+    stop_on_sigterm()  # SIGTERM unwinds like Ctrl-C: workers are stopped, unfinished outputs stay aside
     args.device = resolve_device(args.device)
     return args
 

@@ -50,7 +50,7 @@ def dump_job(job: tuple) -> tuple[str, dict]:
         raise ManifestError(f"{path}: none of the layers {w['hp']['layers']} exists; available {model.layer_names}")
     store = dump_asr_layers(model, features, w["utterances"], w["csv"], layers, w["out"], ref.key, info["sha1"],
                             w["device"], w["hp"]["batch_size"], w["hp"]["dtype"])
-    return ref.key, {"folder": store.folder, "layers": layers, "model": name, "fold": fold,
+    return ref.key, {"folder": os.path.relpath(store.folder, w["out"]), "layers": layers, "model": name, "fold": fold,
                      "dims": {n: store.dim(n) for n in layers}}
 
 
@@ -68,7 +68,9 @@ def main(argv=None) -> None:
     write_csv(csv_path, utterances)
     log.info("%d utterances to dump (protocol %s with context turns)", len(utterances), args.protocol)
 
-    stores = {"protocol": args.protocol, "utterances": csv_path, "asr": {}, "handcrafted": None, "egemaps": None}
+    # Paths relative to dump/ (read_stores), so that the experiment may move.
+    stores = {"protocol": args.protocol, "utterances": os.path.relpath(csv_path, out), "asr": {}, "handcrafted": None,
+              "egemaps": None}
     refs = [r for r in list_asr_models(args.exp_dir) if r.name in hp["models"]]
     absent = [m for m in hp["models"] if m not in {r.name for r in refs}]
     if "pretrained" in absent:
@@ -86,10 +88,10 @@ def main(argv=None) -> None:
     if hp["handcrafted"]:
         store = dump_features(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch", hp["dtype"],
                               augment=hp.get("augmentation"), copies=hp.get("augmented_copies", 0), seed=args.seed, nj=nj)
-        stores["handcrafted"] = {"folder": store.folder, "layers": ["mfcc_pitch"], "dims": {"mfcc_pitch": store.dim("mfcc_pitch")}}
+        stores["handcrafted"] = {"folder": os.path.relpath(store.folder, out), "layers": ["mfcc_pitch"], "dims": {"mfcc_pitch": store.dim("mfcc_pitch")}}
     if hp.get("egemaps"):  # the classical reference: openSMILE eGeMAPS functionals (one vector per utterance)
         store = dump_features(utterances, out, EGeMAPSFunctionals(), "egemaps", "egemaps", "float32", nj=nj)
-        stores["egemaps"] = {"folder": store.folder, "layers": ["egemaps"], "dims": {"egemaps": store.dim("egemaps")}}
+        stores["egemaps"] = {"folder": os.path.relpath(store.folder, out), "layers": ["egemaps"], "dims": {"egemaps": store.dim("egemaps")}}
     write_json(os.path.join(out, f"stores_{args.protocol}.json"), stores)
     log.info("stage 4 done: %d ASR stores%s%s", len(stores["asr"]), " + handcrafted" if stores["handcrafted"] else "",
              " + eGeMAPS" if stores["egemaps"] else "")

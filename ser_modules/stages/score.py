@@ -16,8 +16,8 @@ import pandas as pd
 from ser_modules import plots
 from ser_modules.corpus import language_mismatch
 from ser_modules.data import read_utterance
-from ser_modules.dump import FeatureStore
-from ser_modules.fileio import read_json, read_manifest, run_main, write_csv, write_text
+from ser_modules.dump import FeatureStore, read_stores
+from ser_modules.fileio import ManifestError, read_json, read_manifest, run_main, write_csv, write_text
 from ser_modules.folds import load_folds
 from ser_modules.hparams import load_stage_hparams
 from ser_modules.scoring import (
@@ -30,7 +30,11 @@ from ser_modules.stages.common import parse_stage_args, stage_logging, stage_par
 logger = logging.getLogger("stage6_score")
 
 
-def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], reference: str, hp_ser: dict, log) -> tuple:
+def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], reference: str, hp_ser: dict, log,
+                 planned: int = 0, allow_incomplete: bool = False) -> tuple:
+    """Result rows of the trained variants. A variant with predictions of fewer than ``planned``
+    (fold, run) pairs is refused (:class:`ManifestError`), or with ``allow_incomplete`` scored and
+    flagged (``complete`` False)."""
     scores, rows, preds = {}, [], {}
     for v in variants:
         spec = VariantSpec.from_dict(v)
@@ -40,6 +44,13 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
             log.warning("%s", err)
             continue
         scores[spec.name] = per_fold_run(preds[spec.name], classes)
+        if len(scores[spec.name]) < planned:
+            message = (f"{os.path.join(ser_dir, spec.name)}: predictions of {len(scores[spec.name])} of the {planned} "
+                       "planned (fold, run) pairs")
+            if not allow_incomplete:
+                raise ManifestError(f"{message}: finish stage 5, or score it marked as incomplete with "
+                                    "score.allow_incomplete=True")
+            log.warning("%s: scored and marked as incomplete (score.allow_incomplete)", message)
     if reference not in scores:
         log.warning("reference model %r has no predictions: no significance tests", reference)
     for v in variants:
@@ -50,7 +61,8 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
         tests = paired_tests(scores[spec.name], scores[reference]) if reference in scores and spec.name != reference else {}
         rows.append({"model": spec.name, "type": spec.type, "asr": spec.asr or "", "layer": spec.layer or "",
                      **{k: round(v_, 4) for k, v_ in s.items() if k not in ("folds", "runs")},
-                     "folds": s["folds"], "runs": s["runs"], "p_ttest_UA": tests.get("p_ttest", np.nan),
+                     "folds": s["folds"], "runs": s["runs"], "complete": len(scores[spec.name]) >= planned,
+                     "p_ttest_UA": tests.get("p_ttest", np.nan),
                      "p_wilcoxon_UA": tests.get("p_wilcoxon", np.nan), "config": config_json(v, hp_ser)})
     return pd.DataFrame(rows), scores, preds
 
@@ -81,7 +93,8 @@ def family_table(results: pd.DataFrame, chance: dict[str, pd.DataFrame]) -> pd.D
             text = fmt(r[f"{m}_mean"], r[f"{m}_std"])
             cells[m] = f"**{text}**" if np.isclose(r[f"{m}_mean"], best[m]) else text
         family = FAMILIES.get(r["type"], r["type"])
-        rows.append({"Family": family if family != previous else "", "Model": r["model"], **cells,
+        model = r["model"] if r.get("complete", True) else f"**{r['model']} (incomplete)**"
+        rows.append({"Family": family if family != previous else "", "Model": model, **cells,
                      "folds × runs": f"{r['folds']} × {r['runs']}", "p (t-test)": fmt_p(r["p_ttest_UA"]),
                      "p (Wilcoxon)": fmt_p(r["p_wilcoxon_UA"])})
         previous = family
@@ -222,7 +235,8 @@ def main(argv=None) -> None:
     skipped = read_optional_json(os.path.join(args.exp_dir, "ser", "summary.json")).get("skipped", {})
     trained = [v for v in hp_ser["variants"] if VariantSpec.from_dict(v).name not in skipped]
     results, scores, preds = variant_rows(os.path.join(args.exp_dir, "ser"), trained, classes,
-                                          hp["reference"], hp_ser, log)
+                                          hp["reference"], hp_ser, log, len(folds) * hp_ser["n_runs"],
+                                          hp.get("allow_incomplete", False))
     results.insert(4, "protocol", f"{args.protocol}/{args.folds}")
     write_csv(os.path.join(args.exp_dir, "results.csv"), results)
 
@@ -240,7 +254,7 @@ def main(argv=None) -> None:
     if series:
         figures.append(plots.plot_layer_scores(series, os.path.join(plot_dir, "ua_per_layer.png")))
     stores_path = os.path.join(args.exp_dir, "dump", f"stores_{args.protocol}.json")
-    stores = read_json(stores_path) if os.path.isfile(stores_path) else {}
+    stores = read_stores(stores_path) if os.path.isfile(stores_path) else {}
     figures += tsne_plots(stores, manifest, hp, plot_dir) if stores and hp["tsne"] else []
     loud = None
     if stores and hp["loudness"]:

@@ -54,7 +54,7 @@ def _run_job(job: tuple) -> tuple:
     out = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
     started = time.time()
     frame = train_fold_run(spec, fold, run, w["manifest"], w["classes"], w["inputs"], w["hp"], out, device)
-    return spec.name, fold.name, run, len(frame), time.time() - started
+    return spec.name, fold.name, run, len(frame), time.time() - started, frame.attrs.get("finished_before", False)
 
 
 def main(argv=None) -> None:
@@ -99,9 +99,13 @@ def main(argv=None) -> None:
     os.makedirs(out, exist_ok=True)
     log.info("stage 5: %d variants x %d folds x %d runs = %d trainings, classes %s, %d job(s) in parallel",
              len(variants), len(folds), hp["n_runs"], len(jobs), classes, nj)
-    started = time.time()
-    for name, fold, run, n, secs in run_jobs(_run_job, jobs, nj, state, "SER", setup=_open_stores):
-        log.info("%s %s run%d: %d test utterances (%.1f s)", name, fold, run, n, secs)
+    started, finished_before = time.time(), 0
+    for name, fold, run, n, secs, before in run_jobs(_run_job, jobs, nj, state, "SER", setup=_open_stores):
+        log.info("%s %s run%d: %d test utterances (%s)", name, fold, run, n, "finished before" if before else
+                 f"{secs:.1f} s")
+        finished_before += before
+    if finished_before:
+        log.info("stage 5: %d of %d trainings already finished (same inputs), not repeated", finished_before, len(jobs))
 
     summary = {}
     for v in variants:
