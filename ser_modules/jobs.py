@@ -7,6 +7,11 @@ leaks from the parent), receive a shared ``state`` once, and read it with :func:
 
 SIGTERM (what a scheduler sends on pre-emption) and SIGINT stop the stage: the pool's workers are
 terminated with it, and finished jobs' outputs stay, so a rerun resumes.
+
+With several devices (``--ngpu N``), each worker process holds one of them (``worker_state()["device"]``),
+so the N devices share the stage's jobs and only the main process writes the stage's shared outputs.
+Beyond one machine, :func:`submit_jobs` runs the jobs as cluster jobs through submitit (Slurm, or
+its local executor).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 from tqdm import tqdm
+
+from ser_modules.fileio import ManifestError
 
 _STATE: dict = {}
 
@@ -44,11 +51,22 @@ def worker_state() -> dict:
     return _STATE
 
 
+def job_devices(device: str, ngpu: int) -> list[str]:
+    """The devices a stage's jobs share: ``ngpu`` GPUs from ``cuda:0`` (or the one ``device``), else the CPU."""
+    if device.startswith("cuda") and ngpu > 1:
+        return [f"cuda:{i}" for i in range(ngpu)]
+    return [device]
+
+
 def _init_worker(state: dict, threads: int, setup: Callable | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides; it terminates the pool
     torch.set_num_threads(threads)
     _STATE.clear()
     _STATE.update(state)
+    devices = state.get("devices")
+    if devices:  # pool worker k (1-based) holds device k-1 (round robin when there are more workers)
+        identity = mp.current_process()._identity
+        _STATE["device"] = devices[(identity[0] - 1 if identity else 0) % len(devices)]
     if setup is not None:
         setup(_STATE)
 
@@ -85,7 +103,8 @@ def run_jobs(fn: Callable, jobs: Iterable, nj: int, state: dict, desc: str, setu
              threads: int | None = None) -> Iterable:
     """Yield ``fn(job)`` for every job, from ``nj`` spawned worker processes (in completion order),
     or in this process when ``nj`` is 1. ``fn`` is a module-level function reading
-    :func:`worker_state`; ``setup(state)`` runs once per worker (e.g. to open stores)."""
+    :func:`worker_state`; ``setup(state)`` runs once per worker (e.g. to open stores). With
+    ``state["devices"]`` (:func:`job_devices`), each worker's ``state["device"]`` is one of them."""
     jobs = list(jobs)
     nj = max(1, min(nj, len(jobs)))
     stop_on_sigterm()
@@ -105,3 +124,49 @@ def run_jobs(fn: Callable, jobs: Iterable, nj: int, state: dict, desc: str, setu
         except BaseException:
             pool.terminate()
             raise
+
+
+def _run_submitted(fn: Callable, state: dict, setup: Callable | None, job):
+    """One cluster job: the worker set-up of :func:`run_jobs`, then ``fn(job)``."""
+    _init_worker(state, 1, setup)
+    return fn(job)
+
+
+def submit_jobs(fn: Callable, jobs: Iterable, state: dict, folder: str, launcher: str = "slurm",
+                setup: Callable | None = None, partition: str | None = None, time_min: int = 240,
+                gres: str | None = None, name: str = "ser") -> Iterable:
+    """Yield ``fn(job)`` for every job, each run as one cluster job by submitit, in submission order.
+
+    ``launcher`` ``slurm`` submits to Slurm (``partition``, ``time_min`` per job, ``gres`` such as
+    ``gpu:1``), as ESPnet hands jobs to ``slurm.pl``; ``submitit-local`` runs the same jobs as local
+    processes (submitit's local executor). Logs and pickles go to ``folder``. A job that fails stops
+    the stage with its error; the stage stopping (a signal, an error) cancels the jobs not finished.
+    """
+    try:
+        import submitit
+    except ImportError as err:
+        raise ManifestError(f"--launcher {launcher} needs submitit: pip install 'ser-toolkit[cluster]'") from err
+    executor = submitit.AutoExecutor(folder=folder, cluster="local" if launcher == "submitit-local" else "slurm")
+    options = {"timeout_min": time_min, "cpus_per_task": 1, "name": name}
+    if partition:
+        options["slurm_partition"] = partition
+    if gres:
+        options["slurm_gres"] = gres
+    executor.update_parameters(**options)
+    stop_on_sigterm()
+    with executor.batch():
+        submitted = [executor.submit(_run_submitted, fn, state, setup, job) for job in jobs]
+    try:
+        for job in tqdm(submitted, desc=f"{name} ({launcher} jobs)"):
+            try:
+                result = job.result()
+            except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
+                lines = str(err).strip().splitlines()
+                raise ManifestError(f"{job.paths.stderr}: {launcher} job {job.job_id} failed: "
+                                    f"{lines[-1] if lines else type(err).__name__}") from err
+            yield result
+            fault_point("job")
+    finally:
+        for job in submitted:
+            if not job.done():
+                job.cancel(check=False)

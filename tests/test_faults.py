@@ -233,23 +233,30 @@ def test_stage6_refuses_a_variant_with_fewer_folds_x_runs_than_planned(base, tin
 # A moved experiment is still finished, and answers inference
 
 
-def test_a_moved_experiment_reruns_every_stage_as_already_done_and_answers_inference(base, tiny_demo, tmp_path):
+MOVED_OUTPUTS = ["asr/model.pt", "adapt/finetuned/session1/model.pt", "adapt/pretrained/session2/inputs.json",
+                 *[f"ser/{v}/{f}/run0/predictions.csv" for v in SER_VARIANTS for f in FOLDS]]
+
+
+def move_and_rerun(base, tiny_demo, root):
+    """A copy of the experiment moved to another folder (another depth), then stages 1-6 rerun there."""
+    moved = root / "b" / "elsewhere"
+    moved.parent.mkdir(parents=True)
+    shutil.move(str(copy_experiment(base, root / "a")), str(moved))
+    stamps = {p: os.stat(moved / p).st_mtime_ns for p in MOVED_OUTPUTS}
+    stores = sorted(os.listdir(moved / "dump" / "pretrained"))
+    return moved, stamps, stores, run(moved, tiny_demo, check=False)
+
+
+def test_a_moved_experiment_reruns_every_stage_as_already_done_and_answers_inference(base, scenarios):
     from ser_modules.infer import EmotionRecognizer
 
-    first = copy_experiment(base, tmp_path / "a")
-    moved = tmp_path / "b" / "elsewhere"
-    moved.parent.mkdir()
-    shutil.move(str(first), str(moved))
-    outputs = ["asr/model.pt", "adapt/finetuned/session1/model.pt", "adapt/pretrained/session2/inputs.json",
-               *[f"ser/{v}/{f}/run0/predictions.csv" for v in SER_VARIANTS for f in FOLDS]]
-    stamps = {p: os.stat(moved / p).st_mtime_ns for p in outputs}
-    stores = sorted(p for p in os.listdir(moved / "dump" / "pretrained"))
-    proc = run(moved, tiny_demo)
+    moved, stamps, stores, proc = scenarios["moved"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stage 1: data already prepared" in proc.stderr
     assert "stage 2 already finished with this configuration" in proc.stderr
     assert "reusing representation store" in proc.stderr
     assert "stage 5: 4 of 4 trainings already finished" in proc.stderr
-    assert {p: os.stat(moved / p).st_mtime_ns for p in outputs} == stamps  # nothing redone
+    assert {p: os.stat(moved / p).st_mtime_ns for p in MOVED_OUTPUTS} == stamps  # nothing redone
     assert sorted(os.listdir(moved / "dump" / "pretrained")) == stores
     assert str(base) not in (moved / "dump" / "stores_lakomkin2018.json").read_text()
     assert str(base) not in (moved / "adapt" / "finetuned" / "session1" / "model.json").read_text()
@@ -334,18 +341,32 @@ def kill_and_rerun(base, tiny_demo, root, stage: int, signal_name: str) -> Kille
     return Killed(exp, killed, survivors, left, run(exp, tiny_demo, *only, check=False))
 
 
+def scale_out(base, tiny_demo, root, name: str, stage: int, *args: str):
+    """Stages ``stage``-6 redone on a copy of the base experiment with other parallelism options."""
+    exp = copy_experiment(base, root, name)
+    for folder in [STAGE_FOLDER[s] for s in range(stage, 6)]:
+        shutil.rmtree(exp / folder)
+    return exp, run(exp, tiny_demo, "--stage", str(stage), *args, check=False)
+
+
 @pytest.fixture(scope="module")
-def kills(base, tiny_demo, tmp_path_factory):
-    """Every kill scenario, two at a time (each is mostly one single-threaded process)."""
-    root = tmp_path_factory.mktemp("kills")
+def scenarios(base, tiny_demo, tmp_path_factory):
+    """The runs of the kill, relocation and scale-out tests, two at a time (each is mostly one
+    single-threaded process), all finished before their tests check them."""
+    root = tmp_path_factory.mktemp("scenarios")
     with ThreadPoolExecutor(2) as pool:
-        futures = {key: pool.submit(kill_and_rerun, base, tiny_demo, root, *key) for key in KILLS}
-        yield {key: f.result() for key, f in futures.items()}
+        futures = {"sigint": pool.submit(interrupt_runner, base, tiny_demo, root),
+                   "slurm": pool.submit(scale_out, base, tiny_demo, root, "slurm", 5, "--launcher", "submitit-local",
+                                        "--slurm-partition", "gpu", "--slurm-time", "30", "--slurm-gres", "gpu:1"),
+                   "ngpu2": pool.submit(scale_out, base, tiny_demo, root, "ngpu2", 3, "--ngpu", "2"),
+                   "moved": pool.submit(move_and_rerun, base, tiny_demo, root)}
+        futures.update({key: pool.submit(kill_and_rerun, base, tiny_demo, root, *key) for key in KILLS})
+        return {key: f.result() for key, f in futures.items()}
 
 
 @pytest.mark.parametrize("stage,signal_name", list(KILLS), ids=[f"stage{s}-{n}" for s, n in KILLS])
-def test_a_killed_stage_resumes_to_the_uninterrupted_results(base, kills, stage, signal_name):
-    k = kills[(stage, signal_name)]
+def test_a_killed_stage_resumes_to_the_uninterrupted_results(base, scenarios, stage, signal_name):
+    k = scenarios[(stage, signal_name)]
     assert k.killed.returncode != 0, k.killed.stderr[-2000:]
     assert k.survivors == []  # no worker outlives its stage
     if signal_name == "SIGTERM":
@@ -356,17 +377,18 @@ def test_a_killed_stage_resumes_to_the_uninterrupted_results(base, kills, stage,
     assert work_folders(k.exp) == []
 
 
-def test_ctrl_c_to_the_runner_stops_stage5_and_its_workers_and_a_rerun_resumes(base, tiny_demo, tmp_path):
+def interrupt_runner(base, tiny_demo, root) -> dict:
+    """Ctrl-C (SIGINT) to ``run.sh`` while stage 5 trains in 2 worker processes, then a rerun."""
     import signal
     import time
 
-    exp = copy_experiment(base, tmp_path)
+    exp = copy_experiment(base, root, "sigint")
     shutil.rmtree(exp / "ser")
     token = f"SER_FAULT_TEST_{os.getpid()}_sigint"
-    args = ["--stage", "5", "--stop-stage", "5", "--nj", "2"]
     cmd = ["bash", os.path.join(REPO, "recipes", "ctc_transfer", "run.sh"), "--exp-dir", str(exp), "--size", "demo",
            "--emotion-corpus", "iemocap", "--emotion-root", tiny_demo["iemocap"], "--asr-corpus", "librispeech",
-           "--asr-root", tiny_demo["librispeech"], "--folds", "loso", *TINY, *args]
+           "--asr-root", tiny_demo["librispeech"], "--folds", "loso", *TINY, "--stage", "5", "--stop-stage", "5",
+           "--nj", "2"]
     # The stage stops itself (SIGSTOP) after its first finished job: the runner is then sure to be waiting for it.
     runner = subprocess.Popen(cmd, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
                                         "SER_FAULT": "job:1:SIGSTOP", token: "1"},
@@ -382,13 +404,63 @@ def test_ctrl_c_to_the_runner_stops_stage5_and_its_workers_and_a_rerun_resumes(b
                 continue
         return False
 
-    while not stopped_stage():
-        assert runner.poll() is None, runner.communicate()
+    while not stopped_stage() and runner.poll() is None:
         time.sleep(0.2)
     runner.send_signal(signal.SIGINT)
-    _, stderr = runner.communicate(timeout=300)
-    assert runner.returncode == 130 and "stopped by SIGINT: finished work is kept" in stderr, stderr[-3000:]
-    assert processes_with(token) == []
-    assert 1 <= len(finished_runs(exp)) < 4
-    run(exp, tiny_demo, "--stage", "5", "--stop-stage", "5")
+    _, stderr = runner.communicate(timeout=600)
+    return {"exp": exp, "returncode": runner.returncode, "stderr": stderr, "survivors": processes_with(token),
+            "finished": len(finished_runs(exp)), "rerun": run(exp, tiny_demo, "--stage", "5", "--stop-stage", "5",
+                                                               check=False)}
+
+
+def test_ctrl_c_to_the_runner_stops_stage5_and_its_workers_and_a_rerun_resumes(base, scenarios):
+    r = scenarios["sigint"]
+    assert r["returncode"] == 130 and "stopped by SIGINT: finished work is kept" in r["stderr"], r["stderr"][-3000:]
+    assert "Traceback" not in r["stderr"]
+    assert r["survivors"] == []
+    assert 1 <= r["finished"] < 4
+    assert r["rerun"].returncode == 0, r["rerun"].stderr[-3000:]
+    stage_outputs_equal(5, r["exp"], base)
+    assert work_folders(r["exp"]) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Scale-out: --ngpu devices share the jobs of stages 3-5; stage 5 through submitit
+
+
+def results_equal(exp, base) -> None:
+    got, want = pd.read_csv(exp / "results.csv"), pd.read_csv(base / "results.csv")
+    assert got["model"].tolist() == want["model"].tolist()
+    numeric = [c for c in want.columns if c.endswith(("_mean", "_std")) or c.startswith("p_")]
+    np.testing.assert_allclose(got[numeric].to_numpy(float), want[numeric].to_numpy(float), atol=1e-6)
+    asr = [pd.read_csv(e / "asr_results.csv").sort_values(["stage", "split"]).reset_index(drop=True)
+           for e in (exp, base)]
+    np.testing.assert_allclose(asr[0][["WER", "CER"]].to_numpy(float), asr[1][["WER", "CER"]].to_numpy(float))
+
+
+def test_ngpu_2_shares_stages_3_to_5_and_equals_ngpu_1(base, scenarios):
+    exp, proc = scenarios["ngpu2"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Two worker processes (the CPU stand-in for two devices) shared the adaptations and the trainings.
+    assert "stage 3: 4 jobs (pretrained scoring and ['finetuned'] x 2 folds), 2 in parallel" in proc.stderr
+    assert "4 trainings, classes ['ang', 'hap', 'sad'], 2 job(s) in parallel on cpu" in proc.stderr
+    for stage in (3, 4, 5):
+        stage_outputs_equal(stage, exp, base)
+    results_equal(exp, base)
+
+
+def test_stage5_through_submitit_equals_the_process_pool(base, scenarios):
+    exp, proc = scenarios["slurm"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 trainings as submitit-local jobs (partition gpu, 30 min, gres gpu:1)" in proc.stderr
+    jobs = exp / "logs" / "stage5_jobs"
+    assert len([n for n in os.listdir(jobs) if n.endswith("_result.pkl")]) == 4  # one submitit job per training
     stage_outputs_equal(5, exp, base)
+    results_equal(exp, base)
+
+
+def test_ngpu_gives_each_worker_one_device():
+    from ser_modules.jobs import job_devices
+
+    assert job_devices("cuda:0", 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert job_devices("cuda:1", 1) == ["cuda:1"] and job_devices("cpu", 2) == ["cpu"]

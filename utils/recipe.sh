@@ -22,6 +22,10 @@ precision=${precision:-fp32}
 label_map=${label_map:-}
 k_speakers=${k_speakers:-}
 demo_dir=${demo_dir:-${SER_DEMO_DIR:-$toolkit_root/corpora/demo}}
+launcher=${launcher:-pool}
+slurm_partition=${slurm_partition:-}
+slurm_time=${slurm_time:-240}
+slurm_gres=${slurm_gres:-}
 overrides=()
 
 recipe_usage() {
@@ -56,11 +60,18 @@ Options:
   --k N                    speakers per test group for leave-k-speakers-out corpora
   --device D               auto | cpu | cuda | cuda:N (default auto)
   --ngpu N                 GPUs: stage 2 trains data-parallel on N GPUs (torchrun); stages 3-5
-                           spread their jobs over them (default 1)
+                           share their jobs over them, one worker process per GPU, and only the
+                           main process writes shared outputs (on a CPU: at least N jobs) (default 1)
   --nj N                   parallel jobs in stages 3-5 (adaptations, dumps, SER trainings) and, on
                            a CPU, data-parallel processes of stage 2; each CPU job gets one thread
                            (default 0: one per CPU core on CPU, one per GPU on GPU)
   --precision P            fp32 | bf16 | fp16 mixed precision on GPU (default fp32)
+  --launcher L             pool | slurm | submitit-local: how stage 5 runs its trainings: --nj
+                           processes here, one Slurm job each (submitit), or the same jobs as local
+                           processes (default pool)
+  --slurm-partition P      Slurm partition of stage 5's jobs (default: the cluster's)
+  --slurm-time MIN         time limit of each stage-5 Slurm job in minutes (default 240)
+  --slurm-gres G           generic resources of each stage-5 Slurm job, e.g. gpu:1
   --seed N                 random seed (default 1)
   --demo-dir DIR           where the demo corpus is synthesised/reused (default corpora/demo)
   key=value                override an hparam of every stage that has it; prefix asr., adapt.,
@@ -92,6 +103,10 @@ parse_recipe_options() {
       --nj) nj=$2; shift 2 ;;
       --precision) precision=$2; shift 2 ;;
       --seed) seed=$2; shift 2 ;;
+      --launcher) launcher=$2; shift 2 ;;
+      --slurm-partition) slurm_partition=$2; shift 2 ;;
+      --slurm-time) slurm_time=$2; shift 2 ;;
+      --slurm-gres) slurm_gres=$2; shift 2 ;;
       --demo-dir) demo_dir=$2; shift 2 ;;
       *=*) overrides+=("$1"); shift ;;
       *) echo "$0: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -115,6 +130,9 @@ parse_recipe_options() {
     if [ "$emotion_corpus" = demo ] && [ "${asr_corpora[*]}" = demo ]; then size=demo; else size=paper; fi
   fi
   case "$size" in demo|paper) ;; *) echo "$0: --size must be demo or paper" >&2; exit 2 ;; esac
+  case "$ngpu" in ''|*[!0-9]*|0) echo "$0: --ngpu must be a positive number of devices, got '$ngpu'" >&2; exit 2 ;; esac
+  case "$launcher" in pool|slurm|submitit-local) ;;
+    *) echo "$0: --launcher must be pool, slurm or submitit-local" >&2; exit 2 ;; esac
   if [ -z "$fold_scheme" ]; then  # a recipe may use a cheaper fold scheme for the demo size
     if [ "$size" = demo ] && [ -n "${demo_fold_scheme:-}" ]; then fold_scheme=$demo_fold_scheme
     else fold_scheme=$paper_fold_scheme; fi
@@ -188,7 +206,15 @@ run_child() {
 common_stage_args() {
   echo --exp-dir "$exp_dir" --data-dir "$data_dir" --conf-dir "$conf_dir" --size "$size" \
     --protocol "$protocol" --folds "$fold_scheme" --device "$device" --precision "$precision" \
-    --seed "$seed" --nj "$nj"
+    --seed "$seed" --nj "$nj" --ngpu "$ngpu"
+}
+
+# Stage 5's launcher options.
+launcher_args() {
+  echo --launcher "$launcher" --slurm-time "$slurm_time"
+  [ -n "$slurm_partition" ] && echo --slurm-partition "$slurm_partition"
+  [ -n "$slurm_gres" ] && echo --slurm-gres "$slurm_gres"
+  return 0
 }
 
 # run_python MODULE ARGS...: run a Python stage module (stages 3-6 parallelise their jobs themselves).
@@ -267,7 +293,7 @@ run_recipe() {
     run_python ser_modules.stages.dump $(common_stage_args)
   fi
   if run_stage 5 "SER training: $stage5_what"; then
-    run_python ser_modules.stages.ser_train $(common_stage_args)
+    run_python ser_modules.stages.ser_train $(common_stage_args) $(launcher_args)
   fi
   if run_stage 6 "scoring"; then
     run_python ser_modules.stages.score $(common_stage_args)

@@ -28,9 +28,9 @@ from ser_modules.data import asr_dataset
 from ser_modules.fileio import ManifestError, StagedOutputs, file_digest, read_json, read_manifest, run_main, write_json
 from ser_modules.folds import load_folds
 from ser_modules.hparams import canonical_config, load_stage_hparams
-from ser_modules.jobs import default_jobs, run_jobs, worker_state
+from ser_modules.jobs import run_jobs, worker_state
 from ser_modules.models.lowrank import factorize_listener
-from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
+from ser_modules.stages.common import parse_stage_args, stage_jobs, stage_logging, stage_parser
 
 
 def emotion_inputs(data_dir: str, protocol: str, scheme: str):
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
              "pre_sha": pre_info["sha1"], "training_config": training_config,
              "asr_hparams": os.path.join(args.exp_dir, "asr", "model_hparams.yaml")}
     jobs = [("pretrained", f.name) for f in folds_scored] + [(v, f.name) for v in variants for f in folds]
-    nj = default_jobs(args.nj, args.device)
+    nj, state["devices"] = stage_jobs(args)
     log.info("stage 3: %d jobs (pretrained scoring and %s x %d folds), %d in parallel", len(jobs),
              variants or "no adaptation", len(folds), min(nj, len(jobs)))
     for variant, fold, seconds in run_jobs(adapt_job, jobs, nj, state, "stage 3"):

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from ser_modules.fileio import setup_logging
-from ser_modules.jobs import stop_on_sigterm
+from ser_modules.jobs import default_jobs, job_devices, stop_on_sigterm
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -25,7 +25,18 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nj", type=int, default=0, help="parallel jobs (0: one per CPU core / GPU)")
+    parser.add_argument("--ngpu", type=int, default=1,
+                        help="devices sharing the jobs of stages 3-5: GPUs cuda:0..N-1 (on a CPU, at least N jobs)")
     return parser
+
+
+def stage_jobs(args) -> tuple[int, list[str]]:
+    """``(parallel jobs, devices)`` of a stage with independent jobs (stages 3-5): ``--ngpu`` devices
+    share them, one worker process per device unless ``--nj`` asks for more (:mod:`ser_modules.jobs`)."""
+    devices = job_devices(args.device, args.ngpu)
+    if args.nj <= 0 and len(devices) > 1:
+        return len(devices), devices
+    return max(default_jobs(args.nj, args.device), args.ngpu), devices
 
 
 def parse_stage_args(parser: argparse.ArgumentParser, argv=None):

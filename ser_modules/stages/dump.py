@@ -17,8 +17,8 @@ from ser_modules.dump import dump_asr_layers, dump_features
 from ser_modules.features import EGeMAPSFunctionals
 from ser_modules.fileio import ManifestError, read_manifest, run_main, write_csv, write_json, write_text
 from ser_modules.hparams import load_stage_hparams
-from ser_modules.jobs import default_jobs, run_jobs, worker_state
-from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
+from ser_modules.jobs import run_jobs, worker_state
+from ser_modules.stages.common import parse_stage_args, stage_jobs, stage_logging, stage_parser
 
 
 def dump_utterances(data_dir: str, protocol: str) -> pd.DataFrame:
@@ -80,8 +80,9 @@ def main(argv=None) -> None:
                     adaptation_skip_reason(args.exp_dir) or "not exported by stage 3 (run it)")
     if not refs and hp["models"]:
         raise ManifestError(f"{args.exp_dir}: none of the ASR models {hp['models']} is exported (run stages 2-3)")
-    nj = default_jobs(args.nj, args.device)
-    state = {"hp": hp, "utterances": utterances, "csv": csv_path, "out": out, "device": args.device}
+    nj, devices = stage_jobs(args)  # the ASR models' dumps share the devices; features share the processes
+    state = {"hp": hp, "utterances": utterances, "csv": csv_path, "out": out, "device": args.device,
+             "devices": devices}
     for key, info in run_jobs(dump_job, [(r.name, r.fold, r.path) for r in refs], nj, state, "stage 4"):
         stores["asr"][key] = info
     stores["asr"] = {r.key: stores["asr"][r.key] for r in refs}  # in the order of the models, not of completion

@@ -3,7 +3,8 @@
 Each (variant, fold, run) writes ``<exp>/ser/<variant>/<fold>/run<k>/predictions.csv`` (utterance,
 true and predicted label, class probabilities) and ``history.json``; a finished one is skipped on
 rerun and an interrupted one resumes from its checkpoint. ``--nj N`` trains N jobs in parallel
-processes (:mod:`ser_modules.jobs`: one thread each on a CPU, one GPU each with ``--device cuda``).
+processes (:mod:`ser_modules.jobs`: one thread each on a CPU), shared over ``--ngpu`` GPUs with
+``--device cuda``; ``--launcher slurm`` submits one Slurm job per training instead (submitit).
 Per-variant metrics over folds x runs go to ``<exp>/ser/<variant>/metrics.json``.
 """
 
@@ -13,16 +14,15 @@ import os
 import time
 
 import pandas as pd
-import torch
 
 from ser_modules.asr_models import adaptation_skip_reason
 from ser_modules.fileio import ManifestError, read_json, read_manifest, run_main, write_json
 from ser_modules.folds import check_speaker_independence, load_folds
 from ser_modules.hparams import load_stage_hparams
-from ser_modules.jobs import default_jobs, run_jobs, worker_state
+from ser_modules.jobs import run_jobs, submit_jobs, worker_state
 from ser_modules.scoring import classification_metrics
 from ser_modules.ser_training import SERInputs, VariantSpec, train_fold_run
-from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
+from ser_modules.stages.common import parse_stage_args, stage_jobs, stage_logging, stage_parser
 
 
 COST_RANK = {"progressive": 0, "baseline": 1, "iaan": 2, "rnn": 3, "mp": 4, "reference": 5}
@@ -47,8 +47,9 @@ def _open_stores(state: dict) -> None:
 
 
 def _run_job(job: tuple) -> tuple:
-    spec_dict, fold_index, run, device = job
+    spec_dict, fold_index, run = job
     w = worker_state()
+    device = w["device"]
     spec = VariantSpec.from_dict(spec_dict)
     fold = w["folds"][fold_index]
     out = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
@@ -58,7 +59,14 @@ def _run_job(job: tuple) -> tuple:
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
+    parser = stage_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--launcher", default="pool", choices=["pool", "slurm", "submitit-local"],
+                        help="pool: --nj worker processes here; slurm: one Slurm job per training (submitit); "
+                             "submitit-local: the same jobs as local processes")
+    parser.add_argument("--slurm-partition", default=None)
+    parser.add_argument("--slurm-time", type=int, default=240, help="minutes per job")
+    parser.add_argument("--slurm-gres", default=None, help="e.g. gpu:1")
+    args = parse_stage_args(parser, argv)
     log = stage_logging(args.exp_dir, "stage5_ser")
     out = os.path.join(args.exp_dir, "ser")
     hp, resolved = load_stage_hparams(args.conf_dir, "ser", args.size, {"output_folder": out, "seed": args.seed},
@@ -90,17 +98,24 @@ def main(argv=None) -> None:
         log.warning("stage 5: no variant of conf/ser.yaml can train on this experiment")
     # Longest jobs first: the last ones to finish are then the short ones, and the workers end together.
     ordered = sorted(variants, key=lambda v: COST_RANK.get(v["type"], len(COST_RANK)))
-    jobs = [(v, f, r, args.device) for v in ordered for f in range(len(folds)) for r in range(hp["n_runs"])]
-    nj = min(default_jobs(args.nj, args.device), len(jobs))
-    if args.device.startswith("cuda") and nj > 1:  # one GPU per job, round robin
-        n_gpu = max(1, torch.cuda.device_count())
-        jobs = [(v, f, r, f"cuda:{i % n_gpu}") for i, (v, f, r, _) in enumerate(jobs)]
-    state = {"stores": stores, "folds": folds, "manifest": manifest, "classes": classes, "hp": hp, "out": out}
+    jobs = [(v, f, r) for v in ordered for f in range(len(folds)) for r in range(hp["n_runs"])]
+    nj, devices = stage_jobs(args)
+    nj = min(nj, len(jobs))
+    state = {"stores": stores, "folds": folds, "manifest": manifest, "classes": classes, "hp": hp, "out": out,
+             "device": args.device, "devices": devices}
     os.makedirs(out, exist_ok=True)
-    log.info("stage 5: %d variants x %d folds x %d runs = %d trainings, classes %s, %d job(s) in parallel",
-             len(variants), len(folds), hp["n_runs"], len(jobs), classes, nj)
+    if args.launcher == "pool":
+        log.info("stage 5: %d variants x %d folds x %d runs = %d trainings, classes %s, %d job(s) in parallel on %s",
+                 len(variants), len(folds), hp["n_runs"], len(jobs), classes, nj, ", ".join(devices))
+        results = run_jobs(_run_job, jobs, nj, state, "SER", setup=_open_stores)
+    else:  # one cluster job per training; the submitting process writes the shared outputs
+        log.info("stage 5: %d trainings as %s jobs (partition %s, %d min, gres %s), classes %s", len(jobs),
+                 args.launcher, args.slurm_partition or "default", args.slurm_time, args.slurm_gres or "none", classes)
+        results = submit_jobs(_run_job, jobs, {**state, "devices": [args.device]},
+                              os.path.join(args.exp_dir, "logs", "stage5_jobs"), args.launcher, _open_stores,
+                              args.slurm_partition, args.slurm_time, args.slurm_gres, "ser-stage5")
     started, finished_before = time.time(), 0
-    for name, fold, run, n, secs, before in run_jobs(_run_job, jobs, nj, state, "SER", setup=_open_stores):
+    for name, fold, run, n, secs, before in results:
         log.info("%s %s run%d: %d test utterances (%s)", name, fold, run, n, "finished before" if before else
                  f"{secs:.1f} s")
         finished_before += before
