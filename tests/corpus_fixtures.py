@@ -168,7 +168,7 @@ def write_iemocap_dialog(root, session, dialog, turns, order=None, skip_wav=()):
         if suffix in skip_wav:
             continue
         n = int(round((end - start) * 16000))
-        sf.write(os.path.join(wav_dir, f"{dialog}_{suffix}.wav"), np.zeros(n, dtype=np.float32), 16000,
+        sf.write(os.path.join(wav_dir, f"{dialog}_{suffix}.wav"), np.full(n, 0.1, dtype=np.float32), 16000,
                  subtype="PCM_16")
 
 

@@ -78,7 +78,7 @@ def test_prepare_iemocap4(corpus, tmp_path):
 def test_default_k_groups_nine_actors(tmp_path):
     root = tmp_path / "CREMA-D"
     for actor in range(1001, 1029):
-        write(str(root / "AudioWAV" / f"{actor}_DFA_NEU_XX.wav"), 0.1)
+        write(str(root / "AudioWAV" / f"{actor}_DFA_{'NEU' if actor % 2 else 'ANG'}_XX.wav"), 0.1)  # 2 classes
     out = tmp_path / "out"
     prepare_cremad.prepare_cremad(str(root), str(out))
     folds = load_folds(str(out / "default" / "folds_lkso.json"))
