@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import json
 import logging
 import multiprocessing as mp

@@ -85,7 +85,7 @@ class ASRBrain(sb.Brain):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         else:
-            self.cer_stats = ErrorRateStats(split_tokens=True)
+            self.cer_stats = ErrorRateStats()
             self.wer_stats = ErrorRateStats()
 
     def record_hypotheses(self, ids, hyps: list[str], refs: list[str]) -> None:
@@ -211,7 +211,7 @@ def evaluate_asr(model: torch.nn.Module, features: torch.nn.Module, dataset, voc
 
 def error_rates(ids: list[str], refs: list[str], hyps: list[str], alignments_path: str | None = None) -> dict:
     """WER and CER (percent) of hypotheses against references; optionally write the word alignments."""
-    cer, wer = ErrorRateStats(split_tokens=True), ErrorRateStats()
+    cer, wer = ErrorRateStats(), ErrorRateStats()
     append_error_stats(cer, wer, ids, hyps, refs)
     if alignments_path:
         with atomic_path(alignments_path) as tmp, open(tmp, "w", encoding="utf-8") as f:

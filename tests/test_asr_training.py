@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import speechbrain as sb
@@ -210,3 +211,88 @@ def test_ddp_two_cpu_processes_stay_identical(asr_data, tmp_path):
         assert torch.equal(a[name], b[name]), name
     untrained = tiny_hparams("ctc_transfer", asr_data, tmp_path / "fresh")["model"].state_dict()
     assert any(not torch.equal(a[n], untrained[n]) for n in a)  # the replicas did train
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss and the metrics against hand computations
+
+
+def test_ctc_loss_equals_the_hand_sum_over_alignments_and_torch():
+    """Two utterances over {blank, A}: "A" in 2 frames (alignments AA, A-, -A) and "AA" in 3 frames
+    (only A-A); the loss is the negative log-likelihood summed over utterances, averaged over the batch."""
+    from types import SimpleNamespace
+
+    logits = torch.tensor([[[0.2, 1.0], [0.5, -0.3], [0.0, 0.0]], [[1.5, -0.5], [-1.0, 0.7], [0.3, 0.9]]])
+    p = logits.softmax(-1)  # [B, T, (blank, A)]
+    p_a = p[0, 0, 1] * p[0, 1, 1] + p[0, 0, 1] * p[0, 1, 0] + p[0, 0, 0] * p[0, 1, 1]
+    p_aa = p[1, 0, 1] * p[1, 1, 0] * p[1, 2, 1]
+    by_hand = -(torch.log(p_a) + torch.log(p_aa)) / 2
+    tokens = torch.tensor([[1, 0], [1, 1]])
+    batch = SimpleNamespace(tokens=(tokens, torch.tensor([0.5, 1.0])))
+    loss = CTCBrain.compute_objectives(SimpleNamespace(device="cpu"), (logits, torch.tensor([2, 3])), batch,
+                                       sb.Stage.TRAIN)
+    torch_loss = torch.nn.functional.ctc_loss(logits.log_softmax(-1).transpose(0, 1), tokens, torch.tensor([2, 3]),
+                                              torch.tensor([1, 2]), blank=0, reduction="sum") / 2
+    assert float(loss) == pytest.approx(float(by_hand), rel=1e-5)
+    assert float(torch_loss) == pytest.approx(float(by_hand), rel=1e-5)
+
+
+def edit_distance(a: list, b: list) -> int:
+    """Levenshtein distance by the textbook dynamic programme."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def test_wer_and_cer_equal_edit_distances_counted_by_hand():
+    from ser_modules.asr_training import error_rates
+
+    refs = ["THE CAT SAT", "A B C", "HELLO"]
+    hyps = ["THE BAT SAT ON", "A C", ""]
+    # Words: CAT->BAT and +ON (2), -B (1), -HELLO (1): 4 errors over 3 + 3 + 1 reference words.
+    # Characters (spaces count): C->B and +" ON" (4), -"B " (2), -HELLO (5): 11 over 11 + 5 + 5.
+    assert [edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps)] == [2, 1, 1]
+    assert [edit_distance(list(r), list(h)) for r, h in zip(refs, hyps)] == [4, 2, 5]
+    got = error_rates(["u1", "u2", "u3"], refs, hyps)
+    assert got["WER"] == pytest.approx(round(100 * 4 / 7, 2))
+    assert got["CER"] == pytest.approx(round(100 * 11 / 21, 2))
+    assert got["utterances"] == 3
+
+
+def test_ctc_beam_search_finds_the_most_probable_labelling_of_an_exhaustive_search():
+    """On a 3-symbol vocabulary (blank, A, B) and 5 frames, the labelling with the highest total
+    probability over all 3^5 alignments is what the beam search returns; greedy returns the collapsed
+    best single path."""
+    import itertools
+
+    from ser_modules.decoding import Transcriber
+    from ser_modules.models.ds2 import DeepSpeech2
+    from ser_modules.text import CharVocabulary
+
+    class Fixed(DeepSpeech2):
+        def __init__(self, logits):
+            torch.nn.Module.__init__(self)
+            self.logits = logits
+
+        def forward(self, feats, frames):
+            return self.logits, frames
+
+    vocab, frames = CharVocabulary(specials=["<blank>"], characters=["A", "B"]), 5
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        logits = 1.5 * torch.randn(1, frames, 3, generator=gen)
+        log_probs = logits.log_softmax(-1)[0]
+        total, best_path = {}, None
+        for path in itertools.product(range(3), repeat=frames):
+            text = vocab.decode([s for i, s in enumerate(path) if s and (i == 0 or s != path[i - 1])])
+            score = float(log_probs[range(frames), list(path)].sum())
+            total[text] = total.get(text, 0.0) + np.exp(score)
+            if best_path is None or score > best_path[0]:
+                best_path = (score, text)
+        transcriber = Transcriber(Fixed(logits), vocab, beam_size=50)
+        feats, lengths = torch.zeros(1, frames, 1), torch.tensor([frames])
+        assert transcriber(feats, lengths, "beam") == [max(total, key=total.get)]
+        assert transcriber(feats, lengths, "greedy") == [best_path[1]]

@@ -109,10 +109,24 @@ def test_preparer_reads_the_demo(demo, tmp_path):
     assert summary["protocols"]["standard"]["utterances"] == demo["target_class_turns"]
 
 
-def test_words_do_not_depend_on_emotion():
-    # The sentence generator takes no emotion: the same random state gives the same words.
-    a = [demo_lexicon.dialog_sentence(np.random.default_rng(7)) for _ in range(3)]
-    assert len(set(a)) == 1
+def test_words_do_not_depend_on_emotion(monkeypatch):
+    """Generators that differ only in the emotion they render (every turn angry, every turn sad, ...)
+    plan the same words, transcripts and spoken texts, turn by turn; the rendering (prosody) differs."""
+    import make_demo_corpus
+
+    cfg = DemoConfig(seed=5, sessions=2, dialogs_per_session=3, turns_per_dialog=6)
+    plans = {}
+    for emotion in make_demo_corpus.EMOTION_MIXTURE:
+        monkeypatch.setattr(make_demo_corpus, "EMOTION_MIXTURE", {emotion: 1.0})
+        dialogs, tasks = make_demo_corpus.plan_emotion_corpus(cfg, "/nowhere", np.random.default_rng(cfg.seed))
+        turns = [t for d in dialogs for t in d["turns"]]
+        assert {t.emotion for t in turns} == {emotion}
+        jobs = [j for js in tasks for j in js]
+        plans[emotion] = ([t.text for t in turns], [t.transcript for t in turns], [j.text for j in jobs],
+                          [(j.rate, j.pitch, j.volume) for j in jobs])
+    words = {e: p[:3] for e, p in plans.items()}
+    assert len({repr(w) for w in words.values()}) == 1 and len(set(words["ang"][0])) > 10
+    assert plans["ang"][3] != plans["sad"][3]  # the emotion is in the prosody only
     assert len(demo_lexicon.vocabulary()) >= 500
 
 
