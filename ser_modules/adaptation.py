@@ -107,13 +107,28 @@ def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]
     return paths
 
 
+def per_stage(hp: dict, key: str, part: str, default=None):
+    """The entry of ``hp[key]`` for the adaptation stage ``part``: ``hp[key]`` is one value for every
+    stage or a list with one value per entry of ``stages`` (absent or null: ``default``)."""
+    value = hp.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, (list, tuple)):
+        return value
+    if len(value) != len(hp["stages"]):
+        raise ManifestError(f"{key} has {len(value)} entries for {len(hp['stages'])} stages {hp['stages']}")
+    return value[list(hp["stages"]).index(part)]
+
+
 def stage_lr(hp: dict, part: str) -> float:
     """The learning rate of one adaptation stage: ``lr`` times the stage's entry of
     ``stage_lr_scale`` (one factor per entry of ``stages``; absent: 1)."""
-    scales = hp.get("stage_lr_scale") or [1.0] * len(hp["stages"])
-    if len(scales) != len(hp["stages"]):
-        raise ManifestError(f"stage_lr_scale has {len(scales)} entries for {len(hp['stages'])} stages {hp['stages']}")
-    return float(hp["lr"]) * float(scales[list(hp["stages"]).index(part)])
+    return float(hp["lr"]) * float(per_stage(hp, "stage_lr_scale", part, 1.0))
+
+
+def stage_epochs(hp: dict, part: str) -> int:
+    """The epoch limit of one adaptation stage: ``epochs_per_stage``, one number or one per stage."""
+    return int(per_stage(hp, "epochs_per_stage", part))
 
 
 def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str, str], out_dir: str,
@@ -145,7 +160,7 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
     start_json = os.path.join(out_dir, "start.json")
     if start_error is None and os.path.isfile(start_json):  # resumed: the start was scored before
         start_error = read_json(start_json)[key]
-    counter = EpochCounterWithStopper(hp["epochs_per_stage"], hp["patience"], 0, "min")
+    counter = EpochCounterWithStopper(stage_epochs(hp, part), hp["patience"], 0, "min")
     checkpointer.add_recoverable("counter", counter)
     stage_hp = {**hp, "model": model, "checkpointer": checkpointer, "epoch_counter": counter,
                 "lr": stage_lr(hp, part),  # the Brain sets each epoch's lr from it

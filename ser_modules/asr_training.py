@@ -160,8 +160,9 @@ class LASBrain(ASRBrain):
                              predictions["enc_lengths"], absolute_lengths(token_rel.to(self.device), tokens.shape[1]),
                              blank=0, reduction="mean", zero_infinity=True)
             loss = (1 - weight) * loss + weight * ctc
-        if stage != sb.Stage.TRAIN:
-            hyps = self.transcriber(predictions["feats"], predictions["frames"], "greedy")
+        if stage != sb.Stage.TRAIN:  # validation decodes with valid_decoder (greedy unless configured)
+            hyps = self.transcriber(predictions["feats"], predictions["frames"],
+                                    getattr(self.hparams, "valid_decoder", "greedy"))
             self.record_hypotheses(batch.id, hyps, batch.transcript)
         return loss
 
@@ -169,7 +170,9 @@ class LASBrain(ASRBrain):
         super().on_stage_start(stage, epoch)
         if stage != sb.Stage.TRAIN:
             self.transcriber = Transcriber(self.modules.model.module if hasattr(self.modules.model, "module")
-                                           else self.modules.model, self.hparams.vocab)
+                                           else self.modules.model, self.hparams.vocab,
+                                           beam_size=getattr(self.hparams, "beam_size", 10),
+                                           ctc_weight=getattr(self.hparams, "decode_ctc_weight", 0.5))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,13 +184,15 @@ ASR_RESULT_COLUMNS = ["model", "stage", "corpus", "split", "decoder", "WER", "CE
 
 @torch.no_grad()
 def evaluate_asr(model: torch.nn.Module, features: torch.nn.Module, dataset, vocab, device: str, out_dir: str,
-                 tag: str, methods=("greedy",), batch_size: int = 16, beam_size: int = 10) -> dict[str, dict]:
-    """Transcribe ``dataset`` (an :func:`ser_modules.data.asr_dataset`) with each decoding method;
-    write per-utterance alignments ``wer_<tag>_<method>.txt`` and return ``{method: {WER, CER, n}}``."""
+                 tag: str, methods=("greedy",), batch_size: int = 16, beam_size: int = 10,
+                 ctc_weight: float = 0.5) -> dict[str, dict]:
+    """Transcribe ``dataset`` (an :func:`ser_modules.data.asr_dataset`) with each decoding method
+    (``joint`` weights CTC by ``ctc_weight``); write per-utterance alignments ``wer_<tag>_<method>.txt``
+    and return ``{method: {WER, CER, n}}``."""
     from ser_modules.data import LengthBucketBatchSampler, dataset_durations
 
     model.eval()
-    transcriber = Transcriber(model, vocab, beam_size=beam_size)
+    transcriber = Transcriber(model, vocab, beam_size=beam_size, ctc_weight=ctc_weight)
     sampler = LengthBucketBatchSampler(dataset_durations(dataset), batch_size, shuffle=False)
     loader = sb.dataio.dataloader.make_dataloader(dataset, batch_sampler=sampler)
     results = {}

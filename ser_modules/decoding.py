@@ -1,13 +1,17 @@
 """Greedy and beam-search transcription for the CTC (DeepSpeech2) and attention (LAS) models.
 
 Beam search uses SpeechBrain's searchers: ``CTCBeamSearcher`` for CTC and ``S2SRNNBeamSearcher`` /
-``S2SRNNGreedySearcher`` for the LAS speller (SpeechBrain's ``AttentionalRNNDecoder``).
+``S2SRNNGreedySearcher`` for the LAS speller (SpeechBrain's ``AttentionalRNNDecoder``). A LAS with a
+CTC head also decodes ``joint``: beam search on ``(1 - w) x attention + w x CTC prefix`` scores
+(Watanabe et al. 2017, ESPnet's default), which keeps the speller from looping or stopping early,
+the typical failures of attention decoding on mismatched speech.
 """
 
 from __future__ import annotations
 
 import torch
 from speechbrain.decoders.ctc import CTCBeamSearcher
+from speechbrain.decoders.scorer import CTCScorer, ScorerBuilder
 from speechbrain.decoders.seq2seq import S2SRNNBeamSearcher, S2SRNNGreedySearcher
 
 from ser_modules.models.ds2 import DeepSpeech2
@@ -26,12 +30,17 @@ def ctc_greedy(logits: torch.Tensor, lengths: torch.Tensor, vocab: CharVocabular
     return texts
 
 
+METHODS = ("greedy", "beam", "joint")
+
+
 class Transcriber:
-    """Transcribe feature batches with a trained model: ``method`` is ``greedy`` or ``beam``."""
+    """Transcribe feature batches with a trained model: ``method`` is ``greedy``, ``beam`` or (a LAS
+    with a CTC head) ``joint``, a beam search weighting the CTC prefix score by ``ctc_weight``."""
 
     def __init__(self, model: torch.nn.Module, vocab: CharVocabulary, beam_size: int = 10,
-                 max_decode_ratio: float = 1.0):
+                 max_decode_ratio: float = 1.0, ctc_weight: float = 0.5):
         self.model, self.vocab, self.beam_size = model, vocab, beam_size
+        self._joint = None
         self.is_ctc = isinstance(model, DeepSpeech2)
         if not self.is_ctc and not isinstance(model, ListenAttendSpell):
             raise TypeError(f"cannot transcribe with a {type(model).__name__}")
@@ -44,11 +53,22 @@ class Transcriber:
             self._greedy = S2SRNNGreedySearcher(model.embedding, model.speller, model.output, **common)
             self._beam = S2SRNNBeamSearcher(model.embedding, model.speller, model.output, beam_size=beam_size,
                                             **common)
+            if model.ctc_output is not None:
+                if not 0.0 < ctc_weight < 1.0:
+                    raise ValueError(f"joint decoding needs a CTC weight in (0, 1), got {ctc_weight}")
+                # The CTC head's blank is index 0 (<pad>), as in training (asr_training.LASBrain).
+                scorer = ScorerBuilder(full_scorers=[CTCScorer(model.ctc_output, 0, model.eos_index)],
+                                       weights={"ctc": ctc_weight})
+                self._joint = S2SRNNBeamSearcher(model.embedding, model.speller, model.output,
+                                                 beam_size=beam_size, scorer=scorer, **common)
 
     @torch.no_grad()
     def __call__(self, feats: torch.Tensor, frames: torch.Tensor, method: str = "greedy") -> list[str]:
-        if method not in ("greedy", "beam"):
-            raise ValueError(f"unknown decoding method {method!r}: greedy or beam")
+        if method not in METHODS:
+            raise ValueError(f"unknown decoding method {method!r}: one of {', '.join(METHODS)}")
+        if method == "joint" and self._joint is None:
+            raise ValueError(f"joint CTC/attention decoding needs a LAS with a CTC head; this "
+                             f"{type(self.model).__name__} has none (decode with greedy or beam)")
         if self.is_ctc:
             logits, lengths = self.model(feats, frames)
             if method == "greedy":
@@ -57,6 +77,7 @@ class Transcriber:
             hyps = self._beam(log_probs, lengths.float() / logits.shape[1])
             return [h[0].text.strip() if h else "" for h in hyps]
         enc, enc_lengths = self.model.listener(feats, frames)
-        searcher = self._greedy if method == "greedy" else self._beam
+        enc = enc[:, : int(enc_lengths.max())]  # no all-padding frames: the CTC scorer masks up to the longest
+        searcher = {"greedy": self._greedy, "beam": self._beam, "joint": self._joint}[method]
         hyps, *_ = searcher(enc, enc_lengths.float() / enc.shape[1])
         return [self.vocab.decode([int(t) for t in h if int(t) != self.model.eos_index]) for h in hyps]

@@ -9,7 +9,7 @@ Python::
 Command line::
 
     python -m ser_modules.infer EXP_DIR AUDIO... [--out results.csv|results.json] [--variant NAME]
-        [--fold NAME] [--decoder greedy|beam] [--device cpu] [--batch-size 8] [--long split|refuse]
+        [--fold NAME] [--decoder greedy|beam|joint] [--device cpu] [--batch-size 8] [--long split|refuse]
         [--context turns.csv|IEMOCAP_FOLDER]
 
 A SER variant was trained once per fold (stage 5); by default the class probabilities of all fold
@@ -323,7 +323,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", default=None, help="SER variant (default: the best UA in results.csv)")
     parser.add_argument("--fold", default=None, help="one fold's model (default: average all folds)")
     parser.add_argument("--run", type=int, default=0)
-    parser.add_argument("--decoder", default="greedy", choices=["greedy", "beam"])
+    parser.add_argument("--decoder", default="greedy", choices=["greedy", "beam", "joint"],
+                        help="transcript decoding; joint: CTC/attention beam search (a LAS with a CTC head)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=30.0, help="longer recordings are split or refused")

@@ -11,7 +11,7 @@ import speechbrain as sb
 import torch
 
 from prepare_librispeech import read_librispeech
-from ser_modules.adaptation import run_stage, stage_lr
+from ser_modules.adaptation import run_stage, stage_epochs, stage_lr
 from ser_modules.fileio import ManifestError
 from ser_modules.asr_training import CTCBrain, LASBrain, evaluate_asr, fit_asr, run_options, update_asr_results
 from ser_modules.data import LengthBucketBatchSampler, asr_dataset
@@ -141,6 +141,10 @@ def test_adaptation_stage_learning_rates(asr_data, tmp_path):
     assert [stage_lr(hp, p) for p in hp["stages"]] == [1e-3, 2.5e-4, 5e-4]
     with pytest.raises(ManifestError, match="stage_lr_scale has 2 entries for 3 stages"):
         stage_lr({**hp, "stage_lr_scale": [1.0, 0.5]}, "all")
+    assert [stage_epochs({**hp, "epochs_per_stage": 10}, p) for p in hp["stages"]] == [10, 10, 10]
+    assert [stage_epochs({**hp, "epochs_per_stage": [1, 2, 5]}, p) for p in hp["stages"]] == [1, 2, 5]
+    with pytest.raises(ManifestError, match="epochs_per_stage has 4 entries for 3 stages"):
+        stage_epochs({**hp, "epochs_per_stage": [1, 2, 3, 4]}, "all")
     # The optimiser of a stage runs at its scaled rate.
     asr_hp = tiny_hparams("las_adapt", asr_data, tmp_path / "asr")
     seen = []
@@ -296,3 +300,44 @@ def test_ctc_beam_search_finds_the_most_probable_labelling_of_an_exhaustive_sear
         feats, lengths = torch.zeros(1, frames, 1), torch.tensor([frames])
         assert transcriber(feats, lengths, "beam") == [max(total, key=total.get)]
         assert transcriber(feats, lengths, "greedy") == [best_path[1]]
+
+
+class _FixedCTC(torch.nn.Module):
+    """A CTC head whose log-probabilities spell ``path`` frame by frame (one symbol per encoder frame)."""
+
+    def __init__(self, path, n_symbols):
+        super().__init__()
+        self.path, self.n_symbols = path, n_symbols
+
+    def forward(self, enc):
+        logits = torch.full((*enc.shape[:2], self.n_symbols), -12.0)
+        for t in range(enc.shape[1]):
+            logits[:, t, self.path[min(t, len(self.path) - 1)]] = 12.0
+        return logits
+
+
+def test_joint_decoding_follows_a_confident_ctc_head_and_ignores_padding():
+    """A randomly initialised speller alone spells nonsense; with a CTC head that is certain of
+    "ABBA" (frames A A _ B _ B A A ...), joint CTC/attention beam search at CTC weight 0.9 spells exactly
+    it, for every utterance of a padded batch; DS2 and a LAS without CTC head refuse ``joint``."""
+    from ser_modules.decoding import Transcriber
+    from ser_modules.models.ds2 import DeepSpeech2
+    from ser_modules.models.las import ListenAttendSpell
+    from ser_modules.text import CharVocabulary
+
+    torch.manual_seed(0)
+    vocab = CharVocabulary(specials=["<blank>", "<sos>", "<eos>"], characters=["A", "B", " "])
+    model = ListenAttendSpell(listener_hidden=6, fc_size=8, speller_hidden=8, attention_dim=8, embedding_dim=4,
+                              n_symbols=len(vocab), ctc_head=True).eval()
+    a, b = vocab.id_of("A"), vocab.id_of("B")
+    model.ctc_output = _FixedCTC([a, a, 0, b, 0, b, a] + [a] * 20, len(vocab))
+    feats = torch.randn(2, 60, 39)
+    lengths = torch.tensor([40, 32])  # encoder frames 10 and 8; the batch pads to 15
+    transcriber = Transcriber(model, vocab, beam_size=4, ctc_weight=0.9)
+    assert transcriber(feats, lengths, "joint") == ["ABBA", "ABBA"]
+    assert transcriber(feats, lengths, "beam") != ["ABBA", "ABBA"]  # the attention decoder alone does not know it
+    with pytest.raises(ValueError, match="joint CTC/attention decoding needs a LAS with a CTC head"):
+        Transcriber(ListenAttendSpell(listener_hidden=6, fc_size=8, speller_hidden=8, attention_dim=8,
+                                      embedding_dim=4, n_symbols=len(vocab)).eval(), vocab)(feats, lengths, "joint")
+    with pytest.raises(ValueError, match="needs a LAS with a CTC head; this DeepSpeech2"):
+        Transcriber(DeepSpeech2(conv_channels=2, rnn_layers=1, rnn_hidden=8), CharVocabulary())(feats, lengths, "joint")

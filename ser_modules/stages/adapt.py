@@ -58,7 +58,7 @@ def scored(folder: str, methods: list[str]) -> bool:
 def score_test(model, features, vocab, test_csv: str, folder: str, methods: list[str], hp: dict, device: str) -> None:
     model.eval()
     evaluate_asr(model, features, asr_dataset(test_csv, vocab), vocab, device, folder, "test", methods,
-                 hp["eval_batch_size"])
+                 hp["eval_batch_size"], hp.get("beam_size", 10), hp.get("decode_ctc_weight", 0.5))
 
 
 def adapt_job(job: tuple) -> tuple[str, str, float]:

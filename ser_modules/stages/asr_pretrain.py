@@ -22,7 +22,7 @@ from ser_modules.fileio import StagedOutputs, file_digest, read_json, run_main, 
 from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
-EVAL_ONLY_KEYS = ("decoders", "beam_size", "eval_batch_size", "num_workers")
+EVAL_ONLY_KEYS = ("decoders", "beam_size", "decode_ctc_weight", "eval_batch_size", "num_workers")
 
 
 def main(argv=None) -> None:
@@ -73,7 +73,8 @@ def main(argv=None) -> None:
     rows, summary = [], {}
     for split, csv in (("dev", hparams["valid_csv"]), ("test", hparams["test_csv"])):
         res = evaluate_asr(model, features, asr_dataset(csv, vocab, bos, eos), vocab, args.device, work, split,
-                           hparams["decoders"], hparams.get("eval_batch_size", 16), hparams.get("beam_size", 10))
+                           hparams["decoders"], hparams.get("eval_batch_size", 16), hparams.get("beam_size", 10),
+                           hparams.get("decode_ctc_weight", 0.5))
         for method, r in res.items():
             rows.append({"model": hparams["model_name"], "stage": "pretrained", "corpus": corpus, "split": split,
                          "decoder": method, **r, "checkpoint": os.path.join("asr", ckpt) if ckpt else ""})

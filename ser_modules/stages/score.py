@@ -105,17 +105,16 @@ def adaptation_table(asr_results: pd.DataFrame, results: pd.DataFrame, corpus: s
     """Yeh 2020 Tables 1-2: per ASR model and adaptation stage, WER on the emotion corpus next to
     the UA/WA of the SER models reading that model's layers."""
     rows = []
-    emo = asr_results[(asr_results["corpus"] == corpus) & (asr_results["decoder"] == "greedy")
-                      & (asr_results["split"] == f"test:{scheme}")]
-    for _, r in emo.iterrows():
+    emo = asr_results[(asr_results["corpus"] == corpus) & (asr_results["split"] == f"test:{scheme}")]
+    for _, r in emo.iterrows():  # one row per ASR model, adaptation stage and decoder (stage 3's decoders)
         asr = r["stage"]
         ser = results[results["asr"] == asr] if len(results) else results
         layers = ser["layer"].tolist() if len(ser) else []
         if not layers:
-            rows.append({"ASR model": asr, "WER": r["WER"], "CER": r["CER"], "SER model": "", "layer": "",
-                         "UA": "", "WA": ""})
+            rows.append({"ASR model": asr, "decoder": r["decoder"], "WER": r["WER"], "CER": r["CER"], "SER model": "",
+                         "layer": "", "UA": "", "WA": ""})
         for _, s in ser.iterrows():
-            rows.append({"ASR model": asr, "WER": r["WER"], "CER": r["CER"], "SER model": s["model"],
+            rows.append({"ASR model": asr, "decoder": r["decoder"], "WER": r["WER"], "CER": r["CER"], "SER model": s["model"],
                          "layer": s["layer"], "UA": fmt(s["UA_mean"], s["UA_std"]), "WA": fmt(s["WA_mean"], s["WA_std"])})
     return pd.DataFrame(rows)
 
