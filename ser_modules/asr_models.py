@@ -1,6 +1,9 @@
 """Trained ASR models of an experiment folder: export, discovery and loading.
 
 Stage 2 exports ``<exp>/asr/model.pt``; stage 3 exports ``<exp>/adapt/<variant>/<fold>/model.pt``.
+In an upstream_probe experiment, stage 2 describes each pretrained upstream instead
+(``<exp>/asr/upstreams.json`` and ``<exp>/asr/<name>/model.json`` pointing at its folder,
+:mod:`ser_modules.upstream`); it is listed and loaded here like a trained model.
 Beside each state dict, ``model.json`` records what is needed to rebuild the module: the stage-2
 hparams file (architecture, features, vocabulary) and the SVD rank of a structured model. Later
 stages (representation dump, inference) find models with :func:`list_asr_models` and rebuild them
@@ -66,12 +69,30 @@ def export_model(model: torch.nn.Module, out_dir: str, asr_hparams: str, rank: i
     return path
 
 
+def upstream_entries(exp_dir: str) -> list[dict]:
+    """The upstreams stage 2 of an upstream_probe experiment described (``asr/upstreams.json``), or []."""
+    path = os.path.join(exp_dir, "asr", "upstreams.json")
+    return read_json(path)["upstreams"] if os.path.isfile(path) else []
+
+
+def asr_model_path(exp_dir: str, asr: str, fold: str | None) -> str:
+    """Where the model a SER variant reads lives: an upstream's ``model.json``, the pretrained
+    ``asr/model.pt`` or the fold's adapted ``adapt/<asr>/<fold>/model.pt``."""
+    if asr in {u["name"] for u in upstream_entries(exp_dir)}:
+        return os.path.join(exp_dir, "asr", asr, "model.json")
+    if asr == "pretrained":
+        return os.path.join(exp_dir, "asr", "model.pt")
+    return os.path.join(exp_dir, "adapt", asr, fold, "model.pt")
+
+
 def list_asr_models(exp_dir: str) -> list[ASRModelRef]:
-    """The pretrained model and every adapted (variant, fold) model exported under ``exp_dir``."""
+    """The pretrained model (or the described upstreams) and every adapted (variant, fold) model
+    exported under ``exp_dir``."""
     refs = []
     pre = os.path.join(exp_dir, "asr", "model.pt")
     if os.path.isfile(pre):
         refs.append(ASRModelRef("pretrained", None, pre))
+    refs += [ASRModelRef(u["name"], None, asr_model_path(exp_dir, u["name"], None)) for u in upstream_entries(exp_dir)]
     adapt = os.path.join(exp_dir, "adapt")
     if os.path.isdir(adapt):
         for variant in sorted(os.listdir(adapt)):
@@ -106,6 +127,11 @@ def load_asr_model(path: str, device: str = "cpu"):
 
     info_path = os.path.join(os.path.dirname(path), "model.json")
     info = read_json(info_path)
+    if info.get("upstream"):  # a pretrained upstream: rebuilt from its own folder, no vocabulary
+        from ser_modules.upstream import load_upstream
+
+        model, features = load_upstream(info["upstream"]["source"], device)
+        return model, features, None, info
     model, features, vocab = build_from_hparams(os.path.join(os.path.dirname(path), info["asr_hparams"]))
     if info.get("rank"):
         factorize_listener(model, int(info["rank"]))

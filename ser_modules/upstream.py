@@ -302,3 +302,25 @@ def upstream_name(path: str, taken: set[str]) -> str:
         name, i = f"{base}-{i}", i + 1
     return name
 
+
+
+def main(argv=None) -> int:
+    """``python -m ser_modules.upstream check PATH...``: each path is an upstream folder (one line per bad one)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "check":
+        print("usage: python -m ser_modules.upstream check PATH...", file=sys.stderr)
+        return 2
+    bad = 0
+    for path in argv[1:]:
+        try:
+            upstream_kind(path)
+        except ManifestError as err:
+            print(f"error: {err}", file=sys.stderr)
+            bad += 1
+    return 2 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 KINDS = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper", "speechbrain")
 
-# A small conv feature extractor: 3 layers, 400-sample receptive field, hop 320 (50 Hz) like the real ones.
+# A small conv feature extractor: 3 layers, hop 320 samples (50 Hz frames, as the real ones), 165-sample receptive field.
 CONV = {"conv_dim": (32, 32, 32), "conv_kernel": (10, 8, 4), "conv_stride": (5, 8, 8)}
 
 SPEECHBRAIN_YAML = """# A tiny SpeechBrain encoder (utils/make_tiny_upstream.py): 20 log-mel bins, two linear+ReLU blocks.
