@@ -57,15 +57,16 @@ def conv_frames(samples: int, kernels, strides) -> int:
 
 
 # Layer-normalised feature encoders (the wav2vec2-large-lv60 style) take the attention mask: padded
-# batches; the wav2vec2-base style (group norm, no mask) runs one utterance at a time.
+# batches; the wav2vec2-base style (group norm, no mask) and data2vec-audio run one utterance at a time.
 @pytest.mark.parametrize("kind,group_norm", [("wav2vec2", False), ("hubert", False), ("wavlm", False),
-                                             ("wav2vec2", True)])
+                                             ("wav2vec2", True), ("data2vec-audio", False)])
 def test_dumped_layers_equal_the_models_hidden_states(kind, group_norm, utterances, tmp_path):
     import transformers
 
     folder = make_tiny_upstream(kind, str(tmp_path / kind), layers=2, hidden=32, group_norm=group_norm)
     model, features = load_upstream(folder)
-    assert model.layer_names == ["layer0", "layer1", "layer2"] and model.batched == (not group_norm)
+    assert model.layer_names == ["layer0", "layer1", "layer2"]
+    assert model.batched == (kind != "data2vec-audio" and not group_norm)
     store = dump(model, features, utterances, tmp_path / "dump")
     reference = transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval()
     cfg = reference.config
@@ -79,6 +80,25 @@ def test_dumped_layers_equal_the_models_hidden_states(kind, group_norm, utteranc
             got = store.get(row.ID, layer)
             assert got.shape == (expected_frames, 32)
             np.testing.assert_allclose(got, states[k][0].numpy(), atol=2e-5, err_msg=f"{kind} {layer} {row.ID}")
+
+
+def test_whisper_encoder_layers_are_cropped_from_its_30_second_window(utterances, tmp_path):
+    import transformers
+
+    folder = make_tiny_upstream("whisper", str(tmp_path / "whisper"), layers=2, hidden=32)
+    model, features = load_upstream(folder)
+    store = dump(model, features, utterances, tmp_path / "dump")
+    encoder = transformers.WhisperModel.from_pretrained(folder, local_files_only=True).get_encoder().eval()
+    mel = transformers.WhisperFeatureExtractor(feature_size=80)
+    for row in utterances[0].itertuples():
+        wav = sf.read(row.wav, dtype="float32")[0]
+        frames = -(-len(wav) // 320)  # 20 ms per encoder frame, a partial last one counts
+        with torch.no_grad():
+            states = encoder(mel(wav, sampling_rate=16000, return_tensors="pt").input_features,
+                             output_hidden_states=True).hidden_states
+        assert states[0].shape[1] == 1500  # the whole 30 s window
+        for k, layer in enumerate(model.layer_names):
+            np.testing.assert_allclose(store.get(row.ID, layer), states[k][0, :frames].numpy(), atol=2e-5)
 
 
 def test_group_norm_models_would_change_with_padding(tmp_path):
