@@ -297,6 +297,7 @@ def describe_upstream(name: str, path: str, device: str = "cpu", probe_seconds: 
 def upstream_name(path: str, taken: set[str]) -> str:
     """A short unique name from the folder name (``wavlm-base-plus``): what variants and stores are called."""
     base = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.path.basename(os.path.normpath(path))) or "upstream"
+    taken = set(taken) | {"pretrained", "upstreams"}  # the names of stage 2's DS2/LAS model and of the template
     name, i = base, 2
     while name in taken:
         name, i = f"{base}-{i}", i + 1

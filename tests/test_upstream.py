@@ -180,6 +180,22 @@ def test_bad_folders_get_one_line_naming_what_is_missing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ser_modules.upstream", "check", str(tmp_path / "empty")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and str(tmp_path / "empty") in proc.stderr
+    runner = subprocess.run(["bash", os.path.join(REPO, "recipes", "upstream_probe", "run.sh"), "--exp-dir",
+                             str(tmp_path / "exp"), "--upstream", str(tmp_path / "noweights")],
+                            env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+    assert runner.returncode == 2 and runner.stderr.strip() == f"error: {tmp_path / 'noweights'}: {cases['noweights']}"
+    assert not (tmp_path / "exp" / "data").exists()  # stopped before stage 1
+
+
+def test_upstream_names_are_unique_and_never_a_reserved_name():
+    from ser_modules.upstream import upstream_name
+
+    taken = set()
+    names = []
+    for path in ("/m/wavlm-base-plus", "/n/wavlm-base-plus/", "/m/pretrained", "/m/a b"):
+        names.append(upstream_name(path, taken))
+        taken.add(names[-1])
+    assert names == ["wavlm-base-plus", "wavlm-base-plus-2", "pretrained-2", "a-b"]
 
 
 def test_templates_expand_over_upstreams_and_layers():
