@@ -259,3 +259,11 @@ def test_ctc_head_is_refused_with_one_line(upstream_exp, tiny_demo):
                            "--stage", "3", "--stop-stage", "3", "adapt.ctc_head=True"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "not implemented yet" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_rest_of_the_toolkit_does_not_import_transformers():
+    code = ("import sys, ser_modules.stages.dump, ser_modules.stages.ser_train, ser_modules.stages.score, "
+            "ser_modules.stages.upstream_describe, ser_modules.infer, ser_modules.upstream, ser_modules.probe; "
+            "print('transformers' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
