@@ -121,6 +121,20 @@ def build_from_hparams(asr_hparams: str):
     return hp["model"], hp["features"], hp["vocab"]
 
 
+def check_upstream_source(path: str) -> None:
+    """For an upstream's ``model.json``: :class:`ManifestError` unless the folder it points at is still an
+    upstream folder (it lives outside the experiment, so it may have moved). Other models: nothing."""
+    if os.path.basename(path) == "model.json" and os.path.isfile(path):
+        source = read_json(path).get("upstream", {}).get("source")
+        if source:
+            from ser_modules.upstream import upstream_kind
+
+            try:
+                upstream_kind(source)
+            except ManifestError as err:
+                raise ManifestError(f"{path}: the upstream it was made with is gone ({err})") from err
+
+
 def load_asr_model(path: str, device: str = "cpu"):
     """Rebuild an exported model: ``(model in eval mode, features, vocab, info)``."""
     from ser_modules.models.lowrank import factorize_listener

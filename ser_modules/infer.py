@@ -40,7 +40,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from tqdm import tqdm
 
-from ser_modules.asr_models import asr_model_path, load_asr_model
+from ser_modules.asr_models import asr_model_path, check_upstream_source, load_asr_model
 from ser_modules.audio import AudioReadError, audio_info, check_signal, load_audio
 from ser_modules.decoding import Transcriber
 from ser_modules.dialog import load_dialog_context
@@ -121,6 +121,7 @@ class EmotionRecognizer:
             asr_path = None
             if spec.asr:  # an upstream, the pretrained ASR or the fold's adapted one
                 asr_path = asr_model_path(exp_dir, spec.asr, name)
+                check_upstream_source(asr_path)  # a moved or deleted upstream folder: one line, not at the first file
             models.append(FoldModel(name, model.to(device).eval(), asr_path))
         handcrafted = None
         if spec.uses_handcrafted:

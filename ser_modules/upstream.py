@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -137,7 +138,9 @@ class HFUpstream(nn.Module):
             return self._whisper_states(wavs, samples)
         if self.batched:
             mask = (torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]).long()
-            return self.model(wavs, attention_mask=mask, output_hidden_states=True).hidden_states
+            with warnings.catch_warnings():  # WavLM's own mask types: a deprecation notice per batch, not ours
+                warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+                return self.model(wavs, attention_mask=mask, output_hidden_states=True).hidden_states
         outs = [self.model(wavs[i : i + 1, : int(n)], output_hidden_states=True).hidden_states
                 for i, n in enumerate(samples)]
         return tuple(_pad_cat([o[k][0] for o in outs]) for k in range(len(outs[0])))

@@ -251,6 +251,22 @@ def test_inference_on_an_upstream_experiment_equals_stage5(upstream_exp, variant
         np.testing.assert_allclose(got[f"p_{c}"].astype(float), stage5[f"p_{c}"], atol=1e-4)
 
 
+def test_inference_names_a_moved_upstream_folder(upstream_exp, tmp_path, capsys):
+    from ser_modules.infer import main as infer_main
+
+    exp, _ = upstream_exp
+    info = json.loads((exp / "asr" / "wavlm-tiny" / "model.json").read_text())
+    moved = tmp_path / "exp"
+    import shutil
+
+    shutil.copytree(exp, moved, ignore=shutil.ignore_patterns("dump"))  # the copy's upstream points elsewhere
+    (moved / "asr" / "wavlm-tiny" / "model.json").write_text(json.dumps({**info, "upstream": {
+        **info["upstream"], "source": str(tmp_path / "gone")}}))
+    assert infer_main([str(moved), str(tmp_path / "a.wav"), "--variant", "weighted-MP-wavlm-tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "the upstream it was made with is gone" in err and str(tmp_path / "gone") in err
+
+
 def test_ctc_head_is_refused_with_one_line(upstream_exp, tiny_demo):
     exp, _ = upstream_exp
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
