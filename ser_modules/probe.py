@@ -2,8 +2,8 @@
 
 conf/ser.yaml of upstream_probe lists *templates*: a variant whose ``asr`` is ``upstreams`` stands for
 one variant per upstream that stage 2 described, and ``layer: all`` for one per layer (``last``: the
-last layer; or a list of layer names). ``type: weighted`` becomes one variant per upstream reading all its layers
-(or ``layers: [...]``). Stages 5 and 6 expand them the same way, so their names agree:
+last layer; or a list of layer names). ``type: weighted`` becomes one variant per upstream reading all its layers of the last
+layer's dimension (or ``layers: [...]``). Stages 5 and 6 expand them the same way, so their names agree:
 
     {name: MP, type: mp, asr: upstreams, layer: all}       -> MP-wavlm.layer0, MP-wavlm.layer1, ...
     {name: weighted-MP, type: weighted, head: mp, asr: upstreams} -> weighted-MP-wavlm
@@ -38,6 +38,20 @@ def _chosen(wanted, available: list[str], variant: str) -> list[str]:
     return wanted
 
 
+def weighted_layers(variant: dict, upstream: dict) -> list[str]:
+    """The layers a weighted sum adds: ``layers`` of the variant, or every layer of the last layer's
+    dimension (a SpeechBrain encoder's input features may be narrower than its blocks)."""
+    dims = upstream.get("dims", {})
+    last = dims.get(upstream["layers"][-1])
+    if variant.get("layers") in (None, "all"):
+        return [n for n in upstream["layers"] if dims.get(n) == last]
+    layers = _chosen(variant["layers"], upstream["layers"], variant["name"])
+    if len({dims.get(n) for n in layers}) > 1:
+        raise ManifestError(f"variant {variant['name']!r}: a weighted sum needs layers of one dimension; "
+                            f"{upstream['name']} has {[dims.get(n) for n in layers]} for {layers}")
+    return layers
+
+
 def expand_variants(variants: list[dict], upstreams: list[dict]) -> list[dict]:
     """Concrete variants: templates (``asr: upstreams``) expanded over ``upstreams`` (entries of
     ``asr/upstreams.json``: ``name`` and ``layers``) and their layers; others as given."""
@@ -48,7 +62,7 @@ def expand_variants(variants: list[dict], upstreams: list[dict]) -> list[dict]:
             continue
         for up in upstreams:
             if v.get("type") == "weighted":
-                layers = _chosen(v.get("layers"), up["layers"], v["name"])
+                layers = weighted_layers(v, up)
                 out.append({**v, "name": f"{v['name']}-{up['name']}", "asr": up["name"], "layer": "weighted",
                             "layers": layers})
                 continue

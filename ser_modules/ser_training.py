@@ -167,6 +167,14 @@ class SERDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _same_frames(self, utt: str) -> list[np.ndarray]:
+        """The variant's layers of one utterance, which a weighted sum needs at one frame rate."""
+        arrays = [self.asr.get(utt, n) for n in self.spec.layers]
+        if len({a.shape[0] for a in arrays}) > 1:
+            raise ManifestError(f"{self.asr.folder}: variant {self.spec.name}: layers {self.spec.layers} have "
+                                f"{[a.shape[0] for a in arrays]} frames for {utt}; a weighted sum needs one frame rate")
+        return arrays
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -198,7 +206,7 @@ class SERDataset(torch.utils.data.Dataset):
         if self.spec.pooled:
             item["asr"] = self.pooled[utt]
         elif t in ("rnn", "iaan", "weighted"):
-            item["asr"] = torch.from_numpy(np.concatenate([self.asr.get(utt, n) for n in self.spec.layers], axis=1))
+            item["asr"] = torch.from_numpy(np.concatenate(self._same_frames(utt), axis=1))
         if t == "iaan":
             prev, other = self.context[utt]
             item["prev"], item["other"] = self._context(prev), self._context(other)

@@ -210,6 +210,11 @@ def test_templates_expand_over_upstreams_and_layers():
                      "IAAN-hubert.layer1", "baseline"]
     assert variants[0]["layers"] == ups[0]["layers"] and variants[0]["layer"] == "weighted"
     assert resolve_reference("weighted-MP", names) == "weighted-MP-wavlm"
+    sb = {"name": "sb", "layers": ["layer0", "layer1", "layer2"], "dims": {"layer0": 20, "layer1": 16, "layer2": 16}}
+    weighted = {"name": "w", "type": "weighted", "asr": "upstreams"}
+    assert expand_variants([weighted], [sb])[0]["layers"] == ["layer1", "layer2"]  # the narrower features left out
+    with pytest.raises(ManifestError, match="one dimension"):
+        expand_variants([{**weighted, "layers": ["layer0", "layer1"]}], [sb])
     with pytest.raises(ManifestError, match="layer7"):
         expand_variants([{"name": "MP", "type": "mp", "asr": "upstreams", "layer": "layer7"}], ups)
 
