@@ -150,5 +150,5 @@ def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_di
     if len(table):  # one row per weighted model, one column per layer
         table = table.assign(cell=[f"{w:.3f}" for w in table["weight"]]).pivot(index="model", columns="layer",
                                                                                    values="cell")
-        table = table[sorted(table.columns, key=layer_index)].reset_index()
+        table = table[sorted(table.columns, key=layer_index)].fillna("").reset_index()  # "": not in that sum
     return figures, table
