@@ -54,17 +54,19 @@ def model_blocks(resolved_yaml: str, keys=MODEL_KEYS) -> str:
     return out.getvalue()
 
 
-def export_model(model: torch.nn.Module, out_dir: str, asr_hparams: str, rank: int | None = None,
+def export_model(model: torch.nn.Module, out_dir: str, asr_hparams: str | None, rank: int | None = None,
                  extra: dict | None = None) -> str:
     """Save ``model``'s weights as ``out_dir/model.pt`` with ``model.json`` (atomic writes).
 
     ``asr_hparams`` is a file holding the model blocks (:func:`model_blocks`) of stage 2; ``model.json``
-    gives its path relative to ``out_dir``, so the experiment folder may move."""
+    gives its path relative to ``out_dir``, so the experiment folder may move. None for an adapted
+    upstream (``extra`` then says how to rebuild it, see :func:`load_asr_model`)."""
     path = os.path.join(out_dir, "model.pt")
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     write_json(os.path.join(out_dir, "model.json"),
-               {"asr_hparams": os.path.relpath(os.path.abspath(asr_hparams), os.path.abspath(out_dir)), "rank": rank,
+               {"asr_hparams": asr_hparams and os.path.relpath(os.path.abspath(asr_hparams), os.path.abspath(out_dir)),
+                "rank": rank,
                 "sha1": file_digest(path), **(extra or {})})
     return path
 
@@ -106,6 +108,17 @@ def list_asr_models(exp_dir: str) -> list[ASRModelRef]:
     return refs
 
 
+ADAPTED = "adapted"  # the per-fold CTC-adapted upstream of upstream_probe (adapt/adapted/<fold>/model.pt)
+
+
+def adapted_upstream_entry(exp_dir: str) -> dict | None:
+    """The layers of the CTC-adapted upstream (stage 3 of upstream_probe) as an upstream entry named
+    ``adapted`` (for :func:`ser_modules.probe.expand_variants`), or None when stage 3 adapted none."""
+    summary = os.path.join(exp_dir, "adapt", "summary.json")
+    entry = read_json(summary).get("adapted_upstream") if os.path.isfile(summary) else None
+    return {**entry, "name": ADAPTED} if entry else None
+
+
 def adaptation_skip_reason(exp_dir: str) -> str | None:
     """Why stage 3 adapted no model (e.g. the emotion corpus has no transcripts), or None."""
     summary = os.path.join(exp_dir, "adapt", "summary.json")
@@ -141,6 +154,12 @@ def load_asr_model(path: str, device: str = "cpu"):
 
     info_path = os.path.join(os.path.dirname(path), "model.json")
     info = read_json(info_path)
+    if info.get("ctc_head"):  # an upstream adapted with a CTC head (stage 3 of upstream_probe)
+        from ser_modules.upstream import load_adapted_upstream
+
+        model, features, vocab = load_adapted_upstream(info["upstream"]["source"], path, info["ctc_head"]["vocab"],
+                                                       device)
+        return model, features, vocab, info
     if info.get("upstream"):  # a pretrained upstream: rebuilt from its own folder, no vocabulary
         from ser_modules.upstream import load_upstream
 
