@@ -8,7 +8,8 @@ layer's dimension (or ``layers: [...]``). Stages 5 and 6 expand them the same wa
     {name: MP, type: mp, asr: upstreams, layer: all}       -> MP-wavlm.layer0, MP-wavlm.layer1, ...
     {name: weighted-MP, type: weighted, head: mp, asr: upstreams} -> weighted-MP-wavlm
 
-Other variants pass through unchanged.
+``asr: adapted`` expands the same way over the layers of the upstream stage 3 adapted with a CTC head
+(``MP-adapted.layer2``), and to nothing when it adapted none. Other variants pass through unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 from ser_modules.fileio import ManifestError
 
 TEMPLATE_ASR = "upstreams"
+ADAPTED_ASR = "adapted"  # the per-fold CTC-adapted upstream (stage 3 with ctc_head: True)
 
 
 def layer_index(name: str) -> int:
@@ -52,15 +54,17 @@ def weighted_layers(variant: dict, upstream: dict) -> list[str]:
     return layers
 
 
-def expand_variants(variants: list[dict], upstreams: list[dict]) -> list[dict]:
+def expand_variants(variants: list[dict], upstreams: list[dict], adapted: dict | None = None) -> list[dict]:
     """Concrete variants: templates (``asr: upstreams``) expanded over ``upstreams`` (entries of
-    ``asr/upstreams.json``: ``name`` and ``layers``) and their layers; others as given."""
+    ``asr/upstreams.json``: ``name`` and ``layers``) and their layers; ``asr: adapted`` templates over
+    the layers of the CTC-adapted upstream ``adapted`` (:func:`ser_modules.asr_models.adapted_upstream_entry`;
+    none when stage 3 adapted none); others as given."""
     out = []
     for v in variants:
-        if v.get("asr") != TEMPLATE_ASR:
+        if v.get("asr") not in (TEMPLATE_ASR, ADAPTED_ASR):
             out.append(v)
             continue
-        for up in upstreams:
+        for up in upstreams if v["asr"] == TEMPLATE_ASR else [adapted] if adapted else []:
             if v.get("type") == "weighted":
                 layers = weighted_layers(v, up)
                 out.append({**v, "name": f"{v['name']}-{up['name']}", "asr": up["name"], "layer": "weighted",

@@ -14,7 +14,7 @@ stage2_title="upstream description"
 stage2_module=ser_modules.stages.upstream_describe
 stage2_what="verify and describe each --upstream (layers, dimensions, frame rate, parameters); nothing is trained"
 stage3_module=ser_modules.stages.upstream_adapt
-stage3_what="none by default (frozen upstreams); adapt.ctc_head=True is not implemented yet"
+stage3_what="none by default (frozen upstreams); adapt.ctc_head=True: CTC fine-tuning of an upstream per fold"
 stage5_what="weighted layer sum (SUPERB) with MP / RNN heads, MP-x, RNN-x, IAAN on every layer, every fold"
 protocol=standard
 paper_fold_scheme=loso

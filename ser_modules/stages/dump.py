@@ -3,7 +3,7 @@
 The utterances are the protocol's plus the dialog context turns IAAN reads. Each exported ASR model
 listed in ``models`` (``pretrained``, and per fold ``finetuned`` / ``structured`` after stage 3) runs
 once over them (in upstream_probe, ``models: [upstreams]`` means every upstream stage 2 described and
-``layers: [all]`` every layer of each); ``<exp>/dump/stores.json`` tells stage 5 which store holds which model's layers. An
+``layers: [all]`` every layer of each, and the per-fold CTC-adapted upstream when stage 3 made it); ``<exp>/dump/stores.json`` tells stage 5 which store holds which model's layers. An
 adapted model stage 3 did not make (no transcripts) is left out with a warning; the pretrained one is required.
 """
 
@@ -14,7 +14,7 @@ import os
 import pandas as pd
 
 from ser_modules.asr_models import (
-    ASRModelRef, adaptation_skip_reason, list_asr_models, load_asr_model, model_blocks, upstream_entries,
+    ADAPTED, ASRModelRef, adaptation_skip_reason, list_asr_models, load_asr_model, model_blocks, upstream_entries,
 )
 from ser_modules.dump import dump_asr_layers, dump_features
 from ser_modules.features import EGeMAPSFunctionals
@@ -80,7 +80,9 @@ def main(argv=None) -> None:
     if "upstreams" in hp["models"] and not upstreams:
         raise ManifestError(f"{os.path.join(args.exp_dir, 'asr', 'upstreams.json')}: no described upstream (run stage 2 "
                             "with --upstream PATH)")
-    wanted = [m for name in hp["models"] for m in (upstreams if name == "upstreams" else [name])]
+    # "upstreams": every described upstream, and the per-fold CTC-adapted one when stage 3 made it.
+    adapted = [ADAPTED] if any(r.name == ADAPTED for r in listed) else []
+    wanted = [m for name in hp["models"] for m in (upstreams + adapted if name == "upstreams" else [name])]
     refs = [r for r in listed if r.name in wanted]
     absent = [m for m in wanted if m not in {r.name for r in refs}]
     if "pretrained" in absent:

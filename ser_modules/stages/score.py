@@ -24,7 +24,7 @@ from ser_modules.scoring import (
     METRICS, chance_scores, config_json, environment, fmt, fmt_p, load_predictions, markdown_table,
     normalized_confusion, paired_tests, per_fold_run, summarize,
 )
-from ser_modules.asr_models import upstream_entries
+from ser_modules.asr_models import adapted_upstream_entry, upstream_entries
 from ser_modules.probe import expand_variants, layer_index, resolve_reference, upstream_report, upstream_table
 from ser_modules.ser_training import VariantSpec
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
@@ -236,7 +236,8 @@ def main(argv=None) -> None:
 
     skipped = read_optional_json(os.path.join(args.exp_dir, "ser", "summary.json")).get("skipped", {})
     upstreams = upstream_entries(args.exp_dir)
-    variants = expand_variants(hp_ser["variants"], upstreams)  # upstream templates: one variant per layer
+    # upstream templates: one variant per layer (of each upstream, and of the CTC-adapted one)
+    variants = expand_variants(hp_ser["variants"], upstreams, adapted_upstream_entry(args.exp_dir))
     trained = [v for v in variants if VariantSpec.from_dict(v).name not in skipped]
     reference = resolve_reference(hp["reference"], [v["name"] for v in trained])
     results, scores, preds = variant_rows(os.path.join(args.exp_dir, "ser"), trained, classes,

@@ -15,7 +15,7 @@ import time
 
 import pandas as pd
 
-from ser_modules.asr_models import adaptation_skip_reason, upstream_entries
+from ser_modules.asr_models import adapted_upstream_entry, adaptation_skip_reason, upstream_entries
 from ser_modules.fileio import ManifestError, read_json, read_manifest, run_main, write_json
 from ser_modules.folds import check_speaker_independence, load_folds
 from ser_modules.hparams import load_stage_hparams
@@ -87,7 +87,8 @@ def main(argv=None) -> None:
     classes = sorted(manifest["emotion"].unique())
     has_context = "prev_same" in manifest.columns and (manifest["prev_same"] != "").any()
     variants, skipped = [], {}
-    for v in expand_variants(hp["variants"], upstream_entries(args.exp_dir)):  # upstream templates: per layer
+    adapted = adapted_upstream_entry(args.exp_dir)
+    for v in expand_variants(hp["variants"], upstream_entries(args.exp_dir), adapted):  # upstream templates: per layer
         spec = VariantSpec.from_dict(v)
         reason = skip_reason(spec, has_context, read_json(stores)["asr"], folds, args.exp_dir)
         if reason:
