@@ -272,14 +272,74 @@ def test_inference_names_a_moved_upstream_folder(upstream_exp, tmp_path, capsys)
     assert err.count("\n") == 0 and "the upstream it was made with is gone" in err and str(tmp_path / "gone") in err
 
 
-def test_ctc_head_is_refused_with_one_line(upstream_exp, tiny_demo):
+def ctc_hparams(features, out_dir, epochs):
+    from ser_modules.text import CharVocabulary
+
+    return {"vocab": CharVocabulary(specials=["<blank>"]), "features": features, "seed": 1, "lr": 2e-3,
+            "epochs_per_stage": epochs, "patience": epochs, "select_on": "CER", "stages": ["all"],
+            "opt_class": lambda params: torch.optim.Adam(params, lr=2e-3), "batch_size": 4, "sortagrad_epochs": 0,
+            "num_workers": 0, "max_grad_norm": 5.0, "output_folder": str(out_dir)}
+
+
+def test_ctc_adaptation_keeps_the_feature_encoder_and_lowers_the_ctc_loss(utterances, tmp_path):
+    from ser_modules.adaptation import run_stage
+    from ser_modules.asr_training import CTCBrain, run_options
+    from ser_modules.upstream import CTCUpstream
+
+    frame, _ = utterances
+    texts = ["A CAT", "HI", "NO DOG", "A"]
+    data = frame.assign(transcript=texts, speaker="s1", corpus="tiny", seg_start="", seg_end="")
+    csv = str(tmp_path / "train.csv")
+    write_csv(csv, data)
+    upstream, features = load_upstream(make_tiny_upstream("wavlm", str(tmp_path / "wavlm")))
+    torch.manual_seed(0)
+    model = CTCUpstream(upstream, 29)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hp = ctc_hparams(features, tmp_path, epochs=4)
+    record = run_stage(model, hp, "all", 1.0, {"train": csv, "valid": csv}, str(tmp_path / "stage"),
+                       run_options("cpu", noprogressbar=True), CTCBrain)
+    after = model.state_dict()
+    encoder = [k for k in after if k.startswith("upstream.model.feature_extractor.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)  # frozen: bit-identical
+    assert not any(p.requires_grad for p in model.feature_encoder().parameters())
+    changed = {k.split(".")[4] if k.startswith("upstream.model.encoder.layers.") else k.split(".")[0]
+               for k in after if not torch.equal(before[k], after[k])}
+    assert {"0", "1", "head"} <= changed  # both transformer layers and the CTC head moved
+    losses = [float(line.split("train loss: ")[1].split(" ")[0].rstrip(","))
+              for line in (tmp_path / "stage" / "train_log.txt").read_text().splitlines()]
+    assert len(losses) == 4 and losses[-1] < losses[0] * 0.9, losses
+    assert not record["kept_start"] and record["valid"] <= record["start"]
+
+
+def test_ctc_head_recipe_exports_scores_and_dumps_adapted_upstreams(upstream_exp, tiny_demo, tmp_path):
+    import shutil
+
     exp, _ = upstream_exp
+    copy = tmp_path / "exp"
+    shutil.copytree(exp, copy)
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", os.path.join(REPO, "recipes", "upstream_probe", "run.sh"), "--exp-dir", str(exp),
-                           "--size", "demo", "--emotion-corpus", "iemocap", "--emotion-root", tiny_demo["iemocap"],
-                           "--stage", "3", "--stop-stage", "3", "adapt.ctc_head=True"],
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "not implemented yet" in proc.stderr and "Traceback" not in proc.stderr
+    cmd = ["bash", os.path.join(REPO, "recipes", "upstream_probe", "run.sh"), "--exp-dir", str(copy), "--size", "demo",
+           "--emotion-corpus", "iemocap", "--emotion-root", tiny_demo["iemocap"], "--nj", "1", "--folds", "loso",
+           "--stage", "3", "--stop-stage", "6", "score.chance_runs=2", "adapt.ctc_head=True", "adapt.epochs_per_stage=1",
+           "dump.dtype=float32", "ser.variants=[{name: MP, type: mp, asr: adapted, layer: last, max_epochs: 1}]"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for fold in ("session1", "session2"):
+        info = json.loads((copy / "adapt" / "adapted" / fold / "model.json").read_text())
+        assert info["upstream"]["name"] == "wavlm-tiny" and info["ctc_head"]["vocab"][0] == "<blank>"
+        assert (copy / "ser" / "MP-adapted.layer2" / fold / "run0" / "predictions.csv").is_file()
+    asr = pd.read_csv(copy / "asr_results.csv", keep_default_na=False)
+    row = asr[asr["stage"] == "adapted"]
+    assert len(row) == 1 and row["model"].iloc[0] == "wavlm-tiny" and float(row["WER"].iloc[0]) >= 0
+    stores = json.loads((copy / "dump" / "stores_standard.json").read_text())["asr"]
+    assert {"adapted/session1", "adapted/session2", "wavlm-tiny"} <= set(stores)
+    assert stores["adapted/session1"]["layers"] == ["layer0", "layer1", "layer2"]
+    assert pd.read_csv(copy / "results.csv")["model"].tolist() == ["MP-adapted.layer2"]
+    assert "| wavlm-tiny | adapted |" in (copy / "RESULTS.md").read_text()
+    # Finished folds are skipped on rerun.
+    again = subprocess.run(cmd[:-4] + ["--stop-stage", "3", *cmd[-4:]], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and "adapted session1 done (0.0 s)" in again.stderr, again.stderr[-3000:]
 
 
 def test_the_rest_of_the_toolkit_does_not_import_transformers():
