@@ -33,7 +33,8 @@ PARTS = ("encoder", "decoder", "all")
 
 
 def model_parts(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
-    """The encoder (acoustic model) and decoder parameters of an ASR model."""
+    """The encoder (acoustic model) and decoder parameters of an ASR model; for an upstream with a
+    CTC head also ``frozen``, its convolutional feature encoder, which no part trains."""
     if isinstance(model, ListenAttendSpell):
         encoder = list(model.listener.parameters())
         if model.ctc_output is not None:
@@ -43,6 +44,12 @@ def model_parts(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
         decoder = list(model.out_bn.parameters()) + list(model.out.parameters())
         ids = {id(p) for p in decoder}
         encoder = [p for p in model.parameters() if id(p) not in ids]
+    elif getattr(model, "is_ctc", False) and hasattr(model, "feature_encoder"):  # a CTCUpstream
+        frozen = list(model.feature_encoder().parameters())
+        decoder = list(model.head.parameters())
+        ids = {id(p) for p in frozen + decoder}
+        encoder = [p for p in model.parameters() if id(p) not in ids]
+        return {"encoder": encoder, "decoder": decoder, "frozen": frozen}
     else:
         raise TypeError(f"cannot adapt a {type(model).__name__}")
     return {"encoder": encoder, "decoder": decoder}
@@ -61,6 +68,8 @@ def set_trainable(model: torch.nn.Module, part: str, ctc: bool = True) -> int:
     if part != "all":
         for p in parts[part]:
             p.requires_grad = True
+    for p in parts.get("frozen", []):
+        p.requires_grad = False
     if not ctc and getattr(model, "ctc_output", None) is not None:
         for p in model.ctc_output.parameters():
             p.requires_grad = False

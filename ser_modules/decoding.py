@@ -41,7 +41,7 @@ class Transcriber:
                  max_decode_ratio: float = 1.0, ctc_weight: float = 0.5):
         self.model, self.vocab, self.beam_size = model, vocab, beam_size
         self._joint = None
-        self.is_ctc = isinstance(model, DeepSpeech2)
+        self.is_ctc = isinstance(model, DeepSpeech2) or getattr(model, "is_ctc", False)  # or a CTCUpstream
         if not self.is_ctc and not isinstance(model, ListenAttendSpell):
             raise TypeError(f"cannot transcribe with a {type(model).__name__}")
         if self.is_ctc:

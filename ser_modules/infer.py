@@ -40,7 +40,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from tqdm import tqdm
 
-from ser_modules.asr_models import load_asr_model
+from ser_modules.asr_models import asr_model_path, check_upstream_source, load_asr_model
 from ser_modules.audio import AudioReadError, audio_info, check_signal, load_audio
 from ser_modules.decoding import Transcriber
 from ser_modules.dialog import load_dialog_context
@@ -119,9 +119,9 @@ class EmotionRecognizer:
             model = build_model(spec, info["dims"], len(classes), info["dropout"])
             model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu"))
             asr_path = None
-            if spec.asr:
-                asr_path = os.path.join(exp_dir, "asr", "model.pt") if spec.asr == "pretrained" else \
-                    os.path.join(exp_dir, "adapt", spec.asr, name, "model.pt")
+            if spec.asr:  # an upstream, the pretrained ASR or the fold's adapted one
+                asr_path = asr_model_path(exp_dir, spec.asr, name)
+                check_upstream_source(asr_path)  # a moved or deleted upstream folder: one line, not at the first file
             models.append(FoldModel(name, model.to(device).eval(), asr_path))
         handcrafted = None
         if spec.uses_handcrafted:
@@ -153,7 +153,7 @@ class EmotionRecognizer:
             context_seqs = iter(seqs[len(wavs):])
             for i, item in enumerate(items):
                 seq = seqs[i]
-                item["asr"] = seq.mean(dim=0, keepdim=True) if self.spec.type in ("mp", "progressive") else seq
+                item["asr"] = seq.mean(dim=0, keepdim=True) if self.spec.pooled else seq
                 if self.spec.type == "iaan":  # a missing context turn is one zero frame, as in training
                     zero = torch.zeros(1, seq.shape[1])
                     prev, other = contexts[i]
@@ -162,10 +162,12 @@ class EmotionRecognizer:
         return collate(items)
 
     def _layer(self, wavs: list[torch.Tensor], path: str) -> list[torch.Tensor]:
-        """The SER variant's ASR layer of each signal, rounded to the precision of the stage-4 stores."""
+        """The SER variant's ASR layer of each signal (a weighted variant's layers side by side), rounded
+        to the precision of the stage-4 stores."""
         model, _, feats, frames = self._asr_features(wavs, path)
-        hidden, hlen = model.forward_layers(feats, frames, [self.spec.layer])[self.spec.layer]
-        hidden = hidden.to(self.store_dtype()).float()
+        out = model.forward_layers(feats, frames, self.spec.layers)
+        hidden = torch.cat([out[n][0].to(self.store_dtype()).float() for n in self.spec.layers], dim=-1)
+        hlen = out[self.spec.layers[0]][1]
         return [hidden[i, : int(hlen[i])].cpu() for i in range(len(wavs))]
 
     def _asr_features(self, wavs: list[torch.Tensor], path: str) -> tuple:
@@ -203,6 +205,8 @@ class EmotionRecognizer:
         if self.transcript_asr is None:
             return [""] * len(wavs)
         model, vocab, feats, frames = self._asr_features(wavs, self.transcript_asr)
+        if vocab is None:  # a pretrained upstream has no output vocabulary: no transcript
+            return [""] * len(wavs)
         return Transcriber(model, vocab, beam_size=4)(feats, frames, self.decoder)
 
     def min_samples(self) -> int:

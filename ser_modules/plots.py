@@ -73,12 +73,17 @@ def plot_loudness(examples: list[tuple[str, np.ndarray, np.ndarray]], unit: int,
 
 
 def plot_layer_scores(series: dict[str, tuple[list[str], list[float], list[float]]], path: str,
-                      metric: str = "UA") -> str:
-    """``{model family: (layers, means, stds)}`` as error-bar lines, one per family."""
+                      metric: str = "UA", lines: dict[str, float] | None = None, title: str | None = None) -> str:
+    """``{model family: (layers, means, stds)}`` as error-bar lines, one per family; ``lines``: models
+    reading all layers at once (the weighted sum), as horizontal dashed lines."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, (layers, means, stds) in series.items():
         ax.errorbar(range(len(layers)), means, yerr=stds, marker="o", capsize=3, label=name)
-        ax.set_xticks(range(len(layers)), layers)
+        ax.set_xticks(range(len(layers)), layers, rotation=45 if len(layers) > 8 else 0)
+    for (name, value), style in zip((lines or {}).items(), ("--", ":", "-.", (0, (5, 1)))):
+        ax.axhline(value, color="grey", ls=style, lw=1.2, label=name)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.set_xlabel("ASR layer")
     ax.set_ylabel(metric)
     ax.legend(fontsize=8)
@@ -119,4 +124,22 @@ def plot_scaling(frame, path: str) -> str:
         ax.legend(fontsize=8)
     right.set_ylim(bottom=0)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_layer_weights(weights: dict[str, tuple[list[str], list[float], list[float]]], path: str,
+                       title: str | None = None) -> str:
+    """``{variant: (layers, mean weights, stds)}`` as grouped bars: the learned softmax layer weights."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    width = 0.8 / max(len(weights), 1)
+    for i, (name, (layers, means, stds)) in enumerate(weights.items()):
+        ax.bar(np.arange(len(layers)) + i * width, means, width, yerr=stds, capsize=2, label=name)
+        ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers, rotation=45 if len(layers) > 8 else 0)
+    ax.axhline(1 / max(len(next(iter(weights.values()))[0]), 1), color="grey", ls=":", lw=1, label="uniform")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("learned weight")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

@@ -29,10 +29,12 @@ from ser_modules.dump import FeatureStore, read_stores
 from ser_modules.fileio import ManifestError, StagedOutputs, atomic_path, write_csv, write_json
 from ser_modules.folds import Fold
 from ser_modules.jobs import fault_point
-from ser_modules.models.ser import IAAN, BiGRUBaseline, FineTuneMP, FineTuneRNN, LinearSVMReference, ProgressiveNet
+from ser_modules.models.ser import (
+    IAAN, BiGRUBaseline, FineTuneMP, FineTuneRNN, LinearSVMReference, ProgressiveNet, WeightedLayerSum,
+)
 
 logger = logging.getLogger(__name__)
-MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference")
+MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference", "weighted")
 NO_ASR_TYPES = ("baseline", "reference")
 VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr")
 
@@ -40,7 +42,9 @@ VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr")
 @dataclass
 class VariantSpec:
     """One SER model configuration: ``type`` in MODEL_TYPES, the ASR model and layer it reads
-    (``asr`` = pretrained, finetuned, structured; ``layer`` = gru2, pblstm1, ...) and sizes."""
+    (``asr`` = pretrained, finetuned, structured or an upstream; ``layer`` = gru2, pblstm1, layer3, ...)
+    and sizes. ``weighted`` (SUPERB) reads all ``options["layers"]`` through a learned weighted sum
+    into an ``options["head"]`` of ``mp`` or ``rnn``."""
 
     name: str
     type: str
@@ -56,12 +60,27 @@ class VariantSpec:
             raise ManifestError(f"variant {spec.get('name')!r}: type must be one of {MODEL_TYPES}, got {spec.get('type')!r}")
         if spec["type"] not in NO_ASR_TYPES and not (spec.get("asr") and spec.get("layer")):
             raise ManifestError(f"variant {spec.get('name')!r}: type {spec['type']} needs 'asr' and 'layer'")
+        if spec["type"] == "weighted" and spec.get("head", "mp") not in ("mp", "rnn"):
+            raise ManifestError(f"variant {spec.get('name')!r}: a weighted variant's head must be mp or rnn, got "
+                                f"{spec.get('head')!r}")
         known = {k: spec.pop(k) for k in ("name", "type", "asr", "layer", "hidden") if k in spec}
         return cls(**known, options=spec)
 
     @property
     def uses_handcrafted(self) -> bool:
         return self.type in ("baseline", "progressive")
+
+    @property
+    def layers(self) -> list[str]:
+        """The ASR layers the variant reads: its ``layer``, or for ``weighted`` all of ``options["layers"]``."""
+        if self.type == "weighted":
+            return list(self.options.get("layers") or [])
+        return [self.layer] if self.layer else []
+
+    @property
+    def pooled(self) -> bool:
+        """Reads one mean-pooled vector per utterance (MP-x, Progressive net-x, weighted with the MP head)."""
+        return self.type in ("mp", "progressive") or (self.type == "weighted" and self.options.get("head", "mp") == "mp")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,7 +133,9 @@ class SERInputs:
         if spec.type == "reference":
             dims["egemaps"] = self.egemaps_store().dim("egemaps")
         if spec.asr:
-            dims["asr"] = self.asr_store(spec.asr, fold).dim(spec.layer)
+            dims["asr"] = self.asr_store(spec.asr, fold).dim(spec.layers[0])
+        if spec.type == "weighted":
+            dims["layers"] = len(spec.layers)
         return dims
 
 
@@ -134,8 +155,9 @@ class SERDataset(torch.utils.data.Dataset):
         self.hand = inputs.handcrafted_store() if spec.uses_handcrafted else None
         self.copies = inputs.handcrafted_copies() if self.hand is not None else []
         self.pooled = {}
-        if spec.type in ("mp", "progressive"):  # the masked mean of one frame is the frame itself
-            self.pooled = {u: torch.from_numpy(self.asr.get(u, spec.layer).mean(axis=0, keepdims=True)) for u in ids}
+        if spec.pooled:  # the masked mean of one frame is the frame itself; weighted: the layers side by side
+            self.pooled = {u: torch.from_numpy(np.concatenate([self.asr.get(u, n).mean(axis=0, keepdims=True)
+                                                               for n in spec.layers], axis=1)) for u in ids}
         if spec.type == "iaan":
             if context is None or not {"prev_same", "prev_other"} <= set(context.columns):
                 raise ManifestError(f"variant {spec.name}: IAAN needs dialog context (prev_same/prev_other columns)")
@@ -145,13 +167,21 @@ class SERDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _same_frames(self, utt: str) -> list[np.ndarray]:
+        """The variant's layers of one utterance, which a weighted sum needs at one frame rate."""
+        arrays = [self.asr.get(utt, n) for n in self.spec.layers]
+        if len({a.shape[0] for a in arrays}) > 1:
+            raise ManifestError(f"{self.asr.folder}: variant {self.spec.name}: layers {self.spec.layers} have "
+                                f"{[a.shape[0] for a in arrays]} frames for {utt}; a weighted sum needs one frame rate")
+        return arrays
+
     def __len__(self) -> int:
         return len(self.ids)
 
     def length(self, i: int) -> int:
         """Frames of example ``i`` (for length bucketing)."""
-        if self.spec.type in ("rnn", "iaan"):
-            return self.asr.frames(self.ids[i], self.spec.layer)
+        if self.spec.type in ("rnn", "iaan") or (self.asr is not None and not self.spec.pooled):
+            return self.asr.frames(self.ids[i], self.spec.layers[0])
         if self.hand is not None:
             return self.hand.frames(self.ids[i], "mfcc_pitch")
         return 1
@@ -173,10 +203,10 @@ class SERDataset(torch.utils.data.Dataset):
         item = {"id": utt, "label": self.labels[i]}
         if self.spec.uses_handcrafted:
             item["feats"] = self._handcrafted(i, utt)
-        if t in ("mp", "progressive"):
+        if self.spec.pooled:
             item["asr"] = self.pooled[utt]
-        elif t in ("rnn", "iaan"):
-            item["asr"] = torch.from_numpy(self.asr.get(utt, self.spec.layer))
+        elif t in ("rnn", "iaan", "weighted"):
+            item["asr"] = torch.from_numpy(np.concatenate(self._same_frames(utt), axis=1))
         if t == "iaan":
             prev, other = self.context[utt]
             item["prev"], item["other"] = self._context(prev), self._context(other)
@@ -211,6 +241,9 @@ def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout
                               o.get("frame_stack", 1))
     if spec.type == "reference":
         return LinearSVMReference(dims["egemaps"], n_classes)
+    if spec.type == "weighted":
+        head = VariantSpec(spec.name, o.get("head", "mp"), spec.asr, spec.layer, spec.hidden, o)
+        return WeightedLayerSum(dims["layers"], dims["asr"], build_model(head, dims, n_classes, dropout))
     return IAAN(dims["asr"], spec.hidden, o.get("attention_size", 16), o.get("mlp_size", 64), n_classes, dropout)
 
 
@@ -223,7 +256,7 @@ def forward(model: torch.nn.Module, spec: VariantSpec, batch: dict, device) -> t
         return model(*seq("feats"))
     if spec.type == "reference":
         return model(*seq("egemaps"))
-    if spec.type in ("mp", "rnn"):
+    if spec.type in ("mp", "rnn", "weighted"):
         return model(*seq("asr"))
     if spec.type == "progressive":
         return model(*seq("feats"), *seq("asr"))
@@ -414,6 +447,10 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
                                                      "fold": fold.name, "run": run, "seed": seed})
     with atomic_path(os.path.join(out_dir, "model.pt")) as tmp:
         torch.save(state, tmp)
+    if hasattr(model, "layer_weights"):  # the weighted variant's learned layer weights, for stage 6
+        with torch.no_grad():
+            write_json(os.path.join(out_dir, "layer_weights.json"),
+                       dict(zip(spec.layers, [round(float(w), 6) for w in model.layer_weights()])))
     frame = pd.DataFrame({"ID": test_ids, "fold": fold.name, "run": run,
                           "true": [label_of[i] for i in test_ids],
                           "predicted": [classes[i] for i in probs.argmax(axis=1)]})

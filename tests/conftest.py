@@ -28,3 +28,27 @@ def tiny_demo(tmp_path_factory):
     info = make_demo_corpus(str(tmp_path_factory.mktemp("tiny_demo") / "corpus"), cfg, nj=2)
     info["cfg"] = cfg
     return info
+
+
+UPSTREAM_TINY = [
+    "dump.dtype=float32",
+    "ser.variants=[{name: weighted-MP, type: weighted, head: mp, asr: upstreams, max_epochs: 3},"
+    " {name: MP, type: mp, asr: upstreams, layer: all, max_epochs: 2},"
+    " {name: RNN, type: rnn, asr: upstreams, layer: last, hidden: 8, max_epochs: 2},"
+    " {name: IAAN, type: iaan, asr: upstreams, layer: layer1, hidden: 8, max_epochs: 2}]",
+    "score.chance_runs=2",
+]
+
+
+@pytest.fixture(scope="session")
+def upstream_exp(tiny_demo, tmp_path_factory):
+    """recipes/upstream_probe end to end on the tiny demo corpus with a tiny random WavLM (2 layers of 32)."""
+    sys.path.insert(0, os.path.join(REPO, "utils"))
+    from make_tiny_upstream import make_tiny_upstream
+    from test_pipeline import run_recipe
+
+    root = tmp_path_factory.mktemp("upstream")
+    folder = make_tiny_upstream("wavlm", str(root / "wavlm-tiny"))
+    exp = root / "exp"
+    proc = run_recipe("upstream_probe", exp, tiny_demo, ["--upstream", folder, *UPSTREAM_TINY])
+    return exp, proc

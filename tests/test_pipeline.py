@@ -220,3 +220,17 @@ def test_compare_results(ctc_exp, las_exp, tmp_path):
     assert compare_main([str(ctc_exp[0]), str(las_exp[0]), "--out", str(tmp_path / "cmp")]) == 0
     assert "**" in (tmp_path / "cmp.md").read_text()
     assert compare_main([str(tmp_path)]) == 2  # not an experiment folder
+
+
+def test_compare_results_puts_an_asr_and_an_upstream_experiment_in_one_table(ctc_exp, upstream_exp):
+    sys.path.insert(0, os.path.join(REPO, "utils"))
+    from compare_results import compare
+
+    md, csv = compare([str(ctc_exp[0]), str(upstream_exp[0])])
+    ds2, upstream = (pd.read_csv(e[0] / "results.csv")["model"].tolist() for e in (ctc_exp, upstream_exp))
+    assert md["model"].tolist() == ds2 + upstream  # one row per model of either experiment
+    ua = [c for c in csv.columns if c.endswith(" UA")]
+    assert len(ua) == 2
+    for col, models in zip(ua, (ds2, upstream)):  # each experiment's column is filled for its own models only
+        filled = csv.loc[csv[col] != "", "model"].tolist()
+        assert filled == models

@@ -27,6 +27,7 @@ slurm_partition=${slurm_partition:-}
 slurm_time=${slurm_time:-240}
 slurm_gres=${slurm_gres:-}
 overrides=()
+upstreams=()  # --upstream PATH (repeatable), for a recipe that sets recipe_takes_upstreams=1
 
 recipe_usage() {
   cat <<EOF
@@ -36,7 +37,7 @@ ${recipe_description:-}
 
 Stages (the same numbers in every recipe):
   1  data preparation      emotion corpus protocols + folds, ASR corpus manifests
-  2  ASR pretraining       ${stage2_what:-}
+  2  ${stage2_title:-ASR pretraining}       ${stage2_what:-}
   3  adaptation            ${stage3_what:-}
   4  representation dump   ASR layers and handcrafted features of every emotion utterance
   5  SER training          ${stage5_what:-}
@@ -74,6 +75,11 @@ Options:
   --slurm-gres G           generic resources of each stage-5 Slurm job, e.g. gpu:1
   --seed N                 random seed (default 1)
   --demo-dir DIR           where the demo corpus is synthesised/reused (default corpora/demo)
+$(if [ "${recipe_takes_upstreams:-0}" = 1 ]; then
+  echo "  --upstream PATH          a pretrained upstream folder: transformers (config.json + weights: wav2vec 2.0,"
+  echo "                           HuBERT, WavLM, data2vec-audio, Whisper) or SpeechBrain (hyperparams.yaml +"
+  echo "                           checkpoints); repeatable; read from local files only (needed by stage 2)"
+fi)
   key=value                override an hparam of every stage that has it; prefix asr., adapt.,
                            dump. or ser. to target one stage (e.g. ser.n_runs=3)
   -h, --help               this help
@@ -108,6 +114,9 @@ parse_recipe_options() {
       --slurm-time) slurm_time=$2; shift 2 ;;
       --slurm-gres) slurm_gres=$2; shift 2 ;;
       --demo-dir) demo_dir=$2; shift 2 ;;
+      --upstream)
+        if [ "${recipe_takes_upstreams:-0}" != 1 ]; then echo "$0: unknown option '$1' (see --help)" >&2; exit 2; fi
+        upstreams+=("$2"); shift 2 ;;
       *=*) overrides+=("$1"); shift ;;
       *) echo "$0: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -160,6 +169,19 @@ parse_recipe_options() {
   if [ "$stage" -gt "$stop_stage" ]; then
     echo "$0: --stage $stage is after --stop-stage $stop_stage: no stage to run" >&2; exit 2
   fi
+  if [ "${recipe_takes_upstreams:-0}" = 1 ] && [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+    if [ ${#upstreams[@]} -eq 0 ]; then
+      echo "$0: stage 2 needs --upstream PATH (a model folder; utils/make_tiny_upstream.py writes a tiny one)" >&2; exit 2
+    fi
+    $python -m ser_modules.upstream check "${upstreams[@]}" || exit 2  # a bad folder stops before stage 1
+  fi
+}
+
+# Stage 2's extra arguments: the upstream folders of a recipe that takes them.
+upstream_args() {
+  local u
+  for u in "${upstreams[@]}"; do echo --upstream "$u"; done
+  return 0
 }
 
 log() {
@@ -283,11 +305,15 @@ run_recipe() {
   if run_stage 1 "data preparation"; then
     stage_data_preparation
   fi
-  if run_stage 2 "ASR pretraining: $stage2_what"; then
-    run_training ser_modules.stages.asr_pretrain $(common_stage_args)
+  if run_stage 2 "${stage2_title:-ASR pretraining}: $stage2_what"; then
+    if [ -n "${stage2_module:-}" ]; then  # a recipe's own stage 2 (upstream_probe: describe, no training)
+      run_python "$stage2_module" $(common_stage_args) $(upstream_args)
+    else
+      run_training ser_modules.stages.asr_pretrain $(common_stage_args)
+    fi
   fi
   if run_stage 3 "adaptation: $stage3_what"; then
-    run_python ser_modules.stages.adapt $(common_stage_args)
+    run_python "${stage3_module:-ser_modules.stages.adapt}" $(common_stage_args)
   fi
   if run_stage 4 "representation dump"; then
     run_python ser_modules.stages.dump $(common_stage_args)

@@ -36,10 +36,11 @@ class FrozenASRLayer(nn.Module):
     whatever mode the SER model around it is in. ``(feats, frames) -> (hidden [B, T', D], lengths)``.
     """
 
-    def __init__(self, asr_model: nn.Module, layer: str):
+    def __init__(self, asr_model: nn.Module, layer: str | list[str]):
         super().__init__()
         self.asr, self.layer = asr_model, layer
-        self.output_size = asr_model.layer_sizes[layer]
+        self.layers = [layer] if isinstance(layer, str) else list(layer)  # several: side by side (WeightedLayerSum)
+        self.output_size = sum(asr_model.layer_sizes[n] for n in self.layers)
         for p in self.asr.parameters():
             p.requires_grad = False
         self.asr.eval()
@@ -51,7 +52,8 @@ class FrozenASRLayer(nn.Module):
 
     @torch.no_grad()
     def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.asr.forward_layers(feats, frames, [self.layer])[self.layer]
+        out = self.asr.forward_layers(feats, frames, self.layers)
+        return torch.cat([out[n][0] for n in self.layers], dim=-1), out[self.layers[0]][1]
 
 
 def stacked_lengths(lengths: torch.Tensor, k: int) -> torch.Tensor:
@@ -146,6 +148,40 @@ class FineTuneRNN(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.encode(x, lengths)))
+
+
+class WeightedLayerSum(nn.Module):
+    """The SUPERB protocol's upstream read-out: a learned softmax-weighted sum of all ``n_layers``
+    layers, then a head (:class:`FineTuneMP` or :class:`FineTuneRNN`) on the sum.
+
+    Input: the layers side by side, ``x [B, T, n_layers * dim]`` (layer k in columns ``k*dim:(k+1)*dim``);
+    mean-pooled inputs (``T = 1``) suit the MP head, since a weighted sum commutes with the mean.
+    """
+
+    def __init__(self, n_layers: int, dim: int, head: nn.Module):
+        super().__init__()
+        self.n_layers, self.dim = int(n_layers), int(dim)
+        self.layer_logits = nn.Parameter(torch.zeros(self.n_layers))  # uniform weights at the start, as in s3prl
+        self.head = head
+
+    def layer_weights(self) -> torch.Tensor:
+        """The softmax weights ``[n_layers]`` (sum 1)."""
+        return torch.softmax(self.layer_logits, dim=0)
+
+    def forward_flops(self, lengths) -> int:
+        lengths = torch.as_tensor(lengths).reshape(-1)
+        return 2 * self.n_layers * self.dim * total(lengths) + self.head.forward_flops(lengths)
+
+    def combine(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, n_layers * dim]`` -> the weighted sum ``[B, T, dim]``."""
+        b, t, _ = x.shape
+        return (x.view(b, t, self.n_layers, self.dim) * self.layer_weights()[:, None]).sum(dim=2)
+
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head.encode(self.combine(x), lengths)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.combine(x), lengths)
 
 
 class ProgressiveNet(nn.Module):

@@ -2,7 +2,8 @@
 
 The utterances are the protocol's plus the dialog context turns IAAN reads. Each exported ASR model
 listed in ``models`` (``pretrained``, and per fold ``finetuned`` / ``structured`` after stage 3) runs
-once over them; ``<exp>/dump/stores.json`` tells stage 5 which store holds which model's layers. An
+once over them (in upstream_probe, ``models: [upstreams]`` means every upstream stage 2 described and
+``layers: [all]`` every layer of each, and the per-fold CTC-adapted upstream when stage 3 made it); ``<exp>/dump/stores.json`` tells stage 5 which store holds which model's layers. An
 adapted model stage 3 did not make (no transcripts) is left out with a warning; the pretrained one is required.
 """
 
@@ -12,7 +13,9 @@ import os
 
 import pandas as pd
 
-from ser_modules.asr_models import ASRModelRef, adaptation_skip_reason, list_asr_models, load_asr_model, model_blocks
+from ser_modules.asr_models import (
+    ADAPTED, ASRModelRef, adaptation_skip_reason, list_asr_models, load_asr_model, model_blocks, upstream_entries,
+)
 from ser_modules.dump import dump_asr_layers, dump_features
 from ser_modules.features import EGeMAPSFunctionals
 from ser_modules.fileio import ManifestError, read_manifest, run_main, write_csv, write_json, write_text
@@ -45,7 +48,8 @@ def dump_job(job: tuple) -> tuple[str, dict]:
     w = worker_state()
     ref = ASRModelRef(name, fold, path)
     model, features, _, info = load_asr_model(path, w["device"])
-    layers = [layer for layer in w["hp"]["layers"] if layer in model.layer_names]
+    wanted = w["hp"]["layers"]
+    layers = list(model.layer_names) if "all" in wanted else [layer for layer in wanted if layer in model.layer_names]
     if not layers:
         raise ManifestError(f"{path}: none of the layers {w['hp']['layers']} exists; available {model.layer_names}")
     store = dump_asr_layers(model, features, w["utterances"], w["csv"], layers, w["out"], ref.key, info["sha1"],
@@ -71,14 +75,22 @@ def main(argv=None) -> None:
     # Paths relative to dump/ (read_stores), so that the experiment may move.
     stores = {"protocol": args.protocol, "utterances": os.path.relpath(csv_path, out), "asr": {}, "handcrafted": None,
               "egemaps": None}
-    refs = [r for r in list_asr_models(args.exp_dir) if r.name in hp["models"]]
-    absent = [m for m in hp["models"] if m not in {r.name for r in refs}]
+    listed = list_asr_models(args.exp_dir)
+    upstreams = [u["name"] for u in upstream_entries(args.exp_dir)]
+    if "upstreams" in hp["models"] and not upstreams:
+        raise ManifestError(f"{os.path.join(args.exp_dir, 'asr', 'upstreams.json')}: no described upstream (run stage 2 "
+                            "with --upstream PATH)")
+    # "upstreams": every described upstream, and the per-fold CTC-adapted one when stage 3 made it.
+    adapted = [ADAPTED] if any(r.name == ADAPTED for r in listed) else []
+    wanted = [m for name in hp["models"] for m in (upstreams + adapted if name == "upstreams" else [name])]
+    refs = [r for r in listed if r.name in wanted]
+    absent = [m for m in wanted if m not in {r.name for r in refs}]
     if "pretrained" in absent:
         raise ManifestError(f"{os.path.join(args.exp_dir, 'asr', 'model.pt')}: no pretrained ASR model (run stage 2)")
     if absent:  # stage 5 skips the variants that read them
         log.warning("ASR model(s) %s of conf/dump.yaml not dumped: %s", ", ".join(absent),
                     adaptation_skip_reason(args.exp_dir) or "not exported by stage 3 (run it)")
-    if not refs and hp["models"]:
+    if not refs and wanted:
         raise ManifestError(f"{args.exp_dir}: none of the ASR models {hp['models']} is exported (run stages 2-3)")
     nj, devices = stage_jobs(args)  # the ASR models' dumps share the devices; features share the processes
     state = {"hp": hp, "utterances": utterances, "csv": csv_path, "out": out, "device": args.device,

@@ -24,6 +24,8 @@ from ser_modules.scoring import (
     METRICS, chance_scores, config_json, environment, fmt, fmt_p, load_predictions, markdown_table,
     normalized_confusion, paired_tests, per_fold_run, summarize,
 )
+from ser_modules.asr_models import adapted_upstream_entry, upstream_entries
+from ser_modules.probe import expand_variants, layer_index, resolve_reference, upstream_report, upstream_table
 from ser_modules.ser_training import VariantSpec
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
@@ -68,7 +70,7 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
 
 
 FAMILIES = {"baseline": "Baseline", "mp": "Fine-tuning MP", "rnn": "Fine-tuning RNN", "progressive": "Progressive net",
-            "iaan": "IAAN", "reference": "Classical reference"}
+            "iaan": "IAAN", "weighted": "Weighted layer sum (SUPERB)", "reference": "Classical reference"}
 
 
 def family_table(results: pd.DataFrame, chance: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -232,9 +234,13 @@ def main(argv=None) -> None:
     plot_dir = os.path.join(args.exp_dir, "plots")
 
     skipped = read_optional_json(os.path.join(args.exp_dir, "ser", "summary.json")).get("skipped", {})
-    trained = [v for v in hp_ser["variants"] if VariantSpec.from_dict(v).name not in skipped]
+    upstreams = upstream_entries(args.exp_dir)
+    # upstream templates: one variant per layer (of each upstream, and of the CTC-adapted one)
+    variants = expand_variants(hp_ser["variants"], upstreams, adapted_upstream_entry(args.exp_dir))
+    trained = [v for v in variants if VariantSpec.from_dict(v).name not in skipped]
+    reference = resolve_reference(hp["reference"], [v["name"] for v in trained])
     results, scores, preds = variant_rows(os.path.join(args.exp_dir, "ser"), trained, classes,
-                                          hp["reference"], hp_ser, log, len(folds) * hp_ser["n_runs"],
+                                          reference, hp_ser, log, len(folds) * hp_ser["n_runs"],
                                           hp.get("allow_incomplete", False))
     results.insert(4, "protocol", f"{args.protocol}/{args.folds}")
     write_csv(os.path.join(args.exp_dir, "results.csv"), results)
@@ -247,11 +253,15 @@ def main(argv=None) -> None:
                                             os.path.join(plot_dir, f"confusion_{name}.png")))
     # UA per layer, one line per model family reading the ASR (Yeh Table 2 / Lakomkin Table 1).
     series = {}
-    for (typ, asr), g in results[results["layer"] != ""].groupby(["type", "asr"]) if len(results) else []:
-        g = g.sort_values("layer")
+    per_layer = results[(results["layer"] != "") & (results["type"] != "weighted")] if len(results) else results
+    for (typ, asr), g in per_layer.groupby(["type", "asr"]) if len(per_layer) and not upstreams else []:
+        g = g.assign(_k=g["layer"].map(layer_index)).sort_values(["_k", "layer"])
         series[f"{typ} ({asr})"] = (g["layer"].tolist(), g["UA_mean"].tolist(), g["UA_std"].tolist())
     if series:
         figures.append(plots.plot_layer_scores(series, os.path.join(plot_dir, "ua_per_layer.png")))
+    # Upstreams: UA per layer per upstream, the weighted sum as a line, and its learned layer weights.
+    upstream_figures, weights = upstream_report(results, trained, upstreams, os.path.join(args.exp_dir, "ser"), plot_dir)
+    figures += upstream_figures
     stores_path = os.path.join(args.exp_dir, "dump", f"stores_{args.protocol}.json")
     stores = read_stores(stores_path) if os.path.isfile(stores_path) else {}
     figures += tsne_plots(stores, manifest, hp, plot_dir) if stores and hp["tsne"] else []
@@ -273,10 +283,16 @@ def main(argv=None) -> None:
           "## Environment", "", markdown_table(pd.DataFrame([env])), "",
           "## Speech emotion recognition", "",
           f"Mean ± std over folds × runs; p-values of a paired t-test and a Wilcoxon signed-rank test of UA "
-          f"against **{hp['reference']}** over the same (fold, run) pairs.", ""]
+          f"against **{reference}** over the same (fold, run) pairs.", ""]
     md += [markdown_table(family_table(results, chance)), "",
            "Rows grouped by model family as in Table 1 of Lakomkin et al. 2018; the best mean of each column "
            "(chance rows excluded) in bold.", ""]
+    if upstreams:
+        md += ["## Upstreams (stage 2)", "", "The pretrained encoders probed, frozen; layer0 is the encoder's input "
+               "(the CNN features), layerK the output of block K.", "", markdown_table(upstream_table(upstreams)), ""]
+    if len(weights):
+        md += ["## Learned layer weights", "", "Softmax weights of the weighted-sum variants (SUPERB), mean over "
+               "folds × runs.", "", markdown_table(weights), ""]
     if len(asr_results):
         md += ["## Speech recognition", "", markdown_table(asr_results.drop(columns=["checkpoint"])), ""]
         adapt = adaptation_table(asr_results, results, corpus, args.folds)

@@ -15,17 +15,18 @@ import time
 
 import pandas as pd
 
-from ser_modules.asr_models import adaptation_skip_reason
+from ser_modules.asr_models import adapted_upstream_entry, adaptation_skip_reason, upstream_entries
 from ser_modules.fileio import ManifestError, read_json, read_manifest, run_main, write_json
 from ser_modules.folds import check_speaker_independence, load_folds
 from ser_modules.hparams import load_stage_hparams
 from ser_modules.jobs import run_jobs, submit_jobs, worker_state
+from ser_modules.probe import expand_variants
 from ser_modules.scoring import classification_metrics
 from ser_modules.ser_training import SERInputs, VariantSpec, train_fold_run
 from ser_modules.stages.common import parse_stage_args, stage_jobs, stage_logging, stage_parser
 
 
-COST_RANK = {"progressive": 0, "baseline": 1, "iaan": 2, "rnn": 3, "mp": 4, "reference": 5}
+COST_RANK = {"progressive": 0, "baseline": 1, "iaan": 2, "weighted": 3, "rnn": 3, "mp": 4, "reference": 5}
 
 
 def skip_reason(spec: VariantSpec, has_context: bool, asr_stores: dict, folds, exp_dir: str) -> str | None:
@@ -86,7 +87,8 @@ def main(argv=None) -> None:
     classes = sorted(manifest["emotion"].unique())
     has_context = "prev_same" in manifest.columns and (manifest["prev_same"] != "").any()
     variants, skipped = [], {}
-    for v in hp["variants"]:
+    adapted = adapted_upstream_entry(args.exp_dir)
+    for v in expand_variants(hp["variants"], upstream_entries(args.exp_dir), adapted):  # upstream templates: per layer
         spec = VariantSpec.from_dict(v)
         reason = skip_reason(spec, has_context, read_json(stores)["asr"], folds, args.exp_dir)
         if reason:

@@ -1,0 +1,395 @@
+"""Pretrained speech encoders ("upstreams") as frozen layer providers, loaded from local folders only.
+
+Two folder formats are read; nothing is ever downloaded:
+
+- a Hugging Face ``transformers`` folder (``config.json`` + ``model.safetensors`` or
+  ``pytorch_model.bin``) of wav2vec 2.0, HuBERT, WavLM, data2vec-audio, or Whisper (its encoder);
+- a SpeechBrain folder (``hyperparams.yaml`` + checkpoints): the file must define ``encoder`` (a
+  module on ``[B, T, F]`` features, its top-level children are the layers), optionally
+  ``compute_features`` (waveform -> ``[B, T, F]``) and ``normalize``; every loadable of its
+  ``pretrainer`` is read from ``<folder>/<name>.ckpt`` (the ``paths`` of a hub model are ignored).
+
+An upstream exposes the interface of the toolkit's ASR models (:mod:`ser_modules.asr_models`):
+``layer_names``, ``layer_sizes`` and ``forward_layers(wavs, samples, layers) -> {name: (hidden
+[B, T, D], frames [B])}``; its front end :class:`WaveformInput` passes the waveform through. Layer
+``layer0`` is the encoder's input (HF: ``hidden_states[0]``, the CNN features after the positional
+convolution) and ``layerK`` the output of block K.
+
+``transformers`` is imported only here, and only when an HF folder is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ser_modules.fileio import ManifestError, file_digest
+
+HF_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+SAMPLE_RATE = 16000
+
+
+def upstream_kind(path: str) -> str:
+    """``"hf"`` or ``"speechbrain"`` for a model folder; :class:`ManifestError` naming what is missing."""
+    if not os.path.isdir(path):
+        raise ManifestError(f"{path}: upstream folder not found")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        if not any(os.path.isfile(os.path.join(path, w)) for w in HF_WEIGHTS):
+            raise ManifestError(f"{path}: has config.json but no weights ({' or '.join(HF_WEIGHTS)})")
+        model_type = read_config(path).get("model_type")
+        if model_type not in HF_TYPES:
+            raise ManifestError(f"{path}/config.json: model_type {model_type!r} is not a supported upstream "
+                                f"({', '.join(HF_TYPES)})")
+        return "hf"
+    if os.path.isfile(os.path.join(path, "hyperparams.yaml")):
+        return "speechbrain"
+    raise ManifestError(f"{path}: not an upstream model folder: no config.json (Hugging Face transformers) "
+                        "and no hyperparams.yaml (SpeechBrain)")
+
+
+def read_config(path: str) -> dict:
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}/config.json: not valid JSON ({err})") from err
+
+
+def weight_files(path: str) -> list[str]:
+    """The files an upstream's outputs depend on (configuration and weights), sorted."""
+    names = sorted(n for n in os.listdir(path) if n.endswith((".json", ".yaml", ".safetensors", ".bin", ".ckpt")))
+    return [os.path.join(path, n) for n in names]
+
+
+def upstream_digest(path: str) -> str:
+    """SHA-1 of the configuration and weight files: a store of its layers is keyed by it."""
+    return file_digest(*weight_files(path))
+
+
+class WaveformInput(nn.Module):
+    """The front end of an upstream: ``(wavs [B, S], samples [B]) -> (wavs, samples)`` unchanged.
+    ``win`` is the shortest clip the upstream hears (its first analysis window, in samples)."""
+
+    def __init__(self, win: int = 400):
+        super().__init__()
+        self.win = int(win)
+        self.config = {"win": self.win}
+
+    def forward(self, wavs: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return wavs, samples
+
+
+class HFUpstream(nn.Module):
+    """A frozen transformers speech encoder; ``layerK`` = ``hidden_states[K]``, K = 0..num_hidden_layers.
+
+    Padded batches: wav2vec 2.0 / HuBERT / WavLM whose feature encoder normalises per frame
+    (``feat_extract_norm="layer"``, the large-lv60 style) take the attention mask, so a padded batch gives each utterance its own unpadded
+    outputs. Models with ``feat_extract_norm="group"`` (wav2vec2-base, HuBERT Base, WavLM Base+) normalise
+    over time and were trained without a mask, and data2vec-audio's stacked positional convolutions
+    see the padded frames: those run one utterance at a time, which is exact.
+    Whisper runs one utterance at a time, padded to its 30 s window as it was trained, cropped after.
+    """
+
+    def __init__(self, model: nn.Module, model_type: str):
+        super().__init__()
+        self.model, self.model_type = model.eval(), model_type
+        for p in self.model.parameters():
+            p.requires_grad = False
+        cfg = model.config
+        self.whisper = model_type == "whisper"
+        n_layers = cfg.encoder_layers if self.whisper else cfg.num_hidden_layers
+        self.layer_names = [f"layer{k}" for k in range(n_layers + 1)]
+        self.layer_sizes = dict.fromkeys(self.layer_names, int(cfg.d_model if self.whisper else cfg.hidden_size))
+        if self.whisper:
+            self.hop, self.win = 320, 400  # 10 ms mel frames, stride-2 convolution: 20 ms per frame
+            from transformers import WhisperFeatureExtractor
+
+            self.mel = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins)
+        else:
+            self.hop = int(np.prod(cfg.conv_stride))
+            self.win = receptive_field(cfg.conv_kernel, cfg.conv_stride)
+        # data2vec-audio's positional convolutions are stacked without re-zeroing padded frames: unbatched too.
+        self.batched = model_type in ("wav2vec2", "hubert", "wavlm") and cfg.feat_extract_norm == "layer"
+
+    @property
+    def frame_rate(self) -> float:
+        return SAMPLE_RATE / self.hop
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()  # frozen: dropout and masking off whatever the caller's mode
+        return self
+
+    def frames(self, samples: torch.Tensor) -> torch.Tensor:
+        """Output frames of utterances of ``samples`` samples ``[B]``."""
+        if self.whisper:
+            return (samples + self.hop - 1).div(self.hop, rounding_mode="floor")
+        return self.model._get_feat_extract_output_lengths(samples).long()
+
+    def hidden_states(self, wavs: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All hidden states ``(L+1) x [B, T, D]`` of a (padded) batch, valid up to :meth:`frames`."""
+        if self.whisper:
+            return self._whisper_states(wavs, samples)
+        if self.batched:
+            mask = (torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]).long()
+            with warnings.catch_warnings():  # WavLM's own mask types: a deprecation notice per batch, not ours
+                warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+                return self.model(wavs, attention_mask=mask, output_hidden_states=True).hidden_states
+        outs = [self.model(wavs[i : i + 1, : int(n)], output_hidden_states=True).hidden_states
+                for i, n in enumerate(samples)]
+        return tuple(_pad_cat([o[k][0] for o in outs]) for k in range(len(outs[0])))
+
+    def _whisper_states(self, wavs, samples):
+        limit = self.mel.n_samples
+        if int(samples.max()) > limit:
+            raise ManifestError(f"Whisper encoder: an utterance of {int(samples.max()) / SAMPLE_RATE:.1f} s is longer than "
+                                f"its {limit / SAMPLE_RATE:.0f} s window")
+        outs = []
+        for i, n in enumerate(samples):
+            mel = self.mel(wavs[i, : int(n)].cpu().numpy(), sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            feats = mel.input_features.to(wavs.device, self.model.conv1.weight.dtype)
+            outs.append(self.model(feats, output_hidden_states=True).hidden_states)
+        return tuple(_pad_cat([o[k][0] for o in outs]) for k in range(len(outs[0])))
+
+    @torch.no_grad()
+    def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
+        states = self.hidden_states(wavs, samples)
+        frames = self.frames(samples).to(wavs.device)
+        t = int(frames.max())
+        return {name: (states[int(name[len("layer"):])][:, :t], frames) for name in layers}
+
+
+def receptive_field(kernels, strides) -> int:
+    """Samples seen by one output frame of a stack of strided 1-D convolutions."""
+    field, jump = 1, 1
+    for k, s in zip(kernels, strides):
+        field += (k - 1) * jump
+        jump *= s
+    return int(field)
+
+
+def _pad_cat(seqs: list[torch.Tensor]) -> torch.Tensor:
+    return nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+
+
+class SpeechBrainUpstream(nn.Module):
+    """A frozen SpeechBrain encoder: ``layer0`` = its input features (after ``normalize``),
+    ``layerK`` = the output of its K-th top-level child. Runs one utterance at a time (exact)."""
+
+    def __init__(self, encoder: nn.Module, compute_features: nn.Module | None, normalize: nn.Module | None,
+                 feature_win: int = 400):
+        super().__init__()
+        self.encoder, self.compute_features, self.normalize = encoder.eval(), compute_features, normalize
+        for p in self.parameters():
+            p.requires_grad = False
+        self.blocks = list(encoder.children()) or [encoder]
+        self.win = int(feature_win)
+        self.layer_names = [f"layer{k}" for k in range(len(self.blocks) + 1)]
+        probe = self._states(torch.zeros(1, SAMPLE_RATE))
+        self.layer_sizes = {n: int(s.shape[-1]) for n, s in zip(self.layer_names, probe)}
+        self.frame_rate = float(probe[-1].shape[1])  # frames in one second
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.eval_all()
+        return self
+
+    def eval_all(self):
+        for m in (self.encoder, self.compute_features, self.normalize):
+            if m is not None:
+                m.eval()
+
+    @torch.no_grad()
+    def _states(self, wav: torch.Tensor) -> list[torch.Tensor]:
+        x = self.compute_features(wav) if self.compute_features is not None else wav.unsqueeze(-1)
+        if self.normalize is not None:
+            x = self.normalize(x, torch.ones(1, device=x.device))
+        states = [x]
+        for block in self.blocks:
+            x = block(x)
+            x = x[0] if isinstance(x, tuple) else x  # recurrent layers return (output, hidden)
+            states.append(x)
+        return states
+
+    @torch.no_grad()
+    def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
+        per_utt = [self._states(wavs[i : i + 1, : int(n)]) for i, n in enumerate(samples)]
+        out = {}
+        for name in layers:
+            k = self.layer_names.index(name)
+            seqs = [s[k][0] for s in per_utt]
+            out[name] = (_pad_cat(seqs), torch.tensor([len(s) for s in seqs], device=wavs.device))
+        return out
+
+
+class CTCUpstream(nn.Module):
+    """An HF upstream fine-tuned with CTC (stage 3 of upstream_probe, ``adapt.ctc_head``): a linear CTC
+    head (the toolkit's character vocabulary, blank first, as DeepSpeech2) on its last layer.
+
+    The convolutional feature encoder stays frozen (and in eval mode), as in wav2vec 2.0 fine-tuning;
+    the transformer and the head train, with the model's own dropout and time masking in training
+    mode. ``forward(wavs, samples) -> (logits [B, T, V], frames [B])`` is what :class:`CTCBrain` and the
+    greedy CTC decoder read; ``layer_names`` / ``forward_layers`` are the upstream's (stage 4 dumps them).
+    """
+
+    is_ctc = True
+
+    def __init__(self, upstream: HFUpstream, n_tokens: int):
+        super().__init__()
+        if not isinstance(upstream, HFUpstream):
+            raise ManifestError(f"CTC adaptation needs a transformers upstream, not a {type(upstream).__name__}")
+        self.upstream = upstream
+        self.layer_names, self.layer_sizes, self.win = upstream.layer_names, upstream.layer_sizes, upstream.win
+        self.head = nn.Linear(upstream.layer_sizes[upstream.layer_names[-1]], int(n_tokens))
+        frozen = {id(p) for p in self.feature_encoder().parameters()}
+        for p in upstream.parameters():
+            p.requires_grad = id(p) not in frozen
+
+    def feature_encoder(self) -> nn.Module:
+        """The convolutional front of the upstream (Whisper: its two convolutions and positions)."""
+        m = self.upstream.model
+        if self.upstream.whisper:
+            return nn.ModuleList([m.conv1, m.conv2, m.embed_positions])
+        return m.feature_extractor
+
+    @property
+    def frame_rate(self) -> float:
+        return self.upstream.frame_rate
+
+    def train(self, mode: bool = True):
+        super().train(mode)  # the upstream's own train() keeps the HF model in eval mode
+        if mode:
+            self.upstream.model.train()
+            self.feature_encoder().eval()
+        return self
+
+    def forward(self, wavs: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        last = self.upstream.hidden_states(wavs, samples)[-1]
+        frames = self.upstream.frames(samples).to(wavs.device)
+        return self.head(last[:, : int(frames.max())]), frames
+
+    def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
+        return self.upstream.forward_layers(wavs, samples, layers)
+
+
+def load_adapted_upstream(source: str, weights: str, symbols: list[str], device: str = "cpu"):
+    """``(CTCUpstream, front end, vocabulary)``: the upstream folder ``source`` with the adapted weights
+    ``weights`` (a state dict of :class:`CTCUpstream`); ``symbols`` the vocabulary, blank first."""
+    from ser_modules.text import CharVocabulary
+
+    upstream, features = load_upstream(source, device)
+    vocab = CharVocabulary(specials=symbols[:1], characters=symbols[1:])
+    model = CTCUpstream(upstream, len(vocab))
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu"))
+    except (RuntimeError, FileNotFoundError) as err:
+        raise ManifestError(f"{weights}: cannot load the adapted upstream ({str(err).splitlines()[0]})") from err
+    return model.to(device).eval(), features, vocab
+
+
+def load_hf(path: str) -> HFUpstream:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    model_type = read_config(path)["model_type"]
+    try:
+        model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"{path}: cannot load the transformers model ({str(err).splitlines()[0]})") from err
+    if model_type == "whisper":
+        model = model.get_encoder()
+    return HFUpstream(model, model_type)
+
+
+def load_speechbrain(path: str) -> SpeechBrainUpstream:
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, DEFAULT_TRANSFER_HOOKS, get_default_hook
+
+    yaml_path = os.path.join(path, "hyperparams.yaml")
+    with open(yaml_path, encoding="utf-8") as f:
+        hp = load_hyperpyyaml(f)
+    if not isinstance(hp.get("encoder"), nn.Module):
+        raise ManifestError(f"{yaml_path}: defines no `encoder` module")
+    loadables = getattr(hp.get("pretrainer"), "loadables", None) or {"encoder": hp["encoder"]}
+    for name, obj in loadables.items():
+        ckpt = os.path.join(path, f"{name}.ckpt")
+        if not os.path.isfile(ckpt):
+            raise ManifestError(f"{path}: no checkpoint {name}.ckpt for the pretrainer's loadable {name!r}")
+        transfer = get_default_hook(obj, DEFAULT_TRANSFER_HOOKS)
+        if transfer is not None:
+            transfer(obj, ckpt)
+        else:
+            get_default_hook(obj, DEFAULT_LOAD_HOOKS)(obj, ckpt, end_of_epoch=False)
+    feats = hp.get("compute_features")
+    win = int(round(getattr(feats, "win_length", 25) * SAMPLE_RATE / 1000)) if feats is not None else 1
+    return SpeechBrainUpstream(hp["encoder"], feats, hp.get("normalize"), win)
+
+
+def load_upstream(path: str, device: str = "cpu") -> tuple[nn.Module, WaveformInput]:
+    """``(upstream in eval mode, its waveform front end)`` from a local folder (see module doc)."""
+    model = load_hf(path) if upstream_kind(path) == "hf" else load_speechbrain(path)
+    return model.to(device).eval(), WaveformInput(model.win).to(device)
+
+
+def describe_upstream(name: str, path: str, device: str = "cpu", probe_seconds: float = 2.0, seed: int = 0) -> dict:
+    """Load an upstream, run it on ``probe_seconds`` of noise and describe it: kind, layers,
+    dimensions, frame rate (nominal and measured), parameters; :class:`ManifestError` if its outputs
+    are not finite or their frame counts disagree with the frame rate."""
+    kind = upstream_kind(path)
+    model, features = load_upstream(path, device)
+    samples = int(probe_seconds * SAMPLE_RATE)
+    wav = torch.randn(1, samples, generator=torch.Generator().manual_seed(seed)).to(device) * 0.1
+    out = model.forward_layers(wav, torch.tensor([samples], device=device), model.layer_names)
+    for layer, (hidden, frames) in out.items():
+        if not torch.isfinite(hidden).all():
+            raise ManifestError(f"{path}: layer {layer} gives non-finite values on a noise probe")
+    measured = int(out[model.layer_names[-1]][1][0]) / probe_seconds
+    nominal = float(model.frame_rate)
+    if kind == "hf" and abs(measured - nominal) > nominal / probe_seconds + 1:
+        raise ManifestError(f"{path}: {measured:.1f} frames per second measured, {nominal:.1f} expected")
+    config = read_config(path) if kind == "hf" else {}
+    return {"name": name, "source": os.path.abspath(path), "kind": kind,
+            "model_type": config.get("model_type", "speechbrain"), "layers": model.layer_names,
+            "n_layers": len(model.layer_names) - 1, "dims": model.layer_sizes,
+            "frame_rate_hz": round(nominal, 3), "measured_frame_rate_hz": round(measured, 3),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "min_samples": int(features.win), "sha1": upstream_digest(path), "device": device}
+
+
+def upstream_name(path: str, taken: set[str]) -> str:
+    """A short unique name from the folder name (``wavlm-base-plus``): what variants and stores are called."""
+    base = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.path.basename(os.path.normpath(path))) or "upstream"
+    taken = set(taken) | {"pretrained", "upstreams", "adapted"}  # stage 2's DS2/LAS model, the templates
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+
+def main(argv=None) -> int:
+    """``python -m ser_modules.upstream check PATH...``: each path is an upstream folder (one line per bad one)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "check":
+        print("usage: python -m ser_modules.upstream check PATH...", file=sys.stderr)
+        return 2
+    bad = 0
+    for path in argv[1:]:
+        try:
+            upstream_kind(path)
+        except ManifestError as err:
+            print(f"error: {err}", file=sys.stderr)
+            bad += 1
+    return 2 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
