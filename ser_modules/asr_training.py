@@ -225,10 +225,18 @@ def error_rates(ids: list[str], refs: list[str], hyps: list[str], alignments_pat
             "utterances": len(ids)}
 
 
-def update_asr_results(path: str, rows: list[dict]) -> pd.DataFrame:
-    """Insert or replace rows (key: model, stage, corpus, split, decoder) of ``asr_results.csv``."""
+def update_asr_results(path: str, rows: list[dict], scope: dict | None = None) -> pd.DataFrame:
+    """Insert or replace rows (key: model, stage, corpus, split, decoder) of ``asr_results.csv``.
+
+    ``scope`` (column -> value) names the rows a stage owns: those of them not in ``rows`` are
+    removed, so a decoder or adaptation stage no longer configured leaves no stale score behind."""
     key = ["model", "stage", "corpus", "split", "decoder"]
     old = pd.read_csv(path, keep_default_na=False, dtype=str) if os.path.isfile(path) else pd.DataFrame(columns=ASR_RESULT_COLUMNS)
+    if scope:
+        owned = pd.Series(True, index=old.index)
+        for column, value in scope.items():
+            owned &= old[column] == str(value)
+        old = old[~owned]
     new = pd.DataFrame(rows, columns=ASR_RESULT_COLUMNS).astype(str)
     merged = pd.concat([old[~old.set_index(key).index.isin(new.set_index(key).index)], new], ignore_index=True)
     write_csv(path, merged)

@@ -188,6 +188,12 @@ def test_evaluate_and_results_table(asr_data, tmp_path):
     update_asr_results(path, [{**row, "WER": 40}])  # replaces the test row, keeps dev
     table = pd.read_csv(path)
     assert len(table) == 2 and table.set_index("split").loc["test", "WER"] == 40
+    # A stage's scope: its rows that it no longer writes (a decoder dropped from the config) go.
+    other = {**row, "corpus": "y", "decoder": "beam"}
+    update_asr_results(path, [other, {**row, "decoder": "beam"}])
+    update_asr_results(path, [{**row, "decoder": "joint", "WER": 30}], scope={"corpus": "x"})
+    table = pd.read_csv(path)
+    assert sorted(zip(table["corpus"], table["decoder"])) == [("x", "joint"), ("y", "beam")]
 
 
 DDP_SCRIPT = r"""

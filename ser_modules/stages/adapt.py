@@ -170,7 +170,8 @@ def main(argv=None) -> None:
             rows += [{"model": model_name, "stage": label, "corpus": corpus, "split": f"test:{args.folds}",
                       "decoder": m, **score_pooled(dirs, m), "checkpoint": f"adapt/{variant}/<fold>/model.pt"}
                      for m in methods]
-    update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows)
+    update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows,
+                       scope={"corpus": corpus, "split": f"test:{args.folds}"})
     for r in rows:
         print(f"stage 3 {r['model']} {r['stage']:<32} {r['corpus']} {r['split']} ({r['decoder']}): "
               f"WER {r['WER']:.2f}%  CER {r['CER']:.2f}%")

@@ -79,7 +79,8 @@ def main(argv=None) -> None:
             rows.append({"model": hparams["model_name"], "stage": "pretrained", "corpus": corpus, "split": split,
                          "decoder": method, **r, "checkpoint": os.path.join("asr", ckpt) if ckpt else ""})
         summary[split] = res
-    update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows)
+    update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows,
+                       scope={"model": hparams["model_name"], "stage": "pretrained", "corpus": corpus})
     write_json(os.path.join(work, "done.json"), {"config": config_hash, "results": summary, "checkpoint": ckpt,
                                                  "train_minutes": round(train_seconds / 60, 2),
                                                  "epochs": brain.hparams.epoch_counter.current})
