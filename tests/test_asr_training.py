@@ -126,9 +126,11 @@ def test_adaptation_stage_scores_its_start_when_not_given(asr_data, tmp_path):
     asr_hp = tiny_hparams("las_adapt", asr_data, tmp_path / "asr")
     data = {"train": asr_hp["train_csv"], "valid": asr_hp["valid_csv"]}
     model = asr_hp["model"]
-    expected = evaluate_asr(model, asr_hp["features"], asr_dataset(data["valid"], asr_hp["vocab"]), asr_hp["vocab"],
-                            "cpu", str(tmp_path), "valid")["greedy"]["CER"]
     hp = adaptation_hparams(asr_hp, tmp_path / "adapt", "adapt.lr=0.0")  # no update: every epoch ties the start
+    method = hp["valid_decoder"]  # the demo's: joint CTC/attention
+    expected = evaluate_asr(model, asr_hp["features"], asr_dataset(data["valid"], asr_hp["vocab"]), asr_hp["vocab"],
+                            "cpu", str(tmp_path), "valid", (method,), beam_size=hp["beam_size"],
+                            ctc_weight=hp["decode_ctc_weight"])[method]["CER"]
     record = run_stage(model, hp, "encoder", 1.0, data, str(tmp_path / "stage"),
                        run_options("cpu", noprogressbar=True), LASBrain)
     assert record["start"] == pytest.approx(expected, abs=0.01) and record["kept_start"]
