@@ -92,6 +92,11 @@ class EmotionRecognizer:
         self._asr: dict[str, tuple] = {}
         transcriber_asr = folds[0].asr_path or os.path.join(exp_dir, "asr", "model.pt")
         self.transcript_asr = transcriber_asr if os.path.isfile(transcriber_asr) else None
+        if decoder == "joint" and self.transcript_asr is not None:  # refuse before any file is read
+            model = self._asr_model(self.transcript_asr)[0]
+            if getattr(model, "ctc_output", None) is None or getattr(model, "is_ctc", False):
+                raise ManifestError(f"{self.transcript_asr}: --decoder joint needs a LAS with a CTC head; this "
+                                    f"{type(model).__name__} has none (use --decoder greedy or beam)")
 
     # -- loading --------------------------------------------------------------------------------
 

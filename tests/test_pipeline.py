@@ -203,6 +203,19 @@ def test_iaan_inference_reads_the_dialog_context(las_exp, tiny_demo):
     assert np.abs(without[probs].to_numpy(float) - stage5[probs].to_numpy(float)).max() > 1e-3  # context matters
 
 
+def test_inference_joint_decoding_needs_a_las_with_a_ctc_head(ctc_exp, las_exp):
+    from ser_modules.fileio import ManifestError
+
+    ctc, _ = ctc_exp
+    with pytest.raises(ManifestError, match="--decoder joint needs a LAS with a CTC head; this DeepSpeech2"):
+        EmotionRecognizer.from_experiment(str(ctc), "MP-2", decoder="joint")
+    las, _ = las_exp
+    manifest = pd.read_csv(las / "data" / "emotion" / "standard" / "manifest.csv", keep_default_na=False)
+    rows = EmotionRecognizer.from_experiment(str(las), "IAAN-pretrained-pblstm1", decoder="joint").predict_files(
+        manifest["wav"].iloc[:2].tolist())
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(isinstance(r["transcript"], str) for r in rows)
+
+
 def test_compare_results(ctc_exp, las_exp, tmp_path):
     sys.path.insert(0, os.path.join(REPO, "utils"))
     from compare_results import compare, main as compare_main
