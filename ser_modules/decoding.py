@@ -41,6 +41,7 @@ class Transcriber:
                  max_decode_ratio: float = 1.0, ctc_weight: float = 0.5):
         self.model, self.vocab, self.beam_size = model, vocab, beam_size
         self._joint = None
+        self.methods = ("greedy", "beam")  # what this model decodes; a LAS with a CTC head adds joint
         self.is_ctc = isinstance(model, DeepSpeech2) or getattr(model, "is_ctc", False)  # or a CTCUpstream
         if not self.is_ctc and not isinstance(model, ListenAttendSpell):
             raise TypeError(f"cannot transcribe with a {type(model).__name__}")
@@ -61,12 +62,13 @@ class Transcriber:
                                        weights={"ctc": ctc_weight})
                 self._joint = S2SRNNBeamSearcher(model.embedding, model.speller, model.output,
                                                  beam_size=beam_size, scorer=scorer, **common)
+                self.methods = METHODS
 
     @torch.no_grad()
     def __call__(self, feats: torch.Tensor, frames: torch.Tensor, method: str = "greedy") -> list[str]:
         if method not in METHODS:
             raise ValueError(f"unknown decoding method {method!r}: one of {', '.join(METHODS)}")
-        if method == "joint" and self._joint is None:
+        if method not in self.methods:
             raise ValueError(f"joint CTC/attention decoding needs a LAS with a CTC head; this "
                              f"{type(self.model).__name__} has none (decode with greedy or beam)")
         if self.is_ctc:

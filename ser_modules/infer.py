@@ -92,11 +92,12 @@ class EmotionRecognizer:
         self._asr: dict[str, tuple] = {}
         transcriber_asr = folds[0].asr_path or os.path.join(exp_dir, "asr", "model.pt")
         self.transcript_asr = transcriber_asr if os.path.isfile(transcriber_asr) else None
-        if decoder == "joint" and self.transcript_asr is not None:  # refuse before any file is read
-            model = self._asr_model(self.transcript_asr)[0]
-            if getattr(model, "ctc_output", None) is None or getattr(model, "is_ctc", False):
-                raise ManifestError(f"{self.transcript_asr}: --decoder joint needs a LAS with a CTC head; this "
-                                    f"{type(model).__name__} has none (use --decoder greedy or beam)")
+        self._transcriber = None
+        if decoder != "greedy" and self.transcript_asr is not None:  # refuse before any file is read
+            transcriber = self.transcriber()
+            if transcriber is not None and decoder not in transcriber.methods:
+                raise ManifestError(f"{self.transcript_asr}: --decoder {decoder} needs a LAS with a CTC head; this "
+                                    f"{type(transcriber.model).__name__} has none (use --decoder greedy or beam)")
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -209,10 +210,18 @@ class EmotionRecognizer:
     def transcribe(self, wavs: list[torch.Tensor]) -> list[str]:
         if self.transcript_asr is None:
             return [""] * len(wavs)
-        model, vocab, feats, frames = self._asr_features(wavs, self.transcript_asr)
-        if vocab is None:  # a pretrained upstream has no output vocabulary: no transcript
+        transcriber = self.transcriber()
+        if transcriber is None:  # a pretrained upstream has no output vocabulary: no transcript
             return [""] * len(wavs)
-        return Transcriber(model, vocab, beam_size=4)(feats, frames, self.decoder)
+        _, _, feats, frames = self._asr_features(wavs, self.transcript_asr)
+        return transcriber(feats, frames, self.decoder)
+
+    def transcriber(self) -> Transcriber | None:
+        """The transcript ASR's decoder, built once (None for an upstream, which has no vocabulary)."""
+        if self._transcriber is None:
+            model, _, vocab, _ = self._asr_model(self.transcript_asr)
+            self._transcriber = Transcriber(model, vocab, beam_size=4) if vocab is not None else False
+        return self._transcriber or None
 
     def min_samples(self) -> int:
         """The shortest signal the variant's front ends hear: one analysis window of each."""

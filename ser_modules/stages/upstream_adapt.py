@@ -106,7 +106,8 @@ def main(argv=None) -> None:
     dirs = {f.name: os.path.join(out, ADAPTED, f.name) for f in folds}
     rows = [{"model": up["name"], "stage": ADAPTED, "corpus": corpus, "split": f"test:{args.folds}", "decoder": m,
              **score_pooled(dirs, m), "checkpoint": f"adapt/{ADAPTED}/<fold>/model.pt"} for m in hp["decoders"]]
-    update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows)
+    update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows,
+                       scope={"corpus": corpus, "split": f"test:{args.folds}"})
     for r in rows:
         print(f"stage 3 {r['model']} {r['stage']} {r['corpus']} {r['split']} ({r['decoder']}): "
               f"WER {r['WER']:.2f}%  CER {r['CER']:.2f}%")
