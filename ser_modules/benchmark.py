@@ -73,6 +73,16 @@ def gemm_rate(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int | 
     return 2 * n**3 * iters / (time.perf_counter() - started) / 1e9
 
 
+def gru_kernel_name(device: str) -> str:
+    """What runs the GRU layers on ``device``: the grouped kernel, ``nn.GRU`` (switched off or not
+    buildable) or cuDNN."""
+    from ser_modules.models import grouped_gru
+
+    if device.startswith("cuda"):
+        return "cuDNN (packed sequences)"
+    return "grouped CPU kernel" if grouped_gru.usable(torch.zeros(1)) else "nn.GRU"
+
+
 def _proc_status(pid: int | str = "self") -> dict[str, int]:
     """VmRSS / VmHWM (kB) of a process from /proc (empty where /proc is missing)."""
     out = {}
@@ -579,6 +589,8 @@ def run(out: str, device: str = "cpu", quick: bool = False, sizes=("demo", "pape
         gemm = gemm_rate(device, seconds=0.5 if quick else 2.0)
         extra = {"gemm_bf16_gflops": round(gemm_rate(device, torch.bfloat16), 1)} if device.startswith("cuda") else {}
         print(f"GEMM fp32: {gemm:.1f} GFLOP/s on {device} ({torch.get_num_threads()} threads)", flush=True)
+        gru = gru_kernel_name(device)
+        print(f"GRU layers run on: {gru}", flush=True)
         durations = iemocap_like_durations(512)
         rows, asr = [], {}
         for size in sizes:
@@ -587,7 +599,7 @@ def run(out: str, device: str = "cpu", quick: bool = False, sizes=("demo", "pape
                 asr[(case.model, size)] = info
                 if models and case.model not in models:
                     continue
-                rows.append(measure(case, durations, device, gemm, quick))
+                rows.append({**measure(case, durations, device, gemm, quick), "gru_kernel": gru})
                 print(_line(rows[-1]), flush=True)
             for recipe, name in (("ctc_transfer", "ds2"), ("las_adapt", "las")):
                 ser_hp = _conf(recipe, "ser", size, tmp)
@@ -597,7 +609,7 @@ def run(out: str, device: str = "cpu", quick: bool = False, sizes=("demo", "pape
                         continue
                     seen.add(v["type"])
                     case = ser_case(v, ser_hp, asr[(name, size)]["model"].layer_sizes, size, device, quick)
-                    rows.append(measure(case, durations, device, gemm, quick))
+                    rows.append({**measure(case, durations, device, gemm, quick), "gru_kernel": gru})
                     print(_line(rows[-1]), flush=True)
         frame = pd.DataFrame(rows)
         frame = frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
@@ -611,11 +623,11 @@ def run(out: str, device: str = "cpu", quick: bool = False, sizes=("demo", "pape
         plot_ratios(frame, os.path.join(out, "benchmark.png"))
         env = environment()
         md = ["# Benchmark", "", f"Device {device}, {torch.get_num_threads()} threads, torch {env['torch']}, "
-              f"{env['platform']}, git {env['git_commit']}, {env['date']}. GEMM fp32 {gemm:.1f} GFLOP/s"
+              f"{env['platform']}, git {env['git_commit']}, {env['date']}. GRU layers: {gru}. GEMM fp32 {gemm:.1f} GFLOP/s"
               + (f", bf16 {extra['gemm_bf16_gflops']} GFLOP/s" if extra else "") + ".", "",
               "Training steps (`ratio` = achieved FLOP rate / GEMM rate; FLOPs counted on valid frames, "
               "training = 3 x forward; `peak_mb` above the memory in use before the step):", "",
-              markdown(frame), "", "Stages 4 and 5:", "", markdown(stages.fillna("")), ""]
+              markdown(frame), "", "Stages 4 and 5:", "", markdown(stages.astype(object).fillna("")), ""]
         if with_scaling:
             scale = scaling(out)
             write_csv(os.path.join(out, "scaling.csv"), scale)

@@ -2,17 +2,21 @@
 
 The forward direction reads padding only after the valid frames, so it cannot affect them; the
 backward direction runs on each sequence reversed within its own length. On CUDA the sequences
-are packed (cuDNN then skips padded steps); on CPU the dense kernels are used, since PyTorch's
-packed-sequence backward pass is about three times slower there than the dense one.
+are packed (cuDNN then skips padded steps). On CPU, GRUs run on the grouped kernel of
+:mod:`ser_modules.models.grouped_gru` (both directions at once; several layers on different inputs
+with :func:`run_together`), LSTMs on PyTorch's dense kernels (oneDNN's fused LSTM; PyTorch's
+packed-sequence backward pass is about three times slower there than the dense one).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ser_modules.features import length_mask
+from ser_modules.models import grouped_gru
 from ser_modules.models.flops import rnn_flops, total
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -59,9 +63,45 @@ class MaskedRNN(nn.Module):
             return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
         return rnn(x)[0]
 
+    @property
+    def rnns(self) -> list[nn.RNNBase]:
+        return [self.forward_rnn] + ([self.backward_rnn] if self.backward_rnn is not None else [])
+
+    def uses_grouped_kernel(self, x: torch.Tensor) -> bool:
+        return self.rnn_type == "gru" and grouped_gru.usable(x)
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        out = self._run(self.forward_rnn, x, lengths)
-        if self.backward_rnn is not None:
-            back = reverse_padded(self._run(self.backward_rnn, reverse_padded(x, lengths), lengths), lengths)
+        if self.uses_grouped_kernel(x):
+            h = self.forward_rnn.hidden_size
+            gi = list(grouped_gru.input_projection(x, self.rnns).split(3 * h, dim=-1))
+            if self.backward_rnn is not None:
+                gi[1] = reverse_padded(gi[1], lengths)  # the projection is per frame: reversing commutes
+            hs = grouped_gru.gru_recurrence(torch.stack(gi).transpose(1, 2), self.rnns).transpose(1, 2)
+            out, back = hs[0], (reverse_padded(hs[1], lengths) if self.backward_rnn is not None else None)
+        else:
+            out = self._run(self.forward_rnn, x, lengths)
+            back = None
+            if self.backward_rnn is not None:
+                back = reverse_padded(self._run(self.backward_rnn, reverse_padded(x, lengths), lengths), lengths)
+        if back is not None:
             out = out + back if self.merge == "sum" else torch.cat([out, back], dim=-1)
         return out * length_mask(lengths, x.shape[1]).unsqueeze(-1).to(out.dtype)
+
+
+def run_together(rnns: list[MaskedRNN], inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """``[rnn(x, lengths) for rnn, (x, lengths) in zip(rnns, inputs)]``; unidirectional GRUs of one size
+    on inputs of one batch size run as one grouped recurrence on CPU (inputs padded to the longest)."""
+    xs = [x for x, _ in inputs]
+    grouped = (
+        all(r.uses_grouped_kernel(x) and r.backward_rnn is None for r, x in zip(rnns, xs))
+        and len({(r.input_size, r.hidden_size) for r in rnns}) == 1
+        and len({x.shape[0] for x in xs}) == 1
+    )
+    if not grouped:
+        return [rnn(x, lengths) for rnn, (x, lengths) in zip(rnns, inputs)]
+    steps = max(x.shape[1] for x in xs)
+    gi = [F.pad(grouped_gru.input_projection(x, [r.forward_rnn]), (0, 0, 0, steps - x.shape[1]))
+          for r, x in zip(rnns, xs)]
+    hs = grouped_gru.gru_recurrence(torch.stack(gi).transpose(1, 2), [r.forward_rnn for r in rnns]).transpose(1, 2)
+    return [h[:, : x.shape[1]] * length_mask(lengths, x.shape[1]).unsqueeze(-1).to(h.dtype)
+            for h, (x, lengths) in zip(hs, inputs)]

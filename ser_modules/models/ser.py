@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ser_modules.features import length_mask, stack_frames
 from ser_modules.models.flops import linear_flops, total
-from ser_modules.models.rnn import MaskedRNN
+from ser_modules.models.rnn import MaskedRNN, run_together
 
 
 def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -263,9 +263,10 @@ class IAAN(nn.Module):
 
     def encode(self, target, target_lengths, prev, prev_lengths, other, other_lengths):
         """``(h = [h_c; h_p; h_r] [B, 3H], alpha [B, T])``: the pooled vector and target attention."""
-        h_p, _ = self.prev_pool(self.prev_rnn(prev, prev_lengths), prev_lengths)
-        h_r, _ = self.other_pool(self.other_rnn(other, other_lengths), other_lengths)
-        c = self.target_rnn(target, target_lengths)
+        prev_c, other_c, c = run_together([self.prev_rnn, self.other_rnn, self.target_rnn],
+                                          [(prev, prev_lengths), (other, other_lengths), (target, target_lengths)])
+        h_p, _ = self.prev_pool(prev_c, prev_lengths)
+        h_r, _ = self.other_pool(other_c, other_lengths)
         scores = self.u(torch.tanh(self.w_c(c) + (self.w_p(h_p) + self.w_r(h_r)).unsqueeze(1))).squeeze(-1)
         alpha = masked_softmax(scores, target_lengths)
         h_c = (alpha.unsqueeze(-1) * c).sum(dim=1)

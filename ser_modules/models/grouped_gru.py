@@ -1,0 +1,100 @@
+"""GRU layers run in lockstep by a small C++ kernel on CPU (``ser_modules/csrc/grouped_gru.cpp``).
+
+On CPU, ``nn.GRU`` computes each time step as one small matrix product and about ten dispatched
+element-wise operations, each recorded for autograd: at the demo's sizes (32-192 units) a training
+step spends most of its time in dispatch, not arithmetic. The kernel does each step as one GEMM and
+a few plain loops around one vectorised sigmoid, writes its own backward pass (one GEMM per step;
+the weight gradient as one GEMM over the whole sequence), and runs G independent GRUs together:
+the two directions of a bidirectional layer, or IAAN's three context GRUs, in parallel threads.
+
+The equations, weight layout and zero initial state are ``nn.GRU``'s, and the parameters stay in
+``nn.GRU`` modules, so checkpoints are unchanged and either path can run any model. The kernel is
+compiled once per machine on first use (about 20 s; cached by PyTorch under
+``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). Without a C++ compiler, or with
+``SER_FUSED_GRU=0``, models use ``nn.GRU`` and a warning says so once.
+
+Shapes: input projections ``gi [G, T, B, 3H]`` (gate order r, z, n, ``b_ih`` included),
+``w_hh [G, 3H, H]``, ``b_hh [G, 3H]`` -> hidden states ``[G, T, B, H]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "grouped_gru.cpp")
+ENV_SWITCH = "SER_FUSED_GRU"
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def kernel():
+    """The compiled extension, or None when ``SER_FUSED_GRU=0`` or it cannot be built here."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    with _lock:
+        if "module" not in _state:
+            _state["module"] = _build()
+    return _state["module"]
+
+
+def _build():
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)  # its "no CUDA runtime" notice does not concern a CPU kernel
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load("ser_grouped_gru", [SOURCE], extra_cflags=["-O3"], verbose=False)
+    except Exception as err:  # no compiler, no ninja, read-only cache: the nn.GRU path still works
+        logger.warning("the fused CPU GRU kernel could not be built (%s); using nn.GRU, which is slower on CPU. "
+                       "Set %s=0 to silence this.", str(err).strip().splitlines()[-1] if str(err).strip() else err,
+                       ENV_SWITCH)
+        return None
+    finally:
+        cpp_logger.setLevel(level)
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the kernel can run on ``x`` (a CPU float32/float64 tensor) and is available."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and kernel() is not None
+
+
+class GRURecurrence(torch.autograd.Function):
+    """``hs = recurrence(gi, w_hh, b_hh)``; see the module docstring for shapes."""
+
+    @staticmethod
+    def forward(ctx, gi, w_hh, b_hh):
+        hs, rz, n, ghn = kernel().forward(gi, w_hh, b_hh)
+        ctx.save_for_backward(w_hh, hs, rz, n, ghn)
+        return hs
+
+    @staticmethod
+    def backward(ctx, dhs):
+        w_hh, hs, rz, n, ghn = ctx.saved_tensors
+        dgi, dgh = kernel().backward(dhs, w_hh, hs, rz, n, ghn)
+        groups, steps, batch, hidden = hs.shape
+        h_prev = torch.cat([hs.new_zeros(groups, 1, batch, hidden), hs[:, :-1]], dim=1)
+        dw_hh = torch.bmm(dgh.reshape(groups, -1, 3 * hidden).transpose(1, 2), h_prev.reshape(groups, -1, hidden))
+        return dgi, dw_hh, dgh.sum(dim=(1, 2))
+
+
+def gru_recurrence(gi: torch.Tensor, grus: list[nn.GRU]) -> torch.Tensor:
+    """Hidden states ``[G, T, B, H]`` of single-layer ``grus`` given their input projections ``gi``."""
+    w_hh = torch.stack([g.weight_hh_l0 for g in grus])
+    b_hh = torch.stack([g.bias_hh_l0 for g in grus])
+    return GRURecurrence.apply(gi.to(w_hh.dtype), w_hh, b_hh)
+
+
+def input_projection(x: torch.Tensor, grus: list[nn.GRU]) -> torch.Tensor:
+    """``x [B, T, D]`` through the input weights of every GRU at once -> ``[B, T, G * 3H]``."""
+    weight = torch.cat([g.weight_ih_l0 for g in grus])
+    bias = torch.cat([g.bias_ih_l0 for g in grus])
+    return torch.nn.functional.linear(x, weight, bias)
+
