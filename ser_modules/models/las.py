@@ -195,8 +195,9 @@ class ListenAttendSpell(nn.Module):
         context = enc.new_zeros(batch, sp.attn_dim)
         sampling = teacher_forcing < 1.0
         tops, contexts, logits = [], [], []
+        embedded_steps = embedded.unbind(1)  # one backward node for all steps, not a zero-filled copy per step
         for t in range(steps):
-            pre = embedded[:, t]
+            pre = embedded_steps[t]
             if sampling and t > 0:
                 own = torch.rand(batch, device=enc.device) >= teacher_forcing
                 fed = torch.where(own, logits[-1].argmax(dim=-1).detach(), tokens_bos[:, t])
