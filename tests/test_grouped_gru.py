@@ -37,6 +37,7 @@ def _outputs_and_grads(module, inputs, weights):
 def test_kernel_builds_here():
     assert grouped_gru.kernel() is not None
     assert grouped_gru.usable(torch.zeros(1)) and not grouped_gru.usable(torch.zeros(1, dtype=torch.bfloat16))
+    assert not MaskedRNN("lstm", 3, 4).uses_grouped_kernel(torch.zeros(1, 2, 3))  # nn.LSTM runs oneDNN's fused LSTM
 
 
 @needs_kernel
@@ -72,7 +73,7 @@ def test_recurrence_by_hand_one_step():
     """One step from h0 = 0: h = (1 - z) n with r, z, n from the input projection and b_hh alone."""
     gru = torch.nn.GRU(2, 3, batch_first=True)
     gi = torch.randn(1, 1, 1, 9)
-    h = grouped_gru.gru_recurrence(gi, [gru])[0, 0, 0].detach()
+    h = grouped_gru.recurrence(gi, [gru])[0, 0, 0].detach()
     b = gru.bias_hh_l0.detach()
     r = torch.sigmoid(gi[0, 0, 0, :3] + b[:3])
     z = torch.sigmoid(gi[0, 0, 0, 3:6] + b[3:6])

@@ -1,9 +1,10 @@
-// The recurrence of G independent GRU layers run in lockstep on CPU, with PyTorch's GRU equations
+// The recurrences of G independent GRU layers run in lockstep on CPU, with PyTorch's equations
 // (https://pytorch.org/docs/stable/generated/torch.nn.GRU.html) and a zero initial state. Per time
-// step: one small GEMM and three vectorisable loops around one ATen sigmoid, instead of the ~10
-// dispatched element-wise operations (each with an autograd node) of nn.GRU's CPU cell; the groups
-// (e.g. the two directions of a BiGRU) run in parallel threads. The input projections and weight
-// gradients are whole-sequence GEMMs done by the caller: ser_modules/models/grouped_gru.py.
+// step: one small GEMM and a few vectorisable loops around ATen's vectorised sigmoid
+// (tanh(a) = 2 sigmoid(2a) - 1), instead of the ~10 dispatched element-wise operations (each with
+// an autograd node) of nn.GRU's CPU cell; the groups (e.g. the two directions of a bidirectional
+// layer) run in parallel threads. The input projections and weight gradients are
+// whole-sequence GEMMs done by the caller: ser_modules/models/grouped_gru.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -27,7 +28,7 @@ void check_inputs(const at::Tensor& gi, const at::Tensor& w_hh, const at::Tensor
 
 // gi [G, T, B, 3H] (x W_ih^T + b_ih, gate order r, z, n), w_hh [G, 3H, H], b_hh [G, 3H].
 // Returns hs [G, T, B, H] and what the backward pass needs: rz [G, T, B, 2H] (gates r, z),
-// n [G, T, B, H] and ghn [G, T, B, H] (W_hn h + b_hn). tanh(a) is computed as 2 sigmoid(2a) - 1.
+// n [G, T, B, H] and ghn [G, T, B, H] (W_hn h + b_hn).
 std::vector<at::Tensor> forward(at::Tensor gi, at::Tensor w_hh, at::Tensor b_hh) {
   check_inputs(gi, w_hh, b_hh);
   gi = gi.contiguous();
@@ -43,24 +44,24 @@ std::vector<at::Tensor> forward(at::Tensor gi, at::Tensor w_hh, at::Tensor b_hh)
     at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
         auto gh = at::empty({B, 3 * H}, gi.options());
-        const scalar_t* gh_p = gh.data_ptr<scalar_t>();
+        const scalar_t* __restrict__ gh_p = gh.data_ptr<scalar_t>();
         auto wt_g = wt.select(0, g);
         auto hs_g = hs.select(0, g), rz_g = rz.select(0, g), n_g = ns.select(0, g);
-        const scalar_t* b_p = bias.data_ptr<scalar_t>() + g * 3 * H;
-        const scalar_t* gi_p = gi.data_ptr<scalar_t>() + g * T * B * 3 * H;
-        const scalar_t* h0_p = h0.data_ptr<scalar_t>() + g * B * H;
-        scalar_t* hs_p = hs.data_ptr<scalar_t>() + g * T * B * H;
-        scalar_t* rz_p = rz.data_ptr<scalar_t>() + g * T * B * 2 * H;
-        scalar_t* n_p = ns.data_ptr<scalar_t>() + g * T * B * H;
-        scalar_t* ghn_p = ghn.data_ptr<scalar_t>() + g * T * B * H;
+        const scalar_t* __restrict__ b_p = bias.data_ptr<scalar_t>() + g * 3 * H;
+        const scalar_t* __restrict__ gi_p = gi.data_ptr<scalar_t>() + g * T * B * 3 * H;
+        const scalar_t* __restrict__ h0_p = h0.data_ptr<scalar_t>() + g * B * H;
+        scalar_t* __restrict__ hs_p = hs.data_ptr<scalar_t>() + g * T * B * H;
+        scalar_t* __restrict__ rz_p = rz.data_ptr<scalar_t>() + g * T * B * 2 * H;
+        scalar_t* __restrict__ n_p = ns.data_ptr<scalar_t>() + g * T * B * H;
+        scalar_t* __restrict__ ghn_p = ghn.data_ptr<scalar_t>() + g * T * B * H;
         for (int64_t t = 0; t < T; ++t) {
           at::mm_out(gh, t == 0 ? h0.select(0, g) : hs_g.select(0, t - 1), wt_g);
-          const scalar_t* hp = t == 0 ? h0_p : hs_p + (t - 1) * B * H;
-          const scalar_t* x = gi_p + t * B * 3 * H;
-          scalar_t* h = hs_p + t * B * H;
-          scalar_t* rzt = rz_p + t * B * 2 * H;
-          scalar_t* nt = n_p + t * B * H;
-          scalar_t* ghnt = ghn_p + t * B * H;
+          const scalar_t* __restrict__ hp = t == 0 ? h0_p : hs_p + (t - 1) * B * H;
+          const scalar_t* __restrict__ x = gi_p + t * B * 3 * H;
+          scalar_t* __restrict__ h = hs_p + t * B * H;
+          scalar_t* __restrict__ rzt = rz_p + t * B * 2 * H;
+          scalar_t* __restrict__ nt = n_p + t * B * H;
+          scalar_t* __restrict__ ghnt = ghn_p + t * B * H;
           for (int64_t b = 0; b < B; ++b) {
             for (int64_t j = 0; j < 2 * H; ++j) rzt[b * 2 * H + j] = x[b * 3 * H + j] + gh_p[b * 3 * H + j] + b_p[j];
             for (int64_t j = 0; j < H; ++j) ghnt[b * H + j] = gh_p[b * 3 * H + 2 * H + j] + b_p[2 * H + j];
@@ -102,15 +103,15 @@ std::vector<at::Tensor> backward(at::Tensor dhs, at::Tensor w_hh, at::Tensor hs,
         auto through_gates = at::zeros({B, H}, hs.options());
         auto w_g = w.select(0, g);
         auto dgh_g = dgh.select(0, g);
-        const scalar_t* dhs_p = dhs.data_ptr<scalar_t>() + g * T * B * H;
-        const scalar_t* hs_p = hs.data_ptr<scalar_t>() + g * T * B * H;
-        const scalar_t* rz_p = rz.data_ptr<scalar_t>() + g * T * B * 2 * H;
-        const scalar_t* n_p = ns.data_ptr<scalar_t>() + g * T * B * H;
-        const scalar_t* ghn_p = ghn.data_ptr<scalar_t>() + g * T * B * H;
-        scalar_t* dgi_p = dgi.data_ptr<scalar_t>() + g * T * B * 3 * H;
-        scalar_t* dgh_p = dgh.data_ptr<scalar_t>() + g * T * B * 3 * H;
-        scalar_t* direct_p = direct.data_ptr<scalar_t>();
-        const scalar_t* gates_p = through_gates.data_ptr<scalar_t>();
+        const scalar_t* __restrict__ dhs_p = dhs.data_ptr<scalar_t>() + g * T * B * H;
+        const scalar_t* __restrict__ hs_p = hs.data_ptr<scalar_t>() + g * T * B * H;
+        const scalar_t* __restrict__ rz_p = rz.data_ptr<scalar_t>() + g * T * B * 2 * H;
+        const scalar_t* __restrict__ n_p = ns.data_ptr<scalar_t>() + g * T * B * H;
+        const scalar_t* __restrict__ ghn_p = ghn.data_ptr<scalar_t>() + g * T * B * H;
+        scalar_t* __restrict__ dgi_p = dgi.data_ptr<scalar_t>() + g * T * B * 3 * H;
+        scalar_t* __restrict__ dgh_p = dgh.data_ptr<scalar_t>() + g * T * B * 3 * H;
+        scalar_t* __restrict__ direct_p = direct.data_ptr<scalar_t>();
+        const scalar_t* __restrict__ gates_p = through_gates.data_ptr<scalar_t>();
         for (int64_t t = T - 1; t >= 0; --t) {
           for (int64_t b = 0; b < B; ++b) {
             for (int64_t j = 0; j < H; ++j) {

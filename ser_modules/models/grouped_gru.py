@@ -3,17 +3,18 @@
 On CPU, ``nn.GRU`` computes each time step as one small matrix product and about ten dispatched
 element-wise operations, each recorded for autograd: at the demo's sizes (32-192 units) a training
 step spends most of its time in dispatch, not arithmetic. The kernel does each step as one GEMM and
-a few plain loops around one vectorised sigmoid, writes its own backward pass (one GEMM per step;
+a few plain loops around ATen's vectorised sigmoid, writes its own backward pass (one GEMM per step;
 the weight gradient as one GEMM over the whole sequence), and runs G independent GRUs together:
-the two directions of a bidirectional layer, or IAAN's three context GRUs, in parallel threads.
+the two directions of a bidirectional layer, or IAAN's three GRUs, in parallel threads. (LSTMs keep
+``nn.LSTM``: on CPU it runs oneDNN's fused LSTM, which a version of this kernel did not beat.)
 
 The equations, weight layout and zero initial state are ``nn.GRU``'s, and the parameters stay in
 ``nn.GRU`` modules, so checkpoints are unchanged and either path can run any model. The kernel is
-compiled once per machine on first use (about 20 s; cached by PyTorch under
+compiled once per machine and instruction set on first use (about 20 s; cached by PyTorch under
 ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). Without a C++ compiler, or with
 ``SER_FUSED_GRU=0``, models use ``nn.GRU`` and a warning says so once.
 
-Shapes: input projections ``gi [G, T, B, 3H]`` (gate order r, z, n, ``b_ih`` included),
+Shapes: input projections ``gi [G, T, B, 3H]`` (``x W_ih^T + b_ih``, gate order r, z, n),
 ``w_hh [G, 3H, H]``, ``b_hh [G, 3H]`` -> hidden states ``[G, T, B, H]``.
 """
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "grouped_gru.cpp")
 ENV_SWITCH = "SER_FUSED_GRU"
+ARCH_FLAGS = {"AVX512": ["-march=x86-64-v4"], "AVX2": ["-march=x86-64-v3"]}  # lets the loops vectorise
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -51,11 +53,15 @@ def _build():
     try:
         from torch.utils.cpp_extension import load
 
-        return load("ser_grouped_gru", [SOURCE], extra_cflags=["-O3"], verbose=False)
+        capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", ...
+        arch = ARCH_FLAGS.get(capability, [])
+        # One build per instruction set: a cache shared by machines of different CPUs stays safe.
+        name = "ser_grouped_gru" + (f"_{capability.lower()}" if arch else "")
+        return load(name, [SOURCE], extra_cflags=["-O3", *arch], verbose=False)
     except Exception as err:  # no compiler, no ninja, read-only cache: the nn.GRU path still works
-        logger.warning("the fused CPU GRU kernel could not be built (%s); using nn.GRU, which is slower on CPU. "
-                       "Set %s=0 to silence this.", str(err).strip().splitlines()[-1] if str(err).strip() else err,
-                       ENV_SWITCH)
+        message = str(err).strip().splitlines()
+        logger.warning("the grouped CPU GRU kernel could not be built (%s); using nn.GRU, which is slower on CPU. "
+                       "Set %s=0 to silence this.", message[-1] if message else type(err).__name__, ENV_SWITCH)
         return None
     finally:
         cpp_logger.setLevel(level)
@@ -85,8 +91,8 @@ class GRURecurrence(torch.autograd.Function):
         return dgi, dw_hh, dgh.sum(dim=(1, 2))
 
 
-def gru_recurrence(gi: torch.Tensor, grus: list[nn.GRU]) -> torch.Tensor:
-    """Hidden states ``[G, T, B, H]`` of single-layer ``grus`` given their input projections ``gi``."""
+def recurrence(gi: torch.Tensor, grus: list[nn.GRU]) -> torch.Tensor:
+    """Hidden states ``[G, T, B, H]`` of single-layer ``grus`` from their input projections ``gi``."""
     w_hh = torch.stack([g.weight_hh_l0 for g in grus])
     b_hh = torch.stack([g.bias_hh_l0 for g in grus])
     return GRURecurrence.apply(gi.to(w_hh.dtype), w_hh, b_hh)
@@ -97,4 +103,3 @@ def input_projection(x: torch.Tensor, grus: list[nn.GRU]) -> torch.Tensor:
     weight = torch.cat([g.weight_ih_l0 for g in grus])
     bias = torch.cat([g.bias_ih_l0 for g in grus])
     return torch.nn.functional.linear(x, weight, bias)
-

@@ -4,8 +4,8 @@ The forward direction reads padding only after the valid frames, so it cannot af
 backward direction runs on each sequence reversed within its own length. On CUDA the sequences
 are packed (cuDNN then skips padded steps). On CPU, GRUs run on the grouped kernel of
 :mod:`ser_modules.models.grouped_gru` (both directions at once; several layers on different inputs
-with :func:`run_together`), LSTMs on PyTorch's dense kernels (oneDNN's fused LSTM; PyTorch's
-packed-sequence backward pass is about three times slower there than the dense one).
+with :func:`run_together`), LSTMs (and GRUs without the kernel) on PyTorch's dense kernels
+(PyTorch's packed-sequence backward pass is about three times slower there than the dense one).
 """
 
 from __future__ import annotations
@@ -72,11 +72,10 @@ class MaskedRNN(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.uses_grouped_kernel(x):
-            h = self.forward_rnn.hidden_size
-            gi = list(grouped_gru.input_projection(x, self.rnns).split(3 * h, dim=-1))
+            gi = list(grouped_gru.input_projection(x, self.rnns).chunk(len(self.rnns), dim=-1))
             if self.backward_rnn is not None:
                 gi[1] = reverse_padded(gi[1], lengths)  # the projection is per frame: reversing commutes
-            hs = grouped_gru.gru_recurrence(torch.stack(gi).transpose(1, 2), self.rnns).transpose(1, 2)
+            hs = grouped_gru.recurrence(torch.stack(gi).transpose(1, 2), self.rnns).transpose(1, 2)
             out, back = hs[0], (reverse_padded(hs[1], lengths) if self.backward_rnn is not None else None)
         else:
             out = self._run(self.forward_rnn, x, lengths)
@@ -102,6 +101,6 @@ def run_together(rnns: list[MaskedRNN], inputs: list[tuple[torch.Tensor, torch.T
     steps = max(x.shape[1] for x in xs)
     gi = [F.pad(grouped_gru.input_projection(x, [r.forward_rnn]), (0, 0, 0, steps - x.shape[1]))
           for r, x in zip(rnns, xs)]
-    hs = grouped_gru.gru_recurrence(torch.stack(gi).transpose(1, 2), [r.forward_rnn for r in rnns]).transpose(1, 2)
+    hs = grouped_gru.recurrence(torch.stack(gi).transpose(1, 2), [r.forward_rnn for r in rnns]).transpose(1, 2)
     return [h[:, : x.shape[1]] * length_mask(lengths, x.shape[1]).unsqueeze(-1).to(h.dtype)
             for h, (x, lengths) in zip(hs, inputs)]
