@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -88,7 +89,12 @@ def fault_point(name: str) -> None:
     """Fault injection for the reliability tests (``tests/test_faults.py``): with the environment
     variable ``SER_FAULT=<name>:<n>:<SIGNAL>`` (e.g. ``epoch:1:SIGKILL``), the process sends itself
     ``SIGNAL`` the ``n``-th time it passes the point ``name``: ``job`` (a stage-3/4/5 job finished),
-    ``epoch`` (an ASR or SER epoch saved) or ``utterance`` (an utterance written to a stage-4 store)."""
+    ``epoch`` (an ASR or SER epoch saved) or ``utterance`` (an utterance written to a stage-4 store).
+    ``SER_FAULT_SLOW=<name>:<seconds>`` makes every pass of ``name`` sleep, so that a test's signal
+    surely lands while work is still running, however fast the machine trains."""
+    slow_point, _, seconds = os.environ.get("SER_FAULT_SLOW", "").partition(":")
+    if slow_point == name:
+        time.sleep(float(seconds))
     spec = os.environ.get("SER_FAULT", "")
     point, _, rest = spec.partition(":")
     if point != name:

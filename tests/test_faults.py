@@ -389,9 +389,10 @@ def interrupt_runner(base, tiny_demo, root) -> dict:
            "--emotion-corpus", "iemocap", "--emotion-root", tiny_demo["iemocap"], "--asr-corpus", "librispeech",
            "--asr-root", tiny_demo["librispeech"], "--folds", "loso", *TINY, "--stage", "5", "--stop-stage", "5",
            "--nj", "2"]
-    # The stage stops itself (SIGSTOP) after its first finished job: the runner is then sure to be waiting for it.
+    # The stage stops itself (SIGSTOP) after its first finished job: the runner is then sure to be waiting for it;
+    # 1 s more per epoch keeps the other jobs running meanwhile.
     runner = subprocess.Popen(cmd, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-                                        "SER_FAULT": "job:1:SIGSTOP", token: "1"},
+                                        "SER_FAULT": "job:1:SIGSTOP", "SER_FAULT_SLOW": "epoch:1", token: "1"},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def stopped_stage() -> bool:

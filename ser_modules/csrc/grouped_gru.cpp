@@ -24,17 +24,29 @@ void check_inputs(const at::Tensor& gi, const at::Tensor& w_hh, const at::Tensor
               "grouped GRU: gi, w_hh and b_hh must have one dtype");
 }
 
+void check_steps(const std::vector<int64_t>& steps, int64_t G, int64_t T) {
+  TORCH_CHECK(static_cast<int64_t>(steps.size()) == G, "grouped GRU: ", steps.size(), " step counts for ", G, " groups");
+  for (auto n : steps) TORCH_CHECK(n >= 0 && n <= T, "grouped GRU: a group's step count ", n, " is outside [0, ", T, "]");
+}
+
+bool ragged(const std::vector<int64_t>& steps, int64_t T) {
+  for (auto n : steps)
+    if (n != T) return true;
+  return false;
+}
+
 }  // namespace
 
-// gi [G, T, B, 3H] (x W_ih^T + b_ih, gate order r, z, n), w_hh [G, 3H, H], b_hh [G, 3H].
-// Returns hs [G, T, B, H] and what the backward pass needs: rz [G, T, B, 2H] (gates r, z),
+// gi [G, T, B, 3H] (x W_ih^T + b_ih, gate order r, z, n), w_hh [G, 3H, H], b_hh [G, 3H]; group g
+// runs steps[g] <= T steps (its later outputs are zero). Returns hs [G, T, B, H] and what the backward pass needs: rz [G, T, B, 2H] (gates r, z),
 // n [G, T, B, H] and ghn [G, T, B, H] (W_hn h + b_hn).
-std::vector<at::Tensor> forward(at::Tensor gi, at::Tensor w_hh, at::Tensor b_hh) {
+std::vector<at::Tensor> forward(at::Tensor gi, at::Tensor w_hh, at::Tensor b_hh, std::vector<int64_t> steps) {
   check_inputs(gi, w_hh, b_hh);
   gi = gi.contiguous();
   auto bias = b_hh.contiguous();
   const int64_t G = gi.size(0), T = gi.size(1), B = gi.size(2), H = w_hh.size(2);
-  auto hs = at::empty({G, T, B, H}, gi.options());
+  check_steps(steps, G, T);
+  auto hs = ragged(steps, T) ? at::zeros({G, T, B, H}, gi.options()) : at::empty({G, T, B, H}, gi.options());
   auto rz = at::empty({G, T, B, 2 * H}, gi.options());
   auto ns = at::empty({G, T, B, H}, gi.options());
   auto ghn = at::empty({G, T, B, H}, gi.options());
@@ -54,7 +66,7 @@ std::vector<at::Tensor> forward(at::Tensor gi, at::Tensor w_hh, at::Tensor b_hh)
         scalar_t* __restrict__ rz_p = rz.data_ptr<scalar_t>() + g * T * B * 2 * H;
         scalar_t* __restrict__ n_p = ns.data_ptr<scalar_t>() + g * T * B * H;
         scalar_t* __restrict__ ghn_p = ghn.data_ptr<scalar_t>() + g * T * B * H;
-        for (int64_t t = 0; t < T; ++t) {
+        for (int64_t t = 0; t < steps[g]; ++t) {
           at::mm_out(gh, t == 0 ? h0.select(0, g) : hs_g.select(0, t - 1), wt_g);
           const scalar_t* __restrict__ hp = t == 0 ? h0_p : hs_p + (t - 1) * B * H;
           const scalar_t* __restrict__ x = gi_p + t * B * 3 * H;
@@ -89,11 +101,13 @@ std::vector<at::Tensor> forward(at::Tensor gi, at::Tensor w_hh, at::Tensor b_hh)
 // Returns dgi [G, T, B, 3H] (w.r.t. the input projections) and dgh [G, T, B, 3H] (w.r.t. W_hh h + b_hh,
 // from which the caller forms W_hh's and b_hh's gradients as one GEMM and one sum over all steps).
 std::vector<at::Tensor> backward(at::Tensor dhs, at::Tensor w_hh, at::Tensor hs, at::Tensor rz, at::Tensor ns,
-                                 at::Tensor ghn) {
+                                 at::Tensor ghn, std::vector<int64_t> steps) {
   dhs = dhs.contiguous();
   const int64_t G = hs.size(0), T = hs.size(1), B = hs.size(2), H = hs.size(3);
-  auto dgi = at::empty({G, T, B, 3 * H}, hs.options());
-  auto dgh = at::empty({G, T, B, 3 * H}, hs.options());
+  check_steps(steps, G, T);
+  const bool pad = ragged(steps, T);  // the steps a group skips get zero gradients
+  auto dgi = pad ? at::zeros({G, T, B, 3 * H}, hs.options()) : at::empty({G, T, B, 3 * H}, hs.options());
+  auto dgh = pad ? at::zeros({G, T, B, 3 * H}, hs.options()) : at::empty({G, T, B, 3 * H}, hs.options());
   auto w = w_hh.contiguous();
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "grouped_gru_backward", [&] {
     at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
@@ -112,7 +126,7 @@ std::vector<at::Tensor> backward(at::Tensor dhs, at::Tensor w_hh, at::Tensor hs,
         scalar_t* __restrict__ dgh_p = dgh.data_ptr<scalar_t>() + g * T * B * 3 * H;
         scalar_t* __restrict__ direct_p = direct.data_ptr<scalar_t>();
         const scalar_t* __restrict__ gates_p = through_gates.data_ptr<scalar_t>();
-        for (int64_t t = T - 1; t >= 0; --t) {
+        for (int64_t t = steps[g] - 1; t >= 0; --t) {
           for (int64_t b = 0; b < B; ++b) {
             for (int64_t j = 0; j < H; ++j) {
               const int64_t i = b * H + j, base = (t * B + b) * 3 * H;

@@ -73,29 +73,33 @@ def usable(x: torch.Tensor) -> bool:
 
 
 class GRURecurrence(torch.autograd.Function):
-    """``hs = recurrence(gi, w_hh, b_hh)``; see the module docstring for shapes."""
+    """``hs = recurrence(gi, w_hh, b_hh, steps)``; group ``g`` runs ``steps[g]`` steps (default all)
+    and its later outputs are zero. See the module docstring for shapes."""
 
     @staticmethod
-    def forward(ctx, gi, w_hh, b_hh):
-        hs, rz, n, ghn = kernel().forward(gi, w_hh, b_hh)
+    def forward(ctx, gi, w_hh, b_hh, steps=None):
+        steps = [gi.shape[1]] * gi.shape[0] if steps is None else [int(n) for n in steps]
+        hs, rz, n, ghn = kernel().forward(gi, w_hh, b_hh, steps)
         ctx.save_for_backward(w_hh, hs, rz, n, ghn)
+        ctx.steps = steps
         return hs
 
     @staticmethod
     def backward(ctx, dhs):
         w_hh, hs, rz, n, ghn = ctx.saved_tensors
-        dgi, dgh = kernel().backward(dhs, w_hh, hs, rz, n, ghn)
+        dgi, dgh = kernel().backward(dhs, w_hh, hs, rz, n, ghn, ctx.steps)
         groups, steps, batch, hidden = hs.shape
         h_prev = torch.cat([hs.new_zeros(groups, 1, batch, hidden), hs[:, :-1]], dim=1)
         dw_hh = torch.bmm(dgh.reshape(groups, -1, 3 * hidden).transpose(1, 2), h_prev.reshape(groups, -1, hidden))
-        return dgi, dw_hh, dgh.sum(dim=(1, 2))
+        return dgi, dw_hh, dgh.sum(dim=(1, 2)), None
 
 
-def recurrence(gi: torch.Tensor, grus: list[nn.GRU]) -> torch.Tensor:
-    """Hidden states ``[G, T, B, H]`` of single-layer ``grus`` from their input projections ``gi``."""
+def recurrence(gi: torch.Tensor, grus: list[nn.GRU], steps: list[int] | None = None) -> torch.Tensor:
+    """Hidden states ``[G, T, B, H]`` of single-layer ``grus`` from their input projections ``gi``
+    (group ``g`` over its first ``steps[g]`` steps, default all)."""
     w_hh = torch.stack([g.weight_hh_l0 for g in grus])
     b_hh = torch.stack([g.bias_hh_l0 for g in grus])
-    return GRURecurrence.apply(gi.to(w_hh.dtype), w_hh, b_hh)
+    return GRURecurrence.apply(gi.to(w_hh.dtype), w_hh, b_hh, steps)
 
 
 def input_projection(x: torch.Tensor, grus: list[nn.GRU]) -> torch.Tensor:

@@ -89,7 +89,7 @@ class MaskedRNN(nn.Module):
 
 def run_together(rnns: list[MaskedRNN], inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
     """``[rnn(x, lengths) for rnn, (x, lengths) in zip(rnns, inputs)]``; unidirectional GRUs of one size
-    on inputs of one batch size run as one grouped recurrence on CPU (inputs padded to the longest)."""
+    on inputs of one batch size run as one grouped recurrence on CPU (each over its own steps)."""
     xs = [x for x, _ in inputs]
     grouped = (
         all(r.uses_grouped_kernel(x) and r.backward_rnn is None for r, x in zip(rnns, xs))
@@ -101,6 +101,7 @@ def run_together(rnns: list[MaskedRNN], inputs: list[tuple[torch.Tensor, torch.T
     steps = max(x.shape[1] for x in xs)
     gi = [F.pad(grouped_gru.input_projection(x, [r.forward_rnn]), (0, 0, 0, steps - x.shape[1]))
           for r, x in zip(rnns, xs)]
-    hs = grouped_gru.recurrence(torch.stack(gi).transpose(1, 2), [r.forward_rnn for r in rnns]).transpose(1, 2)
+    hs = grouped_gru.recurrence(torch.stack(gi).transpose(1, 2), [r.forward_rnn for r in rnns],
+                                [x.shape[1] for x in xs]).transpose(1, 2)  # no step beyond a group's own input
     return [h[:, : x.shape[1]] * length_mask(lengths, x.shape[1]).unsqueeze(-1).to(h.dtype)
             for h, (x, lengths) in zip(hs, inputs)]
