@@ -231,3 +231,16 @@ def test_speller_equals_speechbrain_forward_step(teacher_forcing):
     for name, p in model.speller.named_parameters():
         if p.grad is not None:
             assert torch.allclose(fast[name], p.grad, atol=1e-5), name
+
+
+def test_cpu_tanh_through_sigmoid_equals_torch_tanh():
+    from ser_modules.models.activations import tanh
+
+    x = torch.cat([torch.linspace(-30, 30, 601), torch.tensor([0.0, 1e-8, -1e-8])]).requires_grad_(True)
+    y = tanh(x)
+    assert torch.allclose(y, torch.tanh(x), atol=2e-7, rtol=0)
+    (g,) = torch.autograd.grad((y * torch.arange(604.0)).sum(), x)
+    (ref,) = torch.autograd.grad((torch.tanh(x) * torch.arange(604.0)).sum(), x)
+    assert torch.allclose(g, ref, atol=1e-4, rtol=1e-6)
+    xd = x.detach().double().requires_grad_(True)
+    assert torch.autograd.gradcheck(tanh, (xd[:50:7],))

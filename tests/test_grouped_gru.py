@@ -121,3 +121,4 @@ def test_switched_off_or_unbuildable_falls_back_to_nn_gru(monkeypatch, caplog):
     caplog.clear()
     layer(torch.randn(2, 5, 3), torch.tensor([5, 2]))
     assert caplog.text == ""  # said once
+

@@ -20,6 +20,7 @@ from ser_modules.features import length_mask, stack_frames
 from ser_modules.models import requested_layers
 from ser_modules.models.flops import linear_flops, module_linear_flops, total
 from ser_modules.models.rnn import MaskedRNN
+from ser_modules.models.activations import tanh
 
 
 def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +71,7 @@ class Listener(nn.Module):
         self.layer_sizes = {"blstm": blstm_size, "pblstm1": fc_size, "pblstm2": fc_size}
 
     def _fc(self, fc: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.dropout(torch.tanh(fc(x))) * length_mask(lengths, x.shape[1]).unsqueeze(-1)
+        return self.dropout(tanh(fc(x))) * length_mask(lengths, x.shape[1]).unsqueeze(-1)
 
     def forward_layers(self, feats: torch.Tensor, lengths: torch.Tensor, layers=None) -> dict:
         """``{name: (hidden [B, T', D], lengths [B])}`` for the requested layers (default all)."""
@@ -208,7 +209,7 @@ class ListenAttendSpell(nn.Module):
                 h[k], c[k] = _lstm_cell(torch.addmm(bias, torch.cat([sp.rnn.dropout_layers[k - 1](x), h[k]], 1), weight),
                                         c[k])
                 x = h[k]
-            scores = attn.mlp_attn(torch.tanh(keys + attn.mlp_dec(x).unsqueeze(1))).squeeze(-1)
+            scores = attn.mlp_attn(tanh(keys + attn.mlp_dec(x).unsqueeze(1))).squeeze(-1)
             alpha = torch.softmax(scores * attn.scaling + mask, dim=-1)
             context = torch.bmm(alpha.unsqueeze(1), values).squeeze(1)
             if sampling:  # the next step may feed this step's prediction

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ser_modules.features import length_mask, stack_frames
+from ser_modules.models.activations import tanh
 from ser_modules.models.flops import linear_flops, total
 from ser_modules.models.rnn import MaskedRNN, run_together
 
@@ -219,7 +220,7 @@ class SelfAttentionPooling(nn.Module):
         self.u = nn.Linear(attention_size, 1, bias=False)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha = masked_softmax(self.u(torch.tanh(self.proj(x))).squeeze(-1), lengths)
+        alpha = masked_softmax(self.u(tanh(self.proj(x))).squeeze(-1), lengths)
         return (alpha.unsqueeze(-1) * x).sum(dim=1), alpha
 
 
@@ -267,7 +268,7 @@ class IAAN(nn.Module):
                                           [(prev, prev_lengths), (other, other_lengths), (target, target_lengths)])
         h_p, _ = self.prev_pool(prev_c, prev_lengths)
         h_r, _ = self.other_pool(other_c, other_lengths)
-        scores = self.u(torch.tanh(self.w_c(c) + (self.w_p(h_p) + self.w_r(h_r)).unsqueeze(1))).squeeze(-1)
+        scores = self.u(tanh(self.w_c(c) + (self.w_p(h_p) + self.w_r(h_r)).unsqueeze(1))).squeeze(-1)
         alpha = masked_softmax(scores, target_lengths)
         h_c = (alpha.unsqueeze(-1) * c).sum(dim=1)
         return torch.cat([h_c, h_p, h_r], dim=-1), alpha
