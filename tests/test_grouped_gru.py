@@ -73,7 +73,7 @@ def test_recurrence_by_hand_one_step():
     """One step from h0 = 0: h = (1 - z) n with r, z, n from the input projection and b_hh alone."""
     gru = torch.nn.GRU(2, 3, batch_first=True)
     gi = torch.randn(1, 1, 1, 9)
-    h = grouped_gru.recurrence(gi, [gru])[0, 0, 0].detach()
+    h = grouped_gru.recurrence([gi[0]], [gru])[0][0, 0].detach()
     b = gru.bias_hh_l0.detach()
     r = torch.sigmoid(gi[0, 0, 0, :3] + b[:3])
     z = torch.sigmoid(gi[0, 0, 0, 3:6] + b[3:6])

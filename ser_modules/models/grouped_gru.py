@@ -14,8 +14,9 @@ compiled once per machine and instruction set on first use (about 20 s; cached b
 ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). Without a C++ compiler, or with
 ``SER_FUSED_GRU=0``, models use ``nn.GRU`` and a warning says so once.
 
-Shapes: input projections ``gi [G, T, B, 3H]`` (``x W_ih^T + b_ih``, gate order r, z, n),
-``w_hh [G, 3H, H]``, ``b_hh [G, 3H]`` -> hidden states ``[G, T, B, H]``.
+Shapes (:class:`GRURecurrence`, the kernel's layout): input projections ``gi [G, T, B, 3H]``
+(``x W_ih^T + b_ih``, gate order r, z, n), ``w_hh [G, 3H, H]``, ``b_hh [G, 3H]`` -> hidden states
+``[G, T, B, H]``; :func:`recurrence` takes and returns batch-first tensors, one per GRU.
 """
 
 from __future__ import annotations
@@ -94,12 +95,16 @@ class GRURecurrence(torch.autograd.Function):
         return dgi, dw_hh, dgh.sum(dim=(1, 2)), None
 
 
-def recurrence(gi: torch.Tensor, grus: list[nn.GRU], steps: list[int] | None = None) -> torch.Tensor:
-    """Hidden states ``[G, T, B, H]`` of single-layer ``grus`` from their input projections ``gi``
-    (group ``g`` over its first ``steps[g]`` steps, default all)."""
+def recurrence(gi: list[torch.Tensor], grus: list[nn.GRU]) -> list[torch.Tensor]:
+    """Hidden states ``[B, T_g, H]`` of single-layer ``grus`` from their input projections
+    ``gi[g] [B, T_g, 3H]`` (:func:`input_projection`); each GRU runs its own ``T_g`` steps."""
+    steps = [x.shape[1] for x in gi]
+    longest = max(steps)
+    stacked = torch.stack([torch.nn.functional.pad(x, (0, 0, 0, longest - x.shape[1])) for x in gi])
     w_hh = torch.stack([g.weight_hh_l0 for g in grus])
     b_hh = torch.stack([g.bias_hh_l0 for g in grus])
-    return GRURecurrence.apply(gi.to(w_hh.dtype), w_hh, b_hh, steps)
+    hs = GRURecurrence.apply(stacked.transpose(1, 2), w_hh, b_hh, steps).transpose(1, 2)  # kernel layout [G, T, B, H]
+    return [h[:, :n] for h, n in zip(hs, steps)]
 
 
 def input_projection(x: torch.Tensor, grus: list[nn.GRU]) -> torch.Tensor:

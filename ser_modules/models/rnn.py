@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ser_modules.features import length_mask
@@ -75,7 +74,7 @@ class MaskedRNN(nn.Module):
             gi = list(grouped_gru.input_projection(x, self.rnns).chunk(len(self.rnns), dim=-1))
             if self.backward_rnn is not None:
                 gi[1] = reverse_padded(gi[1], lengths)  # the projection is per frame: reversing commutes
-            hs = grouped_gru.recurrence(torch.stack(gi).transpose(1, 2), self.rnns).transpose(1, 2)
+            hs = grouped_gru.recurrence(gi, self.rnns)
             out, back = hs[0], (reverse_padded(hs[1], lengths) if self.backward_rnn is not None else None)
         else:
             out = self._run(self.forward_rnn, x, lengths)
@@ -98,10 +97,6 @@ def run_together(rnns: list[MaskedRNN], inputs: list[tuple[torch.Tensor, torch.T
     )
     if not grouped:
         return [rnn(x, lengths) for rnn, (x, lengths) in zip(rnns, inputs)]
-    steps = max(x.shape[1] for x in xs)
-    gi = [F.pad(grouped_gru.input_projection(x, [r.forward_rnn]), (0, 0, 0, steps - x.shape[1]))
-          for r, x in zip(rnns, xs)]
-    hs = grouped_gru.recurrence(torch.stack(gi).transpose(1, 2), [r.forward_rnn for r in rnns],
-                                [x.shape[1] for x in xs]).transpose(1, 2)  # no step beyond a group's own input
-    return [h[:, : x.shape[1]] * length_mask(lengths, x.shape[1]).unsqueeze(-1).to(h.dtype)
-            for h, (x, lengths) in zip(hs, inputs)]
+    grus = [r.forward_rnn for r in rnns]
+    hs = grouped_gru.recurrence([grouped_gru.input_projection(x, [g]) for g, x in zip(grus, xs)], grus)
+    return [h * length_mask(lengths, h.shape[1]).unsqueeze(-1).to(h.dtype) for h, (_, lengths) in zip(hs, inputs)]
