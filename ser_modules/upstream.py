@@ -3,7 +3,8 @@
 Two folder formats are read; nothing is ever downloaded:
 
 - a Hugging Face ``transformers`` folder (``config.json`` + ``model.safetensors`` or
-  ``pytorch_model.bin``) of wav2vec 2.0, HuBERT, WavLM, data2vec-audio, or Whisper (its encoder);
+  ``pytorch_model.bin``) of wav2vec 2.0, HuBERT, WavLM, data2vec-audio, or Whisper (its encoder, read
+  from a folder of the whole model or of the encoder alone: see :func:`load_whisper_encoder`);
 - a SpeechBrain folder (``hyperparams.yaml`` + checkpoints): the file must define ``encoder`` (a
   module on ``[B, T, F]`` features, its top-level children are the layers), optionally
   ``compute_features`` (waveform -> ``[B, T, F]``) and ``normalize``; every loadable of its
@@ -32,6 +33,9 @@ from ser_modules.fileio import ManifestError, file_digest
 
 HF_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+WHISPER_ENCODER_PREFIXES = ("model.encoder.", "encoder.")  # WhisperForConditionalGeneration's, WhisperModel's
+# Not the upstream: the decoder and its LM head, and the head of WhisperForAudioClassification (its encoder is).
+WHISPER_IGNORED_PREFIXES = ("model.decoder.", "decoder.", "proj_out.", "projector.", "classifier.", "layer_weights")
 SAMPLE_RATE = 16000
 
 
@@ -93,7 +97,9 @@ class HFUpstream(nn.Module):
     outputs. Models with ``feat_extract_norm="group"`` (wav2vec2-base, HuBERT Base, WavLM Base+) normalise
     over time and were trained without a mask, and data2vec-audio's stacked positional convolutions
     see the padded frames: those run one utterance at a time, which is exact.
-    Whisper runs one utterance at a time, padded to its 30 s window as it was trained, cropped after.
+    Whisper runs one utterance at a time, in consecutive 30 s windows (its own): each is padded to the
+    window as Whisper was trained, encoded alone and cropped to its own frames, and the windows' frames
+    are joined, so an utterance of any length gives :meth:`frames` frames (up to 30 s: one window).
     """
 
     def __init__(self, model: nn.Module, model_type: str):
@@ -146,16 +152,25 @@ class HFUpstream(nn.Module):
         return tuple(_pad_cat([o[k][0] for o in outs]) for k in range(len(outs[0])))
 
     def _whisper_states(self, wavs, samples):
-        limit = self.mel.n_samples
-        if int(samples.max()) > limit:
-            raise ManifestError(f"Whisper encoder: an utterance of {int(samples.max()) / SAMPLE_RATE:.1f} s is longer than "
-                                f"its {limit / SAMPLE_RATE:.0f} s window")
-        outs = []
-        for i, n in enumerate(samples):
-            mel = self.mel(wavs[i, : int(n)].cpu().numpy(), sampling_rate=SAMPLE_RATE, return_tensors="pt")
-            feats = mel.input_features.to(wavs.device, self.model.conv1.weight.dtype)
-            outs.append(self.model(feats, output_hidden_states=True).hidden_states)
-        return tuple(_pad_cat([o[k][0] for o in outs]) for k in range(len(outs[0])))
+        """All hidden states ``(L+1) x [B, T, D]`` of a padded batch, one utterance at a time (zeros after
+        each one's frames)."""
+        outs = [self._whisper_utterance(wavs[i, : int(n)]) for i, n in enumerate(samples)]
+        return tuple(_pad_cat([o[k] for o in outs]) for k in range(len(outs[0])))
+
+    def _whisper_utterance(self, wav):
+        """Hidden states ``(L+1) x [T, D]`` of one utterance ``wav [S]``, T = ceil(S / 320): its consecutive 30 s
+        windows encoded one by one and joined (a 30 s window is 1500 whole frames, so T adds up)."""
+        n = self.mel.n_samples
+        starts = range(0, max(len(wav), 1), n)  # an empty utterance is still one (empty) window
+        windows = [self._whisper_window(wav[start : start + n]) for start in starts]
+        return tuple(torch.cat(parts) for parts in zip(*windows))
+
+    def _whisper_window(self, wav):
+        """Hidden states ``(L+1) x [T, D]`` of at most 30 s ``wav [S]``, T = ceil(S / 320)."""
+        mel = self.mel(wav.cpu().numpy(), sampling_rate=SAMPLE_RATE, return_tensors="pt")  # padded to 30 s, as trained
+        feats = mel.input_features.to(wav.device, self.model.conv1.weight.dtype)
+        t = -(-len(wav) // self.hop)
+        return tuple(s[0, :t] for s in self.model(feats, output_hidden_states=True).hidden_states)
 
     @torch.no_grad()
     def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
@@ -298,13 +313,78 @@ def load_hf(path: str) -> HFUpstream:
 
     transformers.utils.logging.disable_progress_bar()
     model_type = read_config(path)["model_type"]
+    if model_type == "whisper":
+        return HFUpstream(load_whisper_encoder(path), model_type)
     try:
         model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
         raise ManifestError(f"{path}: cannot load the transformers model ({str(err).splitlines()[0]})") from err
-    if model_type == "whisper":
-        model = model.get_encoder()
     return HFUpstream(model, model_type)
+
+
+def load_whisper_encoder(path: str) -> nn.Module:
+    """transformers' ``WhisperEncoder`` from a Whisper folder, built from its ``config.json`` and given the
+    encoder's weights read here: keys ``model.encoder.*`` (WhisperForConditionalGeneration), ``encoder.*``
+    (WhisperModel, WhisperForAudioClassification, or a folder of the encoder alone) or the encoder's own
+    names (``WhisperEncoder.save_pretrained``); the decoder's, ``proj_out`` and a classification head's
+    keys are ignored.
+    ``from_pretrained`` would log a table of every decoder key an encoder-only folder lacks; here a missing
+    or an unexpected key is a one-line :class:`ManifestError`. Its dtype is ``from_pretrained``'s default
+    (``dtype="auto"``: the config's, else the weights')."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    try:
+        config = WhisperConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"{path}: cannot read the Whisper config ({str(err).splitlines()[0]})") from err
+    with torch.device("meta"):  # no random initialisation: every weight is loaded below
+        encoder = WhisperEncoder(config)
+    state = whisper_encoder_state(path, read_weights(path), list(encoder.state_dict()))
+    dtype = config.dtype or next(v.dtype for v in state.values() if v.is_floating_point())
+    encoder = encoder.to_empty(device="cpu").to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as err:  # shapes that disagree with config.json
+        raise ManifestError(f"{path}: the Whisper encoder's weights do not fit its config.json "
+                            f"({str(err).splitlines()[-1].strip()})") from err
+    return encoder
+
+
+def read_weights(path: str) -> dict:
+    """The state dict in an HF folder's weights file (``model.safetensors`` first, as transformers)."""
+    file = next(os.path.join(path, w) for w in HF_WEIGHTS if os.path.isfile(os.path.join(path, w)))
+    try:
+        if file.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(file)
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors' and pickle's own error types: one line naming the file
+        raise ManifestError(f"{file}: cannot read the weights ({str(err).splitlines()[0]})") from err
+
+
+def whisper_encoder_state(path: str, state: dict, keys: list[str]) -> dict:
+    """The encoder's entries of a Whisper ``state``, named as ``keys`` (``WhisperEncoder``'s own, in order)."""
+    known, encoder, unexpected = set(keys), {}, []
+    for key, value in state.items():
+        # WhisperEncoder.save_pretrained writes the encoder's own names, without a prefix
+        prefix = next((p for p in WHISPER_ENCODER_PREFIXES if key.startswith(p)), "" if key in known else None)
+        if prefix is not None and key[len(prefix):] in known:
+            encoder[key[len(prefix):]] = value
+        elif prefix is not None or not key.startswith(WHISPER_IGNORED_PREFIXES):
+            unexpected.append(key)
+    missing = [k for k in keys if k not in encoder]
+    if missing:
+        raise ManifestError(f"{path}: the Whisper encoder's weights lack {len(missing)} key(s): {_first(missing)}")
+    if unexpected:
+        raise ManifestError(f"{path}: {len(unexpected)} unexpected key(s) in the Whisper weights (neither its encoder's "
+                            f"nor its decoder's): {_first(unexpected)}")
+    return encoder
+
+
+def _first(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
 def load_speechbrain(path: str) -> SpeechBrainUpstream:
