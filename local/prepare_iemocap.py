@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""IEMOCAP preparer: every labelled turn, two label protocols and two fold schemes.
+"""IEMOCAP preparer: every labelled turn, three label protocols and two fold schemes.
 
 Reads the release as distributed (``Session{1..5}/dialog/EmoEvaluation``, ``.../transcriptions``,
 ``Session{1..5}/sentences/wav``) and writes under ``--out``:
@@ -8,10 +8,12 @@ Reads the release as distributed (``Session{1..5}/dialog/EmoEvaluation``, ``.../
   dialog start/end time, turn order (by start time), transcript without special tokens, consensus
   label, evaluator votes, valence/arousal/dominance, and the previous turn of the same speaker
   and of the interlocutor (IAAN context: walk back at most 8 turns, any label).
-* ``standard/`` (consensus in ang/hap/exc/neu/sad, exc merged into hap: 5531 on the full corpus)
-  and ``lakomkin2018/`` (vote rule of Lakomkin 2018, see :func:`lakomkin_label`), each with
-  ``manifest.csv``, ``folds_loso.json`` (leave one session out, 5 folds) and ``folds_lospk.json``
-  (leave one speaker out, 10 folds, validation = the test speaker's session partner).
+* ``standard/`` (consensus in ang/hap/exc/neu/sad, exc merged into hap: 5531 on the full corpus),
+  ``lakomkin2018/`` (vote rule that reproduces Lakomkin 2018's counts, see :func:`lakomkin_label`)
+  and ``lakomkin2018_strict/`` (the paper's rule read literally, see :func:`lakomkin_strict_label`),
+  each with ``manifest.csv``, ``folds_loso.json`` (leave one session out, 5 folds) and
+  ``folds_lospk.json`` (leave one speaker out, 10 folds, validation = the test speaker's session
+  partner).
 
 On the full release the expected counts (NOTES.md section 1) are checked; on partial data the
 preparer warns and goes on.
@@ -50,6 +52,10 @@ EXPECTED = {
                    "sur": 107, "fea": 40, "oth": 3, "dis": 2},
 }
 LAKOMKIN_PAPER_COUNTS = {"total": 6416, "ang": 1104, "hap": 2496, "neu": 1752, "sad": 1064}
+# lakomkin2018's tie-break among the tied top labels: this order reproduces the paper's class counts.
+LAKOMKIN_TIE_ORDER = ["ang", "hap", "neu", "sad"]
+# vote-rule protocol -> the turns.csv column holding its label ("" = turn dropped)
+VOTE_PROTOCOLS = {"lakomkin2018": "lakomkin_label", "lakomkin2018_strict": "lakomkin_strict_label"}
 
 _TURN_LINE = re.compile(r"^\[(\d+\.?\d*)\s*-\s*(\d+\.?\d*)\]\s+(\S+)\s+(\S+)\s+\[([^\]]*)\]\s*$")
 _VOTE_LINE = re.compile(r"^C-([EFM]\d+):\s*(.*)$")
@@ -104,15 +110,45 @@ def format_votes(votes: list) -> str:
     return ";".join(f"{rater}:{'+'.join(codes)}" for rater, codes in votes)
 
 
-def lakomkin_label(votes: list) -> str | None:
-    """Lakomkin 2018's rule on the evaluators' ``C-E*`` votes (excited counted as happiness):
-    keep a turn where at least two evaluators agree on one label, drop it where the evaluators
-    gave three or more different labels, keep neutral/angry/happy/sad. Returns the class or None.
+def merge_excited(code: str) -> str:
+    """Excited counted as happiness, as in every 4-class IEMOCAP protocol."""
+    return "hap" if code == "exc" else code
+
+
+def lakomkin_label(votes: list, self_votes: list) -> str | None:
+    """The ``lakomkin2018`` rule: Lakomkin 2018's "at least two annotators agree" read so that it
+    reproduces the paper's counts. On the release's EmoEvaluation files it gives 6433 turns (ang 1105,
+    hap 2497, neu 1754, sad 1077; the paper: 6416 = 1104, 2496, 1752, 1064).
+
+    Every annotator casts one vote, the FIRST label of its line: the evaluators ``C-E*`` (``votes``)
+    and the actor's self-rating ``C-F1``/``C-M1`` (``self_votes``); excited counts as happiness.
+    A turn is kept when its top label has at least two votes; ties for the top are broken in the
+    order ang > hap > neu > sad (:data:`LAKOMKIN_TIE_ORDER`); a top label outside the four classes
+    (fru, sur, ...), alone or in a tie without any class, drops the turn. There is no filter on the
+    number of different labels. Returns the class or None.
+    """
+    # one vote per annotator: the label it wrote first (a line without a label casts none)
+    support = Counter(merge_excited(codes[0]) for _, codes in votes + self_votes if codes)
+    top = max(support.values(), default=0)
+    if top < 2:
+        return None
+    tied = {label for label, n in support.items() if n == top}
+    return next((c for c in LAKOMKIN_TIE_ORDER if c in tied), None)
+
+
+def lakomkin_strict_label(votes: list) -> str | None:
+    """The ``lakomkin2018_strict`` rule: Lakomkin 2018's sentence read literally, on the evaluators'
+    ``C-E*`` votes only (the preparer's ``lakomkin2018`` rule until it was replaced by
+    :func:`lakomkin_label`). Every label of each evaluator counts (excited as happiness); a turn is
+    kept when one label has the support of at least two evaluators, is the only label with the top
+    support (ties dropped) and is neutral/angry/happy/sad; a turn whose evaluators gave three or
+    more different labels is dropped. On the release's EmoEvaluation files it gives 6136 turns
+    (ang 1045, hap 2414, neu 1673, sad 1004; the paper: 6416). Returns the class or None.
     """
     support: Counter = Counter()
     distinct = set()
     for _, codes in votes:
-        merged = {"hap" if c == "exc" else c for c in codes}
+        merged = {merge_excited(c) for c in codes}
         support.update(merged)
         distinct |= merged
     if not support or len(distinct) >= 3:
@@ -158,7 +194,9 @@ def read_corpus(root: str) -> pd.DataFrame:
                     "session": sess, "speaker": f"Ses{sess:02d}_{gender}", "gender": gender, "dialog": dialog,
                     "start": turn["start"], "end": turn["end"], "label": turn["label"],
                     "transcript": remove_special_tokens(texts.get(turn["ID"], "")),
-                    "votes": format_votes(turn["votes"]), "lakomkin_label": lakomkin_label(turn["votes"]) or "",
+                    "votes": format_votes(turn["votes"]),
+                    "lakomkin_label": lakomkin_label(turn["votes"], turn["self_votes"]) or "",
+                    "lakomkin_strict_label": lakomkin_strict_label(turn["votes"]) or "",
                     "valence": turn["valence"], "arousal": turn["arousal"], "dominance": turn["dominance"],
                 })
     if missing_wav:
@@ -193,8 +231,23 @@ def check_expected_counts(turns: pd.DataFrame, standard: pd.DataFrame, strict: b
         logger.info("full IEMOCAP: all expected counts match (standard protocol: %d utterances)", len(standard))
 
 
+def vote_protocol(turns: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The turns a vote rule keeps, its label (``column`` of ``turns``) as ``emotion``."""
+    kept = turns[turns[column] != ""].copy()
+    kept["emotion"] = kept[column]
+    return kept
+
+
+def log_against_paper(name: str, protocol: pd.DataFrame) -> None:
+    """One line comparing a vote rule's counts with those Lakomkin 2018 reports."""
+    paper = LAKOMKIN_PAPER_COUNTS
+    logger.info("%s vote rule: %d utterances %s (paper: %d %s)", name, len(protocol),
+                protocol["emotion"].value_counts().to_dict(), paper["total"],
+                {k: v for k, v in paper.items() if k != "total"})
+
+
 def prepare_iemocap(root: str, out: str, valid_fraction: float = 0.1, seed: int = 0, strict_counts: bool = True) -> dict:
-    """Prepare ``turns.csv`` and both protocols with both fold schemes; return a summary."""
+    """Prepare ``turns.csv`` and the three protocols with both fold schemes; return a summary."""
     turns = read_corpus(root)
     write_csv(os.path.join(out, "turns.csv"), complete_columns(turns, EMOTION_COLUMNS))
     partner = {}
@@ -207,18 +260,16 @@ def prepare_iemocap(root: str, out: str, valid_fraction: float = 0.1, seed: int 
 
     standard = turns[turns["label"].isin(STANDARD_MAP)].copy()
     standard["emotion"] = standard["label"].map(STANDARD_MAP)
-    lakomkin = turns[turns["lakomkin_label"] != ""].copy()
-    lakomkin["emotion"] = lakomkin["lakomkin_label"]
+    protocols = {"standard": standard}
+    protocols.update((name, vote_protocol(turns, column)) for name, column in VOTE_PROTOCOLS.items())
     check_expected_counts(turns, standard, strict_counts)
-    paper = LAKOMKIN_PAPER_COUNTS
-    found = lakomkin["emotion"].value_counts().to_dict()
-    logger.info("lakomkin2018 vote rule: %d utterances %s (paper: %d %s)", len(lakomkin), found, paper["total"],
-                {k: v for k, v in paper.items() if k != "total"})
+    for name in VOTE_PROTOCOLS:
+        log_against_paper(name, protocols[name])
 
     summary = {"corpus": "iemocap", "root": os.path.abspath(root), "language": "en", "turns": len(turns),
                "labels": turns["label"].value_counts().to_dict(), "protocols": {}}
-    for name, frame in (("standard", standard), ("lakomkin2018", lakomkin)):
-        frame = frame.drop(columns=["lakomkin_label"]).reset_index(drop=True)
+    for name, frame in protocols.items():
+        frame = frame.drop(columns=list(VOTE_PROTOCOLS.values())).reset_index(drop=True)
         folds = {"loso": leave_one_session_out(frame, valid_fraction, seed)}
         if all(s in partner for s in frame["speaker"].unique()):
             folds["lospk"] = leave_one_speaker_out(frame, partner)
@@ -228,7 +279,8 @@ def prepare_iemocap(root: str, out: str, valid_fraction: float = 0.1, seed: int 
             "sessions": {int(k): int(v) for k, v in frame["session"].value_counts().sort_index().items()},
             "fold_schemes": sorted(folds),
         }
-    summary["protocols"]["lakomkin2018"]["paper_counts"] = paper
+    for name in VOTE_PROTOCOLS:
+        summary["protocols"][name]["paper_counts"] = LAKOMKIN_PAPER_COUNTS
     write_summary(os.path.join(out, "summary.json"), summary)
     return summary
 

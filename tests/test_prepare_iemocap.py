@@ -1,17 +1,36 @@
 """IEMOCAP preparer on a fixture corpus written in the release's layout, quirks included."""
 
 import json
+import logging
 import os
 
 import pandas as pd
 import pytest
 
 import prepare_iemocap
-from prepare_iemocap import lakomkin_label, parse_emo_evaluation, prepare_iemocap as prepare
+from prepare_iemocap import lakomkin_label, lakomkin_strict_label, parse_emo_evaluation, prepare_iemocap as prepare
 from ser_modules.fileio import ManifestError
 from ser_modules.folds import load_folds
 
-from corpus_fixtures import IEMOCAP_HEADER as HEADER, write_iemocap
+from corpus_fixtures import IEMOCAP_HEADER as HEADER, A, F, H, N, S, X
+from corpus_fixtures import iemocap_block, write_iemocap, write_iemocap_dialog
+
+U = ["Surprise"]
+VOTE_DIALOG = "Ses01F_impro02"
+# One turn per case of the two vote rules, each worked out by hand:
+# (turn, evaluators' C-E* labels, actor's self-rating C-F1/C-M1, lakomkin2018, lakomkin2018_strict).
+VOTE_CASES = [
+    ("F000", [A, N], "Anger", "ang", None),  # the self-rating is the second angry vote; strict ignores it: 1 + 1
+    ("M000", [A, N], None, None, None),  # the same without the self-rating: one vote each
+    ("F001", [H, H, N, N], None, "hap", None),  # 2 hap + 2 neu: tie broken ang > hap > neu > sad; strict: tie
+    ("M001", [F, F, S], "Sadness", "sad", None),  # 2 fru + 2 sad: sad, the only class tied; strict: fru on top
+    ("F002", [F, F, U, U], None, None, None),  # 2 fru + 2 sur: no class among the tied
+    ("M002", [F + A, A], None, None, "ang"),  # E1 counts as fru only: 1 fru + 1 ang; strict counts E1's ang too
+    ("F003", [H + A, A, H], None, "hap", None),  # first labels 2 hap + 1 ang; strict: hap 2 = ang 2, a tie
+    ("M003", [X, H, S], None, "hap", "hap"),  # excited + happiness = 2 hap
+    ("F004", [A, A, F, S], None, "ang", None),  # three different labels, ang on top with 2: kept; strict drops
+    ("M004", [U, U, A], "Neutral", None, None),  # surprise on top with 2: not a class
+]
 
 
 @pytest.fixture
@@ -19,6 +38,25 @@ def corpus(tmp_path):
     root = tmp_path / "IEMOCAP_full_release"
     write_iemocap(str(root))
     return root
+
+
+def write_vote_cases(root) -> None:
+    """Add :data:`VOTE_CASES` to the fixture corpus as a Session 1 dialog (consensus ``xxx``, so the
+    standard protocol does not change)."""
+    turns = [(turn, 1.0 + i, 1.8 + i, "xxx", votes, f"Vote case number {i}.")
+             for i, (turn, votes, *_) in enumerate(VOTE_CASES)]
+    write_iemocap_dialog(root, 1, VOTE_DIALOG, turns)
+    # The shared writer leaves out self-ratings: rewrite the EmoEvaluation file with them.
+    blocks = [iemocap_block(f"{VOTE_DIALOG}_{turn}", start, end, label, votes, self_vote=case[2])
+              for (turn, start, end, label, votes, _), case in zip(turns, VOTE_CASES)]
+    with open(os.path.join(root, "Session1", "dialog", "EmoEvaluation", f"{VOTE_DIALOG}.txt"), "w") as f:
+        f.write(HEADER + "".join(blocks))
+
+
+@pytest.fixture
+def vote_corpus(corpus):
+    write_vote_cases(str(corpus))
+    return corpus
 
 
 def test_parse_emo_evaluation_reads_votes_and_vad(corpus):
@@ -30,13 +68,33 @@ def test_parse_emo_evaluation_reads_votes_and_vad(corpus):
     assert (m001["start"], m001["end"], m001["valence"]) == (5.5, 6.5, 2.5)
 
 
-def test_lakomkin_rule():
-    assert lakomkin_label([("E1", ["neu"]), ("E2", ["neu"]), ("E3", ["sad"])]) == "neu"
-    assert lakomkin_label([("E1", ["exc"]), ("E2", ["hap"]), ("E3", ["neu"])]) == "hap"  # exc counts as hap
-    assert lakomkin_label([("E1", ["ang"]), ("E2", ["fru"]), ("E3", ["sad"])]) is None  # three different
-    assert lakomkin_label([("E1", ["fru", "ang"]), ("E2", ["ang"]), ("E3", ["neu"])]) is None
-    assert lakomkin_label([("E1", ["fru"]), ("E2", ["fru"]), ("E3", ["ang"])]) is None  # not a target class
-    assert lakomkin_label([("E1", ["ang"]), ("E2", ["ang"]), ("E3", ["sad"]), ("E4", ["sad"])]) is None  # tie
+def test_vote_rules_read_from_the_evaluation_file(tmp_path):
+    write_vote_cases(str(tmp_path))
+    turns = parse_emo_evaluation(str(tmp_path / "Session1" / "dialog" / "EmoEvaluation" / f"{VOTE_DIALOG}.txt"))
+    assert [t["ID"][-4:] for t in turns] == [case[0] for case in VOTE_CASES]
+    assert turns[0]["self_votes"] == [("F1", ["ang"])] and turns[3]["self_votes"] == [("M1", ["sad"])]
+    assert turns[5]["votes"] == [("E1", ["fru", "ang"]), ("E2", ["ang"])]
+    for t, (turn, _, _, expected, expected_strict) in zip(turns, VOTE_CASES):
+        assert lakomkin_label(t["votes"], t["self_votes"]) == expected, turn
+        assert lakomkin_strict_label(t["votes"]) == expected_strict, turn
+
+
+def test_vote_rules_on_vote_lists():
+    # (evaluators' votes, lakomkin2018, lakomkin2018_strict); the strict answers are those of the old lakomkin2018
+    cases = [
+        ([("E1", ["neu"]), ("E2", ["neu"]), ("E3", ["sad"])], "neu", "neu"),
+        ([("E1", ["exc"]), ("E2", ["hap"]), ("E3", ["neu"])], "hap", "hap"),  # exc counts as hap
+        ([("E1", ["ang"]), ("E2", ["fru"]), ("E3", ["sad"])], None, None),  # one vote each / three different
+        ([("E1", ["fru", "ang"]), ("E2", ["ang"]), ("E3", ["neu"])], None, None),  # 1 fru 1 ang 1 neu / three labels
+        ([("E1", ["fru"]), ("E2", ["fru"]), ("E3", ["ang"])], None, None),  # fru on top: not a target class
+        ([("E1", ["ang"]), ("E2", ["ang"]), ("E3", ["sad"]), ("E4", ["sad"])], "ang", None),  # tie: ang first / dropped
+        ([], None, None),
+    ]
+    for votes, expected, expected_strict in cases:
+        assert lakomkin_label(votes, []) == expected, votes
+        assert lakomkin_strict_label(votes) == expected_strict, votes
+    assert lakomkin_label([("E1", ["neu"])], [("M1", ["neu"])]) == "neu"  # the self-rating is the second vote
+    assert lakomkin_label([("E1", [])], [("M1", ["neu"])]) is None  # a line without a label casts no vote
 
 
 def test_prepare_writes_turns_protocols_and_folds(corpus, tmp_path, caplog):
@@ -59,6 +117,8 @@ def test_prepare_writes_turns_protocols_and_folds(corpus, tmp_path, caplog):
     assert "Ses01F_impro01_M002" in lak.index and lak.loc["Ses01F_impro01_M002", "emotion"] == "sad"
     assert "Ses01F_impro01_F001" not in lak.index and "Ses01F_impro01_M001" not in lak.index
     assert len(lak) == 5 + 12 + 4
+    strict = pd.read_csv(out / "lakomkin2018_strict" / "manifest.csv", keep_default_na=False).set_index("ID")
+    assert strict["emotion"].to_dict() == lak["emotion"].to_dict()  # no self-ratings, no case where the rules differ
     assert summary["protocols"]["standard"]["utterances"] == 20
 
     lospk = load_folds(str(out / "standard" / "folds_lospk.json"))
@@ -72,6 +132,28 @@ def test_prepare_writes_turns_protocols_and_folds(corpus, tmp_path, caplog):
     assert set(loso[1].test) == set(std.loc[std["session"] == 2, "ID"])
     assert set(loso[1].train) | set(loso[1].valid) == set(std.loc[std["session"] == 1, "ID"])
     assert len(loso[1].valid) == 4  # 10% of each class of session 1, at least one per class
+
+
+def test_prepare_writes_both_vote_protocols(vote_corpus, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "data"
+    summary = prepare(str(vote_corpus), str(out))
+    assert list(summary["protocols"]) == ["standard", "lakomkin2018", "lakomkin2018_strict"]
+    assert summary["protocols"]["standard"]["utterances"] == 20  # the vote cases are all xxx
+    for protocol, column in (("lakomkin2018", 3), ("lakomkin2018_strict", 4)):
+        expected = {f"{VOTE_DIALOG}_{case[0]}": case[column] for case in VOTE_CASES if case[column]}
+        manifest = pd.read_csv(out / protocol / "manifest.csv", keep_default_na=False).set_index("ID")
+        assert manifest.loc[manifest["dialog"] == VOTE_DIALOG, "emotion"].to_dict() == expected, protocol
+        assert not {"lakomkin_label", "lakomkin_strict_label"} & set(manifest.columns)
+        n = 21 + len(expected)  # the 21 turns of the base fixture kept by both rules
+        assert summary["protocols"][protocol]["utterances"] == n
+        assert summary["protocols"][protocol]["fold_schemes"] == ["loso", "lospk"]
+        assert summary["protocols"][protocol]["paper_counts"]["total"] == 6416
+        assert sum(len(f.test) for f in load_folds(str(out / protocol / "folds_lospk.json"))) == n
+        assert f"{protocol} vote rule: {n} utterances" in caplog.text and "(paper: 6416" in caplog.text
+    turns = pd.read_csv(out / "turns.csv", keep_default_na=False).set_index("ID")
+    f000 = turns.loc[f"{VOTE_DIALOG}_F000"]
+    assert (f000["lakomkin_label"], f000["lakomkin_strict_label"]) == ("ang", "")
 
 
 def test_turn_order_and_context(corpus, tmp_path):
@@ -117,5 +199,7 @@ def test_summary_json(corpus, tmp_path):
     prepare(str(corpus), str(tmp_path / "data"))
     summary = json.loads((tmp_path / "data" / "summary.json").read_text())
     assert summary["protocols"]["lakomkin2018"]["paper_counts"]["total"] == 6416
+    assert summary["protocols"]["lakomkin2018_strict"]["paper_counts"]["total"] == 6416
+    assert summary["protocols"]["lakomkin2018_strict"]["fold_schemes"] == ["loso", "lospk"]
     assert summary["protocols"]["standard"]["fold_schemes"] == ["loso", "lospk"]
     assert summary["language"] == "en"

@@ -148,7 +148,7 @@ parse_recipe_options() {
   fi
   if [ "$emotion_corpus" != demo ] && [ "$emotion_corpus" != iemocap ]; then
     # Corpora without sessions: one protocol, speaker-group folds.
-    [ "$protocol" = standard ] || [ "$protocol" = lakomkin2018 ] && protocol=default
+    case "$protocol" in standard|lakomkin2018|lakomkin2018_strict) protocol=default ;; esac
     [ "$fold_scheme" = loso ] || [ "$fold_scheme" = lospk ] && fold_scheme=lkso
   fi
   if [ -z "$exp_dir" ]; then
