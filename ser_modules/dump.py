@@ -1,12 +1,16 @@
 """Representation dumps: frame-level sequences of every emotion utterance, stored once, memory-mapped.
 
 A store is a folder ``<root>/<name>/<key>/`` holding, per layer, one raw array ``<layer>.bin``
-(``[total_frames, dim]``, float16 by default, readable with ``numpy.memmap``), an ``index.csv``
-(utterance id, frame offset and frame count per layer) and ``meta.json``. The key is
+(``[total_frames, dim]``, float16 by default, readable with ``numpy.memmap``) and the mean-pooled
+vector of every utterance ``pooled_<layer>.npy`` (float32 ``[utterances, dim]`` in index order, what
+MP-x and Progressive net-x read), an ``index.csv`` (utterance id, frame offset and frame count per
+layer) and ``meta.json``. The key is
 a hash of everything the frames depend on (model weights, layers, feature configuration, the
 utterances' audio); a rerun with the same inputs reuses the store, any change makes a new one.
 A store is written to a temporary folder renamed into place when complete, so an interrupted dump
-is never read as whole.
+is never read as whole. Before writing, :func:`plan_asr_store` / :func:`plan_feature_store` estimate
+a store's bytes from the utterances' durations and each layer's frame rate (measured on a few
+seconds of a synthetic signal), so that stage 4 can refuse to start on a disk without room.
 """
 
 from __future__ import annotations
@@ -19,17 +23,19 @@ import os
 import shutil
 import time
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import speechbrain as sb
 import torch
+from speechbrain.dataio.batch import PaddedBatch
 from tqdm import tqdm
 
 from ser_modules.asr_training import absolute_lengths
 from ser_modules.data import LengthBucketBatchSampler, manifest_dataset, read_utterance
 from ser_modules.features import feature_config, minimum_samples
-from ser_modules.fileio import ManifestError, read_json, write_csv, write_json
+from ser_modules.fileio import ManifestError, atomic_path, read_json, write_csv, write_json
 from ser_modules.jobs import fault_point
 
 logger = logging.getLogger(__name__)
@@ -67,12 +73,25 @@ def store_key(parts: dict) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def pool_frames(frames: np.ndarray) -> np.ndarray:
+    """An utterance's vector: its stored frames ``[T, D]`` (already rounded to the store's dtype) as
+    float32, averaged over time -> ``[D]`` float32. The one computation of every pooled vector, so the
+    vectors stage 4 writes equal bit for bit those computed from the frames."""
+    return np.asarray(frames, dtype=np.float32).mean(axis=0)
+
+
+def pooled_file(layer: str) -> str:
+    """File name of a layer's pooled vectors inside a store."""
+    return f"pooled_{layer}.npy"
+
+
 class FeatureStore:
     """Read access to a finished store: ``store.get(utt_id, layer) -> np.ndarray [frames, dim]``.
 
     Each call reads one utterance's frames with a positioned read from the layer's raw file: nothing
     of the store stays in the process (the operating system's page cache keeps what is hot), so
-    a training worker's memory does not grow with the corpus.
+    a training worker's memory does not grow with the corpus. :meth:`mean_pooled` reads the rows it
+    needs from the memory-mapped ``pooled_<layer>.npy``.
     """
 
     def __init__(self, folder: str):
@@ -86,7 +105,9 @@ class FeatureStore:
         self.ids = index["ID"].tolist()
         self._rows = {layer: dict(zip(self.ids, zip(index[f"offset_{layer}"].tolist(), index[f"frames_{layer}"].tolist())))
                       for layer in self.layers}
+        self._position = {utt: row for row, utt in enumerate(self.ids)}
         self._fds: dict[str, int] = {}
+        self._pooled: dict[str, np.ndarray | None] = {}
 
     def _layer_info(self, layer: str) -> dict:
         if layer not in self._rows:
@@ -127,14 +148,46 @@ class FeatureStore:
                                 f"{n * row_bytes} bytes at offset {start * row_bytes})")
         return np.frombuffer(data, dtype=dtype).reshape(n, int(info["dim"])).astype(np.float32)
 
+    def pooled_path(self, layer: str) -> str:
+        return os.path.join(self.folder, pooled_file(layer))
+
+    def _pooled_matrix(self, layer: str) -> np.ndarray | None:
+        """The layer's pooled vectors, memory-mapped float32 ``[utterances, dim]`` in index order, or
+        None for a store written before stage 4 wrote them."""
+        if layer not in self._pooled:
+            path, shape = self.pooled_path(layer), (len(self.ids), self.dim(layer))
+            matrix = np.load(path, mmap_mode="r") if os.path.isfile(path) else None
+            if matrix is not None and (matrix.shape != shape or matrix.dtype != np.float32):
+                raise ManifestError(f"{path}: {matrix.dtype} {matrix.shape}, expected float32 {shape} "
+                                    "(remove the file and rerun stage 4)")
+            self._pooled[layer] = matrix
+        return self._pooled[layer]
+
     def mean_pooled(self, layer: str, ids) -> np.ndarray:
-        """Utterance vectors: the mean of each utterance's frames, ``[len(ids), dim]``."""
-        return np.stack([self.get(i, layer).mean(axis=0) for i in ids])
+        """Utterance vectors: the mean of each utterance's frames (:func:`pool_frames`) as float32
+        ``[len(ids), dim]``, read from ``pooled_<layer>.npy``; a store without that file (written
+        before it existed) pools the frames here."""
+        ids = list(ids)
+        matrix = self._pooled_matrix(layer)
+        if matrix is None:
+            return np.stack([pool_frames(self.get(i, layer)) for i in ids]) if ids else \
+                np.zeros((0, self.dim(layer)), np.float32)
+        try:
+            rows = [self._position[i] for i in ids]
+        except KeyError as err:
+            raise KeyError(f"{self.folder}: utterance {err.args[0]!r} is not in this store") from err
+        return np.asarray(matrix[rows])  # fancy indexing copies only these rows out of the mapping
+
+    @property
+    def lacks_pooled(self) -> list[str]:
+        """The layers whose ``pooled_<layer>.npy`` is missing (a store written before they existed)."""
+        return [layer for layer in self.layers if not os.path.isfile(self.pooled_path(layer))]
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+        self._pooled = {}
 
     def __del__(self):
         try:
@@ -142,16 +195,30 @@ class FeatureStore:
         except Exception:  # interpreter shutdown
             pass
 
-    def __getstate__(self):  # file descriptors are per process: a copy opens its own
+    def __getstate__(self):  # file descriptors and mappings are per process: a copy opens its own
         state = dict(self.__dict__)
-        state["_fds"] = {}
+        state["_fds"], state["_pooled"] = {}, {}
         return state
 
 
+def _write_npy(path: str, raw_path: str, shape: tuple[int, int]) -> None:
+    """``path``: a float32 ``.npy`` of ``shape`` whose rows are the raw bytes of ``raw_path`` (streamed,
+    never held in memory); the raw file is removed."""
+    with open(path, "wb") as out, open(raw_path, "rb") as raw:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                   "fortran_order": False, "shape": shape})
+        shutil.copyfileobj(raw, out, 1 << 20)
+    os.remove(raw_path)
+
+
 class _StoreWriter:
+    """Appends utterances to a store's files: frames to ``<layer>.bin``, pooled vectors to a raw file
+    per layer (``.npy`` at :meth:`close`, when the number of rows is known)."""
+
     def __init__(self, folder: str, layers: list[str], dtype: str):
         self.folder, self.layers, self.dtype = folder, layers, dtype
         self.files = {name: open(os.path.join(folder, f"{name}.bin"), "wb") for name in layers}
+        self.pooled = {name: open(os.path.join(folder, f"{pooled_file(name)}.raw"), "wb") for name in layers}
         self.offsets = dict.fromkeys(layers, 0)
         self.dims: dict[str, int] = {}
         self.rows: list[dict] = []
@@ -163,18 +230,49 @@ class _StoreWriter:
             if self.dims.setdefault(name, a.shape[1]) != a.shape[1]:
                 raise ValueError(f"layer {name}: dimension {a.shape[1]} differs from {self.dims[name]}")
             self.files[name].write(a.tobytes())
+            self.pooled[name].write(pool_frames(a).tobytes())  # from the rounded frames, as a reader pools them
             row[f"offset_{name}"], row[f"frames_{name}"] = self.offsets[name], a.shape[0]
             self.offsets[name] += a.shape[0]
         self.rows.append(row)
         fault_point("utterance")
 
-    def close(self, meta: dict) -> None:
-        for f in self.files.values():
+    def close_files(self) -> None:
+        for f in [*self.files.values(), *self.pooled.values()]:
             f.close()
+
+    def close(self, meta: dict) -> None:
+        self.close_files()
+        for name in self.layers:
+            path = os.path.join(self.folder, pooled_file(name))
+            _write_npy(path, f"{path}.raw", (len(self.rows), self.dims.get(name, 0)))
         write_csv(os.path.join(self.folder, "index.csv"), pd.DataFrame(self.rows))
-        meta["layers"] = {n: {"dim": self.dims.get(n, 0), "frames": self.offsets[n], "dtype": self.dtype} for n in self.layers}
+        meta["layers"] = {n: {"dim": self.dims.get(n, 0), "frames": self.offsets[n], "dtype": self.dtype,
+                              "pooled": pooled_file(n)} for n in self.layers}
         meta["utterances"] = len(self.rows)
         write_json(os.path.join(self.folder, "meta.json"), meta)
+
+
+def add_pooled(store: FeatureStore) -> FeatureStore:
+    """Complete a store written before stage 4 wrote pooled vectors: pool each utterance's frames
+    (:func:`pool_frames`) into ``pooled_<layer>.npy`` (atomically: a temporary name, then a rename) and
+    record the files in ``meta.json``. Returns the store reopened; a complete store is returned as is."""
+    missing = store.lacks_pooled
+    if not missing:
+        return store
+    logger.info("adding the pooled vectors of %s to %s", missing, store.folder)
+    for layer in missing:
+        with atomic_path(store.pooled_path(layer)) as tmp:
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(store), store.dim(layer)))
+            for row, utt in enumerate(store.ids):
+                matrix[row] = pool_frames(store.get(utt, layer))
+            matrix.flush()
+            del matrix  # unmapped before the rename
+    meta = read_json(os.path.join(store.folder, "meta.json"))
+    for layer in store.layers:
+        meta["layers"][layer]["pooled"] = pooled_file(layer)
+    write_json(os.path.join(store.folder, "meta.json"), meta)
+    store.close()
+    return FeatureStore(store.folder)
 
 
 def _alive(pid: int) -> bool:
@@ -198,10 +296,11 @@ def remove_stale_partials(root: str) -> None:
 
 def _write_store(folder: str, layers: list[str], dtype: str, meta: dict, fill) -> FeatureStore:
     """Create ``folder`` atomically: ``fill(writer)`` adds every utterance into a temporary folder and
-    returns extra metadata (throughput)."""
+    returns extra metadata (throughput). A finished store is reused, completed with its pooled
+    vectors if it was written before them."""
     if os.path.isfile(os.path.join(folder, "meta.json")):
         logger.info("reusing representation store %s", folder)
-        return FeatureStore(folder)
+        return add_pooled(FeatureStore(folder))
     remove_stale_partials(os.path.dirname(folder))
     tmp = f"{folder}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -211,14 +310,34 @@ def _write_store(folder: str, layers: list[str], dtype: str, meta: dict, fill) -
         meta = {**meta, **(fill(writer) or {})}
         writer.close(meta)
     except BaseException:
-        for f in writer.files.values():
-            f.close()
+        writer.close_files()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if os.path.isdir(folder):  # an unfinished leftover without meta.json
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return FeatureStore(folder)
+
+
+def asr_store_folder(root: str, name: str, model_sha1: str, layers: list[str], features, utterances: pd.DataFrame,
+                     dtype: str) -> str:
+    """Where the store of ``layers`` of an ASR model (weights ``model_sha1``) over ``utterances`` lives:
+    ``<root>/<name>/<key>``, the key a hash of everything the frames depend on."""
+    key = store_key({"model": model_sha1, "layers": sorted(layers), "features": feature_config(features),
+                     "utterances": utterances_key(utterances), "dtype": dtype})
+    return os.path.join(root, name, key)
+
+
+def feature_store_spec(utterances: pd.DataFrame, root: str, extractor, name: str, layer: str, dtype: str,
+                       augment=None, copies: int = 0, seed: int = 0) -> tuple[str, list[str], dict]:
+    """``(folder, layers, config)`` of the store :func:`dump_features` writes: ``layer`` and its
+    augmented copies ``<layer>@1`` ..., keyed by the extractor's and the augmentation's configurations."""
+    copies = copies if augment is not None else 0
+    layers = [layer] + [f"{layer}@{k}" for k in range(1, copies + 1)]
+    config = {"features": feature_config(extractor), "augment": feature_config(augment) if copies else {},
+              "copies": copies, "seed": seed if copies else None}
+    key = store_key({**config, "utterances": utterances_key(utterances), "dtype": dtype})
+    return os.path.join(root, name, key), layers, config
 
 
 @torch.no_grad()
@@ -229,9 +348,7 @@ def dump_asr_layers(model: torch.nn.Module, features: torch.nn.Module, utterance
 
     Returns the store; prints the throughput as x real time.
     """
-    key = store_key({"model": model_sha1, "layers": sorted(layers), "features": feature_config(features),
-                     "utterances": utterances_key(utterances), "dtype": dtype})
-    folder = os.path.join(root, name, key)
+    folder = asr_store_folder(root, name, model_sha1, layers, features, utterances, dtype)
     check_durations(utterances, features)
     model.eval()
     layers = list(layers)
@@ -240,7 +357,8 @@ def dump_asr_layers(model: torch.nn.Module, features: torch.nn.Module, utterance
         dataset = manifest_dataset(csv_path)
         dataset.set_output_keys(["id", "sig"])
         sampler = LengthBucketBatchSampler(utterances["duration"].astype(float).tolist(), batch_size, shuffle=False)
-        loader = sb.dataio.dataloader.make_dataloader(dataset, batch_sampler=sampler)
+        # PaddedBatch named: SpeechBrain picks it by itself only for its own DynamicItemDataset.
+        loader = sb.dataio.dataloader.make_dataloader(dataset, batch_sampler=sampler, collate_fn=PaddedBatch)
         started, seconds = time.time(), 0.0
         for batch in tqdm(loader, desc=f"dumping {name} {layers}", leave=False):
             wavs, rel = batch.sig
@@ -288,12 +406,8 @@ def dump_features(utterances: pd.DataFrame, root: str, extractor, name: str, lay
     ``layer``, plus ``copies`` augmented versions (``<layer>@1`` ...) made by ``augment`` (tempo/gain);
     training draws one per epoch. ``nj`` processes share the utterances. The store's key is built from
     the extractor's and the augmentation's explicit configurations (:func:`~ser_modules.features.feature_config`)."""
-    copies = copies if augment is not None else 0
-    layers = [layer] + [f"{layer}@{k}" for k in range(1, copies + 1)]
-    config = {"features": feature_config(extractor), "augment": feature_config(augment) if copies else {},
-              "copies": copies, "seed": seed if copies else None}
-    key = store_key({**config, "utterances": utterances_key(utterances), "dtype": dtype})
-    folder = os.path.join(root, name, key)
+    folder, layers, config = feature_store_spec(utterances, root, extractor, name, layer, dtype, augment, copies, seed)
+    copies = config["copies"]
     check_durations(utterances, extractor)
 
     def fill(writer):
@@ -320,3 +434,153 @@ def dump_features(utterances: pd.DataFrame, root: str, extractor, name: str, lay
         return {"x_real_time": round(rtf, 1), "audio_hours": round(seconds / 3600, 4), "augmented_copies": copies}
 
     return _write_store(folder, layers, dtype, {"name": name, **config}, fill)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a dump will write, estimated before anything is written
+
+PROBE_SECONDS = (2.0, 4.0)  # frames = offset + rate * seconds is fitted through these two lengths
+NPY_HEADER_BYTES = 128  # a 2-d float32 .npy header (numpy pads it to 64-byte blocks)
+META_BYTES = 2048  # meta.json: the configuration and per-layer facts (a few hundred bytes to 2 KB)
+
+
+def human_bytes(n: float) -> str:
+    """``3.57 GB``: decimal units, as ``df -H`` prints them."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+
+
+def probe_signal(seconds: float, sample_rate: int = 16000) -> torch.Tensor:
+    """A synthetic utterance ``[S]``: seeded noise at speech level (frame counts do not depend on content)."""
+    gen = torch.Generator().manual_seed(0)
+    return 0.1 * torch.randn(int(round(seconds * sample_rate)), generator=gen)
+
+
+@dataclass
+class LayerShape:
+    """A layer's size per utterance: ``round(offset + rate * seconds)`` frames (at least 1) of ``dim`` values."""
+
+    rate: float  # frames per second
+    offset: float  # frames at 0 s: analysis windows and the edges of the subsampling
+    dim: int
+
+    def frames(self, seconds) -> np.ndarray:
+        """Estimated frames ``[N]`` (int64) of utterances lasting ``seconds [N]``."""
+        return np.maximum(1, np.rint(self.offset + self.rate * np.asarray(seconds, dtype=float))).astype(np.int64)
+
+
+def fit_layer_shapes(measure) -> dict[str, LayerShape]:
+    """``measure(seconds) -> {layer: (frames, dim)}`` run at both :data:`PROBE_SECONDS` -> a
+    :class:`LayerShape` per layer."""
+    short, long = PROBE_SECONDS
+    at_short, at_long = measure(short), measure(long)
+    shapes = {}
+    for name, (frames, dim) in at_short.items():
+        rate = (at_long[name][0] - frames) / (long - short)
+        shapes[name] = LayerShape(rate, frames - rate * short, int(dim))
+    return shapes
+
+
+@torch.no_grad()
+def probe_asr_layers(model: torch.nn.Module, features: torch.nn.Module, layers: list[str],
+                     device: str = "cpu") -> dict[str, LayerShape]:
+    """Frame rate and width of each of ``layers``, from the model run once on each probe length of a
+    synthetic signal: DS2's convolutions halve the spectrogram's 100 frames/s, the LAS pyramid
+    quarters them, an upstream has its own rate. Cheap: no pass over the corpus."""
+    model.eval()
+
+    def measure(seconds):
+        wav = probe_signal(seconds).unsqueeze(0).to(device)
+        feats, frames = features(wav, torch.tensor([wav.shape[1]], device=device))
+        out = model.forward_layers(feats, frames, list(layers))
+        return {n: (int(out[n][1][0]), int(out[n][0].shape[-1])) for n in layers}
+
+    return fit_layer_shapes(measure)
+
+
+@torch.no_grad()
+def probe_extractor(extractor, layer: str) -> dict[str, LayerShape]:
+    """Frame rate and width of a feature extractor (``wav [S] -> [T, D]``) stored as ``layer``."""
+    return fit_layer_shapes(lambda seconds: {layer: tuple(extractor(probe_signal(seconds)).shape)})
+
+
+def _text_chars(values: np.ndarray) -> int:
+    """Characters of integers written in decimal (index.csv's columns)."""
+    return sum(map(len, map(str, np.asarray(values).tolist())))
+
+
+@dataclass
+class StorePlan:
+    """What writing one store takes. ``shapes``: the layers to write (empty for an existing store,
+    which is reused); ``pooled_to_add``: bytes of the pooled files an existing store written before
+    them gains when it is reused."""
+
+    name: str
+    folder: str
+    dtype: str
+    ids: list[str]
+    seconds: np.ndarray  # [utterances] durations
+    shapes: dict[str, LayerShape] = field(default_factory=dict)
+    reused: bool = False
+    pooled_to_add: dict[str, int] = field(default_factory=dict)
+
+    def frames(self, layer: str) -> int:
+        return int(self.shapes[layer].frames(self.seconds).sum())
+
+    def layer_bytes(self) -> dict[str, int]:
+        """Bytes per layer: its frames (frames x dim x dtype size) and its pooled vectors (float32)."""
+        size = np.dtype(self.dtype).itemsize
+        return {n: self.frames(n) * s.dim * size + NPY_HEADER_BYTES + len(self.ids) * s.dim * 4
+                for n, s in self.shapes.items()}
+
+    def index_bytes(self) -> int:
+        """``index.csv`` (id, then offset and frame count per layer, as text) and ``meta.json``."""
+        if not self.shapes:
+            return 0
+        chars = len("ID") + sum(len(f",offset_{n},frames_{n}") for n in self.shapes) + 1
+        chars += sum(len(i) + 1 for i in self.ids)
+        for shape in self.shapes.values():
+            frames = shape.frames(self.seconds)
+            chars += _text_chars(np.cumsum(frames) - frames) + _text_chars(frames) + 2 * len(frames)
+        return META_BYTES + chars
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.layer_bytes().values()) + self.index_bytes() + sum(self.pooled_to_add.values())
+
+
+def _plan_store(name: str, folder: str, dtype: str, utterances: pd.DataFrame, probe) -> StorePlan:
+    """A :class:`StorePlan` for ``folder``: ``probe() -> {layer: LayerShape}`` runs only when the store
+    does not exist yet."""
+    plan = StorePlan(name, folder, dtype, utterances["ID"].astype(str).tolist(),
+                     utterances["duration"].astype(float).to_numpy())
+    if os.path.isfile(os.path.join(folder, "meta.json")):
+        store = FeatureStore(folder)
+        plan.reused = True
+        plan.pooled_to_add = {n: NPY_HEADER_BYTES + len(store) * store.dim(n) * 4 for n in store.lacks_pooled}
+        store.close()
+    else:
+        plan.shapes = probe()
+    return plan
+
+
+def plan_asr_store(model: torch.nn.Module, features: torch.nn.Module, utterances: pd.DataFrame, layers: list[str],
+                   root: str, name: str, model_sha1: str, dtype: str = "float16", device: str = "cpu") -> StorePlan:
+    """What :func:`dump_asr_layers` with these arguments will write (nothing when its store exists)."""
+    folder = asr_store_folder(root, name, model_sha1, layers, features, utterances, dtype)
+    return _plan_store(name, folder, dtype, utterances, lambda: probe_asr_layers(model, features, layers, device))
+
+
+def plan_feature_store(utterances: pd.DataFrame, root: str, extractor, name: str, layer: str, dtype: str = "float16",
+                       augment=None, copies: int = 0, seed: int = 0) -> StorePlan:
+    """What :func:`dump_features` with these arguments will write (nothing when its store exists). An
+    augmented copy counts as many frames as the clean layer (tempo 0.85-1.15 averages 1.008x the length)."""
+    folder, layers, _ = feature_store_spec(utterances, root, extractor, name, layer, dtype, augment, copies, seed)
+
+    def probe():
+        clean = probe_extractor(extractor, layer)[layer]
+        return {n: clean for n in layers}
+
+    return _plan_store(name, folder, dtype, utterances, probe)

@@ -144,7 +144,8 @@ class SERDataset(torch.utils.data.Dataset):
     baseline branch one of the augmented copies drawn per epoch (training only).
 
     Frame sequences are read from the stores per item; the mean-pooled ASR vectors that MP-x and
-    Progressive net-x read (one vector per utterance) are computed once when the dataset is made.
+    Progressive net-x read (one vector per utterance) are read once when the dataset is made, from
+    the pooled vectors stage 4 wrote (:meth:`~ser_modules.dump.FeatureStore.mean_pooled`).
     """
 
     def __init__(self, spec: VariantSpec, ids: list[str], labels: list[int], inputs: SERInputs, fold: str,
@@ -156,8 +157,8 @@ class SERDataset(torch.utils.data.Dataset):
         self.copies = inputs.handcrafted_copies() if self.hand is not None else []
         self.pooled = {}
         if spec.pooled:  # the masked mean of one frame is the frame itself; weighted: the layers side by side
-            self.pooled = {u: torch.from_numpy(np.concatenate([self.asr.get(u, n).mean(axis=0, keepdims=True)
-                                                               for n in spec.layers], axis=1)) for u in ids}
+            vectors = np.concatenate([self.asr.mean_pooled(n, ids) for n in spec.layers], axis=1)  # [len(ids), D]
+            self.pooled = dict(zip(ids, torch.from_numpy(vectors).unsqueeze(1)))  # [1, D] each
         if spec.type == "iaan":
             if context is None or not {"prev_same", "prev_other"} <= set(context.columns):
                 raise ManifestError(f"variant {spec.name}: IAAN needs dialog context (prev_same/prev_other columns)")
@@ -302,6 +303,7 @@ class SERBrain(sb.Brain):
     Hundreds of small models train per experiment, so instead of SpeechBrain's checkpointer (which
     re-reads every checkpoint's metadata on each save) one file ``resume.pt`` holds the training
     state after every epoch (written atomically), and the best weights by validation loss are kept.
+    A finished run deletes ``resume.pt`` (:func:`train_fold_run`); its best weights are ``model.pt``.
     """
 
     def compute_forward(self, batch, stage):
@@ -411,13 +413,21 @@ def run_key(spec: VariantSpec, fold: Fold, run: int, classes: list[str], inputs:
             "stores": [store_identity(st) for st in stores], "classes": classes, "run": run}
 
 
+def remove_resume_state(run_dir: str) -> None:
+    """Delete a finished run's ``resume.pt`` (model, optimizer and best state: ~230 MB for a paper-size
+    IAAN): only an unfinished run resumes, and ``model.pt`` holds the best weights."""
+    path = os.path.join(run_dir, "resume.pt")
+    if os.path.isfile(path):
+        os.remove(path)
+
+
 def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFrame, classes: list[str],
                    inputs: SERInputs, hp: dict, out_dir: str, device: str = "cpu") -> pd.DataFrame:
     """Train one variant on one fold with seed ``hp['seed'] + run``; write and return test predictions.
 
     A finished run of the same inputs is read back (``frame.attrs["finished_before"]``); otherwise the run trains in a work folder beside
     ``out_dir`` (resuming from its ``resume.pt`` after an interruption) that replaces ``out_dir`` only
-    when complete (:class:`~ser_modules.fileio.StagedOutputs`).
+    when complete (:class:`~ser_modules.fileio.StagedOutputs`), without its ``resume.pt``.
     """
     staged = StagedOutputs(out_dir, run_key(spec, fold, run, classes, inputs, hp))
     if staged.done and os.path.isfile(os.path.join(out_dir, "predictions.csv")):
@@ -458,6 +468,7 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
         frame[f"p_{c}"] = probs[:, j].round(6)
     write_json(os.path.join(out_dir, "history.json"), history)
     write_csv(pred_path, frame)
+    remove_resume_state(out_dir)
     staged.publish()
     return frame
 

@@ -1,0 +1,285 @@
+"""Paper-scale stage 4-5: pooled vectors written once by stage 4 (bit-identical to pooling the frames),
+finished SER runs without their resume state, and stage 4's size estimate and disk-space check."""
+
+import json
+import logging
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ser_modules.asr_models import export_model, model_blocks
+from ser_modules.dump import (
+    FeatureStore, dump_asr_layers, dump_features, plan_asr_store, plan_feature_store, pooled_file, probe_asr_layers,
+)
+from ser_modules.features import HandcraftedFeatures, LogSpectrogram, MFCC
+from ser_modules.fileio import ManifestError, run_main
+from ser_modules.folds import Fold
+from ser_modules.hparams import load_stage_hparams
+from ser_modules.models.ds2 import DeepSpeech2
+from ser_modules.models.las import ListenAttendSpell
+from ser_modules.ser_training import SERInputs, VariantSpec, train_fold_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CTC_CONF = os.path.join(REPO, "recipes", "ctc_transfer", "conf")
+
+
+@pytest.fixture(scope="module")
+def turns(tiny_demo):
+    """The tiny demo's 16 turns, labelled alternately neu/ang."""
+    from prepare_iemocap import read_corpus
+
+    turns = read_corpus(tiny_demo["iemocap"])
+    turns["emotion"] = np.where(turns.index % 2 == 0, "neu", "ang")
+    return turns
+
+
+def tiny_ds2(hidden: int = 6) -> DeepSpeech2:
+    torch.manual_seed(0)
+    return DeepSpeech2(conv_channels=2, rnn_layers=2, rnn_hidden=hidden).eval()
+
+
+def folder_bytes(folder) -> int:
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+
+
+def old_mean_pooled(store, layer, ids):
+    """Stage 5's pooling before stage 4 wrote pooled vectors (SERDataset, until this change)."""
+    return np.stack([store.get(u, layer).mean(axis=0, keepdims=True)[0] for u in ids])
+
+
+# ----------------------------------------------------------------------------------------------
+# Pooled vectors
+
+
+@pytest.fixture(scope="module")
+def asr_store(turns, tmp_path_factory):
+    """A float16 store of two DS2 layers over the tiny demo's turns, and its manifest CSV."""
+    tmp = tmp_path_factory.mktemp("pooled")
+    csv = tmp / "utts.csv"
+    turns.to_csv(csv, index=False)
+    store = dump_asr_layers(tiny_ds2(), LogSpectrogram(), turns, str(csv), ["gru1", "gru2"], str(tmp), "m", "sha",
+                            batch_size=3)
+    return store, str(csv), tmp
+
+
+def test_pooled_vectors_equal_the_mean_of_the_stored_frames_bit_for_bit(turns, asr_store, tmp_path):
+    store, _, _ = asr_store
+    hand = dump_features(turns.head(5), str(tmp_path), HandcraftedFeatures(), "handcrafted", "mfcc_pitch")
+    for st in (store, hand):
+        for layer in st.layers:
+            assert st.meta["layers"][layer]["pooled"] == pooled_file(layer)
+            assert os.path.isfile(os.path.join(st.folder, pooled_file(layer)))
+            matrix = np.load(os.path.join(st.folder, pooled_file(layer)))
+            assert matrix.dtype == np.float32 and matrix.shape == (len(st), st.dim(layer))
+            old = old_mean_pooled(st, layer, st.ids)
+            np.testing.assert_array_equal(matrix.view(np.uint32), old.view(np.uint32))  # index order, same bits
+            some = st.ids[::-2]  # any subset, any order
+            np.testing.assert_array_equal(st.mean_pooled(layer, some).view(np.uint32),
+                                          old_mean_pooled(st, layer, some).view(np.uint32))
+    assert not [f for f in os.listdir(store.folder) if f.endswith(".raw")]  # the writer's row files are gone
+    with pytest.raises(KeyError, match="not in this store"):
+        store.mean_pooled("gru1", ["nobody"])
+
+
+def test_mp_trainings_predict_the_same_from_stored_pooled_vectors(turns, asr_store, monkeypatch):
+    store, _, tmp = asr_store
+    stores = tmp / "stores.json"
+    stores.write_text(json.dumps({"asr": {"pretrained": {"folder": store.folder}}, "handcrafted": None,
+                                  "egemaps": None}))
+    fold = speaker_fold(turns)
+    hp, _ = load_stage_hparams(CTC_CONF, "ser", "paper", {"output_folder": str(tmp / "ser")},
+                               ["ser.lr=0.01", "ser.batch_size=4", "ser.max_epochs=3"])
+    specs = [VariantSpec.from_dict({"name": "MP-gru2", "type": "mp", "asr": "pretrained", "layer": "gru2"}),
+             VariantSpec.from_dict({"name": "weighted-MP", "type": "weighted", "head": "mp", "asr": "pretrained",
+                                    "layer": "gru1", "layers": ["gru1", "gru2"]})]
+
+    def predictions(name):
+        inputs = SERInputs(str(stores))
+        return {s.name: train_fold_run(s, fold, 0, turns, ["ang", "neu"], inputs, hp, str(tmp / name / s.name))
+                for s in specs}
+
+    new = predictions("new")
+    monkeypatch.setattr(FeatureStore, "mean_pooled", old_mean_pooled)
+    old = predictions("old")
+    for name in new:
+        assert not new[name].attrs.get("finished_before") and not old[name].attrs.get("finished_before")
+        pd.testing.assert_frame_equal(new[name], old[name])
+        weights = [torch.load(tmp / run / name / "model.pt") for run in ("new", "old")]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the same training, bit for bit
+
+
+def speaker_fold(turns) -> Fold:
+    speakers = sorted(turns["speaker"].unique())
+    ids = lambda spk: turns.loc[turns["speaker"].isin(spk), "ID"].tolist()  # noqa: E731
+    return Fold(name="f1", test_speakers=[speakers[0]], valid_speakers=[speakers[1]], train=ids(speakers[2:]),
+                valid=ids([speakers[1]]), test=ids([speakers[0]]))
+
+
+def test_a_store_written_before_pooled_files_is_pooled_from_frames_and_completed_on_reuse(turns, asr_store, tmp_path):
+    store, csv, _ = asr_store
+    old = tmp_path / "m" / os.path.basename(store.folder)
+    shutil.copytree(store.folder, old)
+    originals = {layer: np.load(os.path.join(old, pooled_file(layer))) for layer in store.layers}
+    meta = json.loads((old / "meta.json").read_text())
+    for layer in store.layers:  # as stage 4 wrote stores before this change
+        os.remove(old / pooled_file(layer))
+        del meta["layers"][layer]["pooled"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    legacy = FeatureStore(str(old))
+    assert legacy.lacks_pooled == ["gru1", "gru2"]
+    np.testing.assert_array_equal(legacy.mean_pooled("gru1", legacy.ids), originals["gru1"])  # pooled from frames
+    reused = dump_asr_layers(tiny_ds2(), LogSpectrogram(), turns, csv, ["gru1", "gru2"], str(tmp_path), "m", "sha")
+    assert reused.folder == str(old) and reused.lacks_pooled == []
+    for layer in store.layers:
+        np.testing.assert_array_equal(np.load(old / pooled_file(layer)).view(np.uint32),
+                                      originals[layer].view(np.uint32))
+        assert reused.meta["layers"][layer]["pooled"] == pooled_file(layer)
+    assert sorted(os.listdir(old)) == sorted(os.listdir(store.folder))  # no temporary file left
+
+
+# ----------------------------------------------------------------------------------------------
+# Finished runs
+
+
+def test_a_finished_run_keeps_model_pt_drops_resume_pt_and_stays_finished(turns, asr_store):
+    store, _, tmp = asr_store
+    stores = tmp / "stores_resume.json"
+    stores.write_text(json.dumps({"asr": {"pretrained": {"folder": store.folder}}, "handcrafted": None,
+                                  "egemaps": None}))
+    hp, _ = load_stage_hparams(CTC_CONF, "ser", "paper", {"output_folder": str(tmp / "ser")},
+                               ["ser.lr=0.01", "ser.batch_size=4", "ser.max_epochs=2"])
+    spec = VariantSpec.from_dict({"name": "MP-gru1", "type": "mp", "asr": "pretrained", "layer": "gru1"})
+    out = tmp / "resume" / "MP-gru1" / "f1" / "run0"
+    first = train_fold_run(spec, speaker_fold(turns), 0, turns, ["ang", "neu"], SERInputs(str(stores)), hp, str(out))
+    assert not first.attrs.get("finished_before")
+    assert (out / "model.pt").is_file() and (out / "predictions.csv").is_file()
+    assert not (out / "resume.pt").exists()
+    assert sorted(os.listdir(out.parent)) == ["run0"]  # no work folder left beside it
+    model_bytes = (out / "model.pt").read_bytes()
+    again = train_fold_run(spec, speaker_fold(turns), 0, turns, ["ang", "neu"], SERInputs(str(stores)), hp, str(out))
+    assert again.attrs.get("finished_before")
+    pd.testing.assert_frame_equal(again, first, check_dtype=False)
+    assert (out / "model.pt").read_bytes() == model_bytes and not (out / "resume.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Size estimates
+
+
+def test_probed_frame_rates_of_ds2_and_las():
+    ds2 = probe_asr_layers(tiny_ds2(), LogSpectrogram(), ["conv", "gru2"])
+    assert ds2["gru2"].rate == ds2["conv"].rate == 50 and ds2["gru2"].dim == 6  # 100 frames/s halved
+    torch.manual_seed(0)
+    las = ListenAttendSpell(listener_hidden=4, fc_size=8, speller_hidden=8, attention_dim=4, embedding_dim=4).eval()
+    shapes = probe_asr_layers(las, MFCC(), ["blstm", "pblstm1", "pblstm2"])
+    assert [shapes[n].rate for n in ("blstm", "pblstm1", "pblstm2")] == [100, 50, 25]  # the pyramid quarters it
+    assert shapes["pblstm2"].dim == 8
+
+
+@pytest.mark.parametrize("model", ["ds2", "las"])
+def test_the_size_estimate_matches_the_bytes_a_dump_writes(turns, tmp_path, model):
+    csv = tmp_path / "utts.csv"
+    turns.to_csv(csv, index=False)
+    if model == "ds2":
+        net, features, layers = tiny_ds2(hidden=48), LogSpectrogram(), ["gru1", "gru2"]
+    else:
+        torch.manual_seed(0)
+        net = ListenAttendSpell(listener_hidden=16, fc_size=32, speller_hidden=8, attention_dim=4,
+                                embedding_dim=4).eval()
+        features, layers = MFCC(), ["blstm", "pblstm2"]
+    plan = plan_asr_store(net, features, turns, layers, str(tmp_path), "m", "sha")
+    assert not plan.reused
+    store = dump_asr_layers(net, features, turns, str(csv), layers, str(tmp_path), "m", "sha")
+    assert plan.folder == store.folder
+    assert plan.bytes == pytest.approx(folder_bytes(store.folder), rel=0.02)
+    for layer in layers:
+        assert plan.frames(layer) == pytest.approx(store.meta["layers"][layer]["frames"], rel=0.02)
+    again = plan_asr_store(net, features, turns, layers, str(tmp_path), "m", "sha")
+    assert again.reused and again.bytes == 0  # an existing store is reused: nothing to write
+
+
+def test_the_handcrafted_size_estimate_matches_its_store(turns, tmp_path):
+    plan = plan_feature_store(turns, str(tmp_path), HandcraftedFeatures(), "handcrafted", "mfcc_pitch")
+    store = dump_features(turns, str(tmp_path), HandcraftedFeatures(), "handcrafted", "mfcc_pitch")
+    assert plan.folder == store.folder and plan.shapes["mfcc_pitch"].dim == 27
+    assert plan.bytes == pytest.approx(folder_bytes(store.folder), rel=0.02)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 4
+
+
+@pytest.fixture
+def experiment(turns, tmp_path):
+    """An experiment with the tiny demo's turns as protocol ``standard`` and an exported random DS2
+    (2 BiGRUs of 48): ``(exp, argv of stage 4)``."""
+    exp, data = tmp_path / "exp", tmp_path / "data"
+    (data / "emotion" / "standard").mkdir(parents=True)
+    turns.to_csv(data / "emotion" / "standard" / "manifest.csv", index=False)
+    hp, text = load_stage_hparams(CTC_CONF, "asr", "demo",
+                                  {"output_folder": str(exp / "asr"), "data_folder": str(data)},
+                                  ["asr.conv_channels=2", "asr.rnn_layers=2", "asr.rnn_hidden=48"])
+    (exp / "asr").mkdir(parents=True, exist_ok=True)
+    blocks = exp / "asr" / "model_hparams.yaml"
+    blocks.write_text(model_blocks(text))
+    export_model(hp["model"], str(exp / "asr"), str(blocks))
+    argv = ["--exp-dir", str(exp), "--data-dir", str(data), "--conf-dir", CTC_CONF, "--size", "demo", "--protocol",
+            "standard", "--nj", "1", "--device", "cpu", "--", "dump.layers=[gru1, gru2]"]
+    return exp, argv
+
+
+def stores_written(dump_dir) -> dict[str, str]:
+    """``{name: folder}`` of the finished stores under ``dump_dir``."""
+    return {name: os.path.join(dump_dir, name, key) for name in ("pretrained", "handcrafted", "egemaps")
+            if os.path.isdir(os.path.join(dump_dir, name)) for key in os.listdir(os.path.join(dump_dir, name))}
+
+
+def test_stage4_refuses_to_start_without_disk_room_and_writes_no_store(experiment, monkeypatch, caplog):
+    from ser_modules.stages import dump as stage
+
+    exp, argv = experiment
+    out = str(exp / "dump")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=50_000))
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stop:
+        run_main(lambda: stage.main(argv), "stage4_dump")
+    assert stop.value.code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith(f"{out}: not enough free disk space for stage 4: ")
+    assert "bytes needed" in errors[0] and "50,000 bytes free" in errors[0]
+    assert stores_written(out) == {} and sorted(os.listdir(out)) == []  # nothing written, not even the config
+    with pytest.raises(ManifestError, match="not enough free disk space"):
+        stage.main(argv)
+
+
+def test_stage4_estimate_matches_what_it_writes_and_completes_old_stores(experiment, capsys):
+    from ser_modules.stages import dump as stage
+
+    exp, argv = experiment
+    out = exp / "dump"
+    stage.main(argv)
+    printed = capsys.readouterr().out
+    total = int(printed.split("stage 4 will write ")[1].split("(")[1].split(" bytes")[0].replace(",", ""))
+    stores = stores_written(out)
+    assert sorted(stores) == ["egemaps", "handcrafted", "pretrained"]
+    written = sum(folder_bytes(f) for f in stores.values())
+    assert total == pytest.approx(written, rel=0.02)
+    assert "    gru1: " in printed and "frames x 48 x float16" in printed and "50 frames/s" in printed
+    # A rerun reuses every store (0 bytes); a store written before pooled files gets them on reuse.
+    pretrained = stores["pretrained"]
+    kept = {layer: np.load(os.path.join(pretrained, pooled_file(layer))) for layer in ("gru1", "gru2")}
+    for layer in kept:
+        os.remove(os.path.join(pretrained, pooled_file(layer)))
+    stage.main(argv)
+    printed = capsys.readouterr().out
+    assert "pretrained: reused" in printed and "adds pooled vectors" in printed
+    assert "handcrafted: reused" in printed and "egemaps: reused" in printed
+    for layer, matrix in kept.items():
+        np.testing.assert_array_equal(np.load(os.path.join(pretrained, pooled_file(layer))), matrix)
+    stage.main(argv)
+    assert "stage 4 will write 0 B (0 bytes)" in capsys.readouterr().out
