@@ -113,9 +113,9 @@ def read_cremad(root: str) -> pd.DataFrame:
 
 
 def prepare_cremad(root: str, out: str, label_map: dict[str, str] | None = None, k: int | None = None,
-                   protocol: str = "default") -> dict:
+                   protocol: str = "default", screen=None) -> dict:
     """Read CREMA-D and write ``<out>/<protocol>/manifest.csv``, ``folds_lkso.json`` and ``summary.json``."""
-    return write_speaker_fold_corpus(read_cremad(root), out, "crema-d", label_map, k, protocol, language="en",
+    return write_speaker_fold_corpus(read_cremad(root), out, "crema-d", label_map, k, protocol, screen=screen, language="en",
                                      default_k=DEFAULT_K)
 
 

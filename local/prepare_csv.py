@@ -26,7 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ser_modules.audio import AudioReadError, audio_info  # noqa: E402
+from ser_modules.audio_file import AudioReadError, audio_info  # noqa: E402
 from ser_modules.corpus import write_speaker_fold_corpus  # noqa: E402
 from ser_modules.fileio import ManifestError, run_main  # noqa: E402
 from speaker_fold_common import speaker_fold_main  # noqa: E402
@@ -95,9 +95,9 @@ def read_csv(root: str) -> pd.DataFrame:
 
 
 def prepare_csv(root: str, out: str, label_map: dict[str, str] | None = None, k: int | None = None,
-                protocol: str = "default") -> dict:
+                protocol: str = "default", screen=None) -> dict:
     """Read the CSV ``root`` and write ``<out>/<protocol>/manifest.csv``, ``folds_lkso.json`` and ``summary.json``."""
-    return write_speaker_fold_corpus(read_csv(root), out, "csv", label_map, k, protocol, default_k=DEFAULT_K)
+    return write_speaker_fold_corpus(read_csv(root), out, "csv", label_map, k, protocol, screen=screen, default_k=DEFAULT_K)
 
 
 def main(argv=None) -> None:

@@ -2,7 +2,10 @@
 """Stage 1 of every recipe: prepare the emotion corpus and the ASR corpora into ``--out``.
 
 ``--out/emotion/`` receives the emotion corpus's protocols and folds, ``--out/asr/`` the combined
-ASR splits. With ``--emotion-corpus demo`` and/or ``--asr-corpus demo`` the built-in demo corpus
+ASR splits (with ``--size paper``, LibriSpeech's 960 h of the papers unless ``--librispeech-subsets``
+names others). Every audio file is checked once (readable, finite, not silent, at least one analysis
+window) in ``--nj`` processes; the rejected ones are listed in ``emotion/rejected.csv`` and
+``asr/rejected.csv`` with the reason and left out. With ``--emotion-corpus demo`` and/or ``--asr-corpus demo`` the built-in demo corpus
 is synthesised once into ``--demo-dir`` (or reused) and read by the IEMOCAP and LibriSpeech
 preparers, exactly as the real corpora are.
 """
@@ -17,8 +20,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from ser_modules.audio_screen import MIN_SECONDS, AudioScreen  # noqa: E402
 from ser_modules.corpus import resolve_label_map  # noqa: E402
-from ser_modules.fileio import ManifestError, run_main, setup_logging, write_json  # noqa: E402
+from ser_modules.fileio import ManifestError, cpu_count, run_main, setup_logging, write_json  # noqa: E402
 
 logger = logging.getLogger("prepare_data")
 
@@ -35,13 +39,14 @@ SPEAKER_FOLD_PREPARERS = {
 
 
 def prepare_emotion(corpus: str, root: str | None, out: str, label_map: str | None, k: int | None,
-                    seed: int, valid_fraction: float, strict_counts: bool) -> dict:
+                    seed: int, valid_fraction: float, strict_counts: bool, screen: AudioScreen | None = None) -> dict:
     from prepare_iemocap import prepare_iemocap
 
     if corpus in ("demo", "iemocap"):
-        return prepare_iemocap(root, out, valid_fraction=valid_fraction, seed=seed, strict_counts=strict_counts)
+        return prepare_iemocap(root, out, valid_fraction=valid_fraction, seed=seed, strict_counts=strict_counts,
+                               screen=screen)
     module, func = SPEAKER_FOLD_PREPARERS[corpus]
-    kwargs = {"label_map": resolve_label_map(label_map)}
+    kwargs = {"label_map": resolve_label_map(label_map), "screen": screen}
     if k:
         kwargs["k"] = k
     return getattr(importlib.import_module(module), func)(root, out, **kwargs)
@@ -60,14 +65,22 @@ def main(argv=None) -> None:
     parser.add_argument("--k", type=int, default=None, help="speakers per test group (leave-k-speakers-out)")
     parser.add_argument("--valid-fraction", type=float, default=0.1)
     parser.add_argument("--max-duration", type=float, default=15.0, help="drop longer ASR training utterances (s)")
-    parser.add_argument("--librispeech-subsets", default=None)
+    parser.add_argument("--size", default="demo", choices=["demo", "paper"],
+                        help="paper: LibriSpeech defaults to the papers' 960 h (train-clean-100 + train-clean-360 + "
+                             "train-other-500; dev-clean; test-clean); demo: train-clean-100")
+    parser.add_argument("--librispeech-subsets", default=None,
+                        help="e.g. 'train=train-clean-100,train-clean-360;dev=dev-clean;test=test-clean' (overrides "
+                             "the --size default; may name fewer)")
+    parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
+                        help="audio shorter than this (one analysis window) is rejected")
     parser.add_argument("--no-strict-counts", action="store_true")
     parser.add_argument("--skip-asr", action="store_true", help="prepare only the emotion corpus")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--nj", type=int, default=2)
+    parser.add_argument("--nj", type=int, default=0, help="processes checking audio (0: one per CPU core)")
     parser.add_argument("--log", default=None)
     args = parser.parse_args(argv)
     setup_logging(args.log)
+    args.nj = args.nj if args.nj > 0 else cpu_count()
 
     asr_corpora = args.asr_corpus or ["demo"]
     asr_roots = args.asr_root or []
@@ -85,23 +98,29 @@ def main(argv=None) -> None:
     if not emotion_root:
         parser.error(f"--emotion-root is required for --emotion-corpus {args.emotion_corpus}")
     summary = {"emotion_corpus": args.emotion_corpus}
+    # Every audio file is read once here, in --nj processes: unusable ones are listed, not trained on.
+    emotion_screen = AudioScreen(args.nj, args.min_seconds)
     summary["emotion"] = prepare_emotion(args.emotion_corpus, emotion_root, os.path.join(args.out, "emotion"),
                                          args.label_map, args.k, args.seed, args.valid_fraction,
-                                         not args.no_strict_counts)
+                                         not args.no_strict_counts, emotion_screen)
+    emotion_screen.write(os.path.join(args.out, "emotion", "rejected.csv"))
+    summary["emotion_rejected"] = len(emotion_screen.rejected)
     # Later stages compare them: WER on transcripts of another language measures the mismatch.
     summary["emotion_language"] = summary["emotion"].get("language", "")
     summary["asr_language"] = ASR_LANGUAGE
     if not args.skip_asr:
         from prepare_asr import parse_subsets, prepare_asr
+        from prepare_librispeech import DEFAULT_SUBSETS, PAPER_SUBSETS
 
         real = [c for c in asr_corpora if c != "demo"]
         if len(real) != len(asr_roots):
             raise ManifestError(f"give one --asr-root per real ASR corpus: corpora {real}, roots {asr_roots}")
+        subsets = parse_subsets(args.librispeech_subsets) or (PAPER_SUBSETS if args.size == "paper" else DEFAULT_SUBSETS)
         pairs = list(zip(real, asr_roots))
-        if "demo" in asr_corpora:
-            pairs.insert(asr_corpora.index("demo"), ("librispeech", demo["librispeech"]))
-        summary["asr"] = prepare_asr(pairs, os.path.join(args.out, "asr"), args.max_duration,
-                                     parse_subsets(args.librispeech_subsets))
+        if "demo" in asr_corpora:  # the demo's LibriSpeech tree has its own three subsets
+            pairs.insert(asr_corpora.index("demo"), ("librispeech", demo["librispeech"], DEFAULT_SUBSETS))
+        summary["asr"] = prepare_asr(pairs, os.path.join(args.out, "asr"), args.max_duration, subsets,
+                                     AudioScreen(args.nj, args.min_seconds))
     write_json(os.path.join(args.out, "prepare_summary.json"), summary)
     logger.info("stage 1 done: data in %s", args.out)
 

@@ -97,9 +97,9 @@ def read_emodb(root: str) -> pd.DataFrame:
 
 
 def prepare_emodb(root: str, out: str, label_map: dict[str, str] | None = None, k: int | None = None,
-                  protocol: str = "default") -> dict:
+                  protocol: str = "default", screen=None) -> dict:
     """Read EmoDB and write ``<out>/<protocol>/manifest.csv``, ``folds_lkso.json`` and ``summary.json``."""
-    return write_speaker_fold_corpus(read_emodb(root), out, "emodb", label_map, k, protocol, language="de",
+    return write_speaker_fold_corpus(read_emodb(root), out, "emodb", label_map, k, protocol, screen=screen, language="de",
                                      default_k=DEFAULT_K)
 
 

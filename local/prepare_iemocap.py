@@ -29,7 +29,7 @@ from collections import Counter
 
 import pandas as pd
 
-from ser_modules.audio import audio_duration
+from ser_modules.audio_file import audio_duration
 from ser_modules.corpus import IEMOCAP_CLASSES, complete_columns, write_emotion_protocol, write_summary, EMOTION_COLUMNS
 from ser_modules.dialog import UTTERANCE_ID as _UTT_ID, add_context, parse_transcription_lines
 from ser_modules.fileio import ManifestError, run_main, setup_logging, write_csv
@@ -159,8 +159,10 @@ def lakomkin_strict_label(votes: list) -> str | None:
     return top if top in IEMOCAP_CLASSES else None
 
 
-def read_corpus(root: str) -> pd.DataFrame:
-    """All labelled turns of the release under ``root`` whose wav file exists."""
+def read_corpus(root: str, screen=None) -> pd.DataFrame:
+    """All labelled turns of the release under ``root`` whose wav file exists (and whose audio
+    ``screen``, stage 1's :class:`~ser_modules.audio_screen.AudioScreen`, accepts: a rejected turn is
+    left out before the dialog context is linked, so a context never points at it)."""
     sessions = sorted(d for d in os.listdir(root) if re.fullmatch(r"Session\d+", d)) if os.path.isdir(root) else []
     if not sessions:
         raise ManifestError(f"{root}: no Session1..Session5 folders; is this the IEMOCAP release folder?")
@@ -205,7 +207,10 @@ def read_corpus(root: str) -> pd.DataFrame:
         logger.warning("%d turns have no transcription line (transcript left empty)", missing_text)
     if not rows:
         raise ManifestError(f"{root}: no labelled turns with audio found")
-    return add_context(pd.DataFrame(rows))
+    frame = pd.DataFrame(rows)
+    if screen is not None:
+        frame = screen(frame, "iemocap")
+    return add_context(frame)
 
 
 def check_expected_counts(turns: pd.DataFrame, standard: pd.DataFrame, strict: bool) -> None:
@@ -246,9 +251,11 @@ def log_against_paper(name: str, protocol: pd.DataFrame) -> None:
                 {k: v for k, v in paper.items() if k != "total"})
 
 
-def prepare_iemocap(root: str, out: str, valid_fraction: float = 0.1, seed: int = 0, strict_counts: bool = True) -> dict:
-    """Prepare ``turns.csv`` and the three protocols with both fold schemes; return a summary."""
-    turns = read_corpus(root)
+def prepare_iemocap(root: str, out: str, valid_fraction: float = 0.1, seed: int = 0, strict_counts: bool = True,
+                    screen=None) -> dict:
+    """Prepare ``turns.csv`` and the three protocols with both fold schemes; return a summary.
+    ``screen`` (stage 1's audio check) leaves out turns whose audio cannot be used."""
+    turns = read_corpus(root, screen)
     write_csv(os.path.join(out, "turns.csv"), complete_columns(turns, EMOTION_COLUMNS))
     partner = {}
     for session, group in turns.groupby("session"):

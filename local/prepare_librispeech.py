@@ -13,13 +13,26 @@ import os
 
 import pandas as pd
 
-from ser_modules.audio import audio_duration
+from ser_modules.audio_file import AudioReadError, audio_duration
 from ser_modules.fileio import ManifestError
 from ser_modules.text import normalize_transcript
 
 logger = logging.getLogger("prepare_librispeech")
 
+# The demo corpus's subsets (and the smallest real training set).
 DEFAULT_SUBSETS = {"train": ["train-clean-100"], "dev": ["dev-clean"], "test": ["test-clean"]}
+# The papers' ~960 h (Lakomkin 2018, Yeh 2020): what --size paper trains on unless told otherwise.
+PAPER_SUBSETS = {"train": ["train-clean-100", "train-clean-360", "train-other-500"], "dev": ["dev-clean"],
+                 "test": ["test-clean"]}
+
+
+def header_duration(path: str) -> float:
+    """Seconds from the audio header, NaN for a file whose header cannot be read: kept in the manifest,
+    so that stage 1's audio check lists it in ``rejected.csv`` with the reason."""
+    try:
+        return round(audio_duration(path), 4)
+    except AudioReadError:
+        return float("nan")
 
 
 def read_subset(root: str, subset: str) -> pd.DataFrame:
@@ -53,7 +66,7 @@ def read_subset(root: str, subset: str) -> pd.DataFrame:
                             continue
                         audio = alt
                     rows.append({"ID": f"ls-{utt}", "wav": os.path.abspath(audio), "seg_start": "", "seg_end": "",
-                                 "duration": round(audio_duration(audio), 4), "speaker": f"ls-{speaker}",
+                                 "duration": header_duration(audio), "speaker": f"ls-{speaker}",
                                  "corpus": "librispeech", "transcript": normalize_transcript(text)})
     if not rows:
         raise ManifestError(f"{folder}: no utterances found")
@@ -61,8 +74,21 @@ def read_subset(root: str, subset: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def check_subsets(root: str, subsets: dict[str, list[str]]) -> None:
+    """:class:`ManifestError` naming every requested subset folder missing under ``root``, before any is read."""
+    missing = [name for names in subsets.values() for name in names if not os.path.isdir(os.path.join(root, name))]
+    if missing:
+        found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
+        raise ManifestError(f"{root}: LibriSpeech subset(s) {', '.join(missing)} not found (found: {', '.join(found) or 'none'}); "
+                            "--size paper trains on the papers' train-clean-100 + train-clean-360 + train-other-500 "
+                            "(dev-clean, test-clean): to use fewer, name them, e.g. --librispeech-subsets "
+                            "'train=train-clean-100;dev=dev-clean;test=test-clean'")
+
+
 def read_librispeech(root: str, subsets: dict[str, list[str]] | None = None) -> dict[str, pd.DataFrame]:
-    """``{split: manifest}`` for the subsets of each split (default: train-clean-100, dev-clean, test-clean)."""
+    """``{split: manifest}`` for the subsets of each split (default: train-clean-100, dev-clean, test-clean);
+    every subset must exist (checked before any is read)."""
     subsets = subsets or DEFAULT_SUBSETS
+    check_subsets(root, subsets)
     return {split: pd.concat([read_subset(root, s) for s in names], ignore_index=True)
             for split, names in subsets.items() if names}

@@ -25,7 +25,7 @@ from collections import Counter
 
 import pandas as pd
 
-from ser_modules.audio import AudioReadError, audio_info
+from ser_modules.audio_file import AudioReadError, audio_info
 from ser_modules.fileio import ManifestError
 from ser_modules.text import normalize_transcript
 

@@ -21,7 +21,7 @@ from collections import Counter
 
 import pandas as pd
 
-from ser_modules.audio import AudioReadError, audio_info
+from ser_modules.audio_file import AudioReadError, audio_info
 from ser_modules.fileio import ManifestError
 from ser_modules.text import normalize_transcript
 
@@ -71,19 +71,17 @@ def read_submission(root: str, folder: str, counts: Counter) -> list[dict]:
                 logger.warning("%s:%d: no wav/%s.wav or flac/%s.flac; skipped", prompts, number, utt, utt)
                 counts["prompts without audio"] += 1
                 continue
+            transcript = normalize_transcript(text)
+            if not transcript:
+                counts["empty transcript"] += 1
+                continue
             try:
                 sr, frames, _ = audio_info(audio)
-            except AudioReadError as err:
-                logger.warning("%s; skipped", err)
-                counts["unreadable audio"] += 1
-                continue
-            transcript = normalize_transcript(text)
-            if frames == 0 or not transcript:
-                counts["empty audio or transcript"] += 1
-                continue
+                duration = round(frames / sr, 4)
+            except AudioReadError:  # kept: stage 1's audio check lists it in rejected.csv with the reason
+                duration = float("nan")
             rows.append({"ID": f"vf-{folder}-{utt}", "wav": os.path.abspath(audio), "seg_start": "", "seg_end": "",
-                         "duration": round(frames / sr, 4), "speaker": speaker, "corpus": "voxforge",
-                         "transcript": transcript})
+                         "duration": duration, "speaker": speaker, "corpus": "voxforge", "transcript": transcript})
     return rows
 
 

@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from ser_modules.audio import AudioReadError, audio_info
+from ser_modules.audio_file import AudioReadError, audio_info
 from ser_modules.corpus import resolve_label_map
 from ser_modules.fileio import setup_logging
 

@@ -13,6 +13,8 @@
    representations versus recomputing the ASR layers for every batch.
 4. ``--scaling``: wall time and peak memory (the process tree's RSS) of stages 4 and 5 on the demo
    emotion corpus replicated 1x, 2x, 4x and 8x.
+5. ``--prep-scale [FILES ...]`` (alone): stage 1's ASR preparation, every audio file checked, on
+   generated LibriSpeech trees of 10k and 100k short files: time per 10k files and peak memory.
 
 Writes ``benchmark.csv`` (``model,size,device,batch,frames_per_s,gflops,gemm_gflops,ratio,peak_mb``
 and more), ``benchmark.md`` and ``benchmark.png`` (and ``scaling.csv`` / ``scaling.png``) to ``--out``.
@@ -572,6 +574,67 @@ def scaling(out: str, factors=(1, 2, 4, 8), nj: int = 2, demo_dir: str | None = 
     return pd.DataFrame(rows)
 
 
+def write_librispeech_tree(root: str, n_files: int, seed: int = 0) -> float:
+    """A LibriSpeech-layout tree of ``n_files`` short FLAC utterances (0.5-1.5 s of noisy tones) in
+    ``train-clean-100`` (100 utterances per chapter, 10 chapters per speaker), plus 100 each in
+    ``dev-clean`` and ``test-clean``; returns its hours. Sixteen encoded files are copied around, so
+    writing costs little next to what is measured."""
+    import io
+
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    blobs, seconds = [], []
+    for k in range(16):
+        n = int(SAMPLE_RATE * (0.5 + k / 15))
+        wav = 0.1 * np.sin(2 * np.pi * (150 + 20 * k) * np.arange(n) / SAMPLE_RATE) + 0.01 * rng.standard_normal(n)
+        buffer = io.BytesIO()
+        sf.write(buffer, wav.astype(np.float32), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        blobs.append(buffer.getvalue())
+        seconds.append(n / SAMPLE_RATE)
+    total = 0.0
+    for subset, count in (("train-clean-100", n_files), ("dev-clean", 100), ("test-clean", 100)):
+        for i in range(count):
+            speaker, chapter, utt = i // 1000, (i // 100) % 10, i % 100
+            folder = os.path.join(root, subset, str(speaker), str(chapter))
+            if utt == 0:
+                os.makedirs(folder, exist_ok=True)
+                trans = open(os.path.join(folder, f"{speaker}-{chapter}.trans.txt"), "w", encoding="utf-8")
+            with open(os.path.join(folder, f"{speaker}-{chapter}-{utt:04d}.flac"), "wb") as f:
+                f.write(blobs[i % 16])
+            trans.write(f"{speaker}-{chapter}-{utt:04d} A SHORT SENTENCE OF READ SPEECH\n")
+            total += seconds[i % 16]
+            if utt == 99 or i == count - 1:
+                trans.close()
+    return total / 3600
+
+
+def prep_scale(out: str, sizes=(10_000, 100_000), nj: int = 2) -> pd.DataFrame:
+    """Stage 1's ASR preparation (reading the tree, checking every audio file in ``nj`` processes,
+    writing the manifests) on generated LibriSpeech trees of ``sizes`` files: wall time, time per
+    10k files and the peak RSS of the process tree."""
+    rows = []
+    for n in sizes:
+        work = os.path.join(out, f"prep_scale_{n}")
+        shutil.rmtree(work, ignore_errors=True)
+        started = time.perf_counter()
+        hours = write_librispeech_tree(os.path.join(work, "LibriSpeech"), n)
+        print(f"prep-scale: wrote {n + 200} files ({hours:.1f} h) in {time.perf_counter() - started:.0f} s", flush=True)
+        cmd = [sys.executable, os.path.join(REPO, "local", "prepare_asr.py"), "--corpus", "librispeech", "--root",
+               os.path.join(work, "LibriSpeech"), "--out", os.path.join(work, "asr"), "--nj", str(nj),
+               "--librispeech-subsets", "train=train-clean-100;dev=dev-clean;test=test-clean"]
+        seconds, peak = _run_measured(cmd, os.path.join(work, "prepare_asr.log"))
+        files = n + 200
+        rows.append({"files": files, "hours": round(hours, 2), "nj": nj, "seconds": round(seconds, 1),
+                     "seconds_per_10k_files": round(seconds / files * 10_000, 1), "peak_rss_mb": round(peak, 1)})
+        print(f"prep-scale: {files} files: {seconds:.1f} s ({rows[-1]['seconds_per_10k_files']} s per 10k files), "
+              f"peak RSS {peak:.0f} MB", flush=True)
+        shutil.rmtree(os.path.join(work, "LibriSpeech"), ignore_errors=True)  # gigabytes of generated audio
+    frame = pd.DataFrame(rows)
+    frame.to_csv(os.path.join(out, "prep_scale.csv"), index=False)
+    return frame
+
+
 # ----------------------------------------------------------------------------------------------
 # Reports
 
@@ -670,7 +733,15 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="+", default=["demo", "paper"], choices=["demo", "paper"])
     parser.add_argument("--models", nargs="+", default=None,
                         help="only these: ds2 las baseline mp rnn progressive iaan (default all)")
+    parser.add_argument("--prep-scale", type=int, nargs="*", default=None, metavar="FILES",
+                        help="only stage 1's preparation of generated LibriSpeech trees of these many files "
+                             "(default 10000 100000): time per 10k files and peak memory")
+    parser.add_argument("--nj", type=int, default=2, help="processes of --prep-scale's audio check")
     args = parser.parse_args(argv)
+    if args.prep_scale is not None:
+        os.makedirs(args.out, exist_ok=True)
+        print(prep_scale(args.out, args.prep_scale or (10_000, 100_000), args.nj).to_string(index=False))
+        return 0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but no GPU is visible", file=sys.stderr)
         return 2

@@ -172,7 +172,7 @@ def language_mismatch(prepared: dict) -> str | None:
 
 def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_map: dict[str, str] | None = None,
                               k: int | None = None, protocol: str = "default", language: str = "",
-                              default_k: int = 1) -> dict:
+                              default_k: int = 1, screen=None) -> dict:
     """Shared tail of the RAVDESS / CREMA-D / EmoDB / generic-CSV preparers.
 
     ``frame`` holds ``ID, wav, duration, speaker, label`` (and optionally ``gender``, ``transcript``,
@@ -180,10 +180,13 @@ def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_
     leave-``k``-speakers-out (scheme ``lkso``), gender-interleaved when genders are known, with
     ``k = None`` meaning ``default_k`` fitted to the number of speakers (:func:`fitted_k`).
     ``language`` (e.g. ``en``, ``de``) fills the ``language`` column where the frame has none.
+    ``screen`` (stage 1's :class:`~ser_modules.audio_screen.AudioScreen`) leaves out unusable audio.
     """
     from ser_modules.folds import leave_k_speakers_out
 
     frame = apply_label_map(frame, label_map, corpus=corpus)
+    if screen is not None:
+        frame = screen(frame, corpus)
     if "session" not in frame.columns or (frame["session"] == "").all():
         frame["session"] = frame["speaker"]
     if "language" not in frame.columns:

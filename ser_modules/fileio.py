@@ -19,6 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pandas as pd
 
+from ser_modules.audio_file import AudioReadError
+
+logger = logging.getLogger(__name__)
 
 # Columns that stay text even when every value looks like a number (speaker "1", session "2").
 TEXT_COLUMNS = ("ID", "wav", "speaker", "gender", "session", "emotion", "label", "transcript", "dialog", "votes",
@@ -95,10 +98,9 @@ def read_manifest(path: str, required: Sequence[str] = ("ID",)) -> pd.DataFrame:
 
 def run_main(main: Callable[[], object], name: str):
     """Run a command-line ``main`` and return its result. A :class:`ManifestError`, an
-    :class:`~ser_modules.hparams.HparamsError` or an :class:`~ser_modules.audio.AudioReadError` (their
+    :class:`~ser_modules.hparams.HparamsError` or an :class:`~ser_modules.audio_file.AudioReadError` (their
     messages name the file or key and the problem) ends it with that one line and exit code 1, not a
     traceback; Ctrl-C with one line and exit code 130."""
-    from ser_modules.audio import AudioReadError
     from ser_modules.hparams import HparamsError
 
     try:
@@ -129,6 +131,14 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> log
             handler.setFormatter(fmt)
             root.addHandler(handler)
     return root
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def file_digest(*paths: str) -> str:

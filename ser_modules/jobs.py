@@ -25,17 +25,9 @@ from collections.abc import Callable, Iterable
 import torch
 from tqdm import tqdm
 
-from ser_modules.fileio import ManifestError
+from ser_modules.fileio import ManifestError, cpu_count
 
 _STATE: dict = {}
-
-
-def cpu_count() -> int:
-    """CPU cores this process may use (the affinity mask, not the machine's total)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def default_jobs(nj: int, device: str = "cpu") -> int:

@@ -25,7 +25,7 @@ def run(recipe, *args, check=True):
 def test_help_lists_every_option(recipe):
     out = run(recipe, "--help").stdout
     for option in ["--stage", "--stop-stage", "--emotion-corpus", "--emotion-root", "--asr-corpus", "--asr-root",
-                   "--exp-dir", "--device", "--ngpu", "--seed", "--size", "--nj", "key=value"]:
+                   "--librispeech-subsets", "--exp-dir", "--device", "--ngpu", "--seed", "--size", "--nj", "key=value"]:
         assert option in out, option
     for n in range(1, 7):
         assert f"\n  {n}  " in out
@@ -47,6 +47,11 @@ def test_stage1_on_real_layouts_and_resume(tiny_demo, tmp_path):
     exp = tmp_path / "exp"
     args = ["--stop-stage", "1", "--exp-dir", str(exp), "--emotion-corpus", "iemocap", "--emotion-root",
             tiny_demo["iemocap"], "--asr-corpus", "librispeech", "--asr-root", tiny_demo["librispeech"]]
+    # Real corpora default to --size paper, whose LibriSpeech is the papers' 960 h: this tree has train-clean-100.
+    refused = run("las_adapt", *args, check=False)
+    assert refused.returncode != 0 and "LibriSpeech subset(s) train-clean-360, train-other-500 not found" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    args += ["--librispeech-subsets", "train=train-clean-100;dev=dev-clean;test=test-clean"]
     proc = run("las_adapt", *args)
     assert "stage 1: data preparation" in proc.stderr
     for protocol in ("standard", "lakomkin2018"):

@@ -21,6 +21,7 @@ size=${size:-}
 precision=${precision:-fp32}
 label_map=${label_map:-}
 k_speakers=${k_speakers:-}
+librispeech_subsets=${librispeech_subsets:-}
 demo_dir=${demo_dir:-${SER_DEMO_DIR:-$toolkit_root/corpora/demo}}
 launcher=${launcher:-pool}
 slurm_partition=${slurm_partition:-}
@@ -51,6 +52,9 @@ Options:
   --asr-corpus C           demo | librispeech | tedlium | voxforge; repeat or comma-separate for
                            several (default demo)
   --asr-root DIR           one per non-demo --asr-corpus, same order (repeat or comma-separate)
+  --librispeech-subsets S  LibriSpeech subsets, e.g. 'train=train-clean-100;dev=dev-clean;test=test-clean'
+                           (default: the papers' train-clean-100,train-clean-360,train-other-500 with
+                           --size paper, train-clean-100 with --size demo; dev-clean; test-clean)
   --exp-dir DIR            experiment folder (default: exp/demo, or exp/<emotion corpus>_<size>,
                            inside the recipe)
   --size demo|paper        hparams size: conf/*.yaml are the paper's, conf/demo/*.yaml shrink
@@ -98,6 +102,7 @@ parse_recipe_options() {
       --emotion-root) emotion_root=$2; shift 2 ;;
       --asr-corpus) _split_commas "$2"; asr_corpora+=("${_parts[@]}"); shift 2 ;;
       --asr-root) _split_commas "$2"; asr_roots+=("${_parts[@]}"); shift 2 ;;
+      --librispeech-subsets) librispeech_subsets=$2; shift 2 ;;
       --exp-dir) exp_dir=$2; shift 2 ;;
       --size) size=$2; shift 2 ;;
       --protocol) protocol=$2; shift 2 ;;
@@ -275,7 +280,8 @@ run_training() {
 # Stage 1 is the same in every recipe.
 stage_data_preparation() {
   local args=(--emotion-corpus "$emotion_corpus" --out "$data_dir" --demo-dir "$demo_dir" --seed "$seed"
-              --nj "$nj" --log "$exp_dir/logs/stage1_data.log")
+              --size "$size" --nj "$nj" --log "$exp_dir/logs/stage1_data.log")
+  [ -n "$librispeech_subsets" ] && args+=(--librispeech-subsets "$librispeech_subsets")
   [ -n "$emotion_root" ] && args+=(--emotion-root "$emotion_root")
   [ -n "$label_map" ] && args+=(--label-map "$label_map")
   [ -n "$k_speakers" ] && args+=(--k "$k_speakers")
@@ -288,7 +294,7 @@ stage_data_preparation() {
   # demo generator remakes the demo corpus), not --nj or the log file.
   local stamp
   stamp=$( (printf '%s\n' "$emotion_corpus" "$emotion_root" "$label_map" "$k_speakers" "$seed" "$demo_dir" \
-    "${asr_corpora[@]}" "${asr_roots[@]}"; cat "$toolkit_root"/local/*.py "$toolkit_root"/ser_modules/corpus.py) \
+    "$size" "$librispeech_subsets" "${asr_corpora[@]}" "${asr_roots[@]}"; cat "$toolkit_root"/local/*.py "$toolkit_root"/ser_modules/{corpus,audio_screen}.py) \
     | sha1sum | cut -c1-16)
   if [ -f "$data_dir/prepare_summary.json" ] && [ "$(cat "$data_dir/.stage1_stamp" 2>/dev/null)" = "$stamp" ]; then
     log "stage 1: data already prepared in $data_dir (same corpora), skipped"
