@@ -44,11 +44,48 @@ def worker_state() -> dict:
     return _STATE
 
 
-def job_devices(device: str, ngpu: int) -> list[str]:
-    """The devices a stage's jobs share: ``ngpu`` GPUs from ``cuda:0`` (or the one ``device``), else the CPU."""
-    if device.startswith("cuda") and ngpu > 1:
-        return [f"cuda:{i}" for i in range(ngpu)]
-    return [device]
+def visible_gpus() -> int:
+    """GPUs this process can see (``CUDA_VISIBLE_DEVICES`` applies), 0 without CUDA."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def job_devices(device: str, ngpu: int = 0) -> list[str]:
+    """The devices a stage's independent jobs share, from the requested ``--device`` (before it is
+    resolved): ``auto`` or ``cuda`` -> ``ngpu`` GPUs ``cuda:0..ngpu-1`` (``ngpu`` 0: every visible GPU;
+    ``auto`` without a GPU: the CPU); ``cuda:K`` -> that one GPU; ``cpu`` -> the CPU."""
+    if device == "auto" and not visible_gpus():
+        return ["cpu"]
+    if device not in ("auto", "cuda"):
+        if device.startswith("cuda:") and ngpu > 1:
+            raise ManifestError(f"--device {device} names one GPU, but --ngpu {ngpu} asks for {ngpu}: use --device "
+                                "cuda (or auto) to share the jobs over cuda:0..N-1")
+        return [device]
+    visible = visible_gpus()
+    n = ngpu or visible
+    if not visible or n > visible:
+        raise ManifestError(f"--device {device} --ngpu {ngpu or 'all'}: this process sees {visible} GPU(s) "
+                            "(torch.cuda.device_count(), after CUDA_VISIBLE_DEVICES)")
+    return [f"cuda:{i}" for i in range(n)]
+
+
+def resolve_device(device: str) -> str:
+    """The device this process computes on, resolved where it runs (a Slurm job on its compute node,
+    not on the submitting host): ``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` ->
+    ``cuda:<LOCAL_RANK>``, so each data-parallel rank of ``torchrun`` holds its own GPU (``cuda:0``
+    outside torchrun). ``cuda:K`` is kept, but refused under torchrun with several ranks (they would
+    all land on GPU K)."""
+    if device == "auto":
+        device = "cuda" if visible_gpus() else "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device == "cuda":
+        if not visible_gpus():
+            raise ManifestError("--device cuda: no GPU is visible to this process (torch.cuda.is_available() is False)")
+        return f"cuda:{int(local_rank or 0)}"
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if device.startswith("cuda:") and world > 1:
+        raise ManifestError(f"--device {device} names one GPU, but {world} data-parallel processes need one each: "
+                            "use --device cuda (rank k takes cuda:k)")
+    return device
 
 
 def _init_worker(state: dict, threads: int, setup: Callable | None) -> None:
@@ -58,10 +95,15 @@ def _init_worker(state: dict, threads: int, setup: Callable | None) -> None:
     _STATE.update(state)
     devices = state.get("devices")
     if devices:  # pool worker k (1-based) holds device k-1 (round robin when there are more workers)
-        identity = mp.current_process()._identity
-        _STATE["device"] = devices[(identity[0] - 1 if identity else 0) % len(devices)]
+        _STATE["device"] = devices[worker_index() % len(devices)]
     if setup is not None:
         setup(_STATE)
+
+
+def worker_index() -> int:
+    """0-based index of this pool worker (0 in the main process)."""
+    identity = mp.current_process()._identity
+    return identity[0] - 1 if identity else 0
 
 
 def _raise_on_sigterm(signum, frame):
@@ -114,7 +156,7 @@ def run_jobs(fn: Callable, jobs: Iterable, nj: int, state: dict, desc: str, setu
             fault_point("job")
         return
     threads = threads or max(1, cpu_count() // nj)
-    with mp.get_context("spawn").Pool(nj, initializer=_init_worker, initargs=(state, threads, setup)) as pool:
+    with _JobContext().Pool(nj, initializer=_init_worker, initargs=(state, threads, setup)) as pool:
         try:
             for result in tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc):
                 yield result
@@ -124,9 +166,28 @@ def run_jobs(fn: Callable, jobs: Iterable, nj: int, state: dict, desc: str, setu
             raise
 
 
+class _JobProcess(mp.context.SpawnProcess):
+    """A pool worker that may start processes of its own (a job's data loader workers), which
+    multiprocessing forbids daemonic processes; the pool still terminates it with the stage."""
+
+    @property
+    def daemon(self) -> bool:
+        return False
+
+    @daemon.setter
+    def daemon(self, value) -> None:
+        pass
+
+
+class _JobContext(mp.context.SpawnContext):
+    Process = _JobProcess
+
+
 def _run_submitted(fn: Callable, state: dict, setup: Callable | None, job):
-    """One cluster job: the worker set-up of :func:`run_jobs`, then ``fn(job)``."""
-    _init_worker(state, 1, setup)
+    """One cluster job: the worker set-up of :func:`run_jobs`, its device resolved here, on the node
+    that runs it (``state["device_request"]``: a GPU-less login node must not decide), then ``fn(job)``."""
+    _init_worker({**state, "devices": [resolve_device(state.get("device_request", state.get("device", "cpu")))]},
+                 1, setup)
     return fn(job)
 
 

@@ -14,7 +14,7 @@ asr_corpora=()
 asr_roots=()
 exp_dir=${exp_dir:-}
 device=${device:-auto}
-ngpu=${ngpu:-1}
+ngpu=${ngpu:-0}
 nj=${nj:-0}
 seed=${seed:-1}
 size=${size:-}
@@ -64,9 +64,10 @@ Options:
   --label-map M            map corpus labels to classes: iemocap4, 'a:b,c:d' or a JSON file
   --k N                    speakers per test group for leave-k-speakers-out corpora
   --device D               auto | cpu | cuda | cuda:N (default auto)
-  --ngpu N                 GPUs: stage 2 trains data-parallel on N GPUs (torchrun); stages 3-5
-                           share their jobs over them, one worker process per GPU, and only the
-                           main process writes shared outputs (on a CPU: at least N jobs) (default 1)
+  --ngpu N                 GPUs: stage 2 trains data-parallel on N GPUs (torchrun, rank k on
+                           cuda:k); stages 3-5 share their jobs over them, one worker process per
+                           GPU, and only the main process writes shared outputs (on a CPU: at
+                           least N jobs) (default 0: every visible GPU, see CUDA_VISIBLE_DEVICES)
   --nj N                   parallel jobs in stages 3-5 (adaptations, dumps, SER trainings) and, on
                            a CPU, data-parallel processes of stage 2; each CPU job gets one thread
                            (default 0: one per CPU core on CPU, one per GPU on GPU)
@@ -144,7 +145,7 @@ parse_recipe_options() {
     if [ "$emotion_corpus" = demo ] && [ "${asr_corpora[*]}" = demo ]; then size=demo; else size=paper; fi
   fi
   case "$size" in demo|paper) ;; *) echo "$0: --size must be demo or paper" >&2; exit 2 ;; esac
-  case "$ngpu" in ''|*[!0-9]*|0) echo "$0: --ngpu must be a positive number of devices, got '$ngpu'" >&2; exit 2 ;; esac
+  case "$ngpu" in ''|*[!0-9]*) echo "$0: --ngpu must be a number of GPUs (0: every visible one), got '$ngpu'" >&2; exit 2 ;; esac
   case "$launcher" in pool|slurm|submitit-local) ;;
     *) echo "$0: --launcher must be pool, slurm or submitit-local" >&2; exit 2 ;; esac
   if [ -z "$fold_scheme" ]; then  # a recipe may use a cheaper fold scheme for the demo size
@@ -254,21 +255,31 @@ run_python() {
 gpu_count() {
   if [ -z "${_gpus:-}" ]; then
     case "$device" in cpu) _gpus=0 ;;
-      *) _gpus=$($python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0) ;; esac
+      *) _gpus=$($python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' \
+           2>/dev/null || echo 0) ;; esac
   fi
   echo "$_gpus"
 }
 
-# run_training MODULE ARGS...: stage 2 data-parallel: over --ngpu GPUs, or on a CPU over --nj
-# single-thread processes (small recurrent models are latency-bound: two one-thread processes
-# train about 1.5x faster than one two-thread process). The configured batch size is the global one.
+# run_training MODULE ARGS...: stage 2 data-parallel: over --ngpu GPUs (default: every visible one;
+# rank k on cuda:k), or on a CPU over --nj single-thread processes (small recurrent models are
+# latency-bound: two one-thread processes train about 1.5x faster than one two-thread process). The
+# configured batch size is the global one (or batch_seconds the audio of each process's batch).
 run_training() {
   local module=$1; shift
-  local procs=1
-  if [ "$ngpu" -gt 1 ]; then procs=$ngpu
-  elif [ "$(gpu_count)" -eq 0 ]; then procs=$nj; [ "$procs" -gt 0 ] || procs=$(nproc 2>/dev/null || echo 1); fi
+  local procs gpus
+  gpus=$(gpu_count)
+  case "$device" in cuda:*) gpus=0 ;; esac  # one named GPU: a single process on it
+  if [ "$gpus" -gt 0 ]; then
+    procs=$ngpu; [ "$procs" -gt 0 ] || procs=$gpus
+    if [ "$procs" -gt "$gpus" ]; then log "--ngpu $procs: only $gpus GPU(s) visible"; return 2; fi
+    log "stage 2 trains on $procs GPU(s) (cuda:0-$((procs - 1)); --ngpu or CUDA_VISIBLE_DEVICES for fewer)"
+  else
+    procs=$nj; [ "$procs" -gt 0 ] || procs=$(nproc 2>/dev/null || echo 1)
+    [ "$procs" -ge "$ngpu" ] || procs=$ngpu
+  fi
   local launch=($python -m torch.distributed.run --standalone --nproc_per_node="$procs" -m "$module")
-  if [ "$procs" -gt 1 ] && [ "$ngpu" -gt 1 ]; then
+  if [ "$procs" -gt 1 ] && [ "$gpus" -gt 0 ]; then
     run_child "${launch[@]}" "$@" -- "${overrides[@]}"
   elif [ "$procs" -gt 1 ]; then
     run_child env OMP_NUM_THREADS=1 "${launch[@]}" "$@" -- "${overrides[@]}"
@@ -294,7 +305,7 @@ stage_data_preparation() {
   # demo generator remakes the demo corpus), not --nj or the log file.
   local stamp
   stamp=$( (printf '%s\n' "$emotion_corpus" "$emotion_root" "$label_map" "$k_speakers" "$seed" "$demo_dir" \
-    "$size" "$librispeech_subsets" "${asr_corpora[@]}" "${asr_roots[@]}"; cat "$toolkit_root"/local/*.py "$toolkit_root"/ser_modules/{corpus,audio_screen}.py) \
+    "$size" "$librispeech_subsets" "${asr_corpora[@]}" "${asr_roots[@]}"; cat "$toolkit_root"/local/*.py "$toolkit_root"/ser_modules/{corpus,audio_screen,audio_file}.py) \
     | sha1sum | cut -c1-16)
   if [ -f "$data_dir/prepare_summary.json" ] && [ "$(cat "$data_dir/.stage1_stamp" 2>/dev/null)" = "$stamp" ]; then
     log "stage 1: data already prepared in $data_dir (same corpora), skipped"

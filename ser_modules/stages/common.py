@@ -7,10 +7,8 @@ import logging
 import os
 import sys
 
-import torch
-
 from ser_modules.fileio import setup_logging
-from ser_modules.jobs import default_jobs, job_devices, stop_on_sigterm
+from ser_modules.jobs import default_jobs, job_devices, resolve_device, stop_on_sigterm
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -25,17 +23,19 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nj", type=int, default=0, help="parallel jobs (0: one per CPU core / GPU)")
-    parser.add_argument("--ngpu", type=int, default=1,
-                        help="devices sharing the jobs of stages 3-5: GPUs cuda:0..N-1 (on a CPU, at least N jobs)")
+    parser.add_argument("--ngpu", type=int, default=0,
+                        help="GPUs sharing the jobs of stages 3-5: cuda:0..N-1 (0: every visible GPU; on a CPU, "
+                             "at least N jobs)")
     return parser
 
 
 def stage_jobs(args) -> tuple[int, list[str]]:
-    """``(parallel jobs, devices)`` of a stage with independent jobs (stages 3-5): ``--ngpu`` devices
-    share them, one worker process per device unless ``--nj`` asks for more (:mod:`ser_modules.jobs`)."""
-    devices = job_devices(args.device, args.ngpu)
-    if args.nj <= 0 and len(devices) > 1:
-        return len(devices), devices
+    """``(parallel jobs, devices)`` of a stage with independent jobs (stages 3-5): the GPUs of
+    ``--device``/``--ngpu`` share them, one worker process per GPU unless ``--nj`` asks for more
+    (:mod:`ser_modules.jobs`); on a CPU, ``--nj`` processes (at least ``--ngpu``)."""
+    devices = job_devices(args.device_request, args.ngpu)
+    if devices[0].startswith("cuda"):
+        return (args.nj if args.nj > 0 else len(devices)), devices
     return max(default_jobs(args.nj, args.device), args.ngpu), devices
 
 
@@ -49,17 +49,9 @@ def parse_stage_args(parser: argparse.ArgumentParser, argv=None):
     args = parser.parse_args(argv)
     args.overrides = overrides
     stop_on_sigterm()  # SIGTERM unwinds like Ctrl-C: workers are stopped, unfinished outputs stay aside
+    args.device_request = args.device  # what cluster jobs resolve on their own node
     args.device = resolve_device(args.device)
     return args
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda:<LOCAL_RANK>`` when a GPU is visible, else ``cpu``."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        return "cpu"
-    return device
 
 
 def stage_logging(exp_dir: str, name: str) -> logging.Logger:

@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     else:  # one cluster job per training; the submitting process writes the shared outputs
         log.info("stage 5: %d trainings as %s jobs (partition %s, %d min, gres %s), classes %s", len(jobs),
                  args.launcher, args.slurm_partition or "default", args.slurm_time, args.slurm_gres or "none", classes)
-        results = submit_jobs(_run_job, jobs, {**state, "devices": [args.device]},
+        results = submit_jobs(_run_job, jobs, {**state, "device_request": args.device_request},
                               os.path.join(args.exp_dir, "logs", "stage5_jobs"), args.launcher, _open_stores,
                               args.slurm_partition, args.slurm_time, args.slurm_gres, "ser-stage5")
     started, finished_before = time.time(), 0
