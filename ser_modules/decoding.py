@@ -64,22 +64,47 @@ class Transcriber:
                                                  beam_size=beam_size, scorer=scorer, **common)
                 self.methods = METHODS
 
-    @torch.no_grad()
-    def __call__(self, feats: torch.Tensor, frames: torch.Tensor, method: str = "greedy") -> list[str]:
+    def check(self, method: str) -> None:
+        """ValueError unless this model decodes with ``method``."""
         if method not in METHODS:
             raise ValueError(f"unknown decoding method {method!r}: one of {', '.join(METHODS)}")
         if method not in self.methods:
             raise ValueError(f"joint CTC/attention decoding needs a LAS with a CTC head; this "
                              f"{type(self.model).__name__} has none (decode with greedy or beam)")
+
+    @torch.no_grad()
+    def __call__(self, feats: torch.Tensor, frames: torch.Tensor, method: str = "greedy") -> list[str]:
+        self.check(method)
+        return self.decode(*self.encode(feats, frames), method)
+
+    @torch.no_grad()
+    def encode(self, feats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's forward pass that :meth:`decode` reads, ``(out, lengths)``: the CTC logits
+        ``[B, T, V]`` of a CTC model, the listener output ``[B, T/4, D]`` of a LAS."""
         if self.is_ctc:
-            logits, lengths = self.model(feats, frames)
+            return self.model(feats, frames)
+        return self.model.listener(feats, frames)
+
+    @torch.no_grad()
+    def encode_with_layers(self, feats: torch.Tensor, frames: torch.Tensor, layers: list[str]) -> tuple[dict, tuple]:
+        """One forward pass for both the hidden ``layers`` (``{name: (hidden, lengths)}``, as the model's
+        ``forward_layers`` gives them) and what :meth:`decode` reads (as :meth:`encode` gives it)."""
+        if hasattr(self.model, "layers_and_output"):  # DeepSpeech2, ListenAttendSpell, a CTC-adapted upstream
+            return self.model.layers_and_output(feats, frames, layers)
+        raise TypeError(f"{type(self.model).__name__} gives no hidden layers with its decoder input in one pass")
+
+    @torch.no_grad()
+    def decode(self, out: torch.Tensor, lengths: torch.Tensor, method: str = "greedy") -> list[str]:
+        """Transcripts of a batch from what :meth:`encode` gave: ``out`` (CTC logits or listener output,
+        padded) and its valid ``lengths``."""
+        self.check(method)
+        if self.is_ctc:
             if method == "greedy":
-                return ctc_greedy(logits, lengths, self.vocab)
-            log_probs = logits.float().log_softmax(dim=-1)
-            hyps = self._beam(log_probs, lengths.float() / logits.shape[1])
+                return ctc_greedy(out, lengths, self.vocab)
+            log_probs = out.float().log_softmax(dim=-1)
+            hyps = self._beam(log_probs, lengths.float() / out.shape[1])
             return [h[0].text.strip() if h else "" for h in hyps]
-        enc, enc_lengths = self.model.listener(feats, frames)
-        enc = enc[:, : int(enc_lengths.max())]  # no all-padding frames: the CTC scorer masks up to the longest
+        enc = out[:, : int(lengths.max())]  # no all-padding frames: the CTC scorer masks up to the longest
         searcher = {"greedy": self._greedy, "beam": self._beam, "joint": self._joint}[method]
-        hyps, *_ = searcher(enc, enc_lengths.float() / enc.shape[1])
+        hyps, *_ = searcher(enc, lengths.float() / enc.shape[1])
         return [self.vocab.decode([int(t) for t in h if int(t) != self.model.eos_index]) for h in hyps]

@@ -285,9 +285,17 @@ class CTCUpstream(nn.Module):
         return self
 
     def forward(self, wavs: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        last = self.upstream.hidden_states(wavs, samples)[-1]
+        return self.layers_and_output(wavs, samples, [])[1]
+
+    def layers_and_output(self, wavs: torch.Tensor, samples: torch.Tensor, layers=None) -> tuple[dict, tuple]:
+        """One pass of the upstream for both ``forward_layers`` and ``forward``: ``({name: (hidden [B, T, D],
+        frames [B])}, (logits [B, T, V], frames))`` (inference reads a SER layer and decodes from one pass)."""
+        states = self.upstream.hidden_states(wavs, samples)
         frames = self.upstream.frames(samples).to(wavs.device)
-        return self.head(last[:, : int(frames.max())]), frames
+        t = int(frames.max())
+        names = self.layer_names if layers is None else layers
+        return ({name: (states[self.layer_names.index(name)][:, :t], frames) for name in names},
+                (self.head(states[-1][:, :t]), frames))
 
     def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
         return self.upstream.forward_layers(wavs, samples, layers)

@@ -174,3 +174,11 @@ class DeepSpeech2(nn.Module):
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``feats [B, T, F]`` -> CTC logits ``[B, T', n_symbols]`` and their lengths."""
         return self.forward_layers(feats, lengths, ["logits"])["logits"]
+
+    def layers_and_output(self, feats: torch.Tensor, lengths: torch.Tensor, layers=None) -> tuple[dict, tuple]:
+        """One pass for both :meth:`forward_layers` ``(feats, lengths, layers)`` and :meth:`forward`:
+        ``({name: (hidden, lengths)}, (logits [B, T', n_symbols], lengths))``, each equal to what those
+        methods return (inference reads a SER layer and decodes the transcript from one forward)."""
+        names = list(self.layer_names if layers is None else layers)
+        out = self.forward_layers(feats, lengths, list(dict.fromkeys([*names, "logits"])))
+        return {name: out[name] for name in names}, out["logits"]

@@ -143,6 +143,14 @@ class ListenAttendSpell(nn.Module):
     def forward_layers(self, feats, lengths, layers=None) -> dict:
         return self.listener.forward_layers(feats, lengths, layers)
 
+    def layers_and_output(self, feats: torch.Tensor, lengths: torch.Tensor, layers=None) -> tuple[dict, tuple]:
+        """One listener pass for both :meth:`forward_layers` ``(feats, lengths, layers)`` and the listener
+        output the speller, its beam searches and the CTC head read: ``({name: (hidden, lengths)},
+        (enc [B, T/4, fc], enc_lengths))``, each equal to what ``forward_layers`` and ``listener`` return."""
+        names = list(self.layer_names if layers is None else layers)
+        out = self.listener.forward_layers(feats, lengths, list(dict.fromkeys([*names, "pblstm2"])))
+        return {name: out[name] for name in names}, out["pblstm2"]
+
     def forward_flops(self, frames, tokens) -> int:
         """Forward FLOPs (teacher-forced) for utterances of ``frames`` feature frames and ``tokens``
         decoder steps each (:mod:`~ser_modules.models.flops`)."""

@@ -25,7 +25,9 @@ from ser_modules.asr_models import export_model, load_asr_model
 from ser_modules.asr_training import error_rates, evaluate_asr, run_options, update_asr_results
 from ser_modules.corpus import language_mismatch
 from ser_modules.data import asr_dataset
-from ser_modules.fileio import ManifestError, StagedOutputs, file_digest, read_json, read_manifest, run_main, write_json
+from ser_modules.fileio import (
+    ManifestError, StagedOutputs, file_digest, read_json, read_manifest, run_main, write_json, write_text,
+)
 from ser_modules.folds import load_folds
 from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.jobs import run_jobs, worker_state
@@ -118,6 +120,7 @@ def main(argv=None) -> None:
     pretrained = os.path.join(args.exp_dir, "asr", "model.pt")
     if not os.path.isfile(pretrained):
         raise ManifestError(f"{pretrained}: no pretrained ASR model (run stage 2 first)")
+    write_text(os.path.join(out, "hyperparams.yaml"), resolved)  # inference decodes adapted models with its keys
     turns, manifest, folds = emotion_inputs(args.data_dir, args.protocol, args.folds)
     prepared = read_json(os.path.join(args.data_dir, "prepare_summary.json"))
     corpus = prepared["emotion_corpus"]
