@@ -17,10 +17,9 @@ import os
 import pandas as pd
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
-from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 from speechbrain.utils.train_logger import FileTrainLogger
 
-from ser_modules.asr_training import fit_asr, load_best
+from ser_modules.asr_training import EpochCounterWithStopper, fit_asr, load_best
 from ser_modules.corpus import ASR_COLUMNS, complete_columns
 from ser_modules.fileio import ManifestError, atomic_path, read_json, write_csv, write_json
 from ser_modules.folds import Fold

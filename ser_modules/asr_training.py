@@ -9,6 +9,7 @@ not improved for ``patience`` epochs.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,9 +20,12 @@ import pandas as pd
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from speechbrain.utils import epoch_loop
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.metric_stats import ErrorRateStats
 from tqdm import tqdm
 
+from ser_modules.data import LengthBucketBatchSampler
 from ser_modules.decoding import Transcriber, ctc_greedy
 from ser_modules.fileio import atomic_path, write_csv, write_json
 from ser_modules.jobs import fault_point
@@ -60,12 +64,120 @@ def append_error_stats(cer: ErrorRateStats, wer: ErrorRateStats, ids, hyps: list
     wer.append(ids, [h.split() for h in hyps], [r.split() for r in refs])
 
 
+@register_checkpoint_hooks
+class RandomState:
+    """The random generators' state (torch, CUDA, NumPy, Python) saved with every checkpoint. An
+    epoch starts from a seed of its own; a run resumed from a checkpoint taken inside an epoch takes
+    back the state of that moment (:meth:`restore_pending`, once the epoch has seeded), so speed
+    perturbation and dropout draw what an uninterrupted run draws."""
+
+    def __init__(self):
+        self.pending = None
+
+    @mark_as_saver
+    def _save(self, path):
+        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, path)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch=True):
+        self.pending = None if end_of_epoch else torch.load(path, weights_only=False)
+
+    def restore_pending(self) -> None:
+        if self.pending is None:
+            return
+        state, self.pending = self.pending, None
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["random"])
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@register_checkpoint_hooks
+class EpochCounterWithStopper(epoch_loop.EpochCounterWithStopper):
+    """SpeechBrain's epoch counter with early stopping, whose stopping state is checkpointed.
+
+    SpeechBrain 1.1's class does not register its own save/load hooks, so its checkpoints keep only
+    the epoch: a resumed run forgot its best epoch and score and could stop too early or too late.
+    Here they are saved; on recovery the stop decision is taken again with the current ``limit_to_stop``
+    (patience), so raising the patience (or ``limit``) continues a run that had stopped."""
+
+    @mark_as_saver
+    def _save(self, path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"current_epoch": self.current, "best_epoch": self.best_limit, "best_score": self.best_score}, f)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch=True):
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+        state = json.loads(text) if text.startswith("{") else {"current_epoch": int(text)}  # SpeechBrain's own file
+        self.current = int(state["current_epoch"]) - (0 if end_of_epoch else 1)
+        self.best_limit = int(state.get("best_epoch", self.best_limit))
+        self.best_score = float(state.get("best_score", self.best_score))
+        self.should_stop = self.current > self.limit_warmup and self.best_limit > 0 and \
+            self.current - self.best_limit >= self.limit_to_stop
+
+
+def all_ranks_finite(loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every data-parallel process (each must skip the same batches)."""
+    finite = torch.isfinite(loss.detach()).all().to(torch.int32).reshape(1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 class ASRBrain(sb.Brain):
     """Shared training logic; subclasses implement ``compute_forward`` and the loss.
 
     Expected ``hparams``: ``features`` (module), ``vocab``, ``seed``, ``lr``, ``lr_decay``,
     ``epoch_counter`` (``EpochCounterWithStopper``), ``train_sampler`` (set by the stage).
+    Optional: ``ckpt_interval_minutes`` / ``ckpt_interval_steps`` (SpeechBrain's checkpoints inside
+    an epoch, from which a resumed run continues at the next batch).
+
+    A training batch whose loss is not finite (on any process) is skipped: no gradient, no update (its
+    batch-norm statistics undone), a warning naming its utterances and a count per epoch, so one bad
+    batch cannot poison the weights.
     """
+
+    def on_fit_start(self):
+        self.random_state = RandomState()
+        if self.checkpointer is not None:  # optional: checkpoints written before it existed still load
+            self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
+        super().on_fit_start()  # recovers the latest checkpoint, if any
+
+    def fit_batch(self, batch):
+        """SpeechBrain's training step, except that a non-finite loss skips the batch (see class doc)."""
+        should_step = (self.step % self.grad_accumulation_factor) == 0
+        self.on_fit_batch_start(batch, should_step)
+        # The forward pass updates batch-norm statistics: a skipped batch must leave them as they were.
+        buffers = [(b, b.detach().clone()) for b in self.modules.buffers()]
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                outputs = self.compute_forward(batch, sb.Stage.TRAIN)
+                loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
+            if not all_ranks_finite(loss):
+                with torch.no_grad():
+                    for buffer, before in buffers:
+                        buffer.copy_(before)
+                self.skipped_batches += 1
+                logger.warning("epoch %s: the loss of a training batch is not finite (utterances %s): batch skipped, "
+                               "no update (%d skipped in this epoch)", self.hparams.epoch_counter.current,
+                               ", ".join(list(batch.id)[:4]) + (", ..." if len(batch.id) > 4 else ""),
+                               self.skipped_batches)
+                self.zero_grad(set_to_none=True)
+                return loss.detach().cpu()  # not finite: SpeechBrain's running average leaves it out
+            scaled_loss = self.scaler.scale(loss / self.grad_accumulation_factor)
+            scaled_loss.backward()
+        if should_step:
+            self.optimizers_step()
+        self.on_fit_batch_end(batch, outputs, loss, should_step)
+        return loss.detach().cpu()
+
+    def _save_intra_epoch_ckpt(self):
+        super()._save_intra_epoch_ckpt()
+        fault_point("step_checkpoint")
 
     def features(self, batch, stage):
         wavs, rel = batch.sig
@@ -78,6 +190,9 @@ class ASRBrain(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             seed_all(self.hparams.seed * 1000 + int(epoch or 0))
+            if hasattr(self, "random_state"):
+                self.random_state.restore_pending()  # resumed inside this epoch: the generators of that moment
+            self.skipped_batches = 0
             sampler = getattr(self.hparams, "train_sampler", None)
             if sampler is not None:
                 sampler.set_epoch(int(epoch or 1))
@@ -94,6 +209,9 @@ class ASRBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
+            if self.skipped_batches:
+                logger.warning("epoch %s: %d training batch(es) with a non-finite loss skipped", epoch,
+                               self.skipped_batches)
             return
         stats = {"loss": round(stage_loss, 4), "CER": round(self.cer_stats.summarize("error_rate"), 2),
                  "WER": round(self.wer_stats.summarize("error_rate"), 2)}
@@ -102,7 +220,8 @@ class ASRBrain(sb.Brain):
             lr = self.optimizer.param_groups[0]["lr"]
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr},
-                train_stats={"loss": round(self.train_loss, 4)}, valid_stats=stats)
+                train_stats={"loss": round(self.train_loss, 4), "skipped_batches": getattr(self, "skipped_batches", 0)},
+                valid_stats=stats)
             key = getattr(self.hparams, "select_on", "CER")  # the validation error rate that picks checkpoints
             self.hparams.epoch_counter.update_metric(stats[key])
             self.checkpointer.save_and_keep_only(meta={"CER": stats["CER"], "WER": stats["WER"], "epoch": epoch},
@@ -185,16 +304,16 @@ ASR_RESULT_COLUMNS = ["model", "stage", "corpus", "split", "decoder", "WER", "CE
 @torch.no_grad()
 def evaluate_asr(model: torch.nn.Module, features: torch.nn.Module, dataset, vocab, device: str, out_dir: str,
                  tag: str, methods=("greedy",), batch_size: int = 16, beam_size: int = 10,
-                 ctc_weight: float = 0.5) -> dict[str, dict]:
+                 ctc_weight: float = 0.5, num_workers: int = 0) -> dict[str, dict]:
     """Transcribe ``dataset`` (an :func:`ser_modules.data.asr_dataset`) with each decoding method
     (``joint`` weights CTC by ``ctc_weight``); write per-utterance alignments ``wer_<tag>_<method>.txt``
     and return ``{method: {WER, CER, n}}``."""
-    from ser_modules.data import LengthBucketBatchSampler, dataset_durations
+    from ser_modules.data import dataset_durations, make_loader
 
     model.eval()
     transcriber = Transcriber(model, vocab, beam_size=beam_size, ctc_weight=ctc_weight)
     sampler = LengthBucketBatchSampler(dataset_durations(dataset), batch_size, shuffle=False)
-    loader = sb.dataio.dataloader.make_dataloader(dataset, batch_sampler=sampler)
+    loader = make_loader(dataset, sampler, num_workers)
     results = {}
     for method in methods:
         ids, refs, hyps = [], [], []
@@ -253,16 +372,40 @@ def run_options(device: str, precision: str = "fp32", noprogressbar: bool = Fals
             "noprogressbar": noprogressbar}
 
 
+def train_batches(durations: list[float], hparams: dict, world: int) -> LengthBucketBatchSampler:
+    """The training batch sampler of one data-parallel process, logging the effective global batch.
+
+    ``batch_size`` is the global batch in utterances, split over the ``world`` processes
+    (``ceil(batch_size / world)`` each, so the global batch is rounded up to a multiple of ``world``);
+    ``batch_seconds`` instead fills each process's batch with up to that much padded audio
+    (ESPnet's ``batch_bins``), so a GPU's batch does not shrink as GPUs are added."""
+    common = {"shuffle": True, "sortagrad_epochs": hparams.get("sortagrad_epochs", 1), "seed": hparams["seed"]}
+    seconds = hparams.get("batch_seconds")
+    if seconds:
+        sampler = LengthBucketBatchSampler(durations, max_seconds=float(seconds), **common)
+        per_batch = len(durations) / max(1, len(sampler))
+        logger.info("batches of at most %.0f s of padded audio per process: %d batches of %.1f utterances on average "
+                    "(%.0f s of speech); %d process(es): an effective global batch of %.1f utterances", seconds,
+                    len(sampler), per_batch, sum(durations) / max(1, len(sampler)), world, per_batch * world)
+        return sampler
+    per_process = max(1, math.ceil(hparams["batch_size"] / world))
+    logger.info("batch_size %d over %d process(es): %d utterances each per step, an effective global batch of %d",
+                hparams["batch_size"], world, per_process, per_process * world)
+    return LengthBucketBatchSampler(durations, per_process, **common)
+
+
 def fit_asr(hparams: dict, run_opts: dict, brain_class=None, start_json: str | None = None) -> sb.Brain:
-    """Train ``hparams['model']`` on ``train_csv`` / ``valid_csv``, resuming from the checkpointer.
+    """Train ``hparams['model']`` on ``train_csv`` / ``valid_csv``, resuming from the checkpointer
+    (mid-epoch at the next batch after a checkpoint taken inside an epoch).
     With ``start_json``, the model is first scored on ``valid_csv`` (``brain.start_stats``), written to
     ``start_json`` before any update, so that a run interrupted later resumes knowing its start.
 
     Hparams used: ``brain_class``, ``vocab``, ``model``, ``opt_class``, ``checkpointer``,
-    ``epoch_counter``, ``batch_size``, ``sortagrad_epochs``, ``seed``, ``num_workers``,
-    ``train_csv``, ``valid_csv`` and what the Brain needs (see :class:`ASRBrain`).
+    ``epoch_counter``, ``batch_size`` or ``batch_seconds``, ``sortagrad_epochs``, ``seed``,
+    ``num_workers`` (audio decoding processes per training process), ``train_csv``, ``valid_csv``
+    and what the Brain needs (see :class:`ASRBrain`).
     """
-    from ser_modules.data import LengthBucketBatchSampler, asr_dataset, dataset_durations
+    from ser_modules.data import asr_dataset, dataset_durations, loader_kwargs
 
     sb.utils.distributed.ddp_init_group(run_opts)
     vocab, model = hparams["vocab"], hparams["model"]
@@ -270,14 +413,7 @@ def fit_asr(hparams: dict, run_opts: dict, brain_class=None, start_json: str | N
     eos = getattr(model, "eos_index", None)
     train = asr_dataset(hparams["train_csv"], vocab, bos, eos)
     valid = asr_dataset(hparams["valid_csv"], vocab, bos, eos)
-    # batch_size is the global batch: data-parallel processes each take their share of it.
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    per_process = max(1, math.ceil(hparams["batch_size"] / world))
-    if world > 1:
-        logger.info("data-parallel training over %d processes: %d utterances each per step (global batch %d)",
-                    world, per_process, hparams["batch_size"])
-    sampler = LengthBucketBatchSampler(dataset_durations(train), per_process, shuffle=True,
-                                       sortagrad_epochs=hparams.get("sortagrad_epochs", 1), seed=hparams["seed"])
+    sampler = train_batches(dataset_durations(train), hparams, int(os.environ.get("WORLD_SIZE", 1)))
     hparams["train_sampler"] = sampler
     # The sampler orders batches itself: keep SpeechBrain's DDP wrapper from shuffling them again.
     hparams.setdefault("sorting", "ascending")
@@ -287,13 +423,13 @@ def fit_asr(hparams: dict, run_opts: dict, brain_class=None, start_json: str | N
     eval_sampler = LengthBucketBatchSampler(dataset_durations(valid), hparams.get("eval_batch_size", hparams["batch_size"]),
                                             shuffle=False)
     workers = hparams.get("num_workers", 0)
-    valid_kwargs = {"batch_sampler": eval_sampler, "num_workers": workers}
+    valid_kwargs = loader_kwargs(eval_sampler, workers)
     if start_json:  # the validation scores of the model before any update (no checkpoint exists yet)
         brain.evaluate(valid, test_loader_kwargs=dict(valid_kwargs), progressbar=False)  # evaluate edits its kwargs
         brain.start_stats = dict(brain.last_stats)
         write_json(start_json, brain.start_stats)
-    brain.fit(hparams["epoch_counter"], train, valid,
-              train_loader_kwargs={"batch_sampler": sampler, "num_workers": workers}, valid_loader_kwargs=valid_kwargs)
+    brain.fit(hparams["epoch_counter"], train, valid, train_loader_kwargs=loader_kwargs(sampler, workers),
+              valid_loader_kwargs=valid_kwargs)
     return brain
 
 

@@ -163,6 +163,11 @@ def _read_stamp(folder: str):
         return None
 
 
+def key_digest(inputs: dict) -> str:
+    """A short digest of a unit of work's inputs: what names its unfinished work when set aside."""
+    return hashlib.sha1(json.dumps(_stamp(inputs), sort_keys=True).encode()).hexdigest()[:12]
+
+
 class StagedOutputs:
     """The outputs of one unit of work (an SER run, an adapted model, the ASR training), written aside
     and renamed into place when complete, so finished outputs are never deleted before their
@@ -170,9 +175,11 @@ class StagedOutputs:
 
     ``folder`` holds finished outputs and their ``inputs.json`` (what they were made from); work in
     progress lives in the hidden sibling ``.<name>.partial`` with the ``inputs.json`` of what it is
-    making, so an interrupted run resumes there, and work for other inputs starts afresh there while
-    the finished outputs stay. Being a sibling, the work folder keeps relative paths valid. Under DDP
-    only the main process (``RANK`` 0) prepares the work folder; the others wait for it.
+    making, so an interrupted run resumes there. Unfinished work of other inputs is never deleted:
+    it is moved aside to ``.<name>.aside-<digest of its inputs>`` (one log line says where), and a
+    later run with those inputs again (``batch_size`` set back after an out-of-memory error, say)
+    takes it back and resumes it. Being a sibling, the work folder keeps relative paths valid. Under
+    DDP only the main process (``RANK`` 0) prepares the work folder; the others wait for it.
     """
 
     def __init__(self, folder: str, inputs: dict):
@@ -192,8 +199,14 @@ class StagedOutputs:
                 os.replace(self._old, self.folder)
         return _read_stamp(self.folder) == self.key
 
+    def aside_path(self, inputs: dict) -> str:
+        """Where unfinished work of ``inputs`` is kept while other inputs are being worked on."""
+        parent, name = os.path.split(self.folder)
+        return os.path.join(parent, f".{name}.aside-{key_digest(inputs)}")
+
     def begin(self) -> str:
-        """The work folder for these inputs: resumed when it holds them, else made empty. Returns its path."""
+        """The work folder for these inputs: resumed when it holds them (or when work of them was set
+        aside earlier), else made empty after moving other inputs' unfinished work aside. Returns its path."""
         if _read_stamp(self.work) == self.key:
             return self.work
         if int(os.environ.get("RANK", 0)) > 0:  # DDP: the main process prepares the folder
@@ -203,10 +216,30 @@ class StagedOutputs:
                     raise ManifestError(f"{self.work}: the main process did not prepare this folder within 10 minutes")
                 time.sleep(0.5)
             return self.work
-        shutil.rmtree(self.work, ignore_errors=True)
+        if os.path.isdir(self.work):
+            self._set_aside()
+        aside = self.aside_path(self.key)
+        if _read_stamp(aside) == self.key:
+            os.replace(aside, self.work)
+            logger.info("%s: resuming the unfinished work of these inputs, set aside earlier in %s", self.work, aside)
+            return self.work
         os.makedirs(self.work)
         write_json(os.path.join(self.work, "inputs.json"), self.key)
         return self.work
+
+    def _set_aside(self) -> None:
+        """Move the work folder of other inputs out of the way, never deleting any of it."""
+        stamp = _read_stamp(self.work)
+        if stamp is None and not os.listdir(self.work):  # made but never written to: nothing to keep
+            os.rmdir(self.work)
+            return
+        target = self.aside_path(stamp) if stamp is not None else self.aside_path({"unreadable inputs.json": True})
+        base, n = target, 2
+        while os.path.exists(target):  # never overwrite work kept earlier
+            target, n = f"{base}-{n}", n + 1
+        os.replace(self.work, target)
+        logger.warning("%s: unfinished work of another configuration moved aside to %s (kept: the same "
+                       "configuration again resumes it; delete it to free the disk)", self.work, target)
 
     def publish(self) -> str:
         """Rename the finished work folder onto ``folder`` (replacing older outputs only now); return ``folder``."""
@@ -216,4 +249,3 @@ class StagedOutputs:
         os.replace(self.work, self.folder)
         shutil.rmtree(self._old, ignore_errors=True)
         return self.folder
-

@@ -200,17 +200,26 @@ def test_evaluate_and_results_table(asr_data, tmp_path):
 
 DDP_SCRIPT = r"""
 import os, sys, torch
+import speechbrain as sb
 sys.path.insert(0, {tests!r})
 from test_asr_training import tiny_hparams
-from ser_modules.asr_training import fit_asr, run_options
+from ser_modules.asr_training import CTCBrain, fit_asr, run_options
+
+class NaNOnRank1Step2(CTCBrain):  # one process meets a non-finite loss: every process must skip that step
+    def compute_objectives(self, predictions, batch, stage):
+        loss = super().compute_objectives(predictions, batch, stage)
+        bad = stage == sb.Stage.TRAIN and self.step == 2 and os.environ["RANK"] == "1"
+        return loss * float("nan") if bad else loss
+
 hp = tiny_hparams("ctc_transfer", {data!r}, os.path.join({out!r}, "exp"))
 hp["epoch_counter"].limit = 1
-fit_asr(hp, run_options("cpu", noprogressbar=True))
-torch.save(hp["model"].state_dict(), os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
+brain = fit_asr(hp, run_options("cpu", noprogressbar=True), NaNOnRank1Step2)
+torch.save({{"model": hp["model"].state_dict(), "skipped": brain.skipped_batches}},
+           os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
 """
 
 
-def test_ddp_two_cpu_processes_stay_identical(asr_data, tmp_path):
+def test_ddp_two_cpu_processes_stay_identical_and_skip_a_non_finite_step_together(asr_data, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(tests=os.path.dirname(__file__), data=asr_data, out=str(tmp_path)))
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.path.join(REPO, "local"), "OMP_NUM_THREADS": "1"}
@@ -218,6 +227,8 @@ def test_ddp_two_cpu_processes_stay_identical(asr_data, tmp_path):
                            str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert a["skipped"] == b["skipped"] == 1  # rank 1's non-finite loss skipped the step on both ranks
+    a, b = a["model"], b["model"]
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name

@@ -42,11 +42,11 @@ SER_VARIANTS = ("MP-1", "baseline-8")
 FOLDS = ("session1", "session2")
 
 
-def run(exp, tiny_demo, *args, env=None, check=True) -> subprocess.CompletedProcess:
-    """``recipes/ctc_transfer/run.sh`` on the tiny demo corpus with the tiny models."""
+def run(exp, tiny_demo, *args, env=None, check=True, asr_root=None) -> subprocess.CompletedProcess:
+    """``recipes/ctc_transfer/run.sh`` on the tiny demo corpus (or another LibriSpeech tree) with the tiny models."""
     cmd = ["bash", os.path.join(REPO, "recipes", "ctc_transfer", "run.sh"), "--exp-dir", str(exp), "--size", "demo",
            "--emotion-corpus", "iemocap", "--emotion-root", tiny_demo["iemocap"], "--asr-corpus", "librispeech",
-           "--asr-root", tiny_demo["librispeech"], "--nj", "1", "--folds", "loso", *TINY, *args]
+           "--asr-root", asr_root or tiny_demo["librispeech"], "--nj", "1", "--folds", "loso", *TINY, *args]
     proc = subprocess.run(cmd, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **(env or {})},
                           capture_output=True, text=True, timeout=900)
     if check:
@@ -200,7 +200,7 @@ def finished_runs(exp) -> dict[str, bytes]:
 def work_folders(exp) -> list[str]:
     """Unfinished work left in the experiment: hidden work folders and interrupted dumps."""
     return sorted(os.path.relpath(os.path.join(d, n), exp) for d, dirs, _ in os.walk(exp) for n in dirs
-                  if n.endswith(".partial") or n.endswith(".old") or ".partial-" in n)
+                  if n.endswith(".partial") or n.endswith(".old") or ".partial-" in n or ".aside-" in n)
 
 
 def test_a_changed_configuration_keeps_finished_runs_until_their_replacement_is_complete(base, tiny_demo, tmp_path):
@@ -460,8 +460,10 @@ def test_stage5_through_submitit_equals_the_process_pool(base, scenarios):
     results_equal(exp, base)
 
 
-def test_ngpu_gives_each_worker_one_device():
+def test_ngpu_gives_each_worker_one_device(monkeypatch):
     from ser_modules.jobs import job_devices
 
-    assert job_devices("cuda:0", 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert job_devices("cuda", 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
     assert job_devices("cuda:1", 1) == ["cuda:1"] and job_devices("cpu", 2) == ["cpu"]

@@ -1,9 +1,12 @@
 """Stage 2: pretrain the recipe's ASR model (conf/asr.yaml) on the ASR corpus, then score it.
 
-Resumes from the last checkpoint after an interruption; a finished run (``done.json`` with the
-same configuration) is skipped; a changed training configuration or ASR corpus trains afresh in a
-work folder that replaces the old run only when complete, a change of evaluation-only keys
-(decoders, beam size) re-scores the trained model. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest checkpoints), ``hyperparams.yaml``,
+Resumes from the last checkpoint after an interruption (``ckpt_interval_minutes`` also checkpoints
+inside an epoch, and a resumed run continues at the next batch); a finished run (``done.json`` with
+the same configuration) is skipped; a changed training configuration or ASR corpus trains afresh in a
+work folder that replaces the old run only when complete (an unfinished run of another configuration
+is moved aside, never deleted), a change of evaluation-only keys (decoders, beam size, loader workers,
+checkpoint interval) re-scores the trained model, and raising ``n_epochs`` or ``patience`` continues
+the same run. Writes ``<exp>/asr/``: ``save/`` (best-by-CER and latest checkpoints), ``hyperparams.yaml``,
 ``train_log.txt``, ``wer_<split>_<decoder>.txt`` and rows of ``<exp>/asr_results.csv``.
 """
 
@@ -22,7 +25,11 @@ from ser_modules.fileio import StagedOutputs, file_digest, read_json, run_main, 
 from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
 
-EVAL_ONLY_KEYS = ("decoders", "beam_size", "decode_ctc_weight", "eval_batch_size", "num_workers")
+# Keys that do not change what training computes: a change there resumes the run and re-scores.
+EVAL_ONLY_KEYS = ("decoders", "beam_size", "decode_ctc_weight", "eval_batch_size", "num_workers",
+                  "ckpt_interval_minutes", "ckpt_interval_steps")
+# Keys that only say how long training goes on: raising them continues the same run.
+RESUMABLE_KEYS = ("n_epochs", "patience", "epoch_counter")
 
 
 def main(argv=None) -> None:
@@ -34,8 +41,8 @@ def main(argv=None) -> None:
     # The run is identified by its configuration and its data.
     data_digest = file_digest(hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"])
     config_hash = hashlib.sha1((canonical_config(resolved, args.exp_dir) + data_digest).encode()).hexdigest()[:16]
-    # Evaluation-only keys do not invalidate the training: a change there resumes and re-scores.
-    training = canonical_config(resolved, args.exp_dir, drop=EVAL_ONLY_KEYS)
+    # Evaluation-only keys and the epoch limits do not invalidate the training: a change there resumes it.
+    training = canonical_config(resolved, args.exp_dir, drop=EVAL_ONLY_KEYS + RESUMABLE_KEYS)
     training_hash = hashlib.sha1((training + data_digest).encode()).hexdigest()[:16]
     done_path = os.path.join(out, "done.json")
     if os.path.isfile(done_path) and read_json(done_path).get("config") == config_hash:
@@ -47,11 +54,13 @@ def main(argv=None) -> None:
     work = out if staged.done else staged.begin()
     if work != out:
         if os.path.isdir(out):
-            log.warning("stage 2 starts from scratch in %s (training configuration %s); the older run in %s stays "
-                        "until this one is complete", work, training_hash, out)
+            log.warning("stage 2 trains in %s (training configuration %s); the older run in %s stays until this one "
+                        "is complete", work, training_hash, out)
         hparams, _ = load_stage_hparams(args.conf_dir, "asr", args.size, {**runner, "output_folder": work},
                                         args.overrides)
         os.makedirs(hparams["checkpointer"].checkpoints_dir, exist_ok=True)
+    if hparams["checkpointer"].list_checkpoints():
+        log.info("stage 2 resumes from the latest checkpoint in %s", hparams["checkpointer"].checkpoints_dir)
     write_text(os.path.join(work, "hyperparams.yaml"), resolved)
     model_yaml = os.path.join(work, "model_hparams.yaml")
     write_text(model_yaml, model_blocks(resolved))
@@ -74,7 +83,7 @@ def main(argv=None) -> None:
     for split, csv in (("dev", hparams["valid_csv"]), ("test", hparams["test_csv"])):
         res = evaluate_asr(model, features, asr_dataset(csv, vocab, bos, eos), vocab, args.device, work, split,
                            hparams["decoders"], hparams.get("eval_batch_size", 16), hparams.get("beam_size", 10),
-                           hparams.get("decode_ctc_weight", 0.5))
+                           hparams.get("decode_ctc_weight", 0.5), hparams.get("num_workers", 0))
         for method, r in res.items():
             rows.append({"model": hparams["model_name"], "stage": "pretrained", "corpus": corpus, "split": split,
                          "decoder": method, **r, "checkpoint": os.path.join("asr", ckpt) if ckpt else ""})
