@@ -52,3 +52,22 @@ def upstream_exp(tiny_demo, tmp_path_factory):
     exp = root / "exp"
     proc = run_recipe("upstream_probe", exp, tiny_demo, ["--upstream", folder, *UPSTREAM_TINY])
     return exp, proc
+
+
+@pytest.fixture(scope="session")
+def ctc_exp(tiny_demo, tmp_path_factory):
+    """recipes/ctc_transfer end to end on the tiny demo corpus with tiny models (test_pipeline.CTC_TINY);
+    shared by the pipeline and inference tests, which copy it before changing anything."""
+    from test_pipeline import CTC_TINY, run_recipe
+
+    exp = tmp_path_factory.mktemp("ctc") / "exp"
+    return exp, run_recipe("ctc_transfer", exp, tiny_demo, CTC_TINY)
+
+
+@pytest.fixture(scope="session")
+def las_exp(tiny_demo, tmp_path_factory):
+    """recipes/las_adapt end to end on the tiny demo corpus (per-fold adapted LAS, IAAN; test_pipeline.LAS_TINY)."""
+    from test_pipeline import LAS_TINY, run_recipe
+
+    exp = tmp_path_factory.mktemp("las") / "exp"
+    return exp, run_recipe("las_adapt", exp, tiny_demo, LAS_TINY)

@@ -2,7 +2,7 @@
 most ``batch_size``, each ASR model run once per window for both the SER layer and the transcript,
 peak memory independent of the recording's length, and the experiment's own decoding keys.
 
-The trained experiments are test_pipeline.py's tiny ``ctc_exp`` (DeepSpeech2; MP-2, baseline-8,
+The trained experiments are conftest.py's tiny ``ctc_exp`` (DeepSpeech2; MP-2, baseline-8,
 Progressive-1) and ``las_exp`` (LAS with per-fold adapted models; IAAN variants)."""
 
 import json
@@ -22,7 +22,6 @@ import torch
 from ser_modules.decoding import Transcriber
 from ser_modules.infer import EmotionRecognizer, main as infer_main, resolve_device
 from ser_modules.text import CharVocabulary
-from test_pipeline import ctc_exp, las_exp  # noqa: F401  (module-scoped fixtures: the tiny trained experiments)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 16000
