@@ -269,7 +269,10 @@ run_training() {
   local module=$1; shift
   local procs gpus
   gpus=$(gpu_count)
-  case "$device" in cuda:*) gpus=0 ;; esac  # one named GPU: a single process on it
+  if [[ "$device" == cuda:* ]]; then  # one named GPU: a single process on it
+    run_child $python -m "$module" "$@" -- "${overrides[@]}"
+    return
+  fi
   if [ "$gpus" -gt 0 ]; then
     procs=$ngpu; [ "$procs" -gt 0 ] || procs=$gpus
     if [ "$procs" -gt "$gpus" ]; then log "--ngpu $procs: only $gpus GPU(s) visible"; return 2; fi

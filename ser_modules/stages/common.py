@@ -50,7 +50,8 @@ def parse_stage_args(parser: argparse.ArgumentParser, argv=None):
     args.overrides = overrides
     stop_on_sigterm()  # SIGTERM unwinds like Ctrl-C: workers are stopped, unfinished outputs stay aside
     args.device_request = args.device  # what cluster jobs resolve on their own node
-    args.device = resolve_device(args.device)
+    if getattr(args, "launcher", "pool") == "pool":  # a submitting host (a login node) decides nothing
+        args.device = resolve_device(args.device)
     return args
 
 

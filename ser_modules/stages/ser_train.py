@@ -101,12 +101,12 @@ def main(argv=None) -> None:
     # Longest jobs first: the last ones to finish are then the short ones, and the workers end together.
     ordered = sorted(variants, key=lambda v: COST_RANK.get(v["type"], len(COST_RANK)))
     jobs = [(v, f, r) for v in ordered for f in range(len(folds)) for r in range(hp["n_runs"])]
-    nj, devices = stage_jobs(args)
-    nj = min(nj, len(jobs))
     state = {"stores": stores, "folds": folds, "manifest": manifest, "classes": classes, "hp": hp, "out": out,
-             "device": args.device, "devices": devices}
+             "device": args.device}
     os.makedirs(out, exist_ok=True)
     if args.launcher == "pool":
+        nj, devices = stage_jobs(args)
+        nj, state["devices"] = min(nj, len(jobs)), devices
         log.info("stage 5: %d variants x %d folds x %d runs = %d trainings, classes %s, %d job(s) in parallel on %s",
                  len(variants), len(folds), hp["n_runs"], len(jobs), classes, nj, ", ".join(devices))
         results = run_jobs(_run_job, jobs, nj, state, "SER", setup=_open_stores)
