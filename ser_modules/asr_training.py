@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ser_modules.data import LengthBucketBatchSampler
 from ser_modules.decoding import Transcriber, ctc_greedy
-from ser_modules.fileio import atomic_path, write_csv, write_json
+from ser_modules.fileio import TrainingDiverged, atomic_path, write_csv, write_json
 from ser_modules.jobs import fault_point
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ class ASRBrain(sb.Brain):
 
     A training batch whose loss is not finite (on any process) is skipped: no gradient, no update (its
     batch-norm statistics undone), a warning naming its utterances and a count per epoch, so one bad
-    batch cannot poison the weights.
+    batch cannot poison the weights. More than ``nonfinite_patience`` (SpeechBrain's run option) such
+    batches in a row mean the weights diverged: training stops with one line (:class:`TrainingDiverged`).
     """
 
     def on_fit_start(self):
@@ -151,7 +152,8 @@ class ASRBrain(sb.Brain):
         """SpeechBrain's training step, except that a non-finite loss skips the batch (see class doc)."""
         should_step = (self.step % self.grad_accumulation_factor) == 0
         self.on_fit_batch_start(batch, should_step)
-        # The forward pass updates batch-norm statistics: a skipped batch must leave them as they were.
+        # The forward pass updates batch-norm statistics (torch's or the models' masked ones, which are not
+        # _BatchNorm): a skipped batch must leave every buffer of the model as it was.
         buffers = [(b, b.detach().clone()) for b in self.modules.buffers()]
         with self.no_sync(not should_step):
             with self.training_ctx:
@@ -162,12 +164,18 @@ class ASRBrain(sb.Brain):
                     for buffer, before in buffers:
                         buffer.copy_(before)
                 self.skipped_batches += 1
+                self.skipped_in_a_row += 1
                 logger.warning("epoch %s: the loss of a training batch is not finite (utterances %s): batch skipped, "
                                "no update (%d skipped in this epoch)", self.hparams.epoch_counter.current,
                                ", ".join(list(batch.id)[:4]) + (", ..." if len(batch.id) > 4 else ""),
                                self.skipped_batches)
                 self.zero_grad(set_to_none=True)
+                if self.skipped_in_a_row > self.nonfinite_patience:  # every batch fails: the weights diverged
+                    raise TrainingDiverged(f"epoch {self.hparams.epoch_counter.current}: {self.skipped_in_a_row} "
+                                           "training batches in a row had a non-finite loss: training diverged (a "
+                                           "lower learning rate may help); the checkpoints written so far stay")
                 return loss.detach().cpu()  # not finite: SpeechBrain's running average leaves it out
+            self.skipped_in_a_row = 0
             scaled_loss = self.scaler.scale(loss / self.grad_accumulation_factor)
             scaled_loss.backward()
         if should_step:
@@ -192,7 +200,7 @@ class ASRBrain(sb.Brain):
             seed_all(self.hparams.seed * 1000 + int(epoch or 0))
             if hasattr(self, "random_state"):
                 self.random_state.restore_pending()  # resumed inside this epoch: the generators of that moment
-            self.skipped_batches = 0
+            self.skipped_batches = self.skipped_in_a_row = 0
             sampler = getattr(self.hparams, "train_sampler", None)
             if sampler is not None:
                 sampler.set_epoch(int(epoch or 1))

@@ -15,6 +15,7 @@ a checkpoint sees exactly the batches an uninterrupted run sees.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -26,7 +27,7 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataloader import make_dataloader
 
 from ser_modules.audio import load_audio
-from ser_modules.fileio import file_digest, read_manifest
+from ser_modules.fileio import ManifestError, file_digest, read_manifest
 from ser_modules.text import CharVocabulary
 
 
@@ -60,17 +61,26 @@ class ManifestArrays:
     memory-mapped arrays, built once in ``.<csv name>.arrays-<digest>/`` beside the CSV (atomically;
     a changed CSV gets a new folder). Every process maps the same pages of the operating system's
     cache, and pickling sends only the paths, so loader workers hold no copy of the manifest.
-    Absent text columns read as ``""``, absent or empty numbers as NaN."""
+    ``required`` columns must be in the CSV (and every duration given), else a :class:`ManifestError`
+    names the file; other absent text columns read as ``""``, absent or empty numbers as NaN."""
 
-    def __init__(self, csv_path: str):
+    def __init__(self, csv_path: str, required=("ID", "wav", "duration")):
         self.csv_path = os.path.abspath(csv_path)
         self.folder = self._build()
         self._arrays: dict[str, np.ndarray] | None = None
+        with open(os.path.join(self.folder, "columns.json"), encoding="utf-8") as f:
+            present = json.load(f)
+        missing = [c for c in required if c not in present]
+        if missing:
+            raise ManifestError(f"{self.csv_path}: missing column(s) {missing}; found {present}")
+        if "duration" in required and np.isnan(self.numbers("duration")).any():
+            row = int(np.flatnonzero(np.isnan(self.numbers("duration")))[0])
+            raise ManifestError(f"{self.csv_path}: utterance {self.text('ID', row)!r} has no duration")
 
     def _build(self) -> str:
         parent, name = os.path.split(self.csv_path)
         folder = os.path.join(parent, f".{name}.arrays-{file_digest(self.csv_path)[:12]}")
-        if os.path.isfile(os.path.join(folder, "done")):
+        if os.path.isfile(os.path.join(folder, "columns.json")):  # written last: the arrays are complete
             return folder
         frame = read_manifest(self.csv_path, ("ID", "wav"))
         tmp = tempfile.mkdtemp(prefix=f".{name}.arrays-tmp-", dir=parent)
@@ -84,7 +94,10 @@ class ManifestArrays:
                 values = frame[column] if column in frame.columns else [""] * len(frame)
                 numbers = np.array([np.nan if v is None or v == "" else float(v) for v in values], dtype=np.float64)
                 np.save(os.path.join(tmp, f"{column}.npy"), numbers)
-            open(os.path.join(tmp, "done"), "w").close()
+            with open(os.path.join(tmp, "columns.json"), "w", encoding="utf-8") as f:
+                json.dump(list(frame.columns), f)
+            if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "columns.json")):
+                shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder of an older version
             try:
                 os.replace(tmp, folder)  # another process may have built it meanwhile: same content
             except OSError:
@@ -129,7 +142,7 @@ class ManifestDataset(torch.utils.data.Dataset):
 
     def __init__(self, csv_path: str, vocab: CharVocabulary | None = None, bos_index: int | None = None,
                  eos_index: int | None = None):
-        self.table = ManifestArrays(csv_path)
+        self.table = ManifestArrays(csv_path, ("ID", "wav", "duration") + (("transcript",) if vocab else ()))
         self.vocab, self.bos_index, self.eos_index = vocab, bos_index, eos_index
         keys = ["id", "sig"]
         if vocab is not None:

@@ -32,6 +32,10 @@ class ManifestError(ValueError):
     """A manifest or corpus file is malformed; the message names the file and the problem."""
 
 
+class TrainingDiverged(RuntimeError):
+    """Training cannot go on (every batch's loss is non-finite); the message says where and why."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -98,14 +102,15 @@ def read_manifest(path: str, required: Sequence[str] = ("ID",)) -> pd.DataFrame:
 
 def run_main(main: Callable[[], object], name: str):
     """Run a command-line ``main`` and return its result. A :class:`ManifestError`, an
-    :class:`~ser_modules.hparams.HparamsError` or an :class:`~ser_modules.audio_file.AudioReadError` (their
+    :class:`~ser_modules.hparams.HparamsError`, an :class:`~ser_modules.audio_file.AudioReadError` or a
+    :class:`TrainingDiverged` (their
     messages name the file or key and the problem) ends it with that one line and exit code 1, not a
     traceback; Ctrl-C with one line and exit code 130."""
     from ser_modules.hparams import HparamsError
 
     try:
         return main()
-    except (ManifestError, HparamsError, AudioReadError) as err:
+    except (ManifestError, HparamsError, AudioReadError, TrainingDiverged) as err:
         logging.getLogger(name).error("%s", err)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ import soundfile as sf
 import speechbrain as sb
 import torch
 
-from ser_modules.fileio import ManifestError, StagedOutputs, read_json
+from ser_modules.fileio import ManifestError, StagedOutputs, TrainingDiverged, read_json
 from test_asr_training import asr_data  # noqa: F401 (a fixture: 16 training, 4 dev utterances of the tiny demo)
 from test_faults import run
 
@@ -286,6 +286,14 @@ def test_a_non_finite_loss_skips_its_batch_and_is_counted(asr_data, tmp_path, ca
     for (name, a), b in zip(skipped["model"].state_dict().items(), reference["model"].state_dict().values()):
         assert torch.isfinite(a.float()).all() and torch.equal(a, b), name
 
+    class Diverged(CTCBrain):  # every batch fails: the run stops instead of skipping for days
+        def compute_objectives(self, predictions, batch, stage):
+            return super().compute_objectives(predictions, batch, stage) * float("nan")
+
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: 3 training batches in a row had a non-finite loss"):
+        fit_asr(tiny_ctc(asr_data, tmp_path / "diverged", "asr.nonfinite_patience=2"),
+                run_options("cpu", noprogressbar=True), Diverged)
+
 
 # ----------------------------------------------------------------------------------------------
 # Devices: ranks, workers and cluster jobs on distinct GPUs (no GPU needed)
@@ -346,8 +354,17 @@ def test_a_cluster_job_resolves_its_device_on_its_own_node(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: visible > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
 
-    on_node(0)  # the login node that submits has no GPU ...
+    on_node(0)  # the login node that submits has no GPU: stage 5 with a cluster launcher decides nothing there ...
     assert jobs.resolve_device("auto") == "cpu"
+    from ser_modules.stages.common import parse_stage_args, stage_parser
+
+    parser = stage_parser("stage 5")
+    parser.add_argument("--launcher", default="pool")  # as stage 5's own parser has it
+    args = parse_stage_args(parser, ["--exp-dir", "e", "--data-dir", "d", "--conf-dir", "c", "--device", "cuda",
+                                     "--launcher", "slurm"])
+    assert args.device == args.device_request == "cuda"  # no "no GPU is visible" error on the login node
+    with pytest.raises(ManifestError, match="--device cuda: no GPU is visible"):  # the pool would compute here
+        parse_stage_args(parser, ["--exp-dir", "e", "--data-dir", "d", "--conf-dir", "c", "--device", "cuda"])
     on_node(1)  # ... the compute node running the job has one
     assert jobs._run_submitted(lambda job: jobs.worker_state()["device"], {"device_request": "auto"}, None, "j") == "cuda:0"
 

@@ -27,7 +27,7 @@ from ser_modules.stages.common import parse_stage_args, stage_logging, stage_par
 
 # Keys that do not change what training computes: a change there resumes the run and re-scores.
 EVAL_ONLY_KEYS = ("decoders", "beam_size", "decode_ctc_weight", "eval_batch_size", "num_workers",
-                  "ckpt_interval_minutes", "ckpt_interval_steps")
+                  "ckpt_interval_minutes", "ckpt_interval_steps", "nonfinite_patience")
 # Keys that only say how long training goes on: raising them continues the same run.
 RESUMABLE_KEYS = ("n_epochs", "patience", "epoch_counter")
 
