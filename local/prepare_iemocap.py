@@ -29,7 +29,7 @@ from collections import Counter
 
 import pandas as pd
 
-from ser_modules.audio_file import audio_duration
+from ser_modules.audio_file import header_duration
 from ser_modules.corpus import IEMOCAP_CLASSES, complete_columns, write_emotion_protocol, write_summary, EMOTION_COLUMNS
 from ser_modules.dialog import UTTERANCE_ID as _UTT_ID, add_context, parse_transcription_lines
 from ser_modules.fileio import ManifestError, run_main, setup_logging, write_csv
@@ -192,7 +192,7 @@ def read_corpus(root: str, screen=None) -> pd.DataFrame:
                     missing_text += 1
                 sess, gender = int(m.group(2)), m.group(3)
                 rows.append({
-                    "ID": turn["ID"], "wav": os.path.abspath(wav), "duration": round(audio_duration(wav), 4),
+                    "ID": turn["ID"], "wav": os.path.abspath(wav), "duration": header_duration(wav),
                     "session": sess, "speaker": f"Ses{sess:02d}_{gender}", "gender": gender, "dialog": dialog,
                     "start": turn["start"], "end": turn["end"], "label": turn["label"],
                     "transcript": remove_special_tokens(texts.get(turn["ID"], "")),
@@ -210,11 +210,18 @@ def read_corpus(root: str, screen=None) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if screen is not None:
         frame = screen(frame, "iemocap")
+        if frame.empty:
+            raise ManifestError(f"{root}: the audio of every labelled turn was rejected (see rejected.csv)")
     return add_context(frame)
 
 
-def check_expected_counts(turns: pd.DataFrame, standard: pd.DataFrame, strict: bool) -> None:
-    """Compare with the published counts on the full release; warn (partial data) or raise."""
+def check_expected_counts(turns: pd.DataFrame, standard: pd.DataFrame, strict: bool, rejected: int = 0) -> None:
+    """Compare with the published counts on the full release; warn (partial data) or raise. With
+    ``rejected`` turns left out by stage 1's audio check, the counts cannot match: say so, not "partial"."""
+    if rejected and len(turns) + rejected == FULL_CORPUS_TURNS:
+        logger.warning("full IEMOCAP, but %d turn(s) rejected by the audio check (rejected.csv): the published "
+                       "counts are not compared", rejected)
+        return
     if len(turns) != FULL_CORPUS_TURNS:
         logger.warning("partial IEMOCAP (%d labelled turns of %d): expected counts not checked",
                        len(turns), FULL_CORPUS_TURNS)
@@ -269,7 +276,7 @@ def prepare_iemocap(root: str, out: str, valid_fraction: float = 0.1, seed: int 
     standard["emotion"] = standard["label"].map(STANDARD_MAP)
     protocols = {"standard": standard}
     protocols.update((name, vote_protocol(turns, column)) for name, column in VOTE_PROTOCOLS.items())
-    check_expected_counts(turns, standard, strict_counts)
+    check_expected_counts(turns, standard, strict_counts, screen.count("iemocap") if screen is not None else 0)
     for name in VOTE_PROTOCOLS:
         log_against_paper(name, protocols[name])
 

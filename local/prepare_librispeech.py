@@ -13,7 +13,7 @@ import os
 
 import pandas as pd
 
-from ser_modules.audio_file import AudioReadError, audio_duration
+from ser_modules.audio_file import header_duration
 from ser_modules.fileio import ManifestError
 from ser_modules.text import normalize_transcript
 
@@ -24,15 +24,6 @@ DEFAULT_SUBSETS = {"train": ["train-clean-100"], "dev": ["dev-clean"], "test": [
 # The papers' ~960 h (Lakomkin 2018, Yeh 2020): what --size paper trains on unless told otherwise.
 PAPER_SUBSETS = {"train": ["train-clean-100", "train-clean-360", "train-other-500"], "dev": ["dev-clean"],
                  "test": ["test-clean"]}
-
-
-def header_duration(path: str) -> float:
-    """Seconds from the audio header, NaN for a file whose header cannot be read: kept in the manifest,
-    so that stage 1's audio check lists it in ``rejected.csv`` with the reason."""
-    try:
-        return round(audio_duration(path), 4)
-    except AudioReadError:
-        return float("nan")
 
 
 def read_subset(root: str, subset: str) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from collections import Counter
 
 import pandas as pd
 
-from ser_modules.audio_file import AudioReadError, audio_info
+from ser_modules.audio_file import header_duration
 from ser_modules.fileio import ManifestError
 from ser_modules.text import normalize_transcript
 
@@ -75,13 +75,9 @@ def read_submission(root: str, folder: str, counts: Counter) -> list[dict]:
             if not transcript:
                 counts["empty transcript"] += 1
                 continue
-            try:
-                sr, frames, _ = audio_info(audio)
-                duration = round(frames / sr, 4)
-            except AudioReadError:  # kept: stage 1's audio check lists it in rejected.csv with the reason
-                duration = float("nan")
             rows.append({"ID": f"vf-{folder}-{utt}", "wav": os.path.abspath(audio), "seg_start": "", "seg_end": "",
-                         "duration": duration, "speaker": speaker, "corpus": "voxforge", "transcript": transcript})
+                         "duration": header_duration(audio), "speaker": speaker, "corpus": "voxforge",
+                         "transcript": transcript})
     return rows
 
 

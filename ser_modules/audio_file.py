@@ -37,6 +37,15 @@ def audio_duration(path: str) -> float:
     return frames / sr
 
 
+def header_duration(path: str) -> float:
+    """Seconds from the header, NaN for a file whose header cannot be read: a preparer keeps such a row,
+    so that stage 1's audio check lists it in ``rejected.csv`` with the reason instead of it vanishing."""
+    try:
+        return round(audio_duration(path), 4)
+    except AudioReadError:
+        return float("nan")
+
+
 def signal_problem(samples: np.ndarray, path: str, min_samples: int = 0, sample_rate: int = 16000) -> str | None:
     """What makes the mono signal ``samples`` of ``path`` unusable (NaN or infinite samples, only zero
     samples, fewer than ``min_samples``, e.g. one analysis window of a model's features), or None."""

@@ -27,13 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import speechbrain as sb
 import torch
-from speechbrain.dataio.batch import PaddedBatch
 from tqdm import tqdm
 
 from ser_modules.asr_training import absolute_lengths
-from ser_modules.data import LengthBucketBatchSampler, manifest_dataset, read_utterance
+from ser_modules.data import LengthBucketBatchSampler, make_loader, manifest_dataset, read_utterance
 from ser_modules.features import feature_config, minimum_samples
 from ser_modules.fileio import ManifestError, atomic_path, read_json, write_csv, write_json
 from ser_modules.jobs import fault_point
@@ -357,8 +355,7 @@ def dump_asr_layers(model: torch.nn.Module, features: torch.nn.Module, utterance
         dataset = manifest_dataset(csv_path)
         dataset.set_output_keys(["id", "sig"])
         sampler = LengthBucketBatchSampler(utterances["duration"].astype(float).tolist(), batch_size, shuffle=False)
-        # PaddedBatch named: SpeechBrain picks it by itself only for its own DynamicItemDataset.
-        loader = sb.dataio.dataloader.make_dataloader(dataset, batch_sampler=sampler, collate_fn=PaddedBatch)
+        loader = make_loader(dataset, sampler)
         started, seconds = time.time(), 0.0
         for batch in tqdm(loader, desc=f"dumping {name} {layers}", leave=False):
             wavs, rel = batch.sig

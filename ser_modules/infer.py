@@ -26,7 +26,7 @@ length of a recording. Each ASR model runs once per window: one forward gives th
 layer and the transcript decoder its input (DeepSpeech2's CTC logits, the LAS listener output). The
 transcript comes from the first fold's ASR model (the pretrained one, or that fold's adapted one),
 decoded with the experiment's own ``beam_size`` and ``decode_ctc_weight``: those of stage 3's
-configuration for an adapted model (``adapt/<variant>/<fold>/inputs.json``), else of stage 2's
+configuration for an adapted model (``adapt/hyperparams.yaml``), else of stage 2's
 (``asr/hyperparams.yaml``), else 4 and 0.5; ``--beam-size`` and ``--ctc-weight`` override them.
 
 IAAN variants read the dialog context they were trained with: the previous turn of the same speaker
@@ -56,7 +56,7 @@ from ser_modules.decoding import Transcriber
 from ser_modules.dialog import load_dialog_context
 from ser_modules.features import EGeMAPSFunctionals, minimum_samples
 from ser_modules.fileio import ManifestError, read_json, write_csv, write_text
-from ser_modules.hparams import stage_values
+from ser_modules.hparams import HparamsError, stage_values
 from ser_modules.jobs import resolve_device
 from ser_modules.ser_training import VariantSpec, build_model, collate, forward
 
@@ -268,11 +268,7 @@ class EmotionRecognizer:
         """The precision stage 4 stored representations in (inference rounds the same way)."""
         if not hasattr(self, "_dtype"):
             path = os.path.join(self.exp_dir, "dump", "hyperparams.yaml")
-            dtype = "float16"
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    dtype = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("dtype:")), dtype)
-            self._dtype = getattr(torch, dtype)
+            self._dtype = getattr(torch, stage_values(path).get("dtype", "float16") if os.path.isfile(path) else "float16")
         return self._dtype
 
     @torch.no_grad()
@@ -520,7 +516,7 @@ def main(argv=None) -> int:
                                                 decoder=args.decoder, max_seconds=args.max_seconds, long=args.long,
                                                 context=args.context, beam_size=args.beam_size,
                                                 ctc_weight=args.ctc_weight)
-    except ManifestError as err:
+    except (ManifestError, HparamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     files = find_audio(args.audio)

@@ -174,10 +174,13 @@ class HFUpstream(nn.Module):
 
     @torch.no_grad()
     def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
-        states = self.hidden_states(wavs, samples)
-        frames = self.frames(samples).to(wavs.device)
+        return self.layers_of(self.hidden_states(wavs, samples), samples, layers)
+
+    def layers_of(self, states: tuple, samples: torch.Tensor, layers: list[str]) -> dict:
+        """``{name: (hidden [B, T, D], frames [B])}`` of ``layers`` from :meth:`hidden_states`' output."""
+        frames = self.frames(samples).to(states[0].device)
         t = int(frames.max())
-        return {name: (states[int(name[len("layer"):])][:, :t], frames) for name in layers}
+        return {name: (states[self.layer_names.index(name)][:, :t], frames) for name in layers}
 
 
 def receptive_field(kernels, strides) -> int:
@@ -292,10 +295,8 @@ class CTCUpstream(nn.Module):
         frames [B])}, (logits [B, T, V], frames))`` (inference reads a SER layer and decodes from one pass)."""
         states = self.upstream.hidden_states(wavs, samples)
         frames = self.upstream.frames(samples).to(wavs.device)
-        t = int(frames.max())
-        names = self.layer_names if layers is None else layers
-        return ({name: (states[self.layer_names.index(name)][:, :t], frames) for name in names},
-                (self.head(states[-1][:, :t]), frames))
+        hidden = self.upstream.layers_of(states, samples, self.layer_names if layers is None else layers)
+        return hidden, (self.head(states[-1][:, : int(frames.max())]), frames)
 
     def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
         return self.upstream.forward_layers(wavs, samples, layers)

@@ -257,13 +257,14 @@ def test_stage4_refuses_to_start_without_disk_room_and_writes_no_store(experimen
         stage.main(argv)
 
 
-def test_stage4_estimate_matches_what_it_writes_and_completes_old_stores(experiment, capsys):
+def test_stage4_estimate_matches_what_it_writes_and_completes_old_stores(experiment, caplog):
     from ser_modules.stages import dump as stage
 
     exp, argv = experiment
     out = exp / "dump"
+    caplog.set_level("INFO")
     stage.main(argv)
-    printed = capsys.readouterr().out
+    printed = caplog.text
     total = int(printed.split("stage 4 will write ")[1].split("(")[1].split(" bytes")[0].replace(",", ""))
     stores = stores_written(out)
     assert sorted(stores) == ["egemaps", "handcrafted", "pretrained"]
@@ -275,11 +276,13 @@ def test_stage4_estimate_matches_what_it_writes_and_completes_old_stores(experim
     kept = {layer: np.load(os.path.join(pretrained, pooled_file(layer))) for layer in ("gru1", "gru2")}
     for layer in kept:
         os.remove(os.path.join(pretrained, pooled_file(layer)))
+    caplog.clear()
     stage.main(argv)
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "pretrained: reused" in printed and "adds pooled vectors" in printed
     assert "handcrafted: reused" in printed and "egemaps: reused" in printed
     for layer, matrix in kept.items():
         np.testing.assert_array_equal(np.load(os.path.join(pretrained, pooled_file(layer))), matrix)
+    caplog.clear()
     stage.main(argv)
-    assert "stage 4 will write 0 B (0 bytes)" in capsys.readouterr().out
+    assert "stage 4 will write 0 B (0 bytes)" in caplog.text

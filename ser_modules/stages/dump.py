@@ -98,8 +98,7 @@ def check_disk_room(plans: list[StorePlan], out: str, log) -> None:
     """Print and log what stage 4 will write; :class:`ManifestError` (one line: folder, bytes needed,
     bytes free) when ``out`` lacks room for it plus :data:`DISK_MARGIN`."""
     free = shutil.disk_usage(out).free
-    for line in describe_plans(plans, out, free):
-        print(line)
+    for line in describe_plans(plans, out, free):  # logged: on the console and in logs/stage4_dump.log
         log.info("%s", line)
     needed = int(sum(p.bytes for p in plans) * DISK_MARGIN)
     if free < needed:
