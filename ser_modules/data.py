@@ -73,8 +73,9 @@ class ManifestArrays:
         missing = [c for c in required if c not in present]
         if missing:
             raise ManifestError(f"{self.csv_path}: missing column(s) {missing}; found {present}")
-        if "duration" in required and np.isnan(self.numbers("duration")).any():
-            row = int(np.flatnonzero(np.isnan(self.numbers("duration")))[0])
+        missing_duration = np.flatnonzero(np.isnan(self.numbers("duration"))) if "duration" in required else []
+        if len(missing_duration):
+            row = int(missing_duration[0])
             raise ManifestError(f"{self.csv_path}: utterance {self.text('ID', row)!r} has no duration")
 
     def _build(self) -> str:
@@ -144,14 +145,6 @@ class ManifestDataset(torch.utils.data.Dataset):
                  eos_index: int | None = None):
         self.table = ManifestArrays(csv_path, ("ID", "wav", "duration") + (("transcript",) if vocab else ()))
         self.vocab, self.bos_index, self.eos_index = vocab, bos_index, eos_index
-        keys = ["id", "sig"]
-        if vocab is not None:
-            keys += ["tokens", "transcript"] + (["tokens_bos", "tokens_eos"] if bos_index is not None else [])
-        self.output_keys = keys
-
-    def set_output_keys(self, keys: list[str]) -> None:
-        """Items hold only ``keys`` (e.g. no transcript when only the audio is needed)."""
-        self.output_keys = list(keys)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -161,20 +154,18 @@ class ManifestDataset(torch.utils.data.Dataset):
         return self.table.numbers("duration")
 
     def __getitem__(self, i: int) -> dict:
-        t, keys = self.table, self.output_keys
-        item = {"id": t.text("ID", i)}
-        if "sig" in keys:
-            start, end = t.number("seg_start", i), t.number("seg_end", i)
-            item["sig"] = load_audio(t.text("wav", i), None if math.isnan(start) else start,
-                                     None if math.isnan(end) else end)
-        if self.vocab is not None and any(k.startswith(("tokens", "transcript")) for k in keys):
+        t = self.table
+        start, end = t.number("seg_start", i), t.number("seg_end", i)
+        item = {"id": t.text("ID", i), "sig": load_audio(t.text("wav", i), None if math.isnan(start) else start,
+                                                         None if math.isnan(end) else end)}
+        if self.vocab is not None:
             text = t.text("transcript", i)
             tokens = torch.LongTensor(self.vocab.encode(text))
             item.update(transcript=text, tokens=tokens)
             if self.bos_index is not None:
                 item["tokens_bos"] = torch.cat([torch.LongTensor([self.bos_index]), tokens])
                 item["tokens_eos"] = torch.cat([tokens, torch.LongTensor([self.eos_index])])
-        return {k: item[k] for k in keys}
+        return item
 
 
 def manifest_dataset(csv_path: str) -> ManifestDataset:

@@ -353,7 +353,6 @@ def dump_asr_layers(model: torch.nn.Module, features: torch.nn.Module, utterance
 
     def fill(writer):
         dataset = manifest_dataset(csv_path)
-        dataset.set_output_keys(["id", "sig"])
         sampler = LengthBucketBatchSampler(utterances["duration"].astype(float).tolist(), batch_size, shuffle=False)
         loader = make_loader(dataset, sampler)
         started, seconds = time.time(), 0.0
