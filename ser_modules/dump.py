@@ -11,10 +11,19 @@ A store is written to a temporary folder renamed into place when complete, so an
 is never read as whole. Before writing, :func:`plan_asr_store` / :func:`plan_feature_store` estimate
 a store's bytes from the utterances' durations and each layer's frame rate (measured on a few
 seconds of a synthetic signal), so that stage 4 can refuse to start on a disk without room.
+
+A dump holds nothing per utterance once it is written: frames, pooled vectors and index rows go to
+their files as each utterance comes, and feature jobs are drawn from the manifest as workers take
+them. Its one cache that grew with the corpus was oneDNN's: PyTorch's CPU convolutions (DS2's
+front end, an upstream's feature encoder) keep up to 1024 compiled primitives, one per input shape,
+and every batch of a length-sorted dump has a new padded length, so the process running the dump
+kept one more primitive (up to a few MB, more for longer batches) per batch: +1.1 GB at 8x the demo
+corpus. Stage 4 bounds that cache (:func:`bound_primitive_cache`) before anything runs.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -33,10 +42,26 @@ from tqdm import tqdm
 from ser_modules.asr_training import absolute_lengths
 from ser_modules.data import LengthBucketBatchSampler, make_loader, manifest_dataset, read_utterance
 from ser_modules.features import feature_config, minimum_samples
-from ser_modules.fileio import ManifestError, atomic_path, read_json, write_csv, write_json
+from ser_modules.fileio import ManifestError, atomic_path, read_json, write_json
 from ser_modules.jobs import fault_point
 
 logger = logging.getLogger(__name__)
+
+
+PRIMITIVE_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+DUMP_PRIMITIVE_CACHE = 16  # primitives kept: the batches of a length-sorted dump repeat a shape only back to back
+
+
+def bound_primitive_cache(capacity: int = DUMP_PRIMITIVE_CACHE) -> None:
+    """Keep at most ``capacity`` oneDNN primitives cached in this process and in the processes it
+    starts afterwards (they inherit the environment), unless ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is
+    already set. oneDNN (PyTorch's CPU convolutions) caches a compiled primitive per input shape, up
+    to 1024 of them; a dump meets a new padded length at nearly every batch, and each primitive
+    holds memory that grows with it, so a dump with the default cache grows by up to GBs with the
+    number of batches. A cache hit returns the primitive that creating it again would make, so the
+    bound changes no computed value. oneDNN reads the variable once, when it first creates a
+    primitive: call this before the process runs any convolution (stage 4 does, first thing)."""
+    os.environ.setdefault(PRIMITIVE_CACHE_ENV, str(int(capacity)))
 
 
 def utterances_key(frame: pd.DataFrame) -> str:
@@ -211,7 +236,8 @@ def _write_npy(path: str, raw_path: str, shape: tuple[int, int]) -> None:
 
 class _StoreWriter:
     """Appends utterances to a store's files: frames to ``<layer>.bin``, pooled vectors to a raw file
-    per layer (``.npy`` at :meth:`close`, when the number of rows is known)."""
+    per layer (``.npy`` at :meth:`close`, when the number of rows is known) and each utterance's
+    row to ``index.csv``. Nothing per utterance stays in memory: a dump of any size holds the same."""
 
     def __init__(self, folder: str, layers: list[str], dtype: str):
         self.folder, self.layers, self.dtype = folder, layers, dtype
@@ -219,34 +245,41 @@ class _StoreWriter:
         self.pooled = {name: open(os.path.join(folder, f"{pooled_file(name)}.raw"), "wb") for name in layers}
         self.offsets = dict.fromkeys(layers, 0)
         self.dims: dict[str, int] = {}
-        self.rows: list[dict] = []
+        self.count = 0  # utterances written
+        # index.csv as pandas wrote it from the rows (DataFrame.to_csv, index=False: csv quoting, "\n").
+        self.index = open(os.path.join(folder, "index.csv"), "w", encoding="utf-8", newline="")
+        self.index_rows = csv.writer(self.index, lineterminator="\n")
+        self.index_rows.writerow(["ID"] + [f"{key}_{name}" for name in layers for key in ("offset", "frames")])
 
     def add(self, utt_id: str, arrays: dict[str, np.ndarray]) -> None:
-        row = {"ID": utt_id}
+        row = [utt_id]
         for name in self.layers:
             a = np.ascontiguousarray(arrays[name], dtype=self.dtype)
             if self.dims.setdefault(name, a.shape[1]) != a.shape[1]:
                 raise ValueError(f"layer {name}: dimension {a.shape[1]} differs from {self.dims[name]}")
             self.files[name].write(a.tobytes())
             self.pooled[name].write(pool_frames(a).tobytes())  # from the rounded frames, as a reader pools them
-            row[f"offset_{name}"], row[f"frames_{name}"] = self.offsets[name], a.shape[0]
+            row += [self.offsets[name], a.shape[0]]
             self.offsets[name] += a.shape[0]
-        self.rows.append(row)
+        self.index_rows.writerow(row)
+        self.count += 1
         fault_point("utterance")
 
     def close_files(self) -> None:
-        for f in [*self.files.values(), *self.pooled.values()]:
+        for f in [*self.files.values(), *self.pooled.values(), self.index]:
             f.close()
 
     def close(self, meta: dict) -> None:
         self.close_files()
+        if not self.count:  # pandas wrote an empty table (no columns) as one empty line
+            with open(os.path.join(self.folder, "index.csv"), "w", encoding="utf-8") as f:
+                f.write("\n")
         for name in self.layers:
             path = os.path.join(self.folder, pooled_file(name))
-            _write_npy(path, f"{path}.raw", (len(self.rows), self.dims.get(name, 0)))
-        write_csv(os.path.join(self.folder, "index.csv"), pd.DataFrame(self.rows))
+            _write_npy(path, f"{path}.raw", (self.count, self.dims.get(name, 0)))
         meta["layers"] = {n: {"dim": self.dims.get(n, 0), "frames": self.offsets[n], "dtype": self.dtype,
                               "pooled": pooled_file(n)} for n in self.layers}
-        meta["utterances"] = len(self.rows)
+        meta["utterances"] = self.count
         write_json(os.path.join(self.folder, "meta.json"), meta)
 
 
@@ -396,6 +429,17 @@ def _extract(job: tuple) -> tuple[str, float, dict]:
     return row["ID"], wav.shape[0] / 16000, arrays
 
 
+JOB_ROWS = 1024  # manifest rows turned into feature jobs at a time
+
+
+def _feature_jobs(utterances: pd.DataFrame, layer: str, copies: int, seed: int):
+    """The jobs of :func:`_extract`, one per manifest row (a dict of its cells), made as they are
+    taken: a pool's feeder draws them as its pipe has room, so no list of every row is held."""
+    for start in range(0, len(utterances), JOB_ROWS):
+        for row in utterances.iloc[start : start + JOB_ROWS].to_dict("records"):
+            yield row, layer, copies, seed
+
+
 def dump_features(utterances: pd.DataFrame, root: str, extractor, name: str, layer: str, dtype: str = "float16",
                   augment: torch.nn.Module | None = None, copies: int = 0, seed: int = 0, nj: int = 1) -> FeatureStore:
     """Store features computed from each utterance's signal by ``extractor`` (``wav [S] -> [T, D]``) as
@@ -410,9 +454,9 @@ def dump_features(utterances: pd.DataFrame, root: str, extractor, name: str, lay
         started, seconds = time.time(), 0.0
         if augment is not None:
             augment.train()
-        jobs = [(row, layer, copies, seed) for row in utterances.to_dict("records")]
-        progress = dict(total=len(jobs), desc=f"{name} features", leave=False)
-        if nj > 1 and len(jobs) >= 4 * nj:
+        jobs = _feature_jobs(utterances, layer, copies, seed)
+        progress = dict(total=len(utterances), desc=f"{name} features", leave=False)
+        if nj > 1 and len(utterances) >= 4 * nj:
             with mp.get_context("spawn").Pool(nj, initializer=_init_extract_worker, initargs=(extractor, augment)) as pool:
                 for utt, secs, arrays in tqdm(pool.imap(_extract, jobs, chunksize=8), **progress):
                     writer.add(utt, arrays)

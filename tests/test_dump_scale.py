@@ -286,3 +286,67 @@ def test_stage4_estimate_matches_what_it_writes_and_completes_old_stores(experim
     caplog.clear()
     stage.main(argv)
     assert "stage 4 will write 0 B (0 bytes)" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 4's memory
+
+CONV_SHAPES = """
+import os, sys, torch
+torch.set_num_threads(1)
+if sys.argv[1] == "bounded":
+    from ser_modules.dump import bound_primitive_cache
+    bound_primitive_cache()
+def rss_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+conv = torch.nn.Conv2d(1, 8, (41, 11), stride=(2, 2), padding=(20, 5))  # DS2's first layer, demo width
+with torch.no_grad():
+    conv(torch.randn(1, 1, 161, 50))
+    start = rss_mb()
+    for frames in range(60, 860, 4):  # 200 padded lengths, as the batches of a length-sorted dump
+        conv(torch.randn(2, 1, 161, frames))
+print(rss_mb() - start)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc")
+def test_bounded_primitive_cache_keeps_a_dump_of_many_shapes_flat():
+    # Stage 4 grew 1.4 GB from 1x to 8x the demo corpus: oneDNN kept a primitive per padded length.
+    import subprocess
+    import sys
+
+    def growth(mode: str) -> float:
+        env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+        out = subprocess.run([sys.executable, "-c", CONV_SHAPES, mode], env=env, cwd=REPO, capture_output=True,
+                             text=True, check=True)
+        return float(out.stdout.strip())
+
+    unbounded, bounded = growth("default"), growth("bounded")
+    assert unbounded > 40, unbounded  # the default cache grows with the shapes seen (~90 MB here)
+    assert bounded < unbounded / 3, (bounded, unbounded)
+
+
+def test_stage4_bounds_the_cache_before_it_runs_unless_the_user_set_it(monkeypatch):
+    from ser_modules.dump import PRIMITIVE_CACHE_ENV, bound_primitive_cache
+    from ser_modules.stages import dump as stage
+
+    monkeypatch.delenv(PRIMITIVE_CACHE_ENV, raising=False)
+    with pytest.raises(SystemExit):
+        stage.main(["--no-such-option"])  # stops at argument parsing, after the bound is set
+    assert os.environ[PRIMITIVE_CACHE_ENV] == "16"
+    monkeypatch.setenv(PRIMITIVE_CACHE_ENV, "256")
+    bound_primitive_cache()
+    assert os.environ[PRIMITIVE_CACHE_ENV] == "256"
+
+
+def test_streamed_index_reads_as_the_table_pandas_wrote(asr_store):
+    # The writer appends each utterance's index row as it comes instead of keeping every row in memory.
+    store, csv, _ = asr_store
+    index = pd.read_csv(os.path.join(store.folder, "index.csv"))
+    turns = pd.read_csv(csv)
+    assert list(index.columns) == ["ID", "offset_gru1", "frames_gru1", "offset_gru2", "frames_gru2"]
+    assert sorted(index["ID"]) == sorted(turns["ID"])
+    for layer in ("gru1", "gru2"):
+        frames = index[f"frames_{layer}"].to_numpy()
+        np.testing.assert_array_equal(index[f"offset_{layer}"].to_numpy(), np.concatenate([[0], np.cumsum(frames)[:-1]]))
+        assert frames.sum() == store.meta["layers"][layer]["frames"]

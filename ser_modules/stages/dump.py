@@ -20,7 +20,7 @@ from ser_modules.asr_models import (
     ADAPTED, ASRModelRef, adaptation_skip_reason, list_asr_models, load_asr_model, model_blocks, upstream_entries,
 )
 from ser_modules.dump import (
-    StorePlan, dump_asr_layers, dump_features, human_bytes, plan_asr_store, plan_feature_store,
+    StorePlan, bound_primitive_cache, dump_asr_layers, dump_features, human_bytes, plan_asr_store, plan_feature_store,
 )
 from ser_modules.features import EGeMAPSFunctionals
 from ser_modules.fileio import ManifestError, read_manifest, run_main, write_csv, write_json, write_text
@@ -121,6 +121,7 @@ def dump_job(job: tuple) -> tuple[str, dict]:
 
 
 def main(argv=None) -> None:
+    bound_primitive_cache()  # before any convolution runs here or in the workers (they inherit it)
     args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
     log = stage_logging(args.exp_dir, "stage4_dump")
     out = os.path.join(args.exp_dir, "dump")
