@@ -142,6 +142,17 @@ class ASRBrain(sb.Brain):
     batches in a row mean the weights diverged: training stops with one line (:class:`TrainingDiverged`).
     """
 
+    FRONT_END_KEYS = ("features", "speed_perturb", "spec_augment")  # modules of hparams run on the batches
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Only ``modules`` go to the device with the Brain: the front end's buffers (the STFT window,
+        # the MFCC filterbank) must follow, or a GPU batch meets a CPU window in torch.stft.
+        for key in self.FRONT_END_KEYS:
+            module = getattr(self.hparams, key, None)
+            if isinstance(module, torch.nn.Module):
+                module.to(self.device)
+
     def on_fit_start(self):
         self.random_state = RandomState()
         if self.checkpointer is not None:  # optional: checkpoints written before it existed still load
@@ -193,7 +204,10 @@ class ASRBrain(sb.Brain):
         if stage == sb.Stage.TRAIN and getattr(self.hparams, "speed_perturb", None) is not None:
             wavs = self.hparams.speed_perturb(wavs)  # one speed per batch: relative lengths unchanged
         samples = absolute_lengths(rel.to(self.device), wavs.shape[1])
-        return self.hparams.features(pad_to_multiple(wavs, PAD_QUANTUM), samples)
+        feats, frames = self.hparams.features(pad_to_multiple(wavs, PAD_QUANTUM), samples)
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "spec_augment", None) is not None:
+            feats = self.hparams.spec_augment(feats, frames)  # masks inside each utterance's frames
+        return feats, frames
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:

@@ -20,13 +20,14 @@ from ser_modules.text import CharVocabulary
 
 
 def ctc_greedy(logits: torch.Tensor, lengths: torch.Tensor, vocab: CharVocabulary, blank: int = 0) -> list[str]:
-    """Best path: argmax per frame, repeats collapsed, blanks dropped. ``logits [B, T, V]``."""
+    """Best path: argmax per frame, repeats collapsed, blanks dropped, spaces at the ends and runs of
+    spaces (two space symbols split by a blank) reduced as in the references. ``logits [B, T, V]``."""
     best = logits.argmax(dim=-1).cpu()
     texts = []
     for seq, n in zip(best, lengths.cpu().tolist()):
         seq = seq[:n].tolist()
         ids = [s for i, s in enumerate(seq) if s != blank and (i == 0 or s != seq[i - 1])]
-        texts.append(vocab.decode(ids))
+        texts.append(" ".join(vocab.decode(ids).split()))  # a space emitted at an edge or twice is no word boundary
     return texts
 
 

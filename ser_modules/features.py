@@ -245,6 +245,64 @@ class TempoGainAugment(nn.Module):
         return out * 10 ** (gain / 20)
 
 
+def speed_perturbation(speeds, sample_rate: int = 16000):
+    """SpeechBrain's ``SpeedPerturb`` drawing one of ``speeds`` (percent) per batch, or ``None`` (no
+    perturbation, nothing resampled) for an empty list, so a config can switch it off with a list."""
+    if not speeds:
+        return None
+    from speechbrain.augment.time_domain import SpeedPerturb
+
+    return SpeedPerturb(orig_freq=sample_rate, speeds=list(speeds))
+
+
+class SpecAugment(nn.Module):
+    """SpecAugment masking (Park et al. 2019) of normalised features, within each utterance's own
+    frames: ``freq_masks`` bands of U{0..freq_width} bins and ``time_masks`` spans of
+    U{0..time_width} frames (at most ``max_time_ratio`` of the utterance each) are set to zero, the
+    per-utterance mean of :class:`LogSpectrogram`/:class:`MFCC` features. Padded frames stay as
+    they were; identity in ``eval()`` mode.
+
+    Shapes: ``feats [B, T, F]``, ``frames [B]`` -> ``feats [B, T, F]``.
+    """
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 27, time_masks: int = 2, time_width: int = 40,
+                 max_time_ratio: float = 0.2):
+        super().__init__()
+        self.freq_masks, self.freq_width = int(freq_masks), int(freq_width)
+        self.time_masks, self.time_width, self.max_time_ratio = int(time_masks), int(time_width), float(max_time_ratio)
+        self.config = {"freq_masks": self.freq_masks, "freq_width": self.freq_width, "time_masks": self.time_masks,
+                       "time_width": self.time_width, "max_time_ratio": self.max_time_ratio}
+
+    @staticmethod
+    def _spans(n: int, extent: torch.Tensor, width: torch.Tensor, device) -> torch.Tensor:
+        """``[B, n]`` random spans, each of U{0..width_b} positions inside ``[0, extent_b)``, as a
+        ``[B, max extent]`` boolean mask of the masked positions."""
+        b = extent.shape[0]
+        size = extent.max().item()
+        positions = torch.arange(size, device=device)[None, None, :]
+        widths = (torch.rand(b, n, device=device) * (width[:, None] + 1)).floor()
+        starts = (torch.rand(b, n, device=device) * (extent[:, None] - widths + 1).clamp(min=1)).floor()
+        inside = (positions >= starts[..., None]) & (positions < (starts + widths)[..., None])
+        return inside.any(dim=1)
+
+    def forward(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        if not self.training or not (self.freq_masks * self.freq_width or self.time_masks * self.time_width):
+            return feats
+        b, t, f = feats.shape
+        keep = torch.ones_like(feats, dtype=torch.bool)
+        if self.freq_masks > 0 and self.freq_width > 0:
+            bins = torch.full((b,), f, device=feats.device)
+            keep &= ~self._spans(self.freq_masks, bins, torch.full((b,), min(self.freq_width, f), device=feats.device),
+                                 feats.device)[:, None, :]
+        if self.time_masks > 0 and self.time_width > 0:
+            frames = frames.to(feats.device).clamp(max=t)
+            width = torch.minimum(torch.full_like(frames, self.time_width),
+                                  (frames.to(torch.float32) * self.max_time_ratio).floor().to(frames.dtype))
+            spans = self._spans(self.time_masks, frames, width, feats.device)
+            keep[:, : spans.shape[1], :] &= ~spans[:, :, None]
+        return feats * keep.to(feats.dtype)
+
+
 class EGeMAPSFunctionals:
     """The extended Geneva Minimalistic Acoustic Parameter Set (eGeMAPS v02, Eyben et al. 2016): 88
     utterance-level functionals computed by openSMILE, the classical SER reference features.

@@ -360,3 +360,86 @@ def test_joint_decoding_follows_a_confident_ctc_head_and_ignores_padding():
                                       embedding_dim=4, n_symbols=len(vocab)).eval(), vocab)(feats, lengths, "joint")
     with pytest.raises(ValueError, match="needs a LAS with a CTC head; this DeepSpeech2"):
         Transcriber(DeepSpeech2(conv_channels=2, rnn_layers=1, rnn_hidden=8), CharVocabulary())(feats, lengths, "joint")
+
+
+def test_greedy_ctc_drops_edge_and_repeated_spaces():
+    """Frames ' ', A, blank, ' ', blank, ' ', B, ' ' collapse to ' A  B ' on the best path; the
+    transcript is 'A B', as the references are written (a stray space would count as a CER error)."""
+    from ser_modules.decoding import ctc_greedy
+    from ser_modules.text import CharVocabulary
+
+    vocab = CharVocabulary(specials=["<blank>"])
+    space, a, b = vocab.encode(" ")[0], vocab.encode("A")[0], vocab.encode("B")[0]
+    path = [space, a, 0, space, 0, space, b, space]
+    logits = torch.full((1, len(path), len(vocab)), -5.0)
+    logits[0, torch.arange(len(path)), torch.tensor(path)] = 5.0
+    assert ctc_greedy(logits, torch.tensor([len(path)]), vocab) == ["A B"]
+    assert ctc_greedy(logits, torch.tensor([2]), vocab) == ["A"]
+
+
+def test_spec_augment_masks_inside_each_utterance_only_while_training():
+    from ser_modules.features import SpecAugment
+
+    torch.manual_seed(0)
+    feats = torch.randn(3, 50, 20) + 10.0  # no zero anywhere, so masked cells are the zeros
+    frames = torch.tensor([50, 30, 8])
+    feats[1, 30:] = 0.0
+    feats[2, 8:] = 0.0
+    augment = SpecAugment(freq_masks=2, freq_width=5, time_masks=2, time_width=10, max_time_ratio=0.2)
+    widths_t, widths_f = [], []
+    for _ in range(200):
+        out = augment(feats.clone(), frames)
+        zero = out == 0
+        for i, n in enumerate(frames.tolist()):
+            assert torch.equal(out[i, n:], feats[i, n:])  # padding untouched
+            valid = zero[i, :n]
+            masked_frames = valid.all(dim=1)  # a time mask zeroes every bin of a frame
+            masked_bins = valid.all(dim=0)
+            # Every zero lies in a masked frame or a masked band; kept cells equal the input.
+            assert torch.equal(valid, masked_frames[:, None] | masked_bins[None, :])
+            assert torch.equal(out[i, :n][~valid], feats[i, :n][~valid])
+            assert masked_frames.sum() <= 2 * min(10, int(0.2 * n))  # 8-frame utterance: spans of at most 1
+            assert masked_bins.sum() <= 2 * 5
+            widths_t.append(int(masked_frames.sum()))
+            widths_f.append(int(masked_bins.sum()))
+    assert max(widths_t) >= 10 and max(widths_f) >= 6  # masks do reach their widths (two may join)
+    assert min(widths_t) == 0  # U{0..width}: sometimes nothing is masked
+    augment.eval()
+    assert torch.equal(augment(feats.clone(), frames), feats)
+
+
+def test_spec_augment_is_applied_to_training_batches_only(asr_data, tmp_path):
+    from ser_modules.features import SpecAugment
+
+    hparams = tiny_hparams("ctc_transfer", asr_data, tmp_path)
+    hparams["spec_augment"] = SpecAugment(freq_masks=1, freq_width=161, time_masks=0)  # can blank a whole input
+    brain = CTCBrain(modules={"model": hparams["model"]}, hparams=hparams, run_opts=run_options("cpu", noprogressbar=True))
+    dataset = asr_dataset(os.path.join(asr_data, "train.csv"), hparams["vocab"])
+    batch = sb.dataio.batch.PaddedBatch([dataset[0], dataset[1]])
+    clean, frames = brain.features(batch, sb.Stage.VALID)
+    torch.manual_seed(1)
+    masked = [brain.features(batch, sb.Stage.TRAIN)[0] for _ in range(20)]
+    assert all(torch.equal(brain.features(batch, sb.Stage.TEST)[0], clean) for _ in range(3))
+    assert any(not torch.equal(m, clean) for m in masked)
+    assert all(((m == clean) | (m == 0)).all() for m in masked)
+
+
+def test_brain_moves_the_front_end_to_its_device(asr_data, tmp_path, monkeypatch):
+    # Only `modules` follow the Brain to its device; a CUDA run with the STFT window left on the CPU
+    # fails in torch.stft. Recorded on CPU: every front-end module of hparams is sent to brain.device.
+    from ser_modules.features import SpecAugment
+
+    hparams = tiny_hparams("ctc_transfer", asr_data, tmp_path)
+    hparams["spec_augment"] = SpecAugment()
+    hparams["speed_perturb"] = None  # off: skipped, not an error
+    moved = []
+    original = torch.nn.Module.to
+
+    def record(module, *args, **kwargs):
+        moved.append((type(module).__name__, str(args[0]) if args else str(kwargs.get("device"))))
+        return original(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", record)
+    brain = CTCBrain(modules={"model": hparams["model"]}, hparams=hparams, run_opts=run_options("cpu", noprogressbar=True))
+    assert (type(hparams["features"]).__name__, brain.device) in moved
+    assert ("SpecAugment", brain.device) in moved
