@@ -18,6 +18,7 @@ import random
 import numpy as np
 import pandas as pd
 import speechbrain as sb
+from speechbrain.augment.time_domain import SpeedPerturb
 import torch
 import torch.nn.functional as F
 from speechbrain.utils import epoch_loop
@@ -68,7 +69,7 @@ def append_error_stats(cer: ErrorRateStats, wer: ErrorRateStats, ids, hyps: list
 class RandomState:
     """The random generators' state (torch, CUDA, NumPy, Python) saved with every checkpoint. An
     epoch starts from a seed of its own; a run resumed from a checkpoint taken inside an epoch takes
-    back the state of that moment (:meth:`restore_pending`, once the epoch has seeded), so speed
+    back the state of that moment (:meth:`restore_pending`, at its first batch), so speed
     perturbation and dropout draw what an uninterrupted run draws."""
 
     def __init__(self):
@@ -152,6 +153,8 @@ class ASRBrain(sb.Brain):
             module = getattr(self.hparams, key, None)
             if isinstance(module, torch.nn.Module):
                 module.to(self.device)
+            if isinstance(module, SpeedPerturb):  # it resamples on its own `device` (CPU by default)
+                module.device = self.device
 
     def on_fit_start(self):
         self.random_state = RandomState()
@@ -161,6 +164,10 @@ class ASRBrain(sb.Brain):
 
     def fit_batch(self, batch):
         """SpeechBrain's training step, except that a non-finite loss skips the batch (see class doc)."""
+        if hasattr(self, "random_state"):
+            # Resumed inside this epoch: the generators of the checkpoint's moment, taken back here and not
+            # when the epoch starts, because making the epoch's batch iterator draws from torch's generator.
+            self.random_state.restore_pending()
         should_step = (self.step % self.grad_accumulation_factor) == 0
         self.on_fit_batch_start(batch, should_step)
         # The forward pass updates batch-norm statistics (torch's or the models' masked ones, which are not
@@ -212,8 +219,6 @@ class ASRBrain(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             seed_all(self.hparams.seed * 1000 + int(epoch or 0))
-            if hasattr(self, "random_state"):
-                self.random_state.restore_pending()  # resumed inside this epoch: the generators of that moment
             self.skipped_batches = self.skipped_in_a_row = 0
             sampler = getattr(self.hparams, "train_sampler", None)
             if sampler is not None:

@@ -413,6 +413,7 @@ def test_spec_augment_is_applied_to_training_batches_only(asr_data, tmp_path):
 
     hparams = tiny_hparams("ctc_transfer", asr_data, tmp_path)
     hparams["spec_augment"] = SpecAugment(freq_masks=1, freq_width=161, time_masks=0)  # can blank a whole input
+    hparams["speed_perturb"] = None  # the demo's speed perturbation would change every value
     brain = CTCBrain(modules={"model": hparams["model"]}, hparams=hparams, run_opts=run_options("cpu", noprogressbar=True))
     dataset = asr_dataset(os.path.join(asr_data, "train.csv"), hparams["vocab"])
     batch = sb.dataio.batch.PaddedBatch([dataset[0], dataset[1]])
@@ -431,7 +432,6 @@ def test_brain_moves_the_front_end_to_its_device(asr_data, tmp_path, monkeypatch
 
     hparams = tiny_hparams("ctc_transfer", asr_data, tmp_path)
     hparams["spec_augment"] = SpecAugment()
-    hparams["speed_perturb"] = None  # off: skipped, not an error
     moved = []
     original = torch.nn.Module.to
 
@@ -440,6 +440,9 @@ def test_brain_moves_the_front_end_to_its_device(asr_data, tmp_path, monkeypatch
         return original(module, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.Module, "to", record)
+    hparams["speed_perturb"].device = "cuda:3"  # a device it must not keep resampling on
     brain = CTCBrain(modules={"model": hparams["model"]}, hparams=hparams, run_opts=run_options("cpu", noprogressbar=True))
     assert (type(hparams["features"]).__name__, brain.device) in moved
     assert ("SpecAugment", brain.device) in moved
+    assert ("SpeedPerturb", brain.device) in moved  # the demo config perturbs speed
+    assert hparams["speed_perturb"].device == brain.device  # where SpeechBrain's SpeedPerturb resamples
