@@ -134,12 +134,20 @@ def build_from_hparams(asr_hparams: str):
     return hp["model"], hp["features"], hp["vocab"]
 
 
+def upstream_source(info: dict, info_path: str) -> str:
+    """The upstream folder a ``model.json`` points at; a relative source (an exported model folder,
+    :mod:`ser_modules.export`) is relative to the ``model.json``'s folder."""
+    source = info["upstream"]["source"]
+    return source if os.path.isabs(source) else os.path.normpath(os.path.join(os.path.dirname(info_path), source))
+
+
 def check_upstream_source(path: str) -> None:
     """For an upstream's ``model.json``: :class:`ManifestError` unless the folder it points at is still an
     upstream folder (it lives outside the experiment, so it may have moved). Other models: nothing."""
     if os.path.basename(path) == "model.json" and os.path.isfile(path):
-        source = read_json(path).get("upstream", {}).get("source")
-        if source:
+        info = read_json(path)
+        if info.get("upstream", {}).get("source"):
+            source = upstream_source(info, path)
             from ser_modules.upstream import upstream_kind
 
             try:
@@ -157,13 +165,13 @@ def load_asr_model(path: str, device: str = "cpu"):
     if info.get("ctc_head"):  # an upstream adapted with a CTC head (stage 3 of upstream_probe)
         from ser_modules.upstream import load_adapted_upstream
 
-        model, features, vocab = load_adapted_upstream(info["upstream"]["source"], path, info["ctc_head"]["vocab"],
+        model, features, vocab = load_adapted_upstream(upstream_source(info, info_path), path, info["ctc_head"]["vocab"],
                                                        device)
         return model, features, vocab, info
     if info.get("upstream"):  # a pretrained upstream: rebuilt from its own folder, no vocabulary
         from ser_modules.upstream import load_upstream
 
-        model, features = load_upstream(info["upstream"]["source"], device)
+        model, features = load_upstream(upstream_source(info, info_path), device)
         return model, features, None, info
     model, features, vocab = build_from_hparams(os.path.join(os.path.dirname(path), info["asr_hparams"]))
     if info.get("rank"):

@@ -8,7 +8,7 @@ Python::
 
 Command line::
 
-    python -m ser_modules.infer EXP_DIR AUDIO... [--out results.csv|results.json] [--variant NAME]
+    python -m ser_modules.infer EXP_DIR|EXPORT_DIR AUDIO... [--out results.csv|results.json] [--variant NAME]
         [--fold NAME] [--decoder greedy|beam|joint] [--beam-size N] [--ctc-weight W] [--device auto]
         [--batch-size 8] [--long split|refuse] [--context turns.csv|IEMOCAP_FOLDER]
 
@@ -203,6 +203,29 @@ class EmotionRecognizer:
         if spec.uses_handcrafted:
             handcrafted = load_handcrafted(exp_dir)
         return cls(exp_dir, variant, models, spec, classes, handcrafted, device, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, folder: str, fold: str | None = None, device: str = "auto",
+                        **kwargs) -> "EmotionRecognizer":
+        """An exported model folder (:mod:`ser_modules.export`), every file checked against its
+        ``manifest.json`` first: the exported variant, its fold ensemble (or ``fold``)."""
+        from ser_modules.export import verify_export
+
+        manifest = verify_export(folder)
+        return cls.from_experiment(folder, manifest["variant"], fold, manifest.get("run", 0), device, **kwargs)
+
+    @classmethod
+    def load(cls, folder: str, variant: str | None = None, fold: str | None = None, run: int = 0,
+             device: str = "auto", **kwargs) -> "EmotionRecognizer":
+        """An exported model folder (:meth:`from_pretrained`) or an experiment (:meth:`from_experiment`)."""
+        from ser_modules.export import MANIFEST
+
+        if os.path.isfile(os.path.join(folder, MANIFEST)):
+            rec = cls.from_pretrained(folder, fold, device, **kwargs)
+            if variant not in (None, rec.variant):
+                raise ManifestError(f"{folder}: an export of {rec.variant!r}, not of {variant!r}")
+            return rec
+        return cls.from_experiment(folder, variant, fold, run, device, **kwargs)
 
     def _asr_model(self, path: str):
         if path not in self._asr:
@@ -490,7 +513,7 @@ def load_handcrafted(exp_dir: str) -> torch.nn.Module:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Emotion and transcript for audio files with a trained experiment")
-    parser.add_argument("exp_dir", help="experiment folder (after stages 1-5, ideally 6)")
+    parser.add_argument("exp_dir", help="experiment folder (after stages 1-5, ideally 6) or an exported model folder")
     parser.add_argument("audio", nargs="+", help="audio files or folders")
     parser.add_argument("--out", default=None, help="results.csv or results.json (default: print a table)")
     parser.add_argument("--variant", default=None, help="SER variant (default: the best UA in results.csv)")
@@ -512,7 +535,7 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
-        rec = EmotionRecognizer.from_experiment(args.exp_dir, args.variant, args.fold, args.run, args.device,
+        rec = EmotionRecognizer.load(args.exp_dir, args.variant, args.fold, args.run, args.device,
                                                 decoder=args.decoder, max_seconds=args.max_seconds, long=args.long,
                                                 context=args.context, beam_size=args.beam_size,
                                                 ctc_weight=args.ctc_weight)

@@ -1,0 +1,357 @@
+"""Export a trained SER variant as a self-contained folder that loads without its experiment.
+
+Command line::
+
+    python -m ser_modules.export EXP --out DIR [--variant NAME] [--folds all|N] [--run 0]
+
+DIR holds exactly what inference reads, at the paths the experiment had them, and nothing else:
+
+- ``ser/<variant>/<fold>/run<k>/model.{pt,json}``: the SER model of each exported fold (inference
+  averages their class probabilities, as :class:`ser_modules.infer.EmotionRecognizer` does);
+- the ASR models those folds read and the one that transcribes (``asr/model.{pt,json}``, per-fold
+  adapted ``adapt/<name>/<fold>/model.{pt,json}``) with the model blocks that rebuild them
+  (``asr/model_hparams.yaml``: architecture, features, vocabulary);
+- the decoding keys (``asr/hyperparams.yaml``, ``adapt/hyperparams.yaml``: ``beam_size``,
+  ``decode_ctc_weight`` only), the representation precision (``dump/hyperparams.yaml``: ``dtype``) and
+  the handcrafted feature extractor of variants that read one (``dump/handcrafted_hparams.yaml``);
+- ``results.csv`` of stage 6, ``hyperparams.yaml`` (what the folder is; SpeechBrain's ``foreign_class``
+  reads its ``modules`` and ``pretrainer``), ``custom_interface.py`` (the ``foreign_class`` entry
+  point), ``README.md`` (the model card) and ``manifest.json``: the SHA-256 of every other file.
+
+:func:`verify_export` (run by ``EmotionRecognizer.from_pretrained``) refuses a folder with a missing or
+altered file in one line naming it. Export refuses a variant stage 6 did not score as complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import yaml
+
+from ser_modules.asr_models import asr_model_path
+from ser_modules.fileio import ManifestError, read_json, write_json, write_text
+from ser_modules.hparams import stage_values
+from ser_modules.ser_training import VariantSpec
+
+EXPORT_FORMAT = 1
+MANIFEST = "manifest.json"
+INTERFACE_FILE, INTERFACE_CLASS = "custom_interface.py", "SpeechEmotionRecognizer"
+DECODING_KEYS = ("beam_size", "decode_ctc_weight")
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_export(folder: str) -> dict:
+    """The export's ``manifest.json`` after checking every file it lists against its digest;
+    :class:`ManifestError` naming the first missing or altered file."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        raise ManifestError(f"{folder}: not an exported model folder (no {MANIFEST}; export one with "
+                            "python -m ser_modules.export EXP --out DIR)")
+    manifest = read_json(path)
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise ManifestError(f"{path}: export format {manifest.get('format')!r}, this version reads {EXPORT_FORMAT}")
+    for name, digest in [*manifest["files"].items(), *manifest.get("external", {}).items()]:
+        file = os.path.join(folder, name)  # an external (referenced upstream) file's name is absolute
+        if not os.path.isfile(file):
+            raise ManifestError(f"{file}: missing from the exported model (listed in {MANIFEST})"
+                                + ("; the upstream it references is gone" if os.path.isabs(name) else ""))
+        if sha256(file) != digest:
+            raise ManifestError(f"{file}: altered since export (its SHA-256 differs from {MANIFEST})")
+    return manifest
+
+
+def _scored_row(exp_dir: str, variant: str) -> pd.Series:
+    """The variant's row of stage 6's ``results.csv``; refuses a variant not scored, or scored incomplete."""
+    path = os.path.join(exp_dir, "results.csv")
+    if not os.path.isfile(path):
+        raise ManifestError(f"{path}: missing; run stage 6 before exporting (export takes scored variants only)")
+    results = pd.read_csv(path)
+    rows = results[results["model"] == variant]
+    if not len(rows):
+        raise ManifestError(f"{path}: no variant {variant!r}; scored: {sorted(results['model'])}")
+    row = rows.iloc[0]
+    if "complete" in row and not bool(row["complete"]):
+        raise ManifestError(f"{path}: variant {variant!r} was scored on incomplete folds; finish stage 5 and "
+                            "rerun stage 6 before exporting it")
+    return row
+
+
+class _Copier:
+    """Copies experiment files into the export at the same relative paths, refusing files outside it.
+    An upstream's folder (outside the experiment) is copied to ``upstream/<name>/``, or with
+    ``upstream_weights`` False referenced: its files' digests go to the manifest's ``external``."""
+
+    def __init__(self, exp_dir: str, out_dir: str, upstream_weights: bool = True):
+        self.exp, self.out, self.files = os.path.abspath(exp_dir), out_dir, []
+        self.upstream_weights, self.external, self.upstreams = upstream_weights, {}, {}
+
+    def copy(self, path: str) -> None:
+        path = os.path.abspath(path)
+        rel = os.path.relpath(path, self.exp)
+        if rel.startswith(".."):
+            raise ManifestError(f"{path}: outside the experiment {self.exp}; cannot export it")
+        if rel in self.files:
+            return
+        if not os.path.isfile(path):
+            raise ManifestError(f"{path}: missing; the experiment is incomplete")
+        os.makedirs(os.path.dirname(os.path.join(self.out, rel)), exist_ok=True)
+        shutil.copyfile(path, os.path.join(self.out, rel))
+        self.files.append(rel)
+
+    def write(self, rel: str, text: str) -> None:
+        write_text(os.path.join(self.out, rel), text)
+        if rel not in self.files:
+            self.files.append(rel)
+
+    def asr_model(self, model_pt: str) -> None:
+        """An exported ASR model: weights, ``model.json`` and the model blocks it is rebuilt from."""
+        info_path = os.path.join(os.path.dirname(model_pt), "model.json")
+        info = read_json(info_path)
+        if os.path.basename(model_pt) == "model.pt":
+            self.copy(model_pt)
+        if info.get("upstream"):
+            self.copy_upstream(info, info_path)
+            return
+        self.copy(info_path)
+        if info.get("asr_hparams"):
+            self.copy(os.path.join(os.path.dirname(model_pt), info["asr_hparams"]))
+
+    def copy_upstream(self, info: dict, info_path: str) -> None:
+        """The upstream folder of ``info_path``'s model and that ``model.json``, its source rewritten
+        to the copy (relative) or kept (an absolute reference, digests in ``external``)."""
+        from ser_modules.asr_models import upstream_source
+        from ser_modules.upstream import upstream_kind, weight_files
+
+        source = upstream_source(info, info_path)
+        upstream_kind(source)  # still an upstream folder, or one line saying what is missing
+        name = os.path.basename(os.path.normpath(source))
+        rel_info = os.path.relpath(os.path.abspath(info_path), self.exp)
+        if self.upstream_weights:
+            target = self.upstreams.setdefault(source, f"upstream/{name}")
+            for file in weight_files(source):
+                rel = f"{target}/{os.path.basename(file)}"
+                if rel not in self.files:
+                    os.makedirs(os.path.join(self.out, target), exist_ok=True)
+                    shutil.copyfile(file, os.path.join(self.out, rel))
+                    self.files.append(rel)
+            new_source = os.path.relpath(target, os.path.dirname(rel_info))
+        else:
+            for file in weight_files(source):
+                self.external[os.path.abspath(file)] = sha256(file)
+            new_source = source
+        self.write(rel_info, json.dumps({**info, "upstream": {**info["upstream"], "source": new_source}}, indent=2) + "\n")
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def export_variant(exp_dir: str, out_dir: str, variant: str | None = None, folds: str = "all", run: int = 0,
+                   upstream_weights: bool = True) -> dict:
+    """Write the export of ``variant`` (default: the best UA of ``results.csv``) to ``out_dir`` (which
+    must not exist, or be empty); ``folds`` ``all`` or a number: the first N folds' models. Returns the
+    manifest. The folder is built beside ``out_dir`` and renamed into place when complete."""
+    from ser_modules.infer import best_variant
+
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise ManifestError(f"{out_dir}: exists and is not empty; export into a new folder")
+    variant = variant or best_variant(exp_dir)
+    row = _scored_row(exp_dir, variant)
+    vdir = os.path.join(exp_dir, "ser", variant)
+    names = sorted(f for f in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, f)) and not f.startswith("."))
+    if folds != "all":
+        if not str(folds).isdigit() or not 1 <= int(folds) <= len(names):
+            raise ManifestError(f"--folds {folds}: give all or a number from 1 to {len(names)}")
+        names = names[: int(folds)]
+    work = out_dir.rstrip(os.sep) + ".partial"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        return _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_weights)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # gone once renamed; a failed export leaves nothing
+
+
+def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_weights) -> dict:
+    from ser_modules.infer import decoding_keys
+
+    copier = _Copier(exp_dir, work, upstream_weights)
+    spec = classes = None
+    for name in names:
+        run_dir = os.path.join(vdir, name, f"run{run}")
+        if not os.path.isfile(os.path.join(run_dir, "model.pt")):
+            raise ManifestError(f"{run_dir}: no trained model; the variant's folds are incomplete")
+        copier.copy(os.path.join(run_dir, "model.json"))
+        copier.copy(os.path.join(run_dir, "model.pt"))
+        info = read_json(os.path.join(run_dir, "model.json"))
+        spec, classes = VariantSpec.from_dict(info["variant"]), info["classes"]
+        if spec.asr:
+            copier.asr_model(asr_model_path(exp_dir, spec.asr, name))
+    upstreams = os.path.join(exp_dir, "asr", "upstreams.json")
+    if os.path.isfile(upstreams):  # which ASR names are upstreams (asr_model_path reads it)
+        entries = [{"name": u["name"], "kind": u.get("kind"), "layers": u.get("layers"), "dims": u.get("dims")}
+                   for u in read_json(upstreams)["upstreams"]]
+        copier.write("asr/upstreams.json", json.dumps({"upstreams": entries}, indent=2) + "\n")
+    transcript = (asr_model_path(exp_dir, spec.asr, names[0]) if spec.asr else None) or os.path.join(exp_dir, "asr", "model.pt")
+    if os.path.isfile(transcript):
+        copier.asr_model(transcript)
+    # Decoding keys only: the stage files also hold the training run's paths and settings.
+    for stage in ("asr", "adapt"):
+        path = os.path.join(exp_dir, stage, "hyperparams.yaml")
+        if os.path.isfile(path):
+            values = stage_values(path)
+            keys = {k: values[k] for k in DECODING_KEYS if isinstance(values.get(k), (int, float))}
+            if keys:
+                copier.write(f"{stage}/hyperparams.yaml", yaml.safe_dump(keys, sort_keys=False))
+    dump = os.path.join(exp_dir, "dump", "hyperparams.yaml")
+    dtype = stage_values(dump).get("dtype", "float16") if os.path.isfile(dump) else "float16"
+    copier.write("dump/hyperparams.yaml", yaml.safe_dump({"dtype": dtype}))
+    if spec.uses_handcrafted:
+        copier.copy(os.path.join(exp_dir, "dump", "handcrafted_hparams.yaml"))
+    copier.copy(os.path.join(exp_dir, "results.csv"))
+    keys = {k: v for k, (v, _) in decoding_keys(exp_dir, transcript if os.path.isfile(transcript) else None).items()}
+    results_md = os.path.join(exp_dir, "RESULTS.md")
+    env = _environment(results_md)
+    config = {"format": EXPORT_FORMAT, "variant": variant, "type": spec.type, "asr": spec.asr or None,
+              "layers": list(spec.layers) if spec.asr else [], "classes": classes, "folds": names, "run": run,
+              "decoding": keys, "dtype": dtype, "config": _json_cell(row.get("config")), "git_commit": _git_commit(),
+              "trained_with": env}
+    copier.write("hyperparams.yaml", _hyperparams_yaml(config))
+    copier.write(INTERFACE_FILE, INTERFACE_SOURCE)
+    from ser_modules.model_card import model_card
+
+    copier.write("README.md", model_card(exp_dir, config, row))
+    manifest = {"format": EXPORT_FORMAT, "variant": variant, "run": run,
+                "files": {rel: sha256(os.path.join(work, rel)) for rel in sorted(copier.files)},
+                "external": dict(sorted(copier.external.items()))}
+    write_json(os.path.join(work, MANIFEST), manifest)
+    for folder, _, names in os.walk(work):  # temporary files are private (0600): a shared folder is readable
+        for name in names:
+            os.chmod(os.path.join(folder, name), 0o644)
+    if os.path.isdir(out_dir):
+        os.rmdir(out_dir)  # empty (checked above)
+    os.replace(work, out_dir)
+    return manifest
+
+
+def _json_cell(value):
+    import json
+
+    try:
+        return json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _environment(results_md: str) -> dict:
+    """The environment row of the experiment's ``RESULTS.md`` (date, versions, git commit), if any."""
+    if not os.path.isfile(results_md):
+        return {}
+    lines = open(results_md, encoding="utf-8").read().split("## Environment", 1)[-1].strip().splitlines()
+    table = [ln for ln in lines if ln.startswith("|")]
+    if len(table) < 3:
+        return {}
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    values = [c.strip() for c in table[2].strip("|").split("|")]
+    return dict(zip(head, values))
+
+
+def _hyperparams_yaml(config: dict) -> str:
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
+    return (
+        "# An exported speech emotion recognizer (ser_modules.export). Load it with\n"
+        "#   EmotionRecognizer.from_pretrained(<this folder>)           (ser_modules.infer)\n"
+        "#   python -m ser_modules.infer <this folder> audio.wav\n"
+        f"#   foreign_class(source=<this folder>, pymodule_file=\"{INTERFACE_FILE}\", classname=\"{INTERFACE_CLASS}\")\n"
+        "# The weights are the files under ser/, asr/ and adapt/; manifest.json holds their digests.\n"
+        f"{body}\n"
+        "# SpeechBrain's foreign_class builds the interface from these two (the models load from the files).\n"
+        "modules: {}\n"
+        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
+        "    loadables: {}\n"
+    )
+
+
+INTERFACE_SOURCE = '''"""SpeechBrain entry point of an exported speech emotion recognizer (written by ser_modules.export).
+
+    from speechbrain.inference.interfaces import foreign_class
+    rec = foreign_class(source="<this folder>", pymodule_file="custom_interface.py",
+                        classname="SpeechEmotionRecognizer")
+    rec.classify_file("a.wav")   # {"emotion": ..., "probabilities": {...}, "transcript": ...}
+
+Needs speechbrain and the ser_modules package installed; nothing is downloaded.
+"""
+
+import os
+
+from speechbrain.inference.interfaces import Pretrained
+
+
+class SpeechEmotionRecognizer(Pretrained):
+    """Wraps ser_modules.infer.EmotionRecognizer loaded from the folder this file lives in."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from ser_modules.infer import EmotionRecognizer
+
+        # foreign_class links this file from the export (local sources): its real path is the export.
+        folder = os.path.dirname(os.path.realpath(__file__))
+        self.recognizer = EmotionRecognizer.from_pretrained(folder, device=str(self.device))
+
+    def classify_file(self, path):
+        row = self.recognizer.predict_files([path])[0]
+        if row["status"] != "ok":
+            raise RuntimeError(row["error"])
+        classes = self.recognizer.classes
+        return {"emotion": row["emotion"], "probabilities": {c: float(row[f"p_{c}"]) for c in classes},
+                "transcript": row.get("transcript", "")}
+
+    def classify_batch(self, wavs, wav_lens=None):
+        """Class probabilities [N, n_classes] of 16 kHz mono signals ``wavs [N, S]`` (relative lengths)."""
+        signals = [w[: int(round(float(r) * wavs.shape[1]))] if wav_lens is not None else w
+                   for w, r in zip(wavs.cpu(), wav_lens if wav_lens is not None else [1.0] * len(wavs))]
+        return self.recognizer.predict_signals(signals)
+'''
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Export a trained SER variant as a self-contained folder")
+    parser.add_argument("exp_dir", help="experiment folder (after stage 6)")
+    parser.add_argument("--out", required=True, help="the export folder (new)")
+    parser.add_argument("--variant", default=None, help="SER variant (default: the best UA in results.csv)")
+    parser.add_argument("--folds", default="all", help="all (the ensemble inference averages) or N: the first N folds")
+    parser.add_argument("--run", type=int, default=0)
+    parser.add_argument("--no-upstream-weights", action="store_true",
+                        help="reference a pretrained upstream's folder (by path and file digests) instead of copying it")
+    args = parser.parse_args(argv)
+    try:
+        manifest = export_variant(args.exp_dir, args.out, args.variant, args.folds, args.run,
+                                  upstream_weights=not args.no_upstream_weights)
+    except ManifestError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = sum(os.path.getsize(os.path.join(args.out, f)) for f in manifest["files"])
+    print(f"exported {manifest['variant']} to {args.out}: {len(manifest['files'])} files, {size / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
