@@ -31,13 +31,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pandas as pd
 import yaml
 
 from ser_modules.asr_models import asr_model_path
 from ser_modules.fileio import ManifestError, read_json, write_json, write_text
-from ser_modules.hparams import stage_values
+from ser_modules.hparams import HparamsError, stage_values
 from ser_modules.ser_training import VariantSpec
 
 EXPORT_FORMAT = 1
@@ -62,8 +63,25 @@ def verify_export(folder: str) -> dict:
         raise ManifestError(f"{folder}: not an exported model folder (no {MANIFEST}; export one with "
                             "python -m ser_modules.export EXP --out DIR)")
     manifest = read_json(path)
-    if manifest.get("format") != EXPORT_FORMAT:
+    if manifest.get("format") != EXPORT_FORMAT or not isinstance(manifest.get("files"), dict):
         raise ManifestError(f"{path}: export format {manifest.get('format')!r}, this version reads {EXPORT_FORMAT}")
+    # The loader lists folders (fold models, upstream weights): a file the manifest does not list is refused.
+    listed = set(manifest["files"]) | {MANIFEST}
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), folder)
+            if rel not in listed:
+                raise ManifestError(f"{os.path.join(root, name)}: not part of the exported model (not in {MANIFEST}); "
+                                    "remove it")
+    from ser_modules.upstream import weight_files
+
+    external = manifest.get("external", {})
+    for source in sorted({os.path.dirname(p) for p in external}):
+        if os.path.isdir(source):
+            for file in weight_files(source):
+                if os.path.abspath(file) not in external:
+                    raise ManifestError(f"{file}: added to the referenced upstream since export (not in {MANIFEST})")
     for name, digest in [*manifest["files"].items(), *manifest.get("external", {}).items()]:
         file = os.path.join(folder, name)  # an external (referenced upstream) file's name is absolute
         if not os.path.isfile(file):
@@ -182,8 +200,11 @@ def export_variant(exp_dir: str, out_dir: str, variant: str | None = None, folds
         if not str(folds).isdigit() or not 1 <= int(folds) <= len(names):
             raise ManifestError(f"--folds {folds}: give all or a number from 1 to {len(names)}")
         names = names[: int(folds)]
-    work = out_dir.rstrip(os.sep) + ".partial"
-    shutil.rmtree(work, ignore_errors=True)
+    if not os.path.isdir(vdir):
+        raise ManifestError(f"{vdir}: missing; the variant {variant!r} has no trained models")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(dir=parent, prefix=".export-")  # renamed onto out_dir when complete
     try:
         return _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_weights)
     finally:
@@ -243,7 +264,8 @@ def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_wei
                 "files": {rel: sha256(os.path.join(work, rel)) for rel in sorted(copier.files)},
                 "external": dict(sorted(copier.external.items()))}
     write_json(os.path.join(work, MANIFEST), manifest)
-    for folder, _, names in os.walk(work):  # temporary files are private (0600): a shared folder is readable
+    for folder, _, names in os.walk(work):  # temporary files and folders are private: a shared folder is readable
+        os.chmod(folder, 0o755)
         for name in names:
             os.chmod(os.path.join(folder, name), 0o644)
     if os.path.isdir(out_dir):
@@ -313,6 +335,7 @@ class SpeechEmotionRecognizer(Pretrained):
         from ser_modules.infer import EmotionRecognizer
 
         # foreign_class links this file from the export (local sources): its real path is the export.
+        # (SpeechBrain keeps a link already in savedir: give each export its own savedir.)
         folder = os.path.dirname(os.path.realpath(__file__))
         self.recognizer = EmotionRecognizer.from_pretrained(folder, device=str(self.device))
 
@@ -345,7 +368,7 @@ def main(argv=None) -> int:
     try:
         manifest = export_variant(args.exp_dir, args.out, args.variant, args.folds, args.run,
                                   upstream_weights=not args.no_upstream_weights)
-    except ManifestError as err:
+    except (ManifestError, HparamsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     size = sum(os.path.getsize(os.path.join(args.out, f)) for f in manifest["files"])

@@ -218,9 +218,10 @@ class EmotionRecognizer:
     def load(cls, folder: str, variant: str | None = None, fold: str | None = None, run: int = 0,
              device: str = "auto", **kwargs) -> "EmotionRecognizer":
         """An exported model folder (:meth:`from_pretrained`) or an experiment (:meth:`from_experiment`)."""
-        from ser_modules.export import MANIFEST
+        from ser_modules.export import INTERFACE_FILE, MANIFEST
 
-        if os.path.isfile(os.path.join(folder, MANIFEST)):
+        # An export's manifest deleted: refused (from_pretrained says so), not loaded unchecked as an experiment.
+        if os.path.isfile(os.path.join(folder, MANIFEST)) or os.path.isfile(os.path.join(folder, INTERFACE_FILE)):
             rec = cls.from_pretrained(folder, fold, device, **kwargs)
             if variant not in (None, rec.variant):
                 raise ManifestError(f"{folder}: an export of {rec.variant!r}, not of {variant!r}")

@@ -128,7 +128,6 @@ def test_export_refuses_an_incomplete_variant_and_a_used_folder(ctc_exp, ctc_exp
     results.to_csv(exp / "results.csv", index=False)
     with pytest.raises(ManifestError, match="scored on incomplete folds"):
         export_variant(str(exp), str(tmp_path / "out"), "MP-2")
-    assert not (tmp_path / "out").exists()
     with pytest.raises(ManifestError, match="exists and is not empty"):
         export_variant(str(ctc_exp[0]), str(ctc_export), "MP-2")
 
@@ -169,3 +168,19 @@ def test_a_failed_export_leaves_nothing(ctc_exp, tmp_path):
     with pytest.raises(ManifestError, match=r"model_hparams.yaml: missing; the experiment is incomplete"):
         export_variant(str(exp), str(tmp_path / "out"), "MP-2")
     assert sorted(os.listdir(tmp_path)) == ["exp"]
+
+
+def test_an_unlisted_file_or_a_deleted_manifest_is_refused(ctc_export, tmp_path):
+    # The loader lists the fold folders: an added fold model would join the ensemble unchecked.
+    folder = tmp_path / "copy"
+    shutil.copytree(ctc_export, folder)
+    fold = sorted(os.listdir(folder / "ser" / "MP-2"))[0]
+    shutil.copytree(folder / "ser" / "MP-2" / fold, folder / "ser" / "MP-2" / "zz-extra")
+    with pytest.raises(ManifestError, match=r"zz-extra/run0/model.(json|pt): not part of the exported model"):
+        EmotionRecognizer.from_pretrained(str(folder), device="cpu")
+    shutil.rmtree(folder / "ser" / "MP-2" / "zz-extra")
+    (folder / MANIFEST).unlink()
+    with pytest.raises(ManifestError, match="not an exported model folder"):
+        EmotionRecognizer.load(str(folder), device="cpu")
+    assert oct(os.stat(ctc_export).st_mode & 0o777) == "0o755"
+    assert oct(os.stat(ctc_export / "hyperparams.yaml").st_mode & 0o777) == "0o644"
