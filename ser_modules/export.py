@@ -25,11 +25,9 @@ altered file in one line naming it. Export refuses a variant stage 6 did not sco
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -37,8 +35,9 @@ import pandas as pd
 import yaml
 
 from ser_modules.asr_models import asr_model_path
-from ser_modules.fileio import ManifestError, read_json, write_json, write_text
+from ser_modules.fileio import ManifestError, file_digest, read_json, write_json, write_text
 from ser_modules.hparams import HparamsError, stage_values
+from ser_modules.scoring import environment
 from ser_modules.ser_training import VariantSpec
 
 EXPORT_FORMAT = 1
@@ -48,11 +47,7 @@ DECODING_KEYS = ("beam_size", "decode_ctc_weight")
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, algorithm="sha256")
 
 
 def verify_export(folder: str) -> dict:
@@ -82,7 +77,7 @@ def verify_export(folder: str) -> dict:
             for file in weight_files(source):
                 if os.path.abspath(file) not in external:
                     raise ManifestError(f"{file}: added to the referenced upstream since export (not in {MANIFEST})")
-    for name, digest in [*manifest["files"].items(), *manifest.get("external", {}).items()]:
+    for name, digest in [*manifest["files"].items(), *external.items()]:
         file = os.path.join(folder, name)  # an external (referenced upstream) file's name is absolute
         if not os.path.isfile(file):
             raise ManifestError(f"{file}: missing from the exported model (listed in {MANIFEST})"
@@ -174,15 +169,6 @@ class _Copier:
         self.write(rel_info, json.dumps({**info, "upstream": {**info["upstream"], "source": new_source}}, indent=2) + "\n")
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def export_variant(exp_dir: str, out_dir: str, variant: str | None = None, folds: str = "all", run: int = 0,
                    upstream_weights: bool = True) -> dict:
     """Write the export of ``variant`` (default: the best UA of ``results.csv``) to ``out_dir`` (which
@@ -195,13 +181,13 @@ def export_variant(exp_dir: str, out_dir: str, variant: str | None = None, folds
     variant = variant or best_variant(exp_dir)
     row = _scored_row(exp_dir, variant)
     vdir = os.path.join(exp_dir, "ser", variant)
+    if not os.path.isdir(vdir):
+        raise ManifestError(f"{vdir}: missing; the variant {variant!r} has no trained models")
     names = sorted(f for f in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, f)) and not f.startswith("."))
     if folds != "all":
         if not str(folds).isdigit() or not 1 <= int(folds) <= len(names):
             raise ManifestError(f"--folds {folds}: give all or a number from 1 to {len(names)}")
         names = names[: int(folds)]
-    if not os.path.isdir(vdir):
-        raise ManifestError(f"{vdir}: missing; the variant {variant!r} has no trained models")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(dir=parent, prefix=".export-")  # renamed onto out_dir when complete
@@ -253,7 +239,7 @@ def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_wei
     env = _environment(results_md)
     config = {"format": EXPORT_FORMAT, "variant": variant, "type": spec.type, "asr": spec.asr or None,
               "layers": list(spec.layers) if spec.asr else [], "classes": classes, "folds": names, "run": run,
-              "decoding": keys, "dtype": dtype, "config": _json_cell(row.get("config")), "git_commit": _git_commit(),
+              "decoding": keys, "dtype": dtype, "config": _json_cell(row.get("config")), "git_commit": environment()["git_commit"],
               "trained_with": env}
     copier.write("hyperparams.yaml", _hyperparams_yaml(config))
     copier.write(INTERFACE_FILE, INTERFACE_SOURCE)
@@ -275,8 +261,6 @@ def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_wei
 
 
 def _json_cell(value):
-    import json
-
     try:
         return json.loads(value) if isinstance(value, str) else None
     except ValueError:

@@ -146,14 +146,20 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def file_digest(*paths: str) -> str:
-    """SHA-1 of the contents of ``paths`` (in order): what a result was computed from."""
-    h = hashlib.sha1()
+def file_digest(*paths: str, algorithm: str = "sha1") -> str:
+    """SHA-1 (or ``algorithm``, a :mod:`hashlib` name) of the contents of ``paths`` (in order): what a
+    result was computed from."""
+    h = hashlib.new(algorithm)
     for path in paths:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def read_optional_json(path: str) -> dict:
+    """A JSON file's object, or ``{}`` when the file does not exist (an optional stage output)."""
+    return read_json(path) if os.path.isfile(path) else {}
 
 
 def _stamp(inputs: dict):

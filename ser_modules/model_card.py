@@ -8,11 +8,7 @@ import os
 
 import pandas as pd
 
-from ser_modules.fileio import read_json
-
-
-def _read_optional(path: str) -> dict:
-    return read_json(path) if os.path.isfile(path) else {}
+from ser_modules.fileio import read_optional_json
 
 
 def _score(row: pd.Series, metric: str) -> str:
@@ -35,9 +31,9 @@ def results_table(results: pd.DataFrame, variant: str) -> str:
 def model_card(exp_dir: str, config: dict, row: pd.Series) -> str:
     """Markdown with a YAML header (``tags``, ``datasets``, ``metrics``, ``model-index``) for ``config``
     (the export's) and its ``results.csv`` row."""
-    prepared = _read_optional(os.path.join(exp_dir, "data", "prepare_summary.json"))
+    prepared = read_optional_json(os.path.join(exp_dir, "data", "prepare_summary.json"))
     emotion = prepared.get("emotion", {})
-    asr_data = _read_optional(os.path.join(exp_dir, "data", "asr", "summary.json"))
+    asr_data = read_optional_json(os.path.join(exp_dir, "data", "asr", "summary.json"))
     corpus = prepared.get("emotion_corpus") or emotion.get("corpus") or "unknown"
     language = emotion.get("language", "en")
     protocol = str(row.get("protocol", ""))

@@ -17,7 +17,7 @@ from ser_modules import plots
 from ser_modules.corpus import language_mismatch
 from ser_modules.data import read_utterance
 from ser_modules.dump import FeatureStore, read_stores
-from ser_modules.fileio import ManifestError, read_json, read_manifest, run_main, write_csv, write_text
+from ser_modules.fileio import ManifestError, read_json, read_manifest, read_optional_json, run_main, write_csv, write_text
 from ser_modules.folds import load_folds
 from ser_modules.hparams import load_stage_hparams
 from ser_modules.scoring import (
@@ -197,10 +197,6 @@ def loudness_analysis(stores: dict, utterances: pd.DataFrame, hp: dict, plot_dir
     path = plots.plot_loudness(examples, unit, layer, mean_r, os.path.join(plot_dir, f"loudness_{layer}.png"))
     return {"layer": layer, "unit": unit, "pooled_r": float(r[unit]), "mean_utterance_r": mean_r,
             "utterances": len(rows), "units_abs_r_over_0.5": int((np.abs(r) > 0.5).sum()), "plot": path}
-
-
-def read_optional_json(path: str) -> dict:
-    return read_json(path) if os.path.isfile(path) else {}
 
 
 def notes_section(exp_dir: str, prepared: dict, skipped_variants: dict[str, str]) -> list[str]:
