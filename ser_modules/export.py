@@ -30,15 +30,18 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 
 import pandas as pd
 import yaml
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.parameter_transfer import Pretrainer
 
 from ser_modules.asr_models import asr_model_path
 from ser_modules.fileio import ManifestError, file_digest, read_json, write_json, write_text
 from ser_modules.hparams import HparamsError, stage_values
 from ser_modules.scoring import environment
-from ser_modules.ser_training import VariantSpec
+from ser_modules.ser_training import VariantSpec, model_blueprint
 
 EXPORT_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -85,6 +88,13 @@ def verify_export(folder: str) -> dict:
         if sha256(file) != digest:
             raise ManifestError(f"{file}: altered since export (its SHA-256 differs from {MANIFEST})")
     return manifest
+
+
+def export_hparams(folder: str) -> dict:
+    """The export's ``hyperparams.yaml`` loaded (HyperPyYAML): what the folder is, and its fold models
+    built (``ser_models``; their weights are loaded by the ``pretrainer``, or by the caller)."""
+    with open(os.path.join(folder, "hyperparams.yaml"), encoding="utf-8") as f:
+        return load_hyperpyyaml(f)
 
 
 def _scored_row(exp_dir: str, variant: str) -> pd.Series:
@@ -201,7 +211,8 @@ def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_wei
     from ser_modules.infer import decoding_keys
 
     copier = _Copier(exp_dir, work, upstream_weights)
-    spec = classes = None
+    spec = classes = spec_dict = None
+    blueprints, weights = {}, {}
     for name in names:
         run_dir = os.path.join(vdir, name, f"run{run}")
         if not os.path.isfile(os.path.join(run_dir, "model.pt")):
@@ -209,7 +220,9 @@ def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_wei
         copier.copy(os.path.join(run_dir, "model.json"))
         copier.copy(os.path.join(run_dir, "model.pt"))
         info = read_json(os.path.join(run_dir, "model.json"))
-        spec, classes = VariantSpec.from_dict(info["variant"]), info["classes"]
+        spec, classes, spec_dict = VariantSpec.from_dict(info["variant"]), info["classes"], info["variant"]
+        blueprints[name] = model_blueprint(spec, info["dims"], len(classes), info["dropout"])
+        weights[name] = os.path.relpath(os.path.join(run_dir, "model.pt"), exp_dir)
         if spec.asr:
             copier.asr_model(asr_model_path(exp_dir, spec.asr, name))
     upstreams = os.path.join(exp_dir, "asr", "upstreams.json")
@@ -237,16 +250,16 @@ def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_wei
     keys = {k: v for k, (v, _) in decoding_keys(exp_dir, transcript if os.path.isfile(transcript) else None).items()}
     results_md = os.path.join(exp_dir, "RESULTS.md")
     env = _environment(results_md)
-    config = {"format": EXPORT_FORMAT, "variant": variant, "type": spec.type, "asr": spec.asr or None,
+    config = {"format": EXPORT_FORMAT, "export_id": uuid.uuid4().hex, "variant": variant, "spec": spec_dict, "type": spec.type, "asr": spec.asr or None,
               "layers": list(spec.layers) if spec.asr else [], "classes": classes, "folds": names, "run": run,
               "decoding": keys, "dtype": dtype, "config": _json_cell(row.get("config")), "git_commit": environment()["git_commit"],
               "trained_with": env}
-    copier.write("hyperparams.yaml", _hyperparams_yaml(config))
+    copier.write("hyperparams.yaml", _hyperparams_yaml(config, blueprints, weights))
     copier.write(INTERFACE_FILE, INTERFACE_SOURCE)
     from ser_modules.model_card import model_card
 
     copier.write("README.md", model_card(exp_dir, config, row))
-    manifest = {"format": EXPORT_FORMAT, "variant": variant, "run": run,
+    manifest = {"format": EXPORT_FORMAT, "export_id": config["export_id"], "variant": variant, "run": run,
                 "files": {rel: sha256(os.path.join(work, rel)) for rel in sorted(copier.files)},
                 "external": dict(sorted(copier.external.items()))}
     write_json(os.path.join(work, MANIFEST), manifest)
@@ -280,20 +293,80 @@ def _environment(results_md: str) -> dict:
     return dict(zip(head, values))
 
 
-def _hyperparams_yaml(config: dict) -> str:
+class _Tagged:
+    """A YAML node written with a HyperPyYAML tag (``!new:``, ``!ref``)."""
+
+    def __init__(self, tag: str, value):
+        self.tag, self.value = tag, value
+
+
+class _HyperDumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_tagged(dumper: yaml.SafeDumper, node: _Tagged):
+    if isinstance(node.value, dict):
+        return dumper.represent_mapping(node.tag, node.value)
+    return dumper.represent_scalar(node.tag, node.value)
+
+
+_HyperDumper.add_representer(_Tagged, _represent_tagged)
+
+
+def _new(blueprint: tuple) -> _Tagged:
+    """``!new:module.Class`` with the keyword arguments of a :func:`model_blueprint`."""
+    cls, kwargs = blueprint
+    return _Tagged(f"!new:{cls.__module__}.{cls.__qualname__}",
+                   {k: _new(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
+
+
+def fold_key(fold: str) -> str:
+    """The fold's loadable name in ``hyperparams.yaml`` (a module name: no dots)."""
+    return "ser_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in fold)
+
+
+def _hyperparams_yaml(config: dict, fold_models: dict[str, tuple], files: dict[str, str]) -> str:
+    """What the folder is, and the SER fold models wired SpeechBrain style: ``!new:`` modules, ``modules``
+    and a ``pretrainer`` whose loadables are each fold's weights (``files``: paths inside the folder)."""
     body = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
+    keys = {fold: fold_key(fold) for fold in fold_models}
+    wiring = {key: _new(fold_models[fold]) for fold, key in keys.items()}
+    wiring["ser_models"] = _Tagged("!new:torch.nn.ModuleDict",
+                                   {"modules": {fold.replace(".", "_"): _Tagged("!ref", f"<{key}>")
+                                                for fold, key in keys.items()}})
+    wiring["modules"] = {"ser_models": _Tagged("!ref", "<ser_models>")}
+    wiring["pretrainer"] = _Tagged("!new:ser_modules.export.ExportPretrainer",
+                                   {"loadables": {key: _Tagged("!ref", f"<{key}>") for key in keys.values()},
+                                    "files": {keys[fold]: files[fold] for fold in keys}})
     return (
         "# An exported speech emotion recognizer (ser_modules.export). Load it with\n"
         "#   EmotionRecognizer.from_pretrained(<this folder>)           (ser_modules.infer)\n"
         "#   python -m ser_modules.infer <this folder> audio.wav\n"
         f"#   foreign_class(source=<this folder>, pymodule_file=\"{INTERFACE_FILE}\", classname=\"{INTERFACE_CLASS}\")\n"
-        "# The weights are the files under ser/, asr/ and adapt/; manifest.json holds their digests.\n"
+        "# manifest.json holds the digest of every file.\n"
         f"{body}\n"
-        "# SpeechBrain's foreign_class builds the interface from these two (the models load from the files).\n"
-        "modules: {}\n"
-        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
-        "    loadables: {}\n"
+        "# The SER model of each fold (inference averages their class probabilities); the pretrainer loads\n"
+        "# each one's weights from its file in this folder. The ASR/upstream front end they read loads from\n"
+        "# asr/, adapt/ or upstream/ (see the model card).\n"
+        + yaml.dump(wiring, Dumper=_HyperDumper, sort_keys=False, default_flow_style=False, width=100)
     )
+
+
+class ExportPretrainer(Pretrainer):
+    """SpeechBrain's ``Pretrainer`` whose loadables' ``files`` are paths inside the exported folder, the
+    ``default_source`` that ``foreign_class`` gives ``collect_files``; it remembers that folder as ``source``."""
+
+    def __init__(self, loadables=None, files=None, collect_in=None):
+        super().__init__(collect_in=collect_in, loadables=loadables)
+        self.files, self.source = dict(files or {}), None
+
+    def collect_files(self, default_source=None, **kwargs):
+        if default_source is None:
+            raise ValueError("an exported model's pretrainer needs its folder as default_source")
+        self.source = str(default_source)
+        for name, rel in self.files.items():
+            self.paths.setdefault(name, f"{self.source.rstrip('/')}/{rel}")
+        return super().collect_files(default_source=default_source, **kwargs)
 
 
 INTERFACE_SOURCE = '''"""SpeechBrain entry point of an exported speech emotion recognizer (written by ser_modules.export).
@@ -303,10 +376,10 @@ INTERFACE_SOURCE = '''"""SpeechBrain entry point of an exported speech emotion r
                         classname="SpeechEmotionRecognizer")
     rec.classify_file("a.wav")   # {"emotion": ..., "probabilities": {...}, "transcript": ...}
 
-Needs speechbrain and the ser_modules package installed; nothing is downloaded.
+Needs speechbrain and the ser_modules package installed; nothing is downloaded. The source is the
+exported folder on this machine (any savedir and local_strategy; a savedir holding another export's
+files is refused: SpeechBrain keeps files already there).
 """
-
-import os
 
 from speechbrain.inference.interfaces import Pretrained
 
@@ -318,10 +391,11 @@ class SpeechEmotionRecognizer(Pretrained):
         super().__init__(*args, **kwargs)
         from ser_modules.infer import EmotionRecognizer
 
-        # foreign_class links this file from the export (local sources): its real path is the export.
-        # (SpeechBrain keeps a link already in savedir: give each export its own savedir.)
-        folder = os.path.dirname(os.path.realpath(__file__))
-        self.recognizer = EmotionRecognizer.from_pretrained(folder, device=str(self.device))
+        # The fold models came from hyperparams.yaml with the pretrainer's weights; the front end they
+        # read and the manifest check come from the exported folder the pretrainer collected from.
+        self.recognizer = EmotionRecognizer.from_pretrained(
+            self.hparams.pretrainer.source, device=str(self.device), ser_models=self.mods.ser_models,
+            export_id=self.hparams.export_id)
 
     def classify_file(self, path):
         row = self.recognizer.predict_files([path])[0]

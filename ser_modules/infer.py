@@ -194,25 +194,42 @@ class EmotionRecognizer:
             spec, classes = VariantSpec.from_dict(info["variant"]), info["classes"]
             model = build_model(spec, info["dims"], len(classes), info["dropout"])
             model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu"))
-            asr_path = None
-            if spec.asr:  # an upstream, the pretrained ASR or the fold's adapted one
-                asr_path = asr_model_path(exp_dir, spec.asr, name)
-                check_upstream_source(asr_path)  # a moved or deleted upstream folder: one line, not at the first file
-            models.append(FoldModel(name, model.to(device).eval(), asr_path))
-        handcrafted = None
-        if spec.uses_handcrafted:
-            handcrafted = load_handcrafted(exp_dir)
+            models.append(_fold_model(exp_dir, spec, name, model, device))
+        handcrafted = load_handcrafted(exp_dir) if spec.uses_handcrafted else None
         return cls(exp_dir, variant, models, spec, classes, handcrafted, device, **kwargs)
 
     @classmethod
     def from_pretrained(cls, folder: str, fold: str | None = None, device: str = "auto",
+                        ser_models: torch.nn.ModuleDict | None = None, export_id: str | None = None,
                         **kwargs) -> "EmotionRecognizer":
         """An exported model folder (:mod:`ser_modules.export`), every file checked against its
-        ``manifest.json`` first: the exported variant, its fold ensemble (or ``fold``)."""
-        from ser_modules.export import verify_export
+        ``manifest.json`` first: the fold models its ``hyperparams.yaml`` wires (or ``fold``'s), with
+        their weights, and the ASR front end they read. ``ser_models``: those models already loaded
+        (SpeechBrain's pretrainer did, in ``foreign_class``) from the hyperparams of ``export_id``."""
+        from ser_modules.export import export_hparams, fold_key, verify_export
 
-        manifest = verify_export(folder)
-        return cls.from_experiment(folder, manifest["variant"], fold, manifest.get("run", 0), device, **kwargs)
+        device = resolve_device(device)
+        verify_export(folder)
+        hparams = export_hparams(folder)
+        if export_id is not None and export_id != hparams["export_id"]:
+            raise ManifestError(f"{folder}: its hyperparams.yaml is not the one loaded (export {export_id}); "
+                                "SpeechBrain reuses a savedir's files: give each exported model its own savedir")
+        names = hparams["folds"]
+        if fold is not None and fold not in names:
+            raise ManifestError(f"{folder}: no fold {fold!r}; exported: {names}")
+        spec = VariantSpec.from_dict(hparams["spec"])
+        models = []
+        for name in [fold] if fold else names:
+            key = name.replace(".", "_")
+            if ser_models is not None:
+                model = ser_models[key]
+            else:
+                model = hparams["ser_models"][key]
+                weights = hparams["pretrainer"].files[fold_key(name)]
+                model.load_state_dict(torch.load(os.path.join(folder, weights), map_location="cpu"))
+            models.append(_fold_model(folder, spec, name, model, device))
+        handcrafted = load_handcrafted(folder) if spec.uses_handcrafted else None
+        return cls(folder, hparams["variant"], models, spec, hparams["classes"], handcrafted, device, **kwargs)
 
     @classmethod
     def load(cls, folder: str, variant: str | None = None, fold: str | None = None, run: int = 0,
@@ -490,6 +507,16 @@ class EmotionRecognizer:
         self.last_rtf = (time.time() - started) / max(audio_seconds, 1e-9)
         self.last_audio_seconds = audio_seconds
         return rows
+
+
+def _fold_model(exp_dir: str, spec: VariantSpec, fold: str, model: torch.nn.Module, device: str) -> FoldModel:
+    """``model`` on ``device`` for inference, with the ASR model it reads (an upstream, the pretrained ASR
+    or the fold's adapted one); a moved or deleted upstream folder is one line here, not at the first file."""
+    asr_path = None
+    if spec.asr:
+        asr_path = asr_model_path(exp_dir, spec.asr, fold)
+        check_upstream_source(asr_path)
+    return FoldModel(fold, model.to(device).eval(), asr_path)
 
 
 def best_variant(exp_dir: str) -> str:

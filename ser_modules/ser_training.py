@@ -227,25 +227,40 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
-def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float) -> torch.nn.Module:
+def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float) -> tuple[type, dict]:
+    """The SER model class of ``spec`` and its keyword arguments (a weighted sum's ``head`` is itself a
+    ``(class, kwargs)`` pair): :func:`build_model` calls it, an export writes it as HyperPyYAML ``!new:``."""
     o = spec.options
     if spec.type == "baseline":
-        return BiGRUBaseline(dims["handcrafted"], spec.hidden, o.get("num_layers", 2), n_classes, dropout,
-                             o.get("frame_stack", 1))
+        return BiGRUBaseline, dict(input_size=dims["handcrafted"], hidden_size=spec.hidden,
+                                   num_layers=o.get("num_layers", 2), n_classes=n_classes, dropout=dropout,
+                                   frame_stack=o.get("frame_stack", 1))
     if spec.type == "mp":
-        return FineTuneMP(dims["asr"], n_classes, dropout)
+        return FineTuneMP, dict(input_size=dims["asr"], n_classes=n_classes, dropout=dropout)
     if spec.type == "rnn":
-        return FineTuneRNN(dims["asr"], spec.hidden, o.get("bidirectional", True), n_classes, dropout,
-                           o.get("frame_stack", 1))
+        return FineTuneRNN, dict(input_size=dims["asr"], hidden_size=spec.hidden,
+                                 bidirectional=o.get("bidirectional", True), n_classes=n_classes, dropout=dropout,
+                                 frame_stack=o.get("frame_stack", 1))
     if spec.type == "progressive":
-        return ProgressiveNet(dims["handcrafted"], dims["asr"], spec.hidden, o.get("num_layers", 2), n_classes, dropout,
-                              o.get("frame_stack", 1))
+        return ProgressiveNet, dict(handcrafted_size=dims["handcrafted"], asr_size=dims["asr"], hidden_size=spec.hidden,
+                                    num_layers=o.get("num_layers", 2), n_classes=n_classes, dropout=dropout,
+                                    frame_stack=o.get("frame_stack", 1))
     if spec.type == "reference":
-        return LinearSVMReference(dims["egemaps"], n_classes)
+        return LinearSVMReference, dict(input_size=dims["egemaps"], n_classes=n_classes)
     if spec.type == "weighted":
         head = VariantSpec(spec.name, o.get("head", "mp"), spec.asr, spec.layer, spec.hidden, o)
-        return WeightedLayerSum(dims["layers"], dims["asr"], build_model(head, dims, n_classes, dropout))
-    return IAAN(dims["asr"], spec.hidden, o.get("attention_size", 16), o.get("mlp_size", 64), n_classes, dropout)
+        return WeightedLayerSum, dict(n_layers=dims["layers"], dim=dims["asr"],
+                                      head=model_blueprint(head, dims, n_classes, dropout))
+    return IAAN, dict(input_size=dims["asr"], hidden_size=spec.hidden, attention_size=o.get("attention_size", 16),
+                      mlp_size=o.get("mlp_size", 64), n_classes=n_classes, dropout=dropout)
+
+
+def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float) -> torch.nn.Module:
+    def build(blueprint):
+        cls, kwargs = blueprint
+        return cls(**{k: build(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
+
+    return build(model_blueprint(spec, dims, n_classes, dropout))
 
 
 def forward(model: torch.nn.Module, spec: VariantSpec, batch: dict, device) -> torch.Tensor:

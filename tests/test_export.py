@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ser_modules.export import MANIFEST, export_variant, verify_export
+from ser_modules.export import MANIFEST, export_hparams, export_variant, fold_key, verify_export
 from ser_modules.fileio import ManifestError
 from ser_modules.infer import EmotionRecognizer
 
@@ -82,9 +82,56 @@ def test_foreign_class_and_the_cli_load_the_export(ctc_export, ctc_exp, tmp_path
     proc = subprocess.run([sys.executable, "-m", "ser_modules.infer", str(ctc_export), *files, "--out", str(csv),
                            "--device", "cpu"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
-    folds = len(yaml.safe_load((ctc_export / "hyperparams.yaml").read_text().split("\nmodules:")[0])["folds"])
+    folds = len(export_hparams(str(ctc_export))["folds"])
     assert f"MP-2 ({folds} fold model(s)): 2 file(s) ok" in proc.stderr
     assert len(pd.read_csv(csv)) == 2
+
+
+def test_foreign_class_copies_into_a_savedir_and_refuses_one_holding_another_export(ctc_export, ctc_exp, tmp_path):
+    from speechbrain.inference.interfaces import foreign_class
+    from speechbrain.utils.fetching import LocalStrategy
+
+    files = files_of(ctc_exp[0], "lakomkin2018", 1)
+    want = probabilities(EmotionRecognizer.from_pretrained(str(ctc_export), device="cpu"), files)[0]
+    savedir = tmp_path / "sb"
+    rec = foreign_class(source=str(ctc_export), pymodule_file="custom_interface.py", classname="SpeechEmotionRecognizer",
+                        savedir=str(savedir), local_strategy=LocalStrategy.COPY)
+    assert not any(p.is_symlink() for p in savedir.iterdir()) and (savedir / f"{fold_key('session1')}.ckpt").is_file()
+    got = rec.classify_file(files[0])["probabilities"]
+    np.testing.assert_allclose([got[c] for c in rec.recognizer.classes], want, atol=1e-6)
+    other = tmp_path / "other"  # another export of the same variant: SpeechBrain would reuse the files in savedir
+    export_variant(str(ctc_exp[0]), str(other), "MP-2", folds="1")
+    with pytest.raises(ManifestError, match=r"its hyperparams.yaml is not the one loaded .*own savedir"):
+        foreign_class(source=str(other), pymodule_file="custom_interface.py", classname="SpeechEmotionRecognizer",
+                      savedir=str(savedir), local_strategy=LocalStrategy.COPY)
+
+
+@pytest.mark.parametrize("which,variant", [("ctc", "Progressive-1"), ("upstream", "weighted-MP-wavlm-tiny")])
+def test_hyperparams_yaml_wires_the_fold_models_and_their_weights(request, tmp_path, which, variant):
+    """HyperPyYAML builds each fold's model (!new:) and SpeechBrain's pretrainer loads its weights."""
+    import torch
+
+    exp = request.getfixturevalue(f"{which}_exp")[0]
+    out = tmp_path / "export"
+    export_variant(str(exp), str(out), variant)
+    hparams = export_hparams(str(out))
+    assert hparams["folds"] and set(hparams["ser_models"].keys()) == set(hparams["folds"])
+    pretrainer = hparams["pretrainer"]
+    pretrainer.collect_files(default_source=str(out))
+    pretrainer.load_collected()
+    assert pretrainer.source == str(out)
+    for fold in hparams["folds"]:
+        model = hparams["ser_models"][fold]
+        assert model is hparams[fold_key(fold)]
+        want = torch.load(exp / "ser" / variant / fold / "run0" / "model.pt", map_location="cpu")
+        assert type(model).__name__ == {"Progressive-1": "ProgressiveNet", "weighted-MP-wavlm-tiny": "WeightedLayerSum"}[variant]
+        assert want.keys() == model.state_dict().keys()
+        assert all(torch.equal(want[k], v) for k, v in model.state_dict().items())
+    protocol = "lakomkin2018" if which == "ctc" else "standard"
+    files = files_of(exp, protocol, 3)
+    np.testing.assert_allclose(probabilities(EmotionRecognizer.from_pretrained(str(out), device="cpu"), files),
+                               probabilities(EmotionRecognizer.from_experiment(str(exp), variant, device="cpu"), files),
+                               atol=1e-6)
 
 
 def test_an_altered_or_missing_file_is_refused_in_one_line(ctc_export, tmp_path):
