@@ -232,9 +232,10 @@ class EmotionRecognizer:
         return cls(folder, hparams["variant"], models, spec, hparams["classes"], handcrafted, device, **kwargs)
 
     @classmethod
-    def load(cls, folder: str, variant: str | None = None, fold: str | None = None, run: int = 0,
+    def load(cls, folder: str, variant: str | None = None, fold: str | None = None, run: int | None = None,
              device: str = "auto", **kwargs) -> "EmotionRecognizer":
-        """An exported model folder (:meth:`from_pretrained`) or an experiment (:meth:`from_experiment`)."""
+        """An exported model folder (:meth:`from_pretrained`) or an experiment (:meth:`from_experiment`,
+        ``run`` 0 unless given; an export holds one run, and another ``run`` is refused)."""
         from ser_modules.export import INTERFACE_FILE, MANIFEST
 
         # An export's manifest deleted: refused (from_pretrained says so), not loaded unchecked as an experiment.
@@ -242,8 +243,11 @@ class EmotionRecognizer:
             rec = cls.from_pretrained(folder, fold, device, **kwargs)
             if variant not in (None, rec.variant):
                 raise ManifestError(f"{folder}: an export of {rec.variant!r}, not of {variant!r}")
+            exported = read_json(os.path.join(folder, MANIFEST)).get("run", 0)
+            if run not in (None, exported):
+                raise ManifestError(f"{folder}: an export of run {exported}, not of run {run}")
             return rec
-        return cls.from_experiment(folder, variant, fold, run, device, **kwargs)
+        return cls.from_experiment(folder, variant, fold, run or 0, device, **kwargs)
 
     def _asr_model(self, path: str):
         if path not in self._asr:
@@ -546,7 +550,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="results.csv or results.json (default: print a table)")
     parser.add_argument("--variant", default=None, help="SER variant (default: the best UA in results.csv)")
     parser.add_argument("--fold", default=None, help="one fold's model (default: average all folds)")
-    parser.add_argument("--run", type=int, default=0)
+    parser.add_argument("--run", type=int, default=None, help="the run's models (default 0; an export holds one)")
     parser.add_argument("--decoder", default="greedy", choices=["greedy", "beam", "joint"],
                         help="transcript decoding; joint: CTC/attention beam search (a LAS with a CTC head)")
     parser.add_argument("--beam-size", type=int, default=None,

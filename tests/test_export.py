@@ -227,6 +227,8 @@ def test_an_unlisted_file_or_a_deleted_manifest_is_refused(ctc_export, tmp_path)
     with pytest.raises(ManifestError, match=r"zz-extra/run0/model.(json|pt): not part of the exported model"):
         EmotionRecognizer.from_pretrained(str(folder), device="cpu")
     shutil.rmtree(folder / "ser" / "MP-2" / "zz-extra")
+    with pytest.raises(ManifestError, match=r"an export of run 0, not of run 1"):
+        EmotionRecognizer.load(str(folder), run=1, device="cpu")
     (folder / MANIFEST).unlink()
     with pytest.raises(ManifestError, match="not an exported model folder"):
         EmotionRecognizer.load(str(folder), device="cpu")
