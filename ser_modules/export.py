@@ -325,6 +325,11 @@ def fold_key(fold: str) -> str:
     return "ser_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in fold)
 
 
+def module_key(fold: str) -> str:
+    """The fold's key in the ``ser_models`` ModuleDict (which refuses dots)."""
+    return fold.replace(".", "_")
+
+
 def _hyperparams_yaml(config: dict, fold_models: dict[str, tuple], files: dict[str, str]) -> str:
     """What the folder is, and the SER fold models wired SpeechBrain style: ``!new:`` modules, ``modules``
     and a ``pretrainer`` whose loadables are each fold's weights (``files``: paths inside the folder)."""
@@ -332,7 +337,7 @@ def _hyperparams_yaml(config: dict, fold_models: dict[str, tuple], files: dict[s
     keys = {fold: fold_key(fold) for fold in fold_models}
     wiring = {key: _new(fold_models[fold]) for fold, key in keys.items()}
     wiring["ser_models"] = _Tagged("!new:torch.nn.ModuleDict",
-                                   {"modules": {fold.replace(".", "_"): _Tagged("!ref", f"<{key}>")
+                                   {"modules": {module_key(fold): _Tagged("!ref", f"<{key}>")
                                                 for fold, key in keys.items()}})
     wiring["modules"] = {"ser_models": _Tagged("!ref", "<ser_models>")}
     wiring["pretrainer"] = _Tagged("!new:ser_modules.export.ExportPretrainer",

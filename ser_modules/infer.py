@@ -201,12 +201,13 @@ class EmotionRecognizer:
     @classmethod
     def from_pretrained(cls, folder: str, fold: str | None = None, device: str = "auto",
                         ser_models: torch.nn.ModuleDict | None = None, export_id: str | None = None,
-                        **kwargs) -> "EmotionRecognizer":
+                        run: int | None = None, **kwargs) -> "EmotionRecognizer":
         """An exported model folder (:mod:`ser_modules.export`), every file checked against its
         ``manifest.json`` first: the fold models its ``hyperparams.yaml`` wires (or ``fold``'s), with
         their weights, and the ASR front end they read. ``ser_models``: those models already loaded
-        (SpeechBrain's pretrainer did, in ``foreign_class``) from the hyperparams of ``export_id``."""
-        from ser_modules.export import export_hparams, fold_key, verify_export
+        (SpeechBrain's pretrainer did, in ``foreign_class``) from the hyperparams of ``export_id``;
+        ``run`` other than the exported one is refused."""
+        from ser_modules.export import export_hparams, fold_key, module_key, verify_export
 
         device = resolve_device(device)
         verify_export(folder)
@@ -214,13 +215,15 @@ class EmotionRecognizer:
         if export_id is not None and export_id != hparams["export_id"]:
             raise ManifestError(f"{folder}: its hyperparams.yaml is not the one loaded (export {export_id}); "
                                 "SpeechBrain reuses a savedir's files: give each exported model its own savedir")
+        if run not in (None, hparams["run"]):
+            raise ManifestError(f"{folder}: an export of run {hparams['run']}, not of run {run}")
         names = hparams["folds"]
         if fold is not None and fold not in names:
             raise ManifestError(f"{folder}: no fold {fold!r}; exported: {names}")
         spec = VariantSpec.from_dict(hparams["spec"])
         models = []
         for name in [fold] if fold else names:
-            key = name.replace(".", "_")
+            key = module_key(name)
             if ser_models is not None:
                 model = ser_models[key]
             else:
@@ -240,12 +243,9 @@ class EmotionRecognizer:
 
         # An export's manifest deleted: refused (from_pretrained says so), not loaded unchecked as an experiment.
         if os.path.isfile(os.path.join(folder, MANIFEST)) or os.path.isfile(os.path.join(folder, INTERFACE_FILE)):
-            rec = cls.from_pretrained(folder, fold, device, **kwargs)
+            rec = cls.from_pretrained(folder, fold, device, run=run, **kwargs)
             if variant not in (None, rec.variant):
                 raise ManifestError(f"{folder}: an export of {rec.variant!r}, not of {variant!r}")
-            exported = read_json(os.path.join(folder, MANIFEST)).get("run", 0)
-            if run not in (None, exported):
-                raise ManifestError(f"{folder}: an export of run {exported}, not of run {run}")
             return rec
         return cls.from_experiment(folder, variant, fold, run or 0, device, **kwargs)
 
