@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
 import pandas as pd
 
-from ser_modules.fileio import read_optional_json
+from ser_modules.fileio import key_digest, read_optional_json
 
 
 def _score(row: pd.Series, metric: str) -> str:
@@ -40,7 +38,7 @@ def model_card(exp_dir: str, config: dict, row: pd.Series) -> str:
     results = pd.read_csv(os.path.join(exp_dir, "results.csv"))
     asr_corpora = sorted(asr_data.get("corpora", {}))
     asr_hours = asr_data.get("train", {}).get("hours")
-    digest = hashlib.sha1(json.dumps(config.get("config"), sort_keys=True).encode()).hexdigest()[:12]
+    digest = key_digest(config.get("config"))
     env = config.get("trained_with", {})
     header = {
         "language": [language],
