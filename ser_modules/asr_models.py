@@ -171,7 +171,7 @@ def load_asr_model(path: str, device: str = "cpu"):
     if info.get("upstream"):  # a pretrained upstream: rebuilt from its own folder, no vocabulary
         from ser_modules.upstream import load_upstream
 
-        model, features = load_upstream(upstream_source(info, info_path), device)
+        model, features = load_upstream(upstream_source(info, info_path), device, info["upstream"].get("arch"))
         return model, features, None, info
     model, features, vocab = build_from_hparams(os.path.join(os.path.dirname(path), info["asr_hparams"]))
     if info.get("rank"):

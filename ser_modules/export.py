@@ -72,11 +72,15 @@ def verify_export(folder: str) -> dict:
             if rel not in listed:
                 raise ManifestError(f"{os.path.join(root, name)}: not part of the exported model (not in {MANIFEST}); "
                                     "remove it")
-    from ser_modules.upstream import weight_files
+    from ser_modules.upstream import upstream_kind, weight_files
 
     external = manifest.get("external", {})
     for source in sorted({os.path.dirname(p) for p in external}):
-        if os.path.isdir(source):
+        try:  # a referenced upstream folder (not the folder a referenced checkpoint file lies in)
+            is_folder_upstream = os.path.isdir(source) and upstream_kind(source) in ("hf", "speechbrain")
+        except ManifestError:
+            is_folder_upstream = False
+        if is_folder_upstream:
             for file in weight_files(source):
                 if os.path.abspath(file) not in external:
                     raise ManifestError(f"{file}: added to the referenced upstream since export (not in {MANIFEST})")
@@ -160,18 +164,20 @@ class _Copier:
         from ser_modules.upstream import upstream_kind, weight_files
 
         source = upstream_source(info, info_path)
-        upstream_kind(source)  # still an upstream folder, or one line saying what is missing
+        upstream_kind(source)  # still an upstream folder or checkpoint, or one line saying what is missing
         name = os.path.basename(os.path.normpath(source))
         rel_info = os.path.relpath(os.path.abspath(info_path), self.exp)
         if self.upstream_weights:
-            target = self.upstreams.setdefault(source, f"upstream/{name}")
+            target = self.upstreams.setdefault(source, f"upstream/{os.path.splitext(name)[0] if os.path.isfile(source) else name}")
             for file in weight_files(source):
                 rel = f"{target}/{os.path.basename(file)}"
                 if rel not in self.files:
                     os.makedirs(os.path.join(self.out, target), exist_ok=True)
                     shutil.copyfile(file, os.path.join(self.out, rel))
                     self.files.append(rel)
-            new_source = os.path.relpath(target, os.path.dirname(rel_info))
+            # a checkpoint file is the upstream itself (its architecture stays in model.json)
+            copied = f"{target}/{name}" if os.path.isfile(source) else target
+            new_source = os.path.relpath(copied, os.path.dirname(rel_info))
         else:
             for file in weight_files(source):
                 self.external[os.path.abspath(file)] = sha256(file)

@@ -75,13 +75,14 @@ def plot_loudness(examples: list[tuple[str, np.ndarray, np.ndarray]], unit: int,
 def plot_layer_scores(series: dict[str, tuple[list[str], list[float], list[float]]], path: str,
                       metric: str = "UA", lines: dict[str, float] | None = None, title: str | None = None) -> str:
     """``{model family: (layers, means, stds)}`` as error-bar lines, one per family; ``lines``: models
-    reading all layers at once (the weighted sum), as horizontal dashed lines."""
+    reading all layers at once (the weighted sum) or none (the handcrafted reference), as horizontal lines."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, (layers, means, stds) in series.items():
         ax.errorbar(range(len(layers)), means, yerr=stds, marker="o", capsize=3, label=name)
         ax.set_xticks(range(len(layers)), layers, rotation=45 if len(layers) > 8 else 0)
-    for (name, value), style in zip((lines or {}).items(), ("--", ":", "-.", (0, (5, 1)))):
-        ax.axhline(value, color="grey", ls=style, lw=1.2, label=name)
+    styles = ("--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 3)))
+    for i, (name, value) in enumerate((lines or {}).items()):
+        ax.axhline(value, color="grey" if i % 2 == 0 else "black", ls=styles[i % len(styles)], lw=1.2, label=name)
     if title:
         ax.set_title(title, fontsize=9)
     ax.set_xlabel("ASR layer")

@@ -91,10 +91,11 @@ def upstream_table(upstreams: list[dict]):
     """One row per described upstream (``asr/upstreams.json``): what was probed."""
     import pandas as pd
 
-    return pd.DataFrame([{"upstream": u["name"], "model": u["model_type"], "format": u["kind"],
+    return pd.DataFrame([{"upstream": u["name"], "model": u["model_type"],
+                          "format": u["kind"] + (f" ({u['arch']['bundle']})" if (u.get("arch") or {}).get("bundle") else ""),
                           "layers": f"{u['n_layers']} + input (layer0..layer{len(u['layers']) - 1})",
                           "dim": u["dims"][u["layers"][-1]], "frames/s": u["frame_rate_hz"],
-                          "parameters (M)": round(u["parameters"] / 1e6, 3), "folder": u["source"]}
+                          "parameters (M)": round(u["parameters"] / 1e6, 3), "SHA-1": u["sha1"][:12], "source": u["source"]}
                          for u in upstreams])
 
 
@@ -118,8 +119,8 @@ def learned_layer_weights(ser_dir: str, variant: dict) -> tuple[list[str], list[
 
 
 def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_dir: str, plot_dir: str):
-    """Per upstream: a UA-per-layer figure (one line per head, the weighted variants as horizontal
-    lines) and a figure of the learned layer weights. Returns ``(figure paths, weights table)``."""
+    """Per upstream: a UA-per-layer figure (one line per head, the weighted variants and the eGeMAPS
+    reference as horizontal lines) and a figure of the learned layer weights. Returns ``(figure paths, weights table)``."""
     import os
 
     import pandas as pd
@@ -138,6 +139,8 @@ def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_di
             series[typ] = (g["layer"].tolist(), g["UA_mean"].tolist(), g["UA_std"].tolist())
         weighted = mine[mine["type"] == "weighted"]
         lines = dict(zip(weighted["model"], weighted["UA_mean"]))
+        reference = results[results["type"] == "reference"]  # handcrafted features: the same for every upstream
+        lines.update({f"{n} (reference)": ua for n, ua in zip(reference["model"], reference["UA_mean"])})
         if series:
             figures.append(plots.plot_layer_scores(series, os.path.join(plot_dir, f"ua_per_layer_{up['name']}.png"),
                                                    lines=lines, title=f"{up['name']} ({up['model_type']})"))

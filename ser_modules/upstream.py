@@ -1,6 +1,6 @@
-"""Pretrained speech encoders ("upstreams") as frozen layer providers, loaded from local folders only.
+"""Pretrained speech encoders ("upstreams") as frozen layer providers, loaded from local files only.
 
-Two folder formats are read; nothing is ever downloaded:
+Two folder formats and two checkpoint files are read; nothing is ever downloaded:
 
 - a Hugging Face ``transformers`` folder (``config.json`` + ``model.safetensors`` or
   ``pytorch_model.bin``) of wav2vec 2.0, HuBERT, WavLM, data2vec-audio, or Whisper (its encoder, read
@@ -8,7 +8,10 @@ Two folder formats are read; nothing is ever downloaded:
 - a SpeechBrain folder (``hyperparams.yaml`` + checkpoints): the file must define ``encoder`` (a
   module on ``[B, T, F]`` features, its top-level children are the layers), optionally
   ``compute_features`` (waveform -> ``[B, T, F]``) and ``normalize``; every loadable of its
-  ``pretrainer`` is read from ``<folder>/<name>.ckpt`` (the ``paths`` of a hub model are ignored).
+  ``pretrainer`` is read from ``<folder>/<name>.ckpt`` (the ``paths`` of a hub model are ignored);
+- an ``openai-whisper`` checkpoint (``base.pt``: read as transformers' Whisper encoder) or a torchaudio
+  pipeline checkpoint (``wavlm_base_plus.pth``, :class:`TorchaudioUpstream`): see
+  :mod:`ser_modules.upstream_checkpoints`.
 
 An upstream exposes the interface of the toolkit's ASR models (:mod:`ser_modules.asr_models`):
 ``layer_names``, ``layer_sizes`` and ``forward_layers(wavs, samples, layers) -> {name: (hidden
@@ -21,6 +24,7 @@ convolution) and ``layerK`` the output of block K.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import warnings
@@ -29,7 +33,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ser_modules.fileio import ManifestError, file_digest
+from ser_modules.fileio import ManifestError, file_digest, key_digest
+from ser_modules.upstream_checkpoints import (build_torchaudio, checkpoint_kind, first_keys, load_openai_whisper,
+                                              load_whisper_state, resolve_arch)
 
 HF_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -40,9 +46,12 @@ SAMPLE_RATE = 16000
 
 
 def upstream_kind(path: str) -> str:
-    """``"hf"`` or ``"speechbrain"`` for a model folder; :class:`ManifestError` naming what is missing."""
+    """``"hf"`` or ``"speechbrain"`` for a model folder, ``"openai-whisper"`` or ``"torchaudio"`` for a
+    checkpoint file; :class:`ManifestError` naming what is missing."""
+    if os.path.isfile(path):
+        return checkpoint_kind(path)
     if not os.path.isdir(path):
-        raise ManifestError(f"{path}: upstream folder not found")
+        raise ManifestError(f"{path}: upstream folder or checkpoint file not found")
     if os.path.isfile(os.path.join(path, "config.json")):
         if not any(os.path.isfile(os.path.join(path, w)) for w in HF_WEIGHTS):
             raise ManifestError(f"{path}: has config.json but no weights ({' or '.join(HF_WEIGHTS)})")
@@ -57,6 +66,18 @@ def upstream_kind(path: str) -> str:
                         "and no hyperparams.yaml (SpeechBrain)")
 
 
+def check_upstream(path: str, arch: str | None = None) -> str:
+    """:func:`upstream_kind`, and for a torchaudio checkpoint its architecture resolved (what stage 2
+    needs), so a bad ``--upstream`` stops a run before stage 1; an ``arch`` given for anything but a
+    torchaudio checkpoint is refused."""
+    kind = upstream_kind(path)
+    if kind == "torchaudio":
+        resolve_arch(path, arch)
+    elif arch:
+        raise ManifestError(f"{path}: --upstream-arch {arch} is for torchaudio checkpoints; this is a {kind} upstream")
+    return kind
+
+
 def read_config(path: str) -> dict:
     try:
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
@@ -66,14 +87,18 @@ def read_config(path: str) -> dict:
 
 
 def weight_files(path: str) -> list[str]:
-    """The files an upstream's outputs depend on (configuration and weights), sorted."""
+    """The files an upstream's outputs depend on (configuration and weights), sorted; a checkpoint: itself."""
+    if os.path.isfile(path):
+        return [path]
     names = sorted(n for n in os.listdir(path) if n.endswith((".json", ".yaml", ".safetensors", ".bin", ".ckpt")))
     return [os.path.join(path, n) for n in names]
 
 
-def upstream_digest(path: str) -> str:
-    """SHA-1 of the configuration and weight files: a store of its layers is keyed by it."""
-    return file_digest(*weight_files(path))
+def upstream_digest(path: str, arch: dict | None = None) -> str:
+    """SHA-1 of the configuration and weight files (and a checkpoint's resolved architecture): a store of
+    its layers is keyed by it."""
+    digest = file_digest(*weight_files(path))
+    return key_digest({"weights": digest, "arch": arch}) if arch else digest
 
 
 class WaveformInput(nn.Module):
@@ -89,7 +114,33 @@ class WaveformInput(nn.Module):
         return wavs, samples
 
 
-class HFUpstream(nn.Module):
+class FrozenEncoder(nn.Module):
+    """What :class:`HFUpstream` and :class:`TorchaudioUpstream` share: a frozen ``self.model`` kept in eval
+    mode, ``frames(samples)``, ``hidden_states(wavs, samples)`` (all layers) and the layer taps."""
+
+    hop: int
+
+    @property
+    def frame_rate(self) -> float:
+        return SAMPLE_RATE / self.hop
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()  # frozen: dropout and masking off whatever the caller's mode
+        return self
+
+    @torch.no_grad()
+    def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
+        return self.layers_of(self.hidden_states(wavs, samples), samples, layers)
+
+    def layers_of(self, states: tuple, samples: torch.Tensor, layers: list[str]) -> dict:
+        """``{name: (hidden [B, T, D], frames [B])}`` of ``layers`` from :meth:`hidden_states`' output."""
+        frames = self.frames(samples).to(states[0].device)
+        t = int(frames.max())
+        return {name: (states[self.layer_names.index(name)][:, :t], frames) for name in layers}
+
+
+class HFUpstream(FrozenEncoder):
     """A frozen transformers speech encoder; ``layerK`` = ``hidden_states[K]``, K = 0..num_hidden_layers.
 
     Padded batches: wav2vec 2.0 / HuBERT / WavLM whose feature encoder normalises per frame
@@ -122,15 +173,6 @@ class HFUpstream(nn.Module):
             self.win = receptive_field(cfg.conv_kernel, cfg.conv_stride)
         # data2vec-audio's positional convolutions are stacked without re-zeroing padded frames: unbatched too.
         self.batched = model_type in ("wav2vec2", "hubert", "wavlm") and cfg.feat_extract_norm == "layer"
-
-    @property
-    def frame_rate(self) -> float:
-        return SAMPLE_RATE / self.hop
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.model.eval()  # frozen: dropout and masking off whatever the caller's mode
-        return self
 
     def frames(self, samples: torch.Tensor) -> torch.Tensor:
         """Output frames of utterances of ``samples`` samples ``[B]``."""
@@ -172,15 +214,71 @@ class HFUpstream(nn.Module):
         t = -(-len(wav) // self.hop)
         return tuple(s[0, :t] for s in self.model(feats, output_hidden_states=True).hidden_states)
 
-    @torch.no_grad()
-    def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
-        return self.layers_of(self.hidden_states(wavs, samples), samples, layers)
 
-    def layers_of(self, states: tuple, samples: torch.Tensor, layers: list[str]) -> dict:
-        """``{name: (hidden [B, T, D], frames [B])}`` of ``layers`` from :meth:`hidden_states`' output."""
-        frames = self.frames(samples).to(states[0].device)
-        t = int(frames.max())
-        return {name: (states[self.layer_names.index(name)][:, :t], frames) for name in layers}
+class TorchaudioUpstream(FrozenEncoder):
+    """A frozen torchaudio ``Wav2Vec2Model`` (wav2vec 2.0, HuBERT, WavLM) read from a pipeline checkpoint;
+    its layers are transformers' ``hidden_states`` of the same weights: ``layer0`` = the transformer's
+    input (feature projection + positional convolution, layer-normalised in post-norm models), ``layerK``
+    = the output of block K (torchaudio's ``extract_features``).
+
+    Padded batches as the model was trained: a feature encoder normalised per frame (``extractor_mode
+    layer_norm``, the large models) runs batched with lengths (torchaudio zeroes and masks the padded
+    frames); a group-normalised one (base models) normalises over time, so one utterance at a time.
+    Bundles trained on normalised waveforms (``normalize_waveform``: LV-60k, XLS-R, HuBERT and WavLM
+    large) normalise each utterance over its own samples, as ``bundle.get_model()`` does."""
+
+    def __init__(self, model: nn.Module, arch: dict):
+        super().__init__()
+        self.model, self.arch, self.model_type = model.eval(), arch, arch["family"]
+        for p in self.model.parameters():
+            p.requires_grad = False
+        self.layer_names = [f"layer{k}" for k in range(len(model.encoder.transformer.layers) + 1)]
+        self.layer_sizes = dict.fromkeys(self.layer_names, int(model.encoder.feature_projection.projection.out_features))
+        convs = model.feature_extractor.conv_layers
+        self.kernels, self.strides = [int(c.kernel_size) for c in convs], [int(c.stride) for c in convs]
+        self.hop, self.win = int(np.prod(self.strides)), receptive_field(self.kernels, self.strides)
+        self.batched = arch["params"].get("extractor_mode") == "layer_norm"
+
+    def frames(self, samples: torch.Tensor) -> torch.Tensor:
+        """Output frames of utterances of ``samples`` samples ``[B]`` (torchaudio's ConvLayerBlock lengths)."""
+        n = samples.long()
+        for k, s in zip(self.kernels, self.strides):
+            n = torch.clamp(torch.div(n - k, s, rounding_mode="floor") + 1, min=0)
+        return n
+
+    def hidden_states(self, wavs: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All hidden states ``(L+1) x [B, T, D]`` of a (padded) batch, valid up to :meth:`frames`."""
+        if self.batched:
+            return self._states(wavs, samples)
+        outs = [self._states(wavs[i : i + 1, : int(n)], None) for i, n in enumerate(samples)]
+        return tuple(_pad_cat([o[k][0] for o in outs]) for k in range(len(outs[0])))
+
+    def _states(self, wavs: torch.Tensor, samples: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        if self.arch["normalize_waveform"]:
+            wavs = normalize_each(wavs, samples)
+        x, lengths = self.model.feature_extractor(wavs, samples)
+        x, mask = self.model.encoder._preprocess(x, lengths)  # feature projection; padded frames zeroed and masked
+        padding = None
+        if self.arch["builder"] == "wavlm" and lengths is not None:  # WavLM's attention takes a key padding mask
+            padded = torch.arange(x.shape[1], device=x.device)[None] >= lengths[:, None]
+            padding, mask = torch.zeros(padded.shape, dtype=x.dtype, device=x.device).masked_fill(padded, -torch.inf), None
+        transformer = self.model.encoder.transformer
+        x = transformer._preprocess(x)  # + positional convolution (+ layer norm in post-norm models)
+        states, bias = [x], None
+        for layer in transformer.layers:
+            x, bias = layer(x, mask, position_bias=bias, key_padding_mask=padding)
+            states.append(x)
+        return tuple(states)  # a pre-norm model's final layer norm is not a layer: transformers' hidden_states omit it
+
+
+def normalize_each(wavs: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
+    """Each waveform of ``wavs [B, S]`` layer-normalised over its own ``samples`` (all if None), padding zero."""
+    if samples is None:
+        return nn.functional.layer_norm(wavs, wavs.shape[1:])
+    out = torch.zeros_like(wavs)
+    for i, n in enumerate(samples.tolist()):
+        out[i, :n] = nn.functional.layer_norm(wavs[i, :n], (n,))
+    return out
 
 
 def receptive_field(kernels, strides) -> int:
@@ -261,7 +359,8 @@ class CTCUpstream(nn.Module):
     def __init__(self, upstream: HFUpstream, n_tokens: int):
         super().__init__()
         if not isinstance(upstream, HFUpstream):
-            raise ManifestError(f"CTC adaptation needs a transformers upstream, not a {type(upstream).__name__}")
+            raise ManifestError(f"CTC adaptation needs a transformers upstream (a folder or an openai-whisper "
+                                f"checkpoint), not a {type(upstream).__name__}")
         self.upstream = upstream
         self.layer_names, self.layer_sizes, self.win = upstream.layer_names, upstream.layer_sizes, upstream.win
         self.head = nn.Linear(upstream.layer_sizes[upstream.layer_names[-1]], int(n_tokens))
@@ -347,17 +446,11 @@ def load_whisper_encoder(path: str) -> nn.Module:
         config = WhisperConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
         raise ManifestError(f"{path}: cannot read the Whisper config ({str(err).splitlines()[0]})") from err
-    with torch.device("meta"):  # no random initialisation: every weight is loaded below
-        encoder = WhisperEncoder(config)
-    state = whisper_encoder_state(path, read_weights(path), list(encoder.state_dict()))
+    with torch.device("meta"):  # only its key names
+        keys = list(WhisperEncoder(config).state_dict())
+    state = whisper_encoder_state(path, read_weights(path), keys)
     dtype = config.dtype or next(v.dtype for v in state.values() if v.is_floating_point())
-    encoder = encoder.to_empty(device="cpu").to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as err:  # shapes that disagree with config.json
-        raise ManifestError(f"{path}: the Whisper encoder's weights do not fit its config.json "
-                            f"({str(err).splitlines()[-1].strip()})") from err
-    return encoder
+    return load_whisper_state(path, config, state, getattr(torch, dtype) if isinstance(dtype, str) else dtype)
 
 
 def read_weights(path: str) -> dict:
@@ -383,17 +476,10 @@ def whisper_encoder_state(path: str, state: dict, keys: list[str]) -> dict:
             encoder[key[len(prefix):]] = value
         elif prefix is not None or not key.startswith(WHISPER_IGNORED_PREFIXES):
             unexpected.append(key)
-    missing = [k for k in keys if k not in encoder]
-    if missing:
-        raise ManifestError(f"{path}: the Whisper encoder's weights lack {len(missing)} key(s): {_first(missing)}")
     if unexpected:
         raise ManifestError(f"{path}: {len(unexpected)} unexpected key(s) in the Whisper weights (neither its encoder's "
-                            f"nor its decoder's): {_first(unexpected)}")
+                            f"nor its decoder's): {first_keys(unexpected)}")
     return encoder
-
-
-def _first(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
 def load_speechbrain(path: str) -> SpeechBrainUpstream:
@@ -420,18 +506,31 @@ def load_speechbrain(path: str) -> SpeechBrainUpstream:
     return SpeechBrainUpstream(hp["encoder"], feats, hp.get("normalize"), win)
 
 
-def load_upstream(path: str, device: str = "cpu") -> tuple[nn.Module, WaveformInput]:
-    """``(upstream in eval mode, its waveform front end)`` from a local folder (see module doc)."""
-    model = load_hf(path) if upstream_kind(path) == "hf" else load_speechbrain(path)
+def load_upstream(path: str, device: str = "cpu", arch: dict | None = None) -> tuple[nn.Module, WaveformInput]:
+    """``(upstream in eval mode, its waveform front end)`` from a local folder or checkpoint file (see
+    module doc); ``arch``: a torchaudio checkpoint's resolved architecture (default: from its file name)."""
+    kind = upstream_kind(path)
+    if kind == "hf":
+        model = load_hf(path)
+    elif kind == "speechbrain":
+        model = load_speechbrain(path)
+    elif kind == "openai-whisper":
+        model = HFUpstream(load_openai_whisper(path), "whisper")
+    else:
+        arch = arch or resolve_arch(path, None)
+        model = TorchaudioUpstream(build_torchaudio(path, arch), arch)
     return model.to(device).eval(), WaveformInput(model.win).to(device)
 
 
-def describe_upstream(name: str, path: str, device: str = "cpu", probe_seconds: float = 2.0, seed: int = 0) -> dict:
-    """Load an upstream, run it on ``probe_seconds`` of noise and describe it: kind, layers,
-    dimensions, frame rate (nominal and measured), parameters; :class:`ManifestError` if its outputs
-    are not finite or their frame counts disagree with the frame rate."""
+def describe_upstream(name: str, path: str, device: str = "cpu", probe_seconds: float = 2.0, seed: int = 0,
+                      arch: dict | None = None) -> dict:
+    """Load an upstream, run it on ``probe_seconds`` of noise and describe it: format (kind), layers,
+    dimensions, frame rate (nominal and measured), parameters, digest; :class:`ManifestError` if its
+    outputs are not finite or their frame counts disagree with the frame rate."""
     kind = upstream_kind(path)
-    model, features = load_upstream(path, device)
+    if kind == "torchaudio":
+        arch = arch or resolve_arch(path, None)
+    model, features = load_upstream(path, device, arch)
     samples = int(probe_seconds * SAMPLE_RATE)
     wav = torch.randn(1, samples, generator=torch.Generator().manual_seed(seed)).to(device) * 0.1
     out = model.forward_layers(wav, torch.tensor([samples], device=device), model.layer_names)
@@ -440,20 +539,28 @@ def describe_upstream(name: str, path: str, device: str = "cpu", probe_seconds: 
             raise ManifestError(f"{path}: layer {layer} gives non-finite values on a noise probe")
     measured = int(out[model.layer_names[-1]][1][0]) / probe_seconds
     nominal = float(model.frame_rate)
-    if kind == "hf" and abs(measured - nominal) > nominal / probe_seconds + 1:
+    if kind != "speechbrain" and abs(measured - nominal) > nominal / probe_seconds + 1:
         raise ManifestError(f"{path}: {measured:.1f} frames per second measured, {nominal:.1f} expected")
-    config = read_config(path) if kind == "hf" else {}
-    return {"name": name, "source": os.path.abspath(path), "kind": kind,
-            "model_type": config.get("model_type", "speechbrain"), "layers": model.layer_names,
+    model_type = {"hf": lambda: read_config(path)["model_type"], "speechbrain": lambda: "speechbrain",
+                  "openai-whisper": lambda: "whisper", "torchaudio": lambda: arch["family"]}[kind]()
+    return {"name": name, "source": os.path.abspath(path), "kind": kind, "model_type": model_type,
+            "arch": arch, "layers": model.layer_names,
             "n_layers": len(model.layer_names) - 1, "dims": model.layer_sizes,
             "frame_rate_hz": round(nominal, 3), "measured_frame_rate_hz": round(measured, 3),
             "parameters": int(sum(p.numel() for p in model.parameters())),
-            "min_samples": int(features.win), "sha1": upstream_digest(path), "device": device}
+            "min_samples": int(features.win), "sha1": upstream_digest(path, arch), "device": device}
 
 
 def upstream_name(path: str, taken: set[str]) -> str:
-    """A short unique name from the folder name (``wavlm-base-plus``): what variants and stores are called."""
-    base = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.path.basename(os.path.normpath(path))) or "upstream"
+    """A short unique name from the folder or file name (``wavlm-base-plus``, ``wavlm_base_plus`` of
+    ``wavlm_base_plus.pth``; an openai-whisper ``base.pt`` is ``whisper-base``): what variants and stores
+    are called."""
+    base = os.path.basename(os.path.normpath(path))
+    if os.path.isfile(path):
+        base = os.path.splitext(base)[0]
+        if upstream_kind(path) == "openai-whisper" and "whisper" not in base.lower():
+            base = f"whisper-{base}"
+    base = "".join(c if c.isalnum() or c in "-_" else "-" for c in base) or "upstream"
     taken = set(taken) | {"pretrained", "upstreams", "adapted"}  # stage 2's DS2/LAS model, the templates
     name, i = base, 2
     while name in taken:
@@ -461,19 +568,47 @@ def upstream_name(path: str, taken: set[str]) -> str:
     return name
 
 
+class _ArchOfLastUpstream(argparse.Action):
+    """``--upstream-arch A`` belongs to the ``--upstream`` before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        given = getattr(namespace, "upstream", None) or []
+        if not given:
+            parser.error(f"{option_string} {value}: comes after the --upstream it describes")
+        if given[-1][1] is not None:
+            parser.error(f"{option_string} {value}: --upstream {given[-1][0]} already has --upstream-arch {given[-1][1]}")
+        given[-1] = (given[-1][0], value)
+
+
+class _Upstream(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, "upstream", [*(getattr(namespace, "upstream", None) or []), (value, None)])
+
+
+def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--upstream PATH [--upstream-arch A]`` (repeatable) -> ``args.upstream``: ``[(path, arch or None)]``."""
+    parser.add_argument("--upstream", action=_Upstream, default=[], metavar="PATH",
+                        help="an upstream: a transformers or SpeechBrain folder, an openai-whisper .pt or a torchaudio "
+                             ".pth checkpoint (repeatable)")
+    parser.add_argument("--upstream-arch", action=_ArchOfLastUpstream, metavar="BUNDLE|PARAMS.json",
+                        help="the architecture of the torchaudio checkpoint of the --upstream before it: a "
+                             "torchaudio.pipelines bundle name or a JSON of wav2vec2_model parameters")
+
 
 def main(argv=None) -> int:
-    """``python -m ser_modules.upstream check PATH...``: each path is an upstream folder (one line per bad one)."""
+    """``python -m ser_modules.upstream check --upstream PATH [--upstream-arch A] ...``: one line per bad one."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "check":
-        print("usage: python -m ser_modules.upstream check PATH...", file=sys.stderr)
+        print("usage: python -m ser_modules.upstream check --upstream PATH [--upstream-arch A] ...", file=sys.stderr)
         return 2
+    parser = argparse.ArgumentParser(prog="python -m ser_modules.upstream check")
+    add_upstream_arguments(parser)
     bad = 0
-    for path in argv[1:]:
+    for path, arch in parser.parse_args(argv[1:]).upstream:
         try:
-            upstream_kind(path)
+            check_upstream(path, arch)
         except ManifestError as err:
             print(f"error: {err}", file=sys.stderr)
             bad += 1

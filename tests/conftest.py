@@ -35,7 +35,8 @@ UPSTREAM_TINY = [
     "ser.variants=[{name: weighted-MP, type: weighted, head: mp, asr: upstreams, max_epochs: 3},"
     " {name: MP, type: mp, asr: upstreams, layer: all, max_epochs: 2},"
     " {name: RNN, type: rnn, asr: upstreams, layer: last, hidden: 8, max_epochs: 2},"
-    " {name: IAAN, type: iaan, asr: upstreams, layer: layer1, hidden: 8, max_epochs: 2}]",
+    " {name: IAAN, type: iaan, asr: upstreams, layer: layer1, hidden: 8, max_epochs: 2},"
+    " {name: eGeMAPS-SVM, type: reference, C: [0.1]}]",
     "score.chance_runs=2",
 ]
 

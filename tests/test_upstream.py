@@ -170,14 +170,14 @@ def test_bad_folders_get_one_line_naming_what_is_missing(tmp_path):
     (tmp_path / "bert" / "model.safetensors").write_bytes(b"")
     sb = make_tiny_upstream("speechbrain", str(tmp_path / "sb"))
     os.remove(os.path.join(sb, "encoder.ckpt"))
-    cases = {"missing": "upstream folder not found", "empty": "no config.json (Hugging Face transformers) and no "
+    cases = {"missing": "upstream folder or checkpoint file not found", "empty": "no config.json (Hugging Face transformers) and no "
              "hyperparams.yaml (SpeechBrain)", "noweights": "has config.json but no weights (model.safetensors or "
              "pytorch_model.bin)", "bert": "model_type 'bert' is not a supported upstream", "sb": "no checkpoint "
              "encoder.ckpt"}
     for name, message in cases.items():
         with pytest.raises(ManifestError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_upstream(str(tmp_path / name))
-    proc = subprocess.run([sys.executable, "-m", "ser_modules.upstream", "check", str(tmp_path / "empty")],
+    proc = subprocess.run([sys.executable, "-m", "ser_modules.upstream", "check", "--upstream", str(tmp_path / "empty")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and str(tmp_path / "empty") in proc.stderr
     runner = subprocess.run(["bash", os.path.join(REPO, "recipes", "upstream_probe", "run.sh"), "--exp-dir",
@@ -228,13 +228,14 @@ def test_upstream_recipe_end_to_end(upstream_exp):
     assert stores["asr"]["wavlm-tiny"]["layers"] == ["layer0", "layer1", "layer2"]
     results = pd.read_csv(exp / "results.csv")
     assert results["model"].tolist() == ["weighted-MP-wavlm-tiny", "MP-wavlm-tiny.layer0", "MP-wavlm-tiny.layer1",
-                                         "MP-wavlm-tiny.layer2", "RNN-wavlm-tiny.layer2", "IAAN-wavlm-tiny.layer1"]
+                                         "MP-wavlm-tiny.layer2", "RNN-wavlm-tiny.layer2", "IAAN-wavlm-tiny.layer1",
+                                         "eGeMAPS-SVM"]
     for fold in ("session1", "session2"):
         weights = json.loads((exp / "ser" / "weighted-MP-wavlm-tiny" / fold / "run0" / "layer_weights.json").read_text())
         assert list(weights) == ["layer0", "layer1", "layer2"] and sum(weights.values()) == pytest.approx(1, abs=1e-4)
     text = (exp / "RESULTS.md").read_text()
     for needle in ("## Upstreams (stage 2)", "## Learned layer weights", "Weighted layer sum (SUPERB)",
-                   "against **weighted-MP-wavlm-tiny**"):
+                   "against **weighted-MP-wavlm-tiny**", "Classical reference"):
         assert needle in text
     for plot in ("ua_per_layer_wavlm-tiny.png", "layer_weights_wavlm-tiny.png"):
         assert (exp / "plots" / plot).is_file()

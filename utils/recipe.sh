@@ -28,7 +28,7 @@ slurm_partition=${slurm_partition:-}
 slurm_time=${slurm_time:-240}
 slurm_gres=${slurm_gres:-}
 overrides=()
-upstreams=()  # --upstream PATH (repeatable), for a recipe that sets recipe_takes_upstreams=1
+upstreams=()  # --upstream PATH [--upstream-arch A] (repeatable) as stage 2 takes them, for recipe_takes_upstreams=1
 
 recipe_usage() {
   cat <<EOF
@@ -83,7 +83,10 @@ Options:
 $(if [ "${recipe_takes_upstreams:-0}" = 1 ]; then
   echo "  --upstream PATH          a pretrained upstream folder: transformers (config.json + weights: wav2vec 2.0,"
   echo "                           HuBERT, WavLM, data2vec-audio, Whisper) or SpeechBrain (hyperparams.yaml +"
-  echo "                           checkpoints); repeatable; read from local files only (needed by stage 2)"
+  echo "                           checkpoints), or a checkpoint file: openai-whisper (base.pt) or torchaudio"
+  echo "                           pipeline (wavlm_base_plus.pth); repeatable; local files only (needed by stage 2)"
+  echo "  --upstream-arch A        the architecture of the torchaudio checkpoint of the --upstream before it when"
+  echo "                           its file name is not a bundle's: a bundle name (WAVLM_BASE_PLUS) or PARAMS.json"
 fi)
   key=value                override an hparam of every stage that has it; prefix asr., adapt.,
                            dump. or ser. to target one stage (e.g. ser.n_runs=3)
@@ -122,7 +125,10 @@ parse_recipe_options() {
       --demo-dir) demo_dir=$2; shift 2 ;;
       --upstream)
         if [ "${recipe_takes_upstreams:-0}" != 1 ]; then echo "$0: unknown option '$1' (see --help)" >&2; exit 2; fi
-        upstreams+=("$2"); shift 2 ;;
+        upstreams+=(--upstream "$2"); shift 2 ;;
+      --upstream-arch)
+        if [ "${recipe_takes_upstreams:-0}" != 1 ]; then echo "$0: unknown option '$1' (see --help)" >&2; exit 2; fi
+        upstreams+=(--upstream-arch "$2"); shift 2 ;;
       *=*) overrides+=("$1"); shift ;;
       *) echo "$0: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -177,17 +183,15 @@ parse_recipe_options() {
   fi
   if [ "${recipe_takes_upstreams:-0}" = 1 ] && [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     if [ ${#upstreams[@]} -eq 0 ]; then
-      echo "$0: stage 2 needs --upstream PATH (a model folder; utils/make_tiny_upstream.py writes a tiny one)" >&2; exit 2
+      echo "$0: stage 2 needs --upstream PATH (a model folder or checkpoint; utils/make_tiny_upstream.py writes a tiny one)" >&2; exit 2
     fi
-    $python -m ser_modules.upstream check "${upstreams[@]}" || exit 2  # a bad folder stops before stage 1
+    $python -m ser_modules.upstream check "${upstreams[@]}" || exit 2  # a bad upstream stops before stage 1
   fi
 }
 
-# Stage 2's extra arguments: the upstream folders of a recipe that takes them.
+# Stage 2's extra arguments: the upstreams (and architectures) of a recipe that takes them.
 upstream_args() {
-  local u
-  for u in "${upstreams[@]}"; do echo --upstream "$u"; done
-  return 0
+  [ ${#upstreams[@]} -eq 0 ] || printf '%s\n' "${upstreams[@]}"
 }
 
 log() {

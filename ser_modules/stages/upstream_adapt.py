@@ -54,7 +54,7 @@ def ctc_job(fold: str) -> tuple[str, float]:
         return fold, 0.0
     fold_dir = staged.begin()  # adapted aside, renamed into place when exported
     vocab = hp["vocab"]
-    upstream, features = load_upstream(up["source"], device)
+    upstream, features = load_upstream(up["source"], device, up.get("arch"))
     seed_all(hp["seed"])  # the head's initial weights
     model = CTCUpstream(upstream, len(vocab)).to(device)
     fold_hp = {**hp, "features": features, "stages": ["all"]}
@@ -79,9 +79,10 @@ def main(argv=None) -> None:
         return
     hp.setdefault("eval_batch_size", hp["batch_size"])
     up = chosen_upstream(upstream_entries(args.exp_dir), hp["upstream"], os.path.join(args.exp_dir, "asr"))
-    if up["kind"] != "hf":
-        raise ManifestError(f"{up['source']}: adapt.ctc_head=True needs a transformers upstream; {up['name']} is a "
-                            f"{up['kind']} folder (choose one with adapt.upstream=NAME)")
+    if up["kind"] not in ("hf", "openai-whisper"):
+        raise ManifestError(f"{up['source']}: adapt.ctc_head=True needs a transformers upstream (a folder or an "
+                            f"openai-whisper checkpoint); {up['name']} is a {up['kind']} upstream (choose one with "
+                            "adapt.upstream=NAME)")
     turns, manifest, folds = emotion_inputs(args.data_dir, args.protocol, args.folds)
     corpus = read_json(os.path.join(args.data_dir, "prepare_summary.json"))["emotion_corpus"]
     os.makedirs(out, exist_ok=True)

@@ -1,8 +1,9 @@
 """Stage 2 of upstream_probe: verify and describe each pretrained upstream (``--upstream PATH``, repeatable).
 
-Nothing is trained: each folder is loaded from local files (:mod:`ser_modules.upstream`), run once on
+Nothing is trained: each folder or checkpoint file (an openai-whisper ``.pt``, a torchaudio ``.pth`` with
+its ``--upstream-arch`` if its file name is not a bundle's) is loaded from local files (:mod:`ser_modules.upstream`), run once on
 a noise probe (``probe_seconds`` of conf/asr.yaml) and described: kind, layers ``layer0..N``,
-dimensions, frame rate, parameters, weight digest. Writes ``<exp>/asr/upstreams.json`` (the list
+dimensions, frame rate, parameters, weight digest (a torchaudio checkpoint: and its architecture). Writes ``<exp>/asr/upstreams.json`` (the list
 stages 4-6 read) and ``<exp>/asr/<name>/model.json`` (what :func:`ser_modules.asr_models.load_asr_model`
 rebuilds it from). A folder that is not an upstream stops the stage with one line naming what is missing.
 """
@@ -14,32 +15,36 @@ import os
 from ser_modules.fileio import ManifestError, run_main, write_json, write_text
 from ser_modules.hparams import load_stage_hparams
 from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
-from ser_modules.upstream import describe_upstream, upstream_name
+from ser_modules.upstream import add_upstream_arguments, check_upstream, describe_upstream, upstream_name
+from ser_modules.upstream_checkpoints import resolve_arch
 
 
 def main(argv=None) -> None:
     parser = stage_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--upstream", action="append", default=[], help="an upstream model folder (repeatable)")
+    add_upstream_arguments(parser)
     args = parse_stage_args(parser, argv)
     log = stage_logging(args.exp_dir, "stage2_upstream")
     out = os.path.join(args.exp_dir, "asr")
     hp, resolved = load_stage_hparams(args.conf_dir, "asr", args.size, {"seed": args.seed}, args.overrides)
     if not args.upstream:
         raise ManifestError(f"{args.conf_dir}: stage 2 of upstream_probe needs --upstream PATH (a transformers or "
-                            "SpeechBrain model folder; utils/make_tiny_upstream.py writes a tiny one)")
+                            "SpeechBrain model folder, or an openai-whisper / torchaudio checkpoint; "
+                            "utils/make_tiny_upstream.py writes a tiny one)")
     described, names = [], set()
-    for path in args.upstream:
+    for path, arch in args.upstream:
         name = upstream_name(path, names)
         names.add(name)
-        info = describe_upstream(name, path, args.device, hp["probe_seconds"], args.seed)
+        resolved_arch = resolve_arch(path, arch) if check_upstream(path, arch) == "torchaudio" else None
+        info = describe_upstream(name, path, args.device, hp["probe_seconds"], args.seed, resolved_arch)
         described.append(info)
-        print(f"stage 2 upstream {name}: {info['model_type']} ({info['kind']}), {info['n_layers']} layers + input "
+        bundle = f", bundle {info['arch']['bundle']}" if info["arch"] and info["arch"]["bundle"] else ""
+        print(f"stage 2 upstream {name}: {info['model_type']} ({info['kind']}{bundle}), {info['n_layers']} layers + input "
               f"(layer0..layer{len(info['layers']) - 1}) of {info['dims'][info['layers'][-1]]} dims, "
               f"{info['frame_rate_hz']:g} frames/s, {info['parameters'] / 1e6:.2f} M parameters")
     write_text(os.path.join(out, "hyperparams.yaml"), resolved)
     for info in described:  # what load_asr_model rebuilds the upstream from
         write_json(os.path.join(out, info["name"], "model.json"),
-                   {"upstream": {"source": info["source"], "kind": info["kind"]}, "sha1": info["sha1"],
+                   {"upstream": {"source": info["source"], "kind": info["kind"], "arch": info["arch"]}, "sha1": info["sha1"],
                     "model_name": info["name"]})
     write_json(os.path.join(out, "upstreams.json"), {"upstreams": described})
     log.info("stage 2: %d upstream(s) described in %s", len(described), os.path.join(out, "upstreams.json"))
