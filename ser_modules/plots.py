@@ -128,19 +128,24 @@ def plot_scaling(frame, path: str) -> str:
     return _save(fig, path)
 
 
-def plot_layer_weights(weights: dict[str, tuple[list[str], list[float], list[float]]], path: str,
-                       title: str | None = None) -> str:
-    """``{variant: (layers, mean weights, stds)}`` as grouped bars: the learned softmax layer weights."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+def plot_layer_weights(weights: dict[str, tuple[list[str], np.ndarray]], path: str, title: str | None = None) -> str:
+    """``{variant: (layers, weights [folds x runs, layers])}`` as grouped bars of the mean learned softmax
+    weight with its spread (std) as error bars and each fold's weights as dots; the uniform weight dotted."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
     width = 0.8 / max(len(weights), 1)
-    for i, (name, (layers, means, stds)) in enumerate(weights.items()):
-        ax.bar(np.arange(len(layers)) + i * width, means, width, yerr=stds, capsize=2, label=name)
+    for i, (name, (layers, values)) in enumerate(weights.items()):
+        x = np.arange(len(layers)) + i * width
+        bars = ax.bar(x, values.mean(axis=0), width, yerr=values.std(axis=0), capsize=2, alpha=0.7,
+                      label=f"{name} ({len(values)} folds x runs)")
+        jitter = np.linspace(-0.25, 0.25, len(values))[:, None] * width if len(values) > 1 else np.zeros((1, 1))
+        ax.scatter((x[None] + jitter).ravel(), values.ravel(), s=6, color=bars.patches[0].get_facecolor(),
+                   edgecolors="black", linewidths=0.3, zorder=3)
         ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers, rotation=45 if len(layers) > 8 else 0)
     ax.axhline(1 / max(len(next(iter(weights.values()))[0]), 1), color="grey", ls=":", lw=1, label="uniform")
     if title:
         ax.set_title(title, fontsize=9)
     ax.set_xlabel("layer")
     ax.set_ylabel("learned weight")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

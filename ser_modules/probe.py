@@ -99,9 +99,9 @@ def upstream_table(upstreams: list[dict]):
                          for u in upstreams])
 
 
-def learned_layer_weights(ser_dir: str, variant: dict) -> tuple[list[str], list[float], list[float]]:
-    """``(layers, mean, std)`` of a weighted variant's learned layer weights over its folds x runs
-    (``layer_weights.json`` written by stage 5 beside each run's model)."""
+def learned_layer_weights(ser_dir: str, variant: dict) -> tuple[list[str], "np.ndarray"]:
+    """``(layers, weights [folds x runs, layers])``: a weighted variant's learned layer weights, one row
+    per run (``layer_weights.json`` written by stage 5 beside each run's model), folds in name order."""
     import glob
     import os
 
@@ -114,15 +114,26 @@ def learned_layer_weights(ser_dir: str, variant: dict) -> tuple[list[str], list[
     if not runs:
         raise ManifestError(f"{os.path.join(ser_dir, variant['name'])}: no layer_weights.json (rerun stage 5)")
     layers = list(runs[0])
-    values = np.array([[r[n] for n in layers] for r in runs])
-    return layers, values.mean(axis=0).tolist(), values.std(axis=0).tolist()
+    return layers, np.array([[r[n] for n in layers] for r in runs])
+
+
+def weight_entropy(weights) -> "np.ndarray":
+    """Entropy (nats) of each row of softmax weights ``[runs, layers]``: ``ln(layers)`` when uniform, 0
+    when one layer takes all."""
+    import numpy as np
+
+    w = np.clip(np.asarray(weights, dtype=float), 1e-12, None)
+    return -(w * np.log(w)).sum(axis=-1)
 
 
 def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_dir: str, plot_dir: str):
     """Per upstream: a UA-per-layer figure (one line per head, the weighted variants and the eGeMAPS
-    reference as horizontal lines) and a figure of the learned layer weights. Returns ``(figure paths, weights table)``."""
+    reference as horizontal lines) and a figure of the learned layer weights per fold; the weights table
+    gives each weighted variant's mean weights and their entropy next to the uniform weighting's
+    (``ln(layers)``: a ratio near 1 means the weights did not learn). Returns ``(figure paths, weights table)``."""
     import os
 
+    import numpy as np
     import pandas as pd
 
     from ser_modules import plots
@@ -146,16 +157,18 @@ def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_di
                                                    lines=lines, title=f"{up['name']} ({up['model_type']})"))
         curves = {}
         for name in weighted["model"]:
-            layers, mean, std = learned_layer_weights(ser_dir, by_name[name])
-            curves[name] = (layers, mean, std)
-            rows += [{"model": name, "layer": n, "weight": round(m, 4), "std": round(s, 4)}
-                     for n, m, s in zip(layers, mean, std)]
+            layers, values = learned_layer_weights(ser_dir, by_name[name])
+            curves[name] = (layers, values)
+            entropy = weight_entropy(values)
+            rows.append({"model": name, **{n: f"{m:.3f}" for n, m in zip(layers, values.mean(axis=0))},
+                         "entropy (nats)": f"{entropy.mean():.3f} ± {entropy.std():.3f}",
+                         "uniform": f"{np.log(len(layers)):.3f}",
+                         "entropy / uniform": f"{entropy.mean() / np.log(len(layers)):.2f}"})
         if curves:
             figures.append(plots.plot_layer_weights(curves, os.path.join(plot_dir, f"layer_weights_{up['name']}.png"),
                                                     title=f"learned layer weights, {up['name']}"))
     table = pd.DataFrame(rows)
-    if len(table):  # one row per weighted model, one column per layer
-        table = table.assign(cell=[f"{w:.3f}" for w in table["weight"]]).pivot(index="model", columns="layer",
-                                                                                   values="cell")
-        table = table[sorted(table.columns, key=layer_index)].fillna("").reset_index()  # "": not in that sum
+    if len(table):  # one row per weighted model, one column per layer ("": not in that sum)
+        layer_cols = sorted((c for c in table.columns if c.startswith("layer")), key=layer_index)
+        table = table[["model", *layer_cols, "entropy (nats)", "uniform", "entropy / uniform"]].fillna("")
     return figures, table

@@ -36,7 +36,8 @@ from ser_modules.models.ser import (
 logger = logging.getLogger(__name__)
 MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference", "weighted")
 NO_ASR_TYPES = ("baseline", "reference")
-VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr")
+VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr", "layer_weights_lr", "early_stop_patience",
+                         "early_stop_min_steps")
 
 
 @dataclass
@@ -79,8 +80,10 @@ class VariantSpec:
 
     @property
     def pooled(self) -> bool:
-        """Reads one mean-pooled vector per utterance (MP-x, Progressive net-x, weighted with the MP head)."""
-        return self.type in ("mp", "progressive") or (self.type == "weighted" and self.options.get("head", "mp") == "mp")
+        """Reads one mean-pooled vector per utterance (MP-x, Progressive net-x, weighted with the MP head;
+        not with ``layer_norm``, which normalises every frame before the mean)."""
+        return self.type in ("mp", "progressive") or (self.type == "weighted" and self.options.get("head", "mp") == "mp"
+                                                      and not self.options.get("layer_norm", False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +253,8 @@ def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dro
     if spec.type == "weighted":
         head = VariantSpec(spec.name, o.get("head", "mp"), spec.asr, spec.layer, spec.hidden, o)
         return WeightedLayerSum, dict(n_layers=dims["layers"], dim=dims["asr"],
-                                      head=model_blueprint(head, dims, n_classes, dropout))
+                                      head=model_blueprint(head, dims, n_classes, dropout),
+                                      layer_norm=bool(o.get("layer_norm", False)))
     return IAAN, dict(input_size=dims["asr"], hidden_size=spec.hidden, attention_size=o.get("attention_size", 16),
                       mlp_size=o.get("mlp_size", 64), n_classes=n_classes, dropout=dropout)
 
@@ -289,6 +293,7 @@ class PlateauAnnealer:
 
     def __init__(self, lr: float, factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6):
         self.lr, self.factor, self.patience, self.min_lr = lr, factor, patience, min_lr
+        self.initial_lr = lr
         self.best, self.bad_epochs = float("inf"), 0
 
     def step(self, loss: float) -> float:
@@ -310,6 +315,27 @@ class PlateauAnnealer:
 
     def load_state_dict(self, state: dict) -> None:
         self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
+
+
+def should_stop(history: list[dict], annealed_out: bool, patience: int | None, min_steps: int | None) -> bool:
+    """Stop after this epoch? When the learning rate has annealed below ``min_lr`` or ``patience``
+    epochs passed without a lower validation loss (None: never), but not before ``min_steps``
+    optimizer steps (``history[-1]["steps"]``): a learned layer weighting needs that long to settle."""
+    if min_steps and history[-1]["steps"] < min_steps:
+        return False
+    best_epoch = min(history, key=lambda h: h["valid_loss"])["epoch"]
+    return bool(annealed_out or (patience and int(history[-1]["epoch"]) - best_epoch >= patience))
+
+
+def param_groups(model: torch.nn.Module, lr: float, layer_weights_lr: float | None) -> list[dict]:
+    """Adam's parameter groups: the layer logits of a weighted sum at ``layer_weights_lr`` (when given),
+    everything else at ``lr``; ``initial_lr`` is what annealing scales."""
+    logits = [p for n, p in model.named_parameters() if n.endswith("layer_logits")] if layer_weights_lr else []
+    rest = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in logits)]
+    groups = [{"params": rest, "lr": lr, "initial_lr": lr}]
+    if logits:
+        groups.append({"params": logits, "lr": float(layer_weights_lr), "initial_lr": float(layer_weights_lr)})
+    return groups
 
 
 class SERBrain(sb.Brain):
@@ -353,8 +379,9 @@ class SERBrain(sb.Brain):
             seed_all(self.hparams.seed * 1000 + int(epoch or 0))
             self.hparams.train_sampler.set_epoch(int(epoch or 1))
             self.hparams.train_set.set_epoch(int(epoch or 1))
+            decay = self.hparams.annealer.lr / self.hparams.annealer.initial_lr  # annealing scales every group alike
             for group in self.optimizer.param_groups:
-                group["lr"] = self.hparams.annealer.lr
+                group["lr"] = group.get("initial_lr", self.hparams.annealer.initial_lr) * decay  # (older resume.pt: one group)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
@@ -364,18 +391,15 @@ class SERBrain(sb.Brain):
             return
         lr = self.hparams.annealer.lr
         self.hparams.annealer.step(stage_loss)
-        self.hparams.history.append({"epoch": epoch, "lr": lr, "train_loss": round(self.train_loss, 5),
+        steps = int(epoch) * len(self.hparams.train_sampler)  # optimizer steps so far
+        self.hparams.history.append({"epoch": epoch, "steps": steps, "lr": lr, "train_loss": round(self.train_loss, 5),
                                      "valid_loss": round(stage_loss, 5), "valid_UA": round(self.balanced_accuracy(), 4)})
         if stage_loss < self.best_loss:
             self.best_loss = stage_loss
             self.best_state = {k: v.detach().clone() for k, v in self.modules.model.state_dict().items()}
         counter = self.hparams.epoch_counter
-        if self.hparams.annealer.done:
-            counter.should_stop = True
-        patience = self.hparams.early_stop_patience  # epochs without a lower validation loss (None: off)
-        best_epoch = min(self.hparams.history, key=lambda h: h["valid_loss"])["epoch"]
-        if patience and int(epoch) - best_epoch >= patience:
-            counter.should_stop = True
+        counter.should_stop = should_stop(self.hparams.history, self.hparams.annealer.done,
+                                          self.hparams.early_stop_patience, self.hparams.early_stop_min_steps)
         state = {"model": self.modules.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "annealer": self.hparams.annealer.state_dict(), "epoch": epoch, "should_stop": counter.should_stop,
                  "history": self.hparams.history, "best_state": self.best_state, "best_loss": self.best_loss}
@@ -513,10 +537,12 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
                 "class_weights": class_weights(train_set.labels, n_classes, hp.get("class_weights")),
                 "max_grad_norm": hp["max_grad_norm"], "noprogressbar": True,
                 "early_stop_patience": hp.get("early_stop_patience"),
+                "early_stop_min_steps": hp.get("early_stop_min_steps"),
                 "resume_path": os.path.join(out_dir, "resume.pt")}
     if brain_hp["class_weights"] is not None:
         brain_hp["class_weights"] = brain_hp["class_weights"].to(device)
-    brain = SERBrain(modules={"model": model}, opt_class=lambda params: torch.optim.Adam(params, lr=hp["lr"]),
+    groups = param_groups(model, hp["lr"], hp.get("layer_weights_lr"))
+    brain = SERBrain(modules={"model": model}, opt_class=lambda params: torch.optim.Adam(groups, lr=hp["lr"]),
                      hparams=brain_hp, run_opts={"device": device, "noprogressbar": True})
     brain.fit(counter, loader(train_set, sampler), loader(valid_set))
     model.load_state_dict(brain.best_state)  # the lowest validation loss is evaluated

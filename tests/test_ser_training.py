@@ -1,4 +1,5 @@
-"""Stage-5 training rules on the tiny demo corpus: early stopping on the validation loss."""
+"""Stage-5 training rules on the tiny demo corpus: early stopping on the validation loss, held off for a
+minimum number of optimizer steps."""
 
 import json
 import os
@@ -52,3 +53,16 @@ def test_early_stopping_waits_patience_epochs_after_the_best_validation_loss(cor
     # Without early stopping the same run goes on (only min_lr or max_epochs end it).
     assert len(train(corpus, "no_patience", f"ser.max_epochs={len(history) + 2}", "ser.anneal_patience=100")) \
         == len(history) + 2
+
+
+def test_the_minimum_steps_hold_off_early_stopping(corpus):
+    # The same run as above with early_stop_min_steps: no stop before that many optimizer steps.
+    history = train(corpus, "patience", "ser.max_epochs=25", "ser.early_stop_patience=3", "ser.anneal_patience=100")
+    per_epoch = history[0]["steps"]
+    min_steps = (len(history) + 3) * per_epoch  # three epochs past where patience stopped it
+    held = train(corpus, "min_steps", "ser.max_epochs=25", "ser.early_stop_patience=3", "ser.anneal_patience=100",
+                 f"ser.early_stop_min_steps={min_steps}")
+    assert [h["steps"] for h in held] == [per_epoch * e for e in range(1, len(held) + 1)]
+    assert held[-1]["steps"] >= min_steps and len(held) >= len(history) + 3
+    best = int(np.argmin([h["valid_loss"] for h in held]))
+    assert len(held) == 25 or len(held) - (best + 1) >= 3  # where it stopped, the patience rule held

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ser_modules.features import length_mask, stack_frames
 from ser_modules.models.activations import tanh
@@ -157,11 +158,14 @@ class WeightedLayerSum(nn.Module):
 
     Input: the layers side by side, ``x [B, T, n_layers * dim]`` (layer k in columns ``k*dim:(k+1)*dim``);
     mean-pooled inputs (``T = 1``) suit the MP head, since a weighted sum commutes with the mean.
+    ``layer_norm``: each layer of each frame normalised to zero mean and unit variance over its ``dim``
+    features (no learned scale) before the sum, s3prl's ``upstream_feature_normalize``, so layers of very
+    different scales weigh by their weights alone; it acts per frame, so it needs frames, not means.
     """
 
-    def __init__(self, n_layers: int, dim: int, head: nn.Module):
+    def __init__(self, n_layers: int, dim: int, head: nn.Module, layer_norm: bool = False):
         super().__init__()
-        self.n_layers, self.dim = int(n_layers), int(dim)
+        self.n_layers, self.dim, self.layer_norm = int(n_layers), int(dim), bool(layer_norm)
         self.layer_logits = nn.Parameter(torch.zeros(self.n_layers))  # uniform weights at the start, as in s3prl
         self.head = head
 
@@ -176,7 +180,10 @@ class WeightedLayerSum(nn.Module):
     def combine(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, n_layers * dim]`` -> the weighted sum ``[B, T, dim]``."""
         b, t, _ = x.shape
-        return (x.view(b, t, self.n_layers, self.dim) * self.layer_weights()[:, None]).sum(dim=2)
+        layers = x.view(b, t, self.n_layers, self.dim)
+        if self.layer_norm:  # a padded (all-zero) frame stays zero
+            layers = F.layer_norm(layers, (self.dim,))
+        return (layers * self.layer_weights()[:, None]).sum(dim=2)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.head.encode(self.combine(x), lengths)

@@ -289,7 +289,9 @@ def main(argv=None) -> None:
                "(the CNN features), layerK the output of block K.", "", markdown_table(upstream_table(upstreams)), ""]
     if len(weights):
         md += ["## Learned layer weights", "", "Softmax weights of the weighted-sum variants (SUPERB), mean over "
-               "folds × runs.", "", markdown_table(weights), ""]
+               "folds × runs, and their entropy (mean ± std over folds × runs) next to that of uniform weights "
+               "(ln of the number of layers): a ratio near 1 means the weights stayed near uniform, a low one that "
+               "a few layers dominate.", "", markdown_table(weights), ""]
     if len(asr_results):
         md += ["## Speech recognition", "", markdown_table(asr_results.drop(columns=["checkpoint"])), ""]
         adapt = adaptation_table(asr_results, results, corpus, args.folds)

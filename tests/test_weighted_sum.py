@@ -1,0 +1,117 @@
+"""The SUPERB weighted layer sum (ser_modules/models/ser.py WeightedLayerSum, ser_modules/ser_training.py):
+layer weights at their own learning rate, per-layer normalisation against a hand computation, the
+minimum-steps rule of early stopping, and stage 6's entropy of the learned weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from ser_modules.models.ser import FineTuneMP, WeightedLayerSum
+from ser_modules.ser_training import PlateauAnnealer, VariantSpec, build_model, param_groups, should_stop
+
+
+def toy(layer_norm: bool) -> WeightedLayerSum:
+    model = WeightedLayerSum(3, 4, FineTuneMP(4, n_classes=2, dropout=0.0), layer_norm=layer_norm)
+    with torch.no_grad():
+        model.layer_logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    return model
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_the_weighted_sum_equals_a_hand_computation_on_a_3_layer_toy(layer_norm):
+    # one frame, three layers of 4 features at very different scales
+    layers = np.array([[1.0, 2.0, 3.0, 4.0], [10.0, -10.0, 10.0, -10.0], [0.1, 0.1, 0.3, 0.5]])
+    logits = np.array([0.5, -1.0, 2.0])
+    weights = np.exp(logits) / np.exp(logits).sum()
+    if layer_norm:  # (x - mean) / sqrt(var + 1e-5) per layer, the biased variance
+        layers = (layers - layers.mean(1, keepdims=True)) / np.sqrt(layers.var(1, keepdims=True) + 1e-5)
+    expected = (weights[:, None] * layers).sum(0)
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 10.0, -10.0, 10.0, -10.0, 0.1, 0.1, 0.3, 0.5]]).view(1, 1, 12)
+    got = toy(layer_norm).combine(x)[0, 0].detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # worked by hand: weights softmax(0.5, -1, 2) = 0.17529, 0.03911, 0.78560; normalised layers
+    # [-1.34164, -0.44721, 0.44721, 1.34164], [1, -1, 1, -1], [-0.90437, -0.90437, 0.30146, 1.50728]
+    by_hand = [-0.90654, -0.82797, 0.35433, 1.38019] if layer_norm else [0.64495, 0.03804, 1.15265, 0.70286]
+    np.testing.assert_allclose(got, by_hand, atol=2e-4)
+
+
+def test_a_padded_frame_stays_zero_under_layer_norm():
+    x = torch.zeros(1, 2, 12)
+    x[0, 0] = torch.arange(12.0)
+    out = toy(True).combine(x)
+    assert torch.equal(out[0, 1], torch.zeros(4)) and out[0, 0].abs().sum() > 0
+
+
+def test_layer_norm_reads_frames_not_means():
+    mp = VariantSpec.from_dict({"name": "w", "type": "weighted", "head": "mp", "asr": "up", "layer": "weighted"})
+    normed = VariantSpec.from_dict({"name": "w", "type": "weighted", "head": "mp", "asr": "up", "layer": "weighted",
+                                    "layer_norm": True})
+    assert mp.pooled and not normed.pooled  # the mean of normalised frames is not the normalised mean
+    model = build_model(normed, {"asr": 4, "layers": 3}, 2, 0.0)
+    assert isinstance(model, WeightedLayerSum) and model.layer_norm
+
+
+def test_the_layer_weights_move_at_their_own_learning_rate():
+    torch.manual_seed(0)
+    model = toy(False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    groups = param_groups(model, 1e-3, 0.1)
+    assert [len(g["params"]) for g in groups] == [2, 1] and [g["lr"] for g in groups] == [1e-3, 0.1]
+    opt = torch.optim.Adam(groups, lr=1e-3)
+    x, lengths = torch.randn(8, 5, 12), torch.full((8,), 5)
+    loss = torch.nn.functional.cross_entropy(model(x, lengths), torch.randint(0, 2, (8,)))
+    loss.backward()
+    assert model.layer_logits.grad.abs().min() > 0
+    opt.step()
+    # Adam's first step moves every parameter with a gradient by its learning rate (m / sqrt(v) = sign(g))
+    step = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
+    torch.testing.assert_close(step["layer_logits"], torch.full((3,), 0.1), rtol=1e-4, atol=0)
+    head = step["head.classifier.weight"]
+    torch.testing.assert_close(head[head > 0], torch.full_like(head[head > 0], 1e-3), rtol=1e-3, atol=0)
+    assert len(param_groups(model, 1e-3, None)) == 1  # no own rate: one group, as before
+
+
+def test_annealing_scales_the_layer_weights_rate_alike(tmp_path):
+    """SERBrain.on_stage_start sets each group to its initial rate times the annealer's decay."""
+    import speechbrain as sb
+
+    from ser_modules.ser_training import SERBrain
+
+    model = toy(False)
+    annealer = PlateauAnnealer(1e-3, factor=0.5, patience=1)
+    annealer.step(1.0)
+    annealer.step(2.0)  # one epoch without improvement: halved
+    assert annealer.lr == 5e-4
+
+    class Stub:
+        def set_epoch(self, epoch):
+            pass
+
+    groups = param_groups(model, 1e-3, 0.05)
+    brain = SERBrain(modules={"model": model}, opt_class=lambda params: torch.optim.Adam(groups),
+                     hparams={"seed": 1, "train_sampler": Stub(), "train_set": Stub(), "annealer": annealer,
+                              "resume_path": str(tmp_path / "none.pt")}, run_opts={"device": "cpu"})
+    brain.init_optimizers()
+    brain.on_stage_start(sb.Stage.TRAIN, 2)
+    assert [g["lr"] for g in brain.optimizer.param_groups] == pytest.approx([5e-4, 0.025])
+
+
+def history(losses, steps_per_epoch=30):
+    return [{"epoch": e, "steps": e * steps_per_epoch, "valid_loss": v} for e, v in enumerate(losses, start=1)]
+
+
+def test_early_stopping_waits_for_the_minimum_steps():
+    rising = [1.0, 1.1, 1.2, 1.3, 1.4]  # best at epoch 1
+    assert should_stop(history(rising[:3]), False, 2, None)  # patience 2: stop after epoch 3
+    assert not should_stop(history(rising[:3]), False, 2, 100)  # 90 steps < 100: go on
+    assert should_stop(history(rising[:4]), False, 2, 100)  # 120 steps: the patience rule applies again
+    assert not should_stop(history(rising[:2]), True, None, 100)  # annealed out, but only 60 steps
+    assert should_stop(history(rising[:4]), True, None, 100)
+    assert not should_stop(history([1.0, 0.9, 0.8]), False, 2, 0)  # improving: no stop either way
+
+
+def test_weight_entropy_is_ln_layers_when_uniform_and_zero_when_one_layer_takes_all():
+    from ser_modules.probe import weight_entropy
+
+    np.testing.assert_allclose(weight_entropy([[0.25] * 4, [1.0, 0, 0, 0]]), [np.log(4), 0.0], atol=1e-9)
+    np.testing.assert_allclose(weight_entropy([0.5, 0.5]), np.log(2))
