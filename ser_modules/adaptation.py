@@ -7,6 +7,10 @@ factorisation (:mod:`ser_modules.models.lowrank`), then runs the same stages.
 
 Adaptation runs per fold on that fold's training speakers only, so the speakers a fold tests are
 never heard by the ASR model whose representations the fold's SER model uses.
+
+Also the steps both stage 3s share (:mod:`ser_modules.stages.adapt` for ASR models,
+:mod:`ser_modules.stages.upstream_adapt` for upstreams): reading the emotion corpus, scoring the test
+speakers, and skipping the stage on a corpus without transcripts.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import torch
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.train_logger import FileTrainLogger
 
-from ser_modules.asr_training import EpochCounterWithStopper, fit_asr, load_best
+from ser_modules.asr_training import EpochCounterWithStopper, error_rates, evaluate_asr, fit_asr, load_best
 from ser_modules.corpus import ASR_COLUMNS, complete_columns
-from ser_modules.fileio import ManifestError, atomic_path, read_json, write_csv, write_json
-from ser_modules.folds import Fold
+from ser_modules.data import asr_dataset
+from ser_modules.fileio import ManifestError, atomic_path, read_json, read_manifest, write_csv, write_json
+from ser_modules.folds import Fold, load_folds
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
 from ser_modules.text import normalize_transcript
@@ -75,6 +80,16 @@ def set_trainable(model: torch.nn.Module, part: str, ctc: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def emotion_inputs(data_dir: str, protocol: str, scheme: str):
+    """(utterances with transcripts, protocol manifest, folds) of the prepared emotion corpus."""
+    emotion = os.path.join(data_dir, "emotion")
+    manifest = read_manifest(os.path.join(emotion, protocol, "manifest.csv"), ("ID", "wav", "speaker", "emotion"))
+    turns_path = os.path.join(emotion, "turns.csv")
+    turns = read_manifest(turns_path) if os.path.isfile(turns_path) else manifest
+    folds = load_folds(os.path.join(emotion, protocol, f"folds_{scheme}.json"))
+    return turns, manifest, folds
+
+
 def adaptation_splits(turns: pd.DataFrame, manifest: pd.DataFrame, fold: Fold, adapt_on: str = "train") -> dict:
     """ASR manifests for adapting on one fold.
 
@@ -113,6 +128,36 @@ def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]
         paths[name] = os.path.join(folder, f"{name}.csv")
         write_csv(paths[name], frame)
     return paths
+
+
+def score_test(model, features, vocab, test_csv: str, folder: str, methods: list[str], hp: dict, device: str) -> None:
+    """Decode ``test_csv`` with each of ``methods`` into ``folder`` (``hyp_test_<method>.csv``)."""
+    model.eval()
+    evaluate_asr(model, features, asr_dataset(test_csv, vocab), vocab, device, folder, "test", methods,
+                 hp["eval_batch_size"], hp.get("beam_size", 10), hp.get("decode_ctc_weight", 0.5))
+
+
+def scored(folder: str, methods: list[str]) -> bool:
+    """Whether :func:`score_test` has written the test hypotheses of every one of ``methods`` in ``folder``."""
+    return all(os.path.isfile(os.path.join(folder, f"hyp_test_{m}.csv")) for m in methods)
+
+
+def score_pooled(folder_of_fold: dict[str, str], method: str) -> dict:
+    """WER/CER over all folds' test hypotheses (``hyp_test_<method>.csv`` in each fold folder)."""
+    frames = [pd.read_csv(os.path.join(f, f"hyp_test_{method}.csv"), keep_default_na=False, dtype=str)
+              for f in folder_of_fold.values()]
+    pooled = pd.concat(frames, ignore_index=True)
+    return error_rates(pooled["ID"].tolist(), pooled["reference"].tolist(), pooled["hypothesis"].tolist())
+
+
+def skip_stage(out: str, reason: str, variants: list[str], log) -> None:
+    """Stage 3 without transcripts: one line with the reason, and a summary that tells stages 4-6."""
+    line = f"stage 3 skipped: {reason}, so no WER is scored on it" + (
+        f" and no ASR model is adapted ({', '.join(variants)})" if variants else "")
+    log.info("%s", line)
+    print(line)
+    write_json(os.path.join(out, "summary.json"), {"rows": [], "minutes": 0.0, "skipped": reason,
+                                                   "adaptation_skipped": reason if variants else None})
 
 
 def per_stage(hp: dict, key: str, part: str, default=None):

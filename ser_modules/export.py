@@ -38,6 +38,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.parameter_transfer import Pretrainer
 
 from ser_modules.asr_models import asr_model_path
+from ser_modules.experiment import best_variant, decoding_keys
 from ser_modules.fileio import ManifestError, file_digest, read_json, write_json, write_text
 from ser_modules.hparams import HparamsError, stage_values
 from ser_modules.scoring import environment
@@ -190,8 +191,6 @@ def export_variant(exp_dir: str, out_dir: str, variant: str | None = None, folds
     """Write the export of ``variant`` (default: the best UA of ``results.csv``) to ``out_dir`` (which
     must not exist, or be empty); ``folds`` ``all`` or a number: the first N folds' models. Returns the
     manifest. The folder is built beside ``out_dir`` and renamed into place when complete."""
-    from ser_modules.infer import best_variant
-
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise ManifestError(f"{out_dir}: exists and is not empty; export into a new folder")
     variant = variant or best_variant(exp_dir)
@@ -214,8 +213,6 @@ def export_variant(exp_dir: str, out_dir: str, variant: str | None = None, folds
 
 
 def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_weights) -> dict:
-    from ser_modules.infer import decoding_keys
-
     copier = _Copier(exp_dir, work, upstream_weights)
     spec = classes = spec_dict = None
     blueprints, weights = {}, {}

@@ -18,49 +18,20 @@ from __future__ import annotations
 import os
 import time
 
-import pandas as pd
-
-from ser_modules.adaptation import adaptation_splits, run_stage, untranscribed_folds, write_splits
-from ser_modules.asr_models import export_model, load_asr_model
-from ser_modules.asr_training import error_rates, evaluate_asr, run_options, update_asr_results
-from ser_modules.corpus import language_mismatch
-from ser_modules.data import asr_dataset
-from ser_modules.fileio import (
-    ManifestError, StagedOutputs, file_digest, read_json, read_manifest, run_main, write_json, write_text,
+from ser_modules.adaptation import (
+    adaptation_splits, emotion_inputs, run_stage, score_pooled, score_test, scored, skip_stage, untranscribed_folds,
+    write_splits,
 )
-from ser_modules.folds import load_folds
+from ser_modules.asr_models import export_model, load_asr_model
+from ser_modules.asr_training import run_options, update_asr_results
+from ser_modules.corpus import language_mismatch
+from ser_modules.fileio import (
+    ManifestError, StagedOutputs, file_digest, read_json, run_main, write_json, write_text,
+)
 from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.jobs import run_jobs, worker_state
 from ser_modules.models.lowrank import factorize_listener
 from ser_modules.stages.common import parse_stage_args, stage_jobs, stage_logging, stage_parser
-
-
-def emotion_inputs(data_dir: str, protocol: str, scheme: str):
-    """(utterances with transcripts, protocol manifest, folds) of the prepared emotion corpus."""
-    emotion = os.path.join(data_dir, "emotion")
-    manifest = read_manifest(os.path.join(emotion, protocol, "manifest.csv"), ("ID", "wav", "speaker", "emotion"))
-    turns_path = os.path.join(emotion, "turns.csv")
-    turns = read_manifest(turns_path) if os.path.isfile(turns_path) else manifest
-    folds = load_folds(os.path.join(emotion, protocol, f"folds_{scheme}.json"))
-    return turns, manifest, folds
-
-
-def score_pooled(folder_of_fold: dict[str, str], method: str) -> dict:
-    """WER/CER over all folds' test hypotheses (``hyp_test_<method>.csv`` in each fold folder)."""
-    frames = [pd.read_csv(os.path.join(f, f"hyp_test_{method}.csv"), keep_default_na=False, dtype=str)
-              for f in folder_of_fold.values()]
-    pooled = pd.concat(frames, ignore_index=True)
-    return error_rates(pooled["ID"].tolist(), pooled["reference"].tolist(), pooled["hypothesis"].tolist())
-
-
-def scored(folder: str, methods: list[str]) -> bool:
-    return all(os.path.isfile(os.path.join(folder, f"hyp_test_{m}.csv")) for m in methods)
-
-
-def score_test(model, features, vocab, test_csv: str, folder: str, methods: list[str], hp: dict, device: str) -> None:
-    model.eval()
-    evaluate_asr(model, features, asr_dataset(test_csv, vocab), vocab, device, folder, "test", methods,
-                 hp["eval_batch_size"], hp.get("beam_size", 10), hp.get("decode_ctc_weight", 0.5))
 
 
 def adapt_job(job: tuple) -> tuple[str, str, float]:
@@ -181,16 +152,6 @@ def main(argv=None) -> None:
     write_json(os.path.join(out, "summary.json"), {"rows": rows, "minutes": round((time.time() - started) / 60, 2),
                                                    "adaptation_skipped": skipped, "unscored_folds": unscored})
     log.info("stage 3 finished in %.1f min", (time.time() - started) / 60)
-
-
-def skip_stage(out: str, reason: str, variants: list[str], log) -> None:
-    """Stage 3 without transcripts: one line with the reason, and a summary that tells stages 4-6."""
-    line = f"stage 3 skipped: {reason}, so no WER is scored on it" + (
-        f" and no ASR model is adapted ({', '.join(variants)})" if variants else "")
-    log.info("%s", line)
-    print(line)
-    write_json(os.path.join(out, "summary.json"), {"rows": [], "minutes": 0.0, "skipped": reason,
-                                                   "adaptation_skipped": reason if variants else None})
 
 
 if __name__ == "__main__":

@@ -19,13 +19,15 @@ from __future__ import annotations
 import os
 import time
 
-from ser_modules.adaptation import adaptation_splits, run_stage, untranscribed_folds, write_splits
+from ser_modules.adaptation import (
+    adaptation_splits, emotion_inputs, run_stage, score_pooled, score_test, scored, skip_stage, untranscribed_folds,
+    write_splits,
+)
 from ser_modules.asr_models import ADAPTED, export_model, upstream_entries
 from ser_modules.asr_training import CTCBrain, run_options, seed_all, update_asr_results
 from ser_modules.fileio import ManifestError, StagedOutputs, file_digest, read_json, run_main, write_json
 from ser_modules.hparams import canonical_config, load_stage_hparams
 from ser_modules.jobs import run_jobs, worker_state
-from ser_modules.stages.adapt import emotion_inputs, score_pooled, score_test, scored, skip_stage
 from ser_modules.stages.common import parse_stage_args, stage_jobs, stage_logging, stage_parser
 
 
