@@ -235,7 +235,7 @@ def test_upstream_recipe_end_to_end(upstream_exp):
         assert list(weights) == ["layer0", "layer1", "layer2"] and sum(weights.values()) == pytest.approx(1, abs=1e-4)
     text = (exp / "RESULTS.md").read_text()
     for needle in ("## Upstreams (stage 2)", "## Learned layer weights", "Weighted layer sum (SUPERB)",
-                   "against **weighted-MP-wavlm-tiny**", "Classical reference"):
+                   "against **weighted-MP-wavlm-tiny**", "Classical reference", "entropy / uniform"):
         assert needle in text
     for plot in ("ua_per_layer_wavlm-tiny.png", "layer_weights_wavlm-tiny.png"):
         assert (exp / "plots" / plot).is_file()

@@ -115,3 +115,32 @@ def test_weight_entropy_is_ln_layers_when_uniform_and_zero_when_one_layer_takes_
 
     np.testing.assert_allclose(weight_entropy([[0.25] * 4, [1.0, 0, 0, 0]]), [np.log(4), 0.0], atol=1e-9)
     np.testing.assert_allclose(weight_entropy([0.5, 0.5]), np.log(2))
+
+
+def test_stage6_weights_table_states_entropy_next_to_uniform(tmp_path, monkeypatch):
+    """Two folds' layer_weights.json -> one table row: mean weights, entropy mean ± std, uniform, ratio."""
+    import json
+
+    import pandas as pd
+
+    from ser_modules import plots, probe
+
+    folds = {"session1": {"layer0": 0.1, "layer1": 0.2, "layer2": 0.7}, "session2": {"layer0": 0.3, "layer1": 0.3, "layer2": 0.4}}
+    for fold, weights in folds.items():
+        run = tmp_path / "ser" / "weighted-MP-up" / fold / "run0"
+        run.mkdir(parents=True)
+        (run / "layer_weights.json").write_text(json.dumps(weights))
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_layer_weights", lambda curves, path, title=None: drawn.update(curves) or path)
+    monkeypatch.setattr(plots, "plot_layer_scores", lambda *a, **k: "")
+    results = pd.DataFrame([{"model": "weighted-MP-up", "type": "weighted", "asr": "up", "layer": "weighted",
+                             "UA_mean": 0.5, "UA_std": 0.1}])
+    _, table = probe.upstream_report(results, [{"name": "weighted-MP-up"}], [{"name": "up", "model_type": "wavlm"}],
+                                     str(tmp_path / "ser"), str(tmp_path))
+    h1 = -(0.1 * np.log(0.1) + 0.2 * np.log(0.2) + 0.7 * np.log(0.7))  # 0.8018
+    h2 = -(0.6 * np.log(0.3) + 0.4 * np.log(0.4))  # 1.0889
+    row = table.iloc[0]
+    assert [row["layer0"], row["layer1"], row["layer2"]] == ["0.200", "0.250", "0.550"]
+    assert row["entropy (nats)"] == f"{(h1 + h2) / 2:.3f} ± {abs(h1 - h2) / 2:.3f}" == "0.945 ± 0.144"
+    assert row["uniform"] == "1.099" and row["entropy / uniform"] == f"{(h1 + h2) / 2 / np.log(3):.2f}"
+    np.testing.assert_allclose(drawn["weighted-MP-up"][1], [[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]])  # each fold drawn
