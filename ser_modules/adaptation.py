@@ -8,28 +8,39 @@ factorisation (:mod:`ser_modules.models.lowrank`), then runs the same stages.
 Adaptation runs per fold on that fold's training speakers only, so the speakers a fold tests are
 never heard by the ASR model whose representations the fold's SER model uses.
 
-Also the steps both stage 3s share (:mod:`ser_modules.stages.adapt` for ASR models,
-:mod:`ser_modules.stages.upstream_adapt` for upstreams): reading the emotion corpus, scoring the test
-speakers, and skipping the stage on a corpus without transcripts.
+Also the steps of both stage 3s (:mod:`ser_modules.stages.adapt` for ASR models,
+:mod:`ser_modules.stages.upstream_adapt` for upstreams): reading the emotion corpus and writing each
+fold's adaptation data, one job per (variant, fold) (:func:`adapt_job`) or per fold (:func:`ctc_job`),
+scoring the test speakers and pooling their WER over folds, and skipping the stage on a corpus
+without transcripts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 
 import pandas as pd
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.train_logger import FileTrainLogger
 
-from ser_modules.asr_training import EpochCounterWithStopper, error_rates, evaluate_asr, fit_asr, load_best
+from ser_modules.asr_models import ADAPTED, export_model, load_asr_model
+from ser_modules.asr_training import (
+    CTCBrain, EpochCounterWithStopper, error_rates, evaluate_asr, fit_asr, load_best, run_options, seed_all,
+    update_asr_results,
+)
 from ser_modules.corpus import ASR_COLUMNS, complete_columns
 from ser_modules.data import asr_dataset
-from ser_modules.fileio import ManifestError, atomic_path, read_json, read_manifest, write_csv, write_json
+from ser_modules.fileio import (
+    ManifestError, StagedOutputs, atomic_path, file_digest, read_json, read_manifest, write_csv, write_json,
+)
 from ser_modules.folds import Fold, load_folds
+from ser_modules.jobs import worker_state
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
+from ser_modules.models.lowrank import factorize_listener
 from ser_modules.text import normalize_transcript
 
 logger = logging.getLogger(__name__)
@@ -130,6 +141,13 @@ def write_splits(splits: dict[str, pd.DataFrame], folder: str) -> dict[str, str]
     return paths
 
 
+def fold_splits(turns: pd.DataFrame, manifest: pd.DataFrame, folds: list[Fold], adapt_on: str, out: str):
+    """``(splits, paths)``: every fold's adaptation data (:func:`adaptation_splits`, with the test turns
+    the models are scored on), written in ``out/data/<fold>/``."""
+    splits = {fold.name: adaptation_splits(turns, manifest, fold, adapt_on) for fold in folds}
+    return splits, {name: write_splits(frames, os.path.join(out, "data", name)) for name, frames in splits.items()}
+
+
 def score_test(model, features, vocab, test_csv: str, folder: str, methods: list[str], hp: dict, device: str) -> None:
     """Decode ``test_csv`` with each of ``methods`` into ``folder`` (``hyp_test_<method>.csv``)."""
     model.eval()
@@ -148,6 +166,40 @@ def score_pooled(folder_of_fold: dict[str, str], method: str) -> dict:
               for f in folder_of_fold.values()]
     pooled = pd.concat(frames, ignore_index=True)
     return error_rates(pooled["ID"].tolist(), pooled["reference"].tolist(), pooled["hypothesis"].tolist())
+
+
+def pooled_rows(model: str, stage: str, corpus: str, scheme: str, folder_of_fold: dict[str, str], methods: list[str],
+                checkpoint: str) -> list[dict]:
+    """Rows of ``asr_results.csv``: WER/CER of one model and stage pooled over the folds, one per decoder."""
+    return [{"model": model, "stage": stage, "corpus": corpus, "split": f"test:{scheme}", "decoder": m,
+             **score_pooled(folder_of_fold, m), "checkpoint": checkpoint} for m in methods]
+
+
+def adaptation_rows(hp: dict, model: str, corpus: str, scheme: str, out: str, scored_folds: list[Fold],
+                    folds: list[Fold], variants: list[str]) -> list[dict]:
+    """The ``asr_results.csv`` rows of stage 3 (ASR models): the pretrained model on the ``scored_folds``,
+    then each adapted variant after its last stage (and after every stage when ``score_every_stage``)."""
+    pretrained = {f.name: os.path.join(out, "pretrained", f.name) for f in scored_folds}
+    rows = pooled_rows(model, "pretrained", corpus, scheme, pretrained, hp["decoders"], "asr/model.pt")
+    for variant in variants:
+        for i, part in enumerate(hp["stages"]):
+            last = i == len(hp["stages"]) - 1
+            if not (hp["score_every_stage"] or last):
+                continue
+            label = variant if last else f"{variant}:{'+'.join(hp['stages'][: i + 1])}"
+            dirs = {f.name: os.path.join(out, variant, f.name, f"stage{i + 1}_{part}") for f in folds}
+            rows += pooled_rows(model, label, corpus, scheme, dirs, hp["decoders"], f"adapt/{variant}/<fold>/model.pt")
+    return rows
+
+
+def publish_rows(exp_dir: str, rows: list[dict], corpus: str, scheme: str, width: int = 0) -> None:
+    """Replace stage 3's rows of ``<exp>/asr_results.csv`` (this corpus and fold scheme) by ``rows`` and
+    print them (the stage name padded to ``width``)."""
+    update_asr_results(os.path.join(exp_dir, "asr_results.csv"), rows,
+                       scope={"corpus": corpus, "split": f"test:{scheme}"})
+    for r in rows:
+        print(f"stage 3 {r['model']} {r['stage'].ljust(width)} {r['corpus']} {r['split']} ({r['decoder']}): "
+              f"WER {r['WER']:.2f}%  CER {r['CER']:.2f}%")
 
 
 def skip_stage(out: str, reason: str, variants: list[str], log) -> None:
@@ -238,3 +290,90 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
               "start": start_error, "best_epoch": best, "kept_start": kept_start, "valid": min(start_error, best)}
     write_json(done, record)
     return record
+
+
+# Stage 3's jobs, run by worker processes (ser_modules.jobs.run_jobs).
+def adapt_job(job: tuple) -> tuple[str, str, float]:
+    """One job: score the pretrained model on a fold's test speakers, or adapt one variant on one fold
+    (three stages, scored after each when ``score_every_stage``) and export it."""
+    variant, fold = job
+    w = worker_state()
+    hp, data, methods, device = w["hp"], w["data"][fold], w["hp"]["decoders"], w["device"]
+    started = time.time()
+    if variant == "pretrained":
+        staged = StagedOutputs(os.path.join(w["out"], "pretrained", fold),
+                               {"model": w["pre_sha"], "test": file_digest(data["test"]), "decoders": methods})
+        if not staged.done:  # scored aside, then renamed into place
+            model, features, vocab, _ = load_asr_model(w["pretrained"], device)
+            score_test(model, features, vocab, data["test"], staged.begin(), methods, hp, device)
+            staged.publish()
+        return variant, fold, time.time() - started
+    rank = hp["structured_rank"] if variant == "structured" else None
+    staged = StagedOutputs(os.path.join(w["out"], variant, fold),
+                           {"model": w["pre_sha"], "config": w["training_config"], "variant": variant, "rank": rank,
+                            "data": file_digest(*data.values())})
+    fold_dir = staged.folder if staged.done else staged.begin()  # adapted aside, renamed into place when exported
+    final = os.path.join(fold_dir, "model.pt")
+    model, features, vocab, _ = load_asr_model(w["pretrained"], device)
+    if rank:
+        factorize_listener(model, rank)
+    if hasattr(model, "set_dropout"):
+        model.set_dropout(hp["dropout"])
+    fold_hp = {**hp, "vocab": vocab, "features": features}
+    last, valid_error = len(hp["stages"]) - 1, None
+    for i, (part, tf) in enumerate(zip(hp["stages"], hp["teacher_forcing"])):
+        stage_dir = os.path.join(fold_dir, f"stage{i + 1}_{part}")
+        if os.path.isfile(final) and i < last and not hp["score_every_stage"]:
+            continue
+        # Each stage starts where the previous one ended: its validation error is the next one's start.
+        valid_error = run_stage(model, fold_hp, part, tf, data, stage_dir, run_options(device), hp["brain_class"],
+                                valid_error)["valid"]
+        if (hp["score_every_stage"] or i == last) and not scored(stage_dir, methods):
+            score_test(model, features, vocab, data["test"], stage_dir, methods, hp, device)
+    if not os.path.isfile(final):
+        if hasattr(model, "set_dropout"):
+            model.set_dropout(0.0)
+        export_model(model, fold_dir, w["asr_hparams"], rank=rank,
+                     extra={"variant": variant, "fold": fold, "stages": hp["stages"]})
+    if fold_dir != staged.folder:
+        staged.publish()
+    return variant, fold, time.time() - started
+
+
+def chosen_upstream(upstreams: list[dict], wanted: str, where: str) -> dict:
+    if not upstreams:
+        raise ManifestError(f"{where}: no described upstream to adapt (run stage 2 with --upstream PATH)")
+    if wanted == "first":
+        return upstreams[0]
+    named = [u for u in upstreams if u["name"] == wanted]
+    if not named:
+        raise ManifestError(f"{where}: upstream {wanted!r} was not described; stage 2 has "
+                            f"{', '.join(u['name'] for u in upstreams)}")
+    return named[0]
+
+
+def ctc_job(fold: str) -> tuple[str, float]:
+    """Adapt the upstream on one fold, score it on the fold's test speakers and export it."""
+    from ser_modules.upstream import CTCUpstream, load_upstream
+
+    w = worker_state()
+    hp, data, methods, device, up = w["hp"], w["data"][fold], w["hp"]["decoders"], w["device"], w["upstream"]
+    started = time.time()
+    staged = StagedOutputs(os.path.join(w["out"], ADAPTED, fold),
+                           {"upstream": up["sha1"], "config": w["training_config"], "data": file_digest(*data.values())})
+    if staged.done:
+        return fold, 0.0
+    fold_dir = staged.begin()  # adapted aside, renamed into place when exported
+    vocab = hp["vocab"]
+    upstream, features = load_upstream(up["source"], device, up.get("arch"))
+    seed_all(hp["seed"])  # the head's initial weights
+    model = CTCUpstream(upstream, len(vocab)).to(device)
+    fold_hp = {**hp, "features": features, "stages": ["all"]}
+    record = run_stage(model, fold_hp, "all", 1.0, data, os.path.join(fold_dir, "train"), run_options(device),
+                       CTCBrain)
+    if not scored(fold_dir, methods):
+        score_test(model, features, vocab, data["test"], fold_dir, methods, hp, device)
+    export_model(model, fold_dir, None, extra={"variant": ADAPTED, "fold": fold, "upstream": up,
+                                               "ctc_head": {"vocab": vocab.symbols, "valid": record}})
+    staged.publish()
+    return fold, time.time() - started

@@ -389,6 +389,26 @@ def update_asr_results(path: str, rows: list[dict], scope: dict | None = None) -
     return merged
 
 
+def score_pretrained(hparams: dict, model: torch.nn.Module, features: torch.nn.Module, device: str, out_dir: str,
+                     corpus: str, checkpoint: str | None) -> tuple[list[dict], dict]:
+    """Stage 2's scores of the pretrained model on the ASR corpus's dev and test splits, with each of
+    ``hparams["decoders"]``: ``(rows of asr_results.csv, {split: {decoder: scores}})``."""
+    from ser_modules.data import asr_dataset
+
+    vocab = hparams["vocab"]
+    bos, eos = getattr(model, "bos_index", None), getattr(model, "eos_index", None)
+    rows, summary = [], {}
+    for split, csv in (("dev", hparams["valid_csv"]), ("test", hparams["test_csv"])):
+        res = evaluate_asr(model, features, asr_dataset(csv, vocab, bos, eos), vocab, device, out_dir, split,
+                           hparams["decoders"], hparams.get("eval_batch_size", 16), hparams.get("beam_size", 10),
+                           hparams.get("decode_ctc_weight", 0.5), hparams.get("num_workers", 0))
+        for method, r in res.items():
+            rows.append({"model": hparams["model_name"], "stage": "pretrained", "corpus": corpus, "split": split,
+                         "decoder": method, **r, "checkpoint": os.path.join("asr", checkpoint) if checkpoint else ""})
+        summary[split] = res
+    return rows, summary
+
+
 # ----------------------------------------------------------------------------------------------
 # Training driver shared by stage 2 (pretraining) and stage 3 (adaptation)
 

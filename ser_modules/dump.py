@@ -19,6 +19,10 @@ front end, an upstream's feature encoder) keep up to 1024 compiled primitives, o
 and every batch of a length-sorted dump has a new padded length, so the process running the dump
 kept one more primitive (up to a few MB, more for longer batches) per batch: +1.1 GB at 8x the demo
 corpus. Stage 4 bounds that cache (:func:`bound_primitive_cache`) before anything runs.
+
+Stage 4 (:mod:`ser_modules.stages.dump`) takes its steps from the end of this module: the utterances
+(:func:`dump_utterances`), the models (:func:`dumped_models`), the plan and the disk check
+(:func:`plan_dumps`, :func:`check_disk_room`) and one job per model (:func:`dump_job`).
 """
 
 from __future__ import annotations
@@ -39,11 +43,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from ser_modules.asr_models import (
+    ADAPTED, ASRModelRef, adaptation_skip_reason, list_asr_models, load_asr_model, upstream_entries,
+)
 from ser_modules.asr_training import absolute_lengths
 from ser_modules.data import LengthBucketBatchSampler, make_loader, manifest_dataset, read_utterance
-from ser_modules.features import feature_config, minimum_samples
-from ser_modules.fileio import ManifestError, atomic_path, read_json, write_json
-from ser_modules.jobs import fault_point
+from ser_modules.features import EGeMAPSFunctionals, feature_config, minimum_samples
+from ser_modules.fileio import ManifestError, atomic_path, read_json, read_manifest, write_json
+from ser_modules.jobs import fault_point, worker_state
 
 logger = logging.getLogger(__name__)
 
@@ -624,3 +631,123 @@ def plan_feature_store(utterances: pd.DataFrame, root: str, extractor, name: str
         return {n: clean for n in layers}
 
     return _plan_store(name, folder, dtype, utterances, probe)
+
+
+# Stage 4: what it dumps, whether the disk has room for it, and one job per ASR model.
+def dump_utterances(data_dir: str, protocol: str) -> pd.DataFrame:
+    """The protocol's utterances and the context turns they refer to (``prev_same``/``prev_other``)."""
+    emotion = os.path.join(data_dir, "emotion")
+    manifest = read_manifest(os.path.join(emotion, protocol, "manifest.csv"), ("ID", "wav", "duration"))
+    turns_path = os.path.join(emotion, "turns.csv")
+    if not os.path.isfile(turns_path):
+        return manifest
+    turns = read_manifest(turns_path)
+    wanted = set(manifest["ID"])
+    for col in ("prev_same", "prev_other"):
+        if col in manifest.columns:
+            wanted |= {i for i in manifest[col] if i}
+    missing = wanted - set(turns["ID"])
+    if missing:
+        raise ManifestError(f"{turns_path}: context turns {sorted(missing)[:3]} are missing")
+    return turns[turns["ID"].isin(wanted)].reset_index(drop=True)
+
+
+def dumped_layers(model, wanted: list[str], path: str) -> list[str]:
+    """The layers of ``model`` (exported at ``path``) that conf/dump.yaml's ``layers`` asks for (``all``: every one)."""
+    layers = list(model.layer_names) if "all" in wanted else [layer for layer in wanted if layer in model.layer_names]
+    if not layers:
+        raise ManifestError(f"{path}: none of the layers {wanted} exists; available {model.layer_names}")
+    return layers
+
+
+def plan_dumps(refs: list[ASRModelRef], hp: dict, utterances: pd.DataFrame, out: str, seed: int,
+               egemaps: EGeMAPSFunctionals | None) -> list[StorePlan]:
+    """What stage 4 will write: one :class:`StorePlan` per ASR model (each loaded on the CPU in turn and
+    run on a few seconds of a synthetic signal for its frame rates), then the handcrafted and eGeMAPS stores."""
+    plans = []
+    for ref in refs:
+        model, features, _, info = load_asr_model(ref.path, "cpu")
+        layers = dumped_layers(model, hp["layers"], ref.path)
+        plans.append(plan_asr_store(model, features, utterances, layers, out, ref.key, info["sha1"], hp["dtype"]))
+        del model, features  # one model in memory at a time
+    if hp["handcrafted"]:
+        plans.append(plan_feature_store(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch",
+                                        hp["dtype"], hp.get("augmentation"), hp.get("augmented_copies", 0), seed))
+    if egemaps is not None:
+        plans.append(plan_feature_store(utterances, out, egemaps, "egemaps", "egemaps", "float32"))
+    return plans
+
+
+def describe_plans(plans: list[StorePlan], out: str, free: int) -> list[str]:
+    """The lines stage 4 prints before dumping: the total, then bytes per store and layer."""
+    total = sum(p.bytes for p in plans)
+    lines = [f"stage 4 will write {human_bytes(total)} ({total:,} bytes) in {out} ({human_bytes(free)} free):"]
+    for plan in plans:
+        if plan.reused:
+            added = sum(plan.pooled_to_add.values())
+            lines.append(f"  {plan.name}: reused {plan.folder}" + (f", adds pooled vectors: {human_bytes(added)}"
+                                                                   if added else ", 0 B"))
+            continue
+        lines.append(f"  {plan.name}: {human_bytes(plan.bytes)} (index and meta {human_bytes(plan.index_bytes())})")
+        for layer, n in plan.layer_bytes().items():
+            rate = plan.shapes[layer].rate
+            lines.append(f"    {layer}: {human_bytes(n)} ({plan.frames(layer):,} frames x {plan.shapes[layer].dim} x "
+                         f"{plan.dtype}, + pooled vectors; {f'{rate:g} frames/s' if rate else 'one per utterance'})")
+    return lines
+
+
+DISK_MARGIN = 1.05  # spare room: the estimate rounds frame counts, and the stage writes a few small files besides
+
+
+def check_disk_room(plans: list[StorePlan], out: str, log) -> None:
+    """Print and log what stage 4 will write; :class:`ManifestError` (one line: folder, bytes needed,
+    bytes free) when ``out`` lacks room for it plus :data:`DISK_MARGIN`."""
+    free = shutil.disk_usage(out).free
+    for line in describe_plans(plans, out, free):  # logged: on the console and in logs/stage4_dump.log
+        log.info("%s", line)
+    needed = int(sum(p.bytes for p in plans) * DISK_MARGIN)
+    if free < needed:
+        raise ManifestError(f"{out}: not enough free disk space for stage 4: {needed:,} bytes needed "
+                            f"({human_bytes(needed)}, the estimate + {DISK_MARGIN - 1:.0%}), {free:,} bytes free "
+                            f"({human_bytes(free)})")
+
+
+def dump_job(job: tuple) -> tuple[str, dict]:
+    """Run one exported ASR model over the utterances and store the configured layers."""
+    name, fold, path = job
+    w = worker_state()
+    ref = ASRModelRef(name, fold, path)
+    model, features, _, info = load_asr_model(path, w["device"])
+    layers = dumped_layers(model, w["hp"]["layers"], path)
+    store = dump_asr_layers(model, features, w["utterances"], w["csv"], layers, w["out"], ref.key, info["sha1"],
+                            w["device"], w["hp"]["batch_size"], w["hp"]["dtype"])
+    return ref.key, {"folder": os.path.relpath(store.folder, w["out"]), "layers": layers, "model": name, "fold": fold,
+                     "dims": {n: store.dim(n) for n in layers}}
+
+
+def dumped_models(exp_dir: str, models: list[str], log) -> list[ASRModelRef]:
+    """The exported ASR models that conf/dump.yaml's ``models`` asks for (``upstreams``: every described
+    upstream, and the per-fold CTC-adapted one when stage 3 made it). An adapted model stage 3 did not
+    export is left out with a warning (stage 5 skips the variants that read it); the pretrained one is required."""
+    listed = list_asr_models(exp_dir)
+    upstreams = [u["name"] for u in upstream_entries(exp_dir)]
+    if "upstreams" in models and not upstreams:
+        raise ManifestError(f"{os.path.join(exp_dir, 'asr', 'upstreams.json')}: no described upstream (run stage 2 "
+                            "with --upstream PATH)")
+    adapted = [ADAPTED] if any(r.name == ADAPTED for r in listed) else []
+    wanted = [m for name in models for m in (upstreams + adapted if name == "upstreams" else [name])]
+    refs = [r for r in listed if r.name in wanted]
+    absent = [m for m in wanted if m not in {r.name for r in refs}]
+    if "pretrained" in absent:
+        raise ManifestError(f"{os.path.join(exp_dir, 'asr', 'model.pt')}: no pretrained ASR model (run stage 2)")
+    if absent:  # stage 5 skips the variants that read them
+        log.warning("ASR model(s) %s of conf/dump.yaml not dumped: %s", ", ".join(absent),
+                    adaptation_skip_reason(exp_dir) or "not exported by stage 3 (run it)")
+    if not refs and wanted:
+        raise ManifestError(f"{exp_dir}: none of the ASR models {models} is exported (run stages 2-3)")
+    return refs
+
+
+def feature_store_entry(store: FeatureStore, out: str, layer: str) -> dict:
+    """The entry of a handcrafted-feature store in ``stores_<protocol>.json`` (its folder relative to ``out``)."""
+    return {"folder": os.path.relpath(store.folder, out), "layers": [layer], "dims": {layer: store.dim(layer)}}

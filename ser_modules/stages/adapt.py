@@ -19,74 +19,17 @@ import os
 import time
 
 from ser_modules.adaptation import (
-    adaptation_splits, emotion_inputs, run_stage, score_pooled, score_test, scored, skip_stage, untranscribed_folds,
-    write_splits,
+    adapt_job, adaptation_rows, emotion_inputs, fold_splits, publish_rows, skip_stage, untranscribed_folds,
 )
-from ser_modules.asr_models import export_model, load_asr_model
-from ser_modules.asr_training import run_options, update_asr_results
 from ser_modules.corpus import language_mismatch
-from ser_modules.fileio import (
-    ManifestError, StagedOutputs, file_digest, read_json, run_main, write_json, write_text,
-)
-from ser_modules.hparams import canonical_config, load_stage_hparams
-from ser_modules.jobs import run_jobs, worker_state
-from ser_modules.models.lowrank import factorize_listener
-from ser_modules.stages.common import parse_stage_args, stage_jobs, stage_logging, stage_parser
-
-
-def adapt_job(job: tuple) -> tuple[str, str, float]:
-    """One job: score the pretrained model on a fold's test speakers, or adapt one variant on one fold
-    (three stages, scored after each when ``score_every_stage``) and export it."""
-    variant, fold = job
-    w = worker_state()
-    hp, data, methods, device = w["hp"], w["data"][fold], w["hp"]["decoders"], w["device"]
-    started = time.time()
-    if variant == "pretrained":
-        staged = StagedOutputs(os.path.join(w["out"], "pretrained", fold),
-                               {"model": w["pre_sha"], "test": file_digest(data["test"]), "decoders": methods})
-        if not staged.done:  # scored aside, then renamed into place
-            model, features, vocab, _ = load_asr_model(w["pretrained"], device)
-            score_test(model, features, vocab, data["test"], staged.begin(), methods, hp, device)
-            staged.publish()
-        return variant, fold, time.time() - started
-    rank = hp["structured_rank"] if variant == "structured" else None
-    staged = StagedOutputs(os.path.join(w["out"], variant, fold),
-                           {"model": w["pre_sha"], "config": w["training_config"], "variant": variant, "rank": rank,
-                            "data": file_digest(*data.values())})
-    fold_dir = staged.folder if staged.done else staged.begin()  # adapted aside, renamed into place when exported
-    final = os.path.join(fold_dir, "model.pt")
-    model, features, vocab, _ = load_asr_model(w["pretrained"], device)
-    if rank:
-        factorize_listener(model, rank)
-    if hasattr(model, "set_dropout"):
-        model.set_dropout(hp["dropout"])
-    fold_hp = {**hp, "vocab": vocab, "features": features}
-    last, valid_error = len(hp["stages"]) - 1, None
-    for i, (part, tf) in enumerate(zip(hp["stages"], hp["teacher_forcing"])):
-        stage_dir = os.path.join(fold_dir, f"stage{i + 1}_{part}")
-        if os.path.isfile(final) and i < last and not hp["score_every_stage"]:
-            continue
-        # Each stage starts where the previous one ended: its validation error is the next one's start.
-        valid_error = run_stage(model, fold_hp, part, tf, data, stage_dir, run_options(device), hp["brain_class"],
-                                valid_error)["valid"]
-        if (hp["score_every_stage"] or i == last) and not scored(stage_dir, methods):
-            score_test(model, features, vocab, data["test"], stage_dir, methods, hp, device)
-    if not os.path.isfile(final):
-        if hasattr(model, "set_dropout"):
-            model.set_dropout(0.0)
-        export_model(model, fold_dir, w["asr_hparams"], rank=rank,
-                     extra={"variant": variant, "fold": fold, "stages": hp["stages"]})
-    if fold_dir != staged.folder:
-        staged.publish()
-    return variant, fold, time.time() - started
+from ser_modules.fileio import ManifestError, read_json, run_main, write_json, write_text
+from ser_modules.hparams import canonical_config
+from ser_modules.jobs import run_jobs
+from ser_modules.stages.common import stage_jobs, start_stage
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
-    log = stage_logging(args.exp_dir, "stage3_adapt")
-    out = os.path.join(args.exp_dir, "adapt")
-    hp, resolved = load_stage_hparams(args.conf_dir, "adapt", args.size, {"output_folder": out, "seed": args.seed},
-                                      args.overrides)
+    args, log, out, hp, resolved = start_stage(__doc__, "stage3_adapt", "adapt", argv, "adapt")
     hp.setdefault("eval_batch_size", hp["batch_size"])
     pretrained = os.path.join(args.exp_dir, "asr", "model.pt")
     if not os.path.isfile(pretrained):
@@ -99,8 +42,7 @@ def main(argv=None) -> None:
     started = time.time()
 
     # Every fold's adaptation data (and the test turns the pretrained model is scored on).
-    splits = {fold.name: adaptation_splits(turns, manifest, fold, hp["adapt_on"]) for fold in folds}
-    data = {name: write_splits(frames, os.path.join(out, "data", name)) for name, frames in splits.items()}
+    splits, data = fold_splits(turns, manifest, folds, hp["adapt_on"], out)
     unscored = untranscribed_folds(splits, ("test",))
     if len(unscored) == len(folds):
         return skip_stage(out, f"the emotion corpus {corpus} has no transcripts", hp["variants"], log)
@@ -130,25 +72,8 @@ def main(argv=None) -> None:
     for variant, fold, seconds in run_jobs(adapt_job, jobs, nj, state, "stage 3"):
         log.info("%s %s done (%.1f s)", variant, fold, seconds)
 
-    methods, model_name = hp["decoders"], pre_info.get("model_name", "asr")
-    rows = [{"model": model_name, "stage": "pretrained", "corpus": corpus, "split": f"test:{args.folds}",
-             "decoder": m, **score_pooled({f.name: os.path.join(out, "pretrained", f.name) for f in folds_scored}, m),
-             "checkpoint": "asr/model.pt"} for m in methods]
-    for variant in variants:
-        for i, part in enumerate(hp["stages"]):
-            last = i == len(hp["stages"]) - 1
-            if not (hp["score_every_stage"] or last):
-                continue
-            label = variant if last else f"{variant}:{'+'.join(hp['stages'][: i + 1])}"
-            dirs = {f.name: os.path.join(out, variant, f.name, f"stage{i + 1}_{part}") for f in folds}
-            rows += [{"model": model_name, "stage": label, "corpus": corpus, "split": f"test:{args.folds}",
-                      "decoder": m, **score_pooled(dirs, m), "checkpoint": f"adapt/{variant}/<fold>/model.pt"}
-                     for m in methods]
-    update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows,
-                       scope={"corpus": corpus, "split": f"test:{args.folds}"})
-    for r in rows:
-        print(f"stage 3 {r['model']} {r['stage']:<32} {r['corpus']} {r['split']} ({r['decoder']}): "
-              f"WER {r['WER']:.2f}%  CER {r['CER']:.2f}%")
+    rows = adaptation_rows(hp, pre_info.get("model_name", "asr"), corpus, args.folds, out, folds_scored, folds, variants)
+    publish_rows(args.exp_dir, rows, corpus, args.folds, width=32)
     write_json(os.path.join(out, "summary.json"), {"rows": rows, "minutes": round((time.time() - started) / 60, 2),
                                                    "adaptation_skipped": skipped, "unscored_folds": unscored})
     log.info("stage 3 finished in %.1f min", (time.time() - started) / 60)

@@ -19,11 +19,10 @@ import time
 import speechbrain as sb
 
 from ser_modules.asr_models import export_model, model_blocks
-from ser_modules.asr_training import evaluate_asr, fit_asr, load_best, run_options, update_asr_results
-from ser_modules.data import asr_dataset
+from ser_modules.asr_training import fit_asr, load_best, run_options, score_pretrained, update_asr_results
 from ser_modules.fileio import StagedOutputs, file_digest, read_json, run_main, write_json, write_text
 from ser_modules.hparams import canonical_config, load_stage_hparams
-from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
+from ser_modules.stages.common import stage_runner, start_stage
 
 # Keys that do not change what training computes: a change there resumes the run and re-scores.
 EVAL_ONLY_KEYS = ("decoders", "beam_size", "decode_ctc_weight", "eval_batch_size", "num_workers",
@@ -33,11 +32,7 @@ RESUMABLE_KEYS = ("n_epochs", "patience", "epoch_counter")
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
-    log = stage_logging(args.exp_dir, "stage2_asr")
-    out = os.path.join(args.exp_dir, "asr")
-    runner = {"output_folder": out, "data_folder": os.path.join(args.data_dir, "asr"), "seed": args.seed}
-    hparams, resolved = load_stage_hparams(args.conf_dir, "asr", args.size, runner, args.overrides)
+    args, log, out, hparams, resolved = start_stage(__doc__, "stage2_asr", "asr", argv, "asr", data="asr")
     # The run is identified by its configuration and its data.
     data_digest = file_digest(hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"])
     config_hash = hashlib.sha1((canonical_config(resolved, args.exp_dir) + data_digest).encode()).hexdigest()[:16]
@@ -56,8 +51,7 @@ def main(argv=None) -> None:
         if os.path.isdir(out):
             log.warning("stage 2 trains in %s (training configuration %s); the older run in %s stays until this one "
                         "is complete", work, training_hash, out)
-        hparams, _ = load_stage_hparams(args.conf_dir, "asr", args.size, {**runner, "output_folder": work},
-                                        args.overrides)
+        hparams, _ = load_stage_hparams(args.conf_dir, "asr", args.size, stage_runner(args, work, "asr"), args.overrides)
         os.makedirs(hparams["checkpointer"].checkpoints_dir, exist_ok=True)
     if hparams["checkpointer"].list_checkpoints():
         log.info("stage 2 resumes from the latest checkpoint in %s", hparams["checkpointer"].checkpoints_dir)
@@ -75,19 +69,9 @@ def main(argv=None) -> None:
     ckpt = os.path.relpath(ckpt, work) if ckpt else None  # relative: the experiment may move
     model = hparams["model"].to(args.device)
     features = hparams["features"].to(args.device)
-    vocab = hparams["vocab"]
     export_model(model, work, model_yaml, extra={"checkpoint": ckpt, "model_name": hparams["model_name"]})
-    bos, eos = getattr(model, "bos_index", None), getattr(model, "eos_index", None)
     corpus = "+".join(sorted(read_json(os.path.join(args.data_dir, "asr", "summary.json"))["corpora"]))
-    rows, summary = [], {}
-    for split, csv in (("dev", hparams["valid_csv"]), ("test", hparams["test_csv"])):
-        res = evaluate_asr(model, features, asr_dataset(csv, vocab, bos, eos), vocab, args.device, work, split,
-                           hparams["decoders"], hparams.get("eval_batch_size", 16), hparams.get("beam_size", 10),
-                           hparams.get("decode_ctc_weight", 0.5), hparams.get("num_workers", 0))
-        for method, r in res.items():
-            rows.append({"model": hparams["model_name"], "stage": "pretrained", "corpus": corpus, "split": split,
-                         "decoder": method, **r, "checkpoint": os.path.join("asr", ckpt) if ckpt else ""})
-        summary[split] = res
+    rows, summary = score_pretrained(hparams, model, features, args.device, work, corpus, ckpt)
     update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows,
                        scope={"model": hparams["model_name"], "stage": "pretrained", "corpus": corpus})
     write_json(os.path.join(work, "done.json"), {"config": config_hash, "results": summary, "checkpoint": ckpt,

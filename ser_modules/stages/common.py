@@ -8,6 +8,7 @@ import os
 import sys
 
 from ser_modules.fileio import setup_logging
+from ser_modules.hparams import load_stage_hparams
 from ser_modules.jobs import default_jobs, job_devices, resolve_device, stop_on_sigterm
 
 
@@ -58,3 +59,28 @@ def parse_stage_args(parser: argparse.ArgumentParser, argv=None):
 def stage_logging(exp_dir: str, name: str) -> logging.Logger:
     setup_logging(os.path.join(exp_dir, "logs", f"{name}.log"))
     return logging.getLogger(name)
+
+
+def stage_runner(args, out: str | None = None, data: str | None = None) -> dict:
+    """The runner values a stage file gets: ``output_folder`` ``out`` (when given), ``data_folder``
+    ``<data-dir>/<data>`` (when given) and ``--seed``."""
+    runner = {"output_folder": out} if out else {}
+    if data:
+        runner["data_folder"] = os.path.join(args.data_dir, data)
+    return {**runner, "seed": args.seed}
+
+
+def start_stage(parser: argparse.ArgumentParser | str, name: str, conf: str, argv=None, folder: str | None = None,
+                data: str | None = None):
+    """The start of every stage's ``main()``: parse ``argv`` (``parser``, or a :func:`stage_parser`
+    described by the first paragraph of the module docstring ``parser``), log to
+    ``<exp>/logs/<name>.log``, and load ``<conf-dir>/<conf>.yaml`` with the overrides and the runner
+    values of :func:`stage_runner` (``output_folder`` ``<exp>/<folder>``). Returns ``(args, logger,
+    output folder or None, hparams, resolved yaml)``."""
+    if isinstance(parser, str):
+        parser = stage_parser(parser.split("\n\n")[0])
+    args = parse_stage_args(parser, argv)
+    log = stage_logging(args.exp_dir, name)
+    out = os.path.join(args.exp_dir, folder) if folder else None
+    hp, resolved = load_stage_hparams(args.conf_dir, conf, args.size, stage_runner(args, out, data), args.overrides)
+    return args, log, out, hp, resolved

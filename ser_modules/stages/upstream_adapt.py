@@ -20,62 +20,17 @@ import os
 import time
 
 from ser_modules.adaptation import (
-    adaptation_splits, emotion_inputs, run_stage, score_pooled, score_test, scored, skip_stage, untranscribed_folds,
-    write_splits,
+    chosen_upstream, ctc_job, emotion_inputs, fold_splits, pooled_rows, publish_rows, skip_stage, untranscribed_folds,
 )
-from ser_modules.asr_models import ADAPTED, export_model, upstream_entries
-from ser_modules.asr_training import CTCBrain, run_options, seed_all, update_asr_results
-from ser_modules.fileio import ManifestError, StagedOutputs, file_digest, read_json, run_main, write_json
-from ser_modules.hparams import canonical_config, load_stage_hparams
-from ser_modules.jobs import run_jobs, worker_state
-from ser_modules.stages.common import parse_stage_args, stage_jobs, stage_logging, stage_parser
-
-
-def chosen_upstream(upstreams: list[dict], wanted: str, where: str) -> dict:
-    if not upstreams:
-        raise ManifestError(f"{where}: no described upstream to adapt (run stage 2 with --upstream PATH)")
-    if wanted == "first":
-        return upstreams[0]
-    named = [u for u in upstreams if u["name"] == wanted]
-    if not named:
-        raise ManifestError(f"{where}: upstream {wanted!r} was not described; stage 2 has "
-                            f"{', '.join(u['name'] for u in upstreams)}")
-    return named[0]
-
-
-def ctc_job(fold: str) -> tuple[str, float]:
-    """Adapt the upstream on one fold, score it on the fold's test speakers and export it."""
-    from ser_modules.upstream import CTCUpstream, load_upstream
-
-    w = worker_state()
-    hp, data, methods, device, up = w["hp"], w["data"][fold], w["hp"]["decoders"], w["device"], w["upstream"]
-    started = time.time()
-    staged = StagedOutputs(os.path.join(w["out"], ADAPTED, fold),
-                           {"upstream": up["sha1"], "config": w["training_config"], "data": file_digest(*data.values())})
-    if staged.done:
-        return fold, 0.0
-    fold_dir = staged.begin()  # adapted aside, renamed into place when exported
-    vocab = hp["vocab"]
-    upstream, features = load_upstream(up["source"], device, up.get("arch"))
-    seed_all(hp["seed"])  # the head's initial weights
-    model = CTCUpstream(upstream, len(vocab)).to(device)
-    fold_hp = {**hp, "features": features, "stages": ["all"]}
-    record = run_stage(model, fold_hp, "all", 1.0, data, os.path.join(fold_dir, "train"), run_options(device),
-                       CTCBrain)
-    if not scored(fold_dir, methods):
-        score_test(model, features, vocab, data["test"], fold_dir, methods, hp, device)
-    export_model(model, fold_dir, None, extra={"variant": ADAPTED, "fold": fold, "upstream": up,
-                                               "ctc_head": {"vocab": vocab.symbols, "valid": record}})
-    staged.publish()
-    return fold, time.time() - started
+from ser_modules.asr_models import ADAPTED, upstream_entries
+from ser_modules.fileio import ManifestError, read_json, run_main, write_json
+from ser_modules.hparams import canonical_config
+from ser_modules.jobs import run_jobs
+from ser_modules.stages.common import stage_jobs, start_stage
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args(stage_parser(__doc__.split("\n\n")[0]), argv)
-    log = stage_logging(args.exp_dir, "stage3_adapt")
-    out = os.path.join(args.exp_dir, "adapt")
-    hp, resolved = load_stage_hparams(args.conf_dir, "adapt", args.size, {"output_folder": out, "seed": args.seed},
-                                      args.overrides)
+    args, log, out, hp, resolved = start_stage(__doc__, "stage3_adapt", "adapt", argv, "adapt")
     if not hp["ctc_head"]:
         log.info("stage 3: no adaptation (ctc_head: False): the upstreams stay frozen, as in SUPERB")
         return
@@ -89,8 +44,7 @@ def main(argv=None) -> None:
     corpus = read_json(os.path.join(args.data_dir, "prepare_summary.json"))["emotion_corpus"]
     os.makedirs(out, exist_ok=True)
     started = time.time()
-    splits = {fold.name: adaptation_splits(turns, manifest, fold, hp["adapt_on"]) for fold in folds}
-    data = {name: write_splits(frames, os.path.join(out, "data", name)) for name, frames in splits.items()}
+    splits, data = fold_splits(turns, manifest, folds, hp["adapt_on"], out)
     gaps = untranscribed_folds(splits)
     if len(untranscribed_folds(splits, ("test",))) == len(folds):
         return skip_stage(out, f"the emotion corpus {corpus} has no transcripts", [ADAPTED], log)
@@ -107,13 +61,8 @@ def main(argv=None) -> None:
         log.info("%s %s done (%.1f s)", ADAPTED, fold, seconds)
 
     dirs = {f.name: os.path.join(out, ADAPTED, f.name) for f in folds}
-    rows = [{"model": up["name"], "stage": ADAPTED, "corpus": corpus, "split": f"test:{args.folds}", "decoder": m,
-             **score_pooled(dirs, m), "checkpoint": f"adapt/{ADAPTED}/<fold>/model.pt"} for m in hp["decoders"]]
-    update_asr_results(os.path.join(args.exp_dir, "asr_results.csv"), rows,
-                       scope={"corpus": corpus, "split": f"test:{args.folds}"})
-    for r in rows:
-        print(f"stage 3 {r['model']} {r['stage']} {r['corpus']} {r['split']} ({r['decoder']}): "
-              f"WER {r['WER']:.2f}%  CER {r['CER']:.2f}%")
+    rows = pooled_rows(up["name"], ADAPTED, corpus, args.folds, dirs, hp["decoders"], f"adapt/{ADAPTED}/<fold>/model.pt")
+    publish_rows(args.exp_dir, rows, corpus, args.folds)
     write_json(os.path.join(out, "summary.json"), {
         "rows": rows, "minutes": round((time.time() - started) / 60, 2), "adaptation_skipped": None,
         "adapted_upstream": {"upstream": up["name"], "layers": up["layers"], "dims": up["dims"]}})

@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 
 from ser_modules.fileio import ManifestError, run_main, write_json, write_text
-from ser_modules.hparams import load_stage_hparams
-from ser_modules.stages.common import parse_stage_args, stage_logging, stage_parser
+from ser_modules.stages.common import stage_parser, start_stage
 from ser_modules.upstream import add_upstream_arguments, check_upstream, describe_upstream, upstream_name
 from ser_modules.upstream_checkpoints import resolve_arch
 
@@ -22,10 +21,8 @@ from ser_modules.upstream_checkpoints import resolve_arch
 def main(argv=None) -> None:
     parser = stage_parser(__doc__.split("\n\n")[0])
     add_upstream_arguments(parser)
-    args = parse_stage_args(parser, argv)
-    log = stage_logging(args.exp_dir, "stage2_upstream")
+    args, log, _, hp, resolved = start_stage(parser, "stage2_upstream", "asr", argv)  # runner values: the seed only
     out = os.path.join(args.exp_dir, "asr")
-    hp, resolved = load_stage_hparams(args.conf_dir, "asr", args.size, {"seed": args.seed}, args.overrides)
     if not args.upstream:
         raise ManifestError(f"{args.conf_dir}: stage 2 of upstream_probe needs --upstream PATH (a transformers or "
                             "SpeechBrain model folder, or an openai-whisper / torchaudio checkpoint; "
