@@ -113,3 +113,34 @@ def load_dialog_context(source: str) -> pd.DataFrame:
     if os.path.isfile(source):
         return context_from_csv(source)
     raise ManifestError(f"{source}: no such dialog context (a CSV path,speaker,dialog,order or an IEMOCAP-style folder)")
+
+
+class DialogContext:
+    """IAAN's dialog context of new recordings (inference): for an audio file, the signals of the previous
+    turn of the same speaker and of the interlocutor, and what its result row says about them. ``source``:
+    a CSV or an IEMOCAP-style folder (:func:`load_dialog_context`), the turns it gives, or None (zero
+    context); ``iaan``: whether the variant reads context at all."""
+
+    def __init__(self, source: str | pd.DataFrame | None, iaan: bool):
+        self.iaan = iaan
+        self.turns = None  # absolute audio path -> (previous turn of the same speaker, of the other)
+        if source is not None:
+            turns = load_dialog_context(source) if isinstance(source, str) else source
+            pairs = zip(turns["ID"], turns["prev_same"], turns["prev_other"])
+            self.turns = {i: (p or None, o or None) for i, p, o in pairs}
+
+    def __call__(self, path: str, max_seconds: float) -> tuple[tuple, str]:
+        """The context signals of ``path`` (at most ``max_seconds`` of each turn; None where missing) and
+        its row's note ("" for a variant without context)."""
+        if not self.iaan:
+            return (None, None), ""
+        if self.turns is None:
+            return (None, None), "zero (no --context given)"
+        key = os.path.normpath(os.path.abspath(path))
+        if key not in self.turns:
+            return (None, None), "zero (file not in --context)"
+        from ser_modules.audio import load_audio  # here: corpus preparation imports this module without torch
+
+        turns = self.turns[key]
+        signals = tuple(load_audio(t, 0.0, max_seconds) if t else None for t in turns)
+        return signals, "dialog" if any(t for t in turns) else "zero (first turn of its dialog)"
