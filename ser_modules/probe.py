@@ -163,7 +163,7 @@ def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_di
             rows.append({"model": name, **{n: f"{m:.3f}" for n, m in zip(layers, values.mean(axis=0))},
                          "entropy (nats)": f"{entropy.mean():.3f} ± {entropy.std():.3f}",
                          "uniform": f"{np.log(len(layers)):.3f}",
-                         "entropy / uniform": f"{entropy.mean() / np.log(len(layers)):.2f}"})
+                         "entropy / uniform": f"{entropy.mean() / np.log(len(layers)):.2f}" if len(layers) > 1 else ""})
         if curves:
             figures.append(plots.plot_layer_weights(curves, os.path.join(plot_dir, f"layer_weights_{up['name']}.png"),
                                                     title=f"learned layer weights, {up['name']}"))

@@ -330,7 +330,7 @@ def should_stop(history: list[dict], annealed_out: bool, patience: int | None, m
 def param_groups(model: torch.nn.Module, lr: float, layer_weights_lr: float | None) -> list[dict]:
     """Adam's parameter groups: the layer logits of a weighted sum at ``layer_weights_lr`` (when given),
     everything else at ``lr``; ``initial_lr`` is what annealing scales."""
-    logits = [p for n, p in model.named_parameters() if n.endswith("layer_logits")] if layer_weights_lr else []
+    logits = [p for n, p in model.named_parameters() if n.endswith("layer_logits")] if layer_weights_lr is not None else []
     rest = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in logits)]
     groups = [{"params": rest, "lr": lr, "initial_lr": lr}]
     if logits:
@@ -447,7 +447,9 @@ def run_key(spec: VariantSpec, fold: Fold, run: int, classes: list[str], inputs:
         stores.append(inputs.handcrafted_store())
     if spec.type == "reference":
         stores.append(inputs.egemaps_store())
-    hparams = {k: v for k, v in hp.items() if isinstance(v, (int, float, str)) and k != "output_folder"}
+    # a weighted sum's own key does not change other variants: they keep their finished runs
+    skip = {"output_folder"} | ({"layer_weights_lr"} if spec.type != "weighted" else set())
+    hparams = {k: v for k, v in hp.items() if isinstance(v, (int, float, str)) and k not in skip}
     return {"variant": vars(spec), "hparams": hparams, "fold": [fold.train, fold.valid, fold.test],
             "stores": [store_identity(st) for st in stores], "classes": classes, "run": run}
 
@@ -541,8 +543,10 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
                 "resume_path": os.path.join(out_dir, "resume.pt")}
     if brain_hp["class_weights"] is not None:
         brain_hp["class_weights"] = brain_hp["class_weights"].to(device)
-    groups = param_groups(model, hp["lr"], hp.get("layer_weights_lr"))
-    brain = SERBrain(modules={"model": model}, opt_class=lambda params: torch.optim.Adam(groups, lr=hp["lr"]),
+    # the groups are taken when the Brain builds its optimizer, from the model it has moved to its device
+    brain = SERBrain(modules={"model": model},
+                     opt_class=lambda params: torch.optim.Adam(param_groups(model, hp["lr"], hp.get("layer_weights_lr")),
+                                                               lr=hp["lr"]),
                      hparams=brain_hp, run_opts={"device": device, "noprogressbar": True})
     brain.fit(counter, loader(train_set, sampler), loader(valid_set))
     model.load_state_dict(brain.best_state)  # the lowest validation loss is evaluated

@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 
 from ser_modules.fileio import ManifestError, file_digest, key_digest
-from ser_modules.upstream_checkpoints import (build_torchaudio, checkpoint_kind, first_keys, load_openai_whisper,
-                                              load_whisper_state, resolve_arch)
+from ser_modules.upstream_checkpoints import (build_torchaudio, check_openai_whisper, check_torchaudio, checkpoint_kind,
+                                              first_keys, load_openai_whisper, load_whisper_state, resolve_arch)
 
 HF_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -67,13 +67,15 @@ def upstream_kind(path: str) -> str:
 
 
 def check_upstream(path: str, arch: str | None = None) -> str:
-    """:func:`upstream_kind`, and for a torchaudio checkpoint its architecture resolved (what stage 2
-    needs), so a bad ``--upstream`` stops a run before stage 1; an ``arch`` given for anything but a
-    torchaudio checkpoint is refused."""
+    """:func:`upstream_kind`, and for a checkpoint file its keys against its architecture (resolved, for
+    torchaudio) without loading a weight, so a bad ``--upstream`` stops a run before stage 1; an ``arch``
+    given for anything but a torchaudio checkpoint is refused."""
     kind = upstream_kind(path)
     if kind == "torchaudio":
-        resolve_arch(path, arch)
-    elif arch:
+        check_torchaudio(path, resolve_arch(path, arch))
+    elif kind == "openai-whisper":
+        check_openai_whisper(path)
+    if arch and kind != "torchaudio":
         raise ManifestError(f"{path}: --upstream-arch {arch} is for torchaudio checkpoints; this is a {kind} upstream")
     return kind
 

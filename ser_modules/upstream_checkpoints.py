@@ -48,9 +48,15 @@ def first_keys(keys: list[str], n: int = 3) -> str:
 
 
 def read_checkpoint(path: str):
-    """The object in a ``torch.save`` file, memory-mapped (no copy of the weights until used)."""
+    """The object in a ``torch.save`` file, memory-mapped when it is a zip archive (no copy of the weights
+    until used); a legacy (pre-zip) file is read whole."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle's and zipfile's own errors: one line naming the file
         raise ManifestError(f"{path}: cannot read the checkpoint ({str(err).splitlines()[0]})") from err
 
@@ -77,7 +83,10 @@ def whisper_config_from_dims(path: str, dims: dict):
     missing = [k for k in OPENAI_WHISPER_DIMS if k not in dims]
     if missing:
         raise ManifestError(f"{path}: the checkpoint's dims lack {first_keys(missing)}")
-    d = {k: int(dims[k]) for k in OPENAI_WHISPER_DIMS}
+    try:
+        d = {k: int(dims[k]) for k in OPENAI_WHISPER_DIMS}
+    except (TypeError, ValueError) as err:
+        raise ManifestError(f"{path}: the checkpoint's dims are not integers ({err})") from err
     return WhisperConfig(vocab_size=d["n_vocab"], num_mel_bins=d["n_mels"], max_source_positions=d["n_audio_ctx"],
                          d_model=d["n_audio_state"], encoder_attention_heads=d["n_audio_head"],
                          encoder_layers=d["n_audio_layer"], encoder_ffn_dim=4 * d["n_audio_state"],
@@ -110,14 +119,7 @@ def openai_whisper_encoder_state(path: str, state: dict) -> dict:
 def load_whisper_state(path: str, config, state: dict, dtype=torch.float32):
     """transformers' ``WhisperEncoder`` of ``config`` holding ``state`` (its own names): every key used,
     none missing, shapes as the config says; one line naming the file otherwise."""
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    with torch.device("meta"):  # no random initialisation: every weight is loaded below
-        encoder = WhisperEncoder(config)
-    keys = list(encoder.state_dict())
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise ManifestError(f"{path}: the Whisper encoder's weights lack {len(missing)} key(s): {first_keys(missing)}")
+    encoder = meta_whisper_encoder(path, config, state)
     encoder = encoder.to_empty(device="cpu").to(dtype)
     try:
         encoder.load_state_dict(state)
@@ -127,13 +129,35 @@ def load_whisper_state(path: str, config, state: dict, dtype=torch.float32):
     return encoder
 
 
-def load_openai_whisper(path: str):
-    """transformers' ``WhisperEncoder`` (float32) from an openai-whisper checkpoint file."""
+def meta_whisper_encoder(path: str, config, state: dict):
+    """transformers' ``WhisperEncoder`` of ``config`` on the meta device (no memory, no initialisation),
+    after checking that ``state`` holds every key it needs (one line naming the missing ones)."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    with torch.device("meta"):
+        encoder = WhisperEncoder(config)
+    missing = [k for k in encoder.state_dict() if k not in state]
+    if missing:
+        raise ManifestError(f"{path}: the Whisper encoder's weights lack {len(missing)} key(s): {first_keys(missing)}")
+    return encoder
+
+
+def openai_whisper_parts(path: str) -> tuple:
+    """``(WhisperConfig, encoder state dict in transformers' names)`` of an openai-whisper checkpoint file."""
     ckpt = read_checkpoint(path)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("dims"), dict) and isinstance(ckpt.get("model_state_dict"), dict)):
         raise ManifestError(f"{path}: not an openai-whisper checkpoint (a dict of dims and model_state_dict)")
-    config = whisper_config_from_dims(path, ckpt["dims"])
-    return load_whisper_state(path, config, openai_whisper_encoder_state(path, ckpt["model_state_dict"]))
+    return whisper_config_from_dims(path, ckpt["dims"]), openai_whisper_encoder_state(path, ckpt["model_state_dict"])
+
+
+def check_openai_whisper(path: str) -> None:
+    """Every key of the encoder present and none unknown, without loading a weight (meta device)."""
+    meta_whisper_encoder(path, *openai_whisper_parts(path))
+
+
+def load_openai_whisper(path: str):
+    """transformers' ``WhisperEncoder`` (float32) from an openai-whisper checkpoint file."""
+    return load_whisper_state(path, *openai_whisper_parts(path))
 
 
 # ---- torchaudio -----------------------------------------------------------------------------------
@@ -178,8 +202,9 @@ def arch_from_json(file: str) -> dict:
     params = spec.get("params", spec) if isinstance(spec, dict) else None
     if not isinstance(params, dict):
         raise ManifestError(f"{file}: the architecture JSON must be an object of wav2vec2_model parameters")
-    builder = "wavlm" if "encoder_num_buckets" in params else "wav2vec2"
-    return {"bundle": None, "builder": builder, "family": spec.get("family", builder) if "params" in spec else builder,
+    family = spec.get("family") if "params" in spec else None
+    builder = "wavlm" if "encoder_num_buckets" in params or family == "wavlm" else "wav2vec2"
+    return {"bundle": None, "builder": builder, "family": family or builder,
             "params": {**params, "aux_num_out": None}, "normalize_waveform": bool(spec.get("normalize_waveform", False))}
 
 
@@ -196,28 +221,45 @@ def resolve_arch(path: str, arch: str | None) -> dict:
     return bundle_arch(bundle)
 
 
-def build_torchaudio(path: str, arch: dict):
-    """``torchaudio.models.Wav2Vec2Model`` (float32, eval mode) of ``arch`` holding the state dict in ``path``."""
+def torchaudio_model(path: str, arch: dict, device: str = "cpu"):
+    """``wav2vec2_model`` / ``wavlm_model`` of ``arch`` (randomly initialised; ``device="meta"``: shapes only)."""
     from torchaudio.models import wav2vec2_model, wavlm_model
 
     builder = {"wav2vec2": wav2vec2_model, "wavlm": wavlm_model}[arch["builder"]]
     try:
-        model = builder(**arch["params"])
-    except TypeError as err:  # a parameter the builder does not take, or one missing
+        with torch.device(device):
+            return builder(**arch["params"])
+    except (TypeError, ValueError, AssertionError) as err:  # a parameter it does not take, lacks or refuses
         raise ManifestError(f"{path}: the architecture's parameters do not fit torchaudio's {builder.__name__} "
-                            f"({err})") from err
+                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+
+
+def check_torchaudio(path: str, arch: dict) -> None:
+    """The checkpoint's keys against the architecture's, without loading a weight (meta device)."""
+    torchaudio_state(path, arch, list(torchaudio_model(path, arch, "meta").state_dict()))
+
+
+def torchaudio_state(path: str, arch: dict, keys: list[str]) -> dict:
+    """The state dict in ``path`` (an ASR bundle's CTC head dropped), checked to hold exactly ``keys``."""
     state = read_checkpoint(path)
     if not isinstance(state, dict) or "model_state_dict" in state:
         raise ManifestError(f"{path}: not a torchaudio state dict")
     state = {k: v for k, v in state.items() if not k.startswith(TORCHAUDIO_IGNORED)}
-    keys = set(model.state_dict())
-    missing, unexpected = [k for k in model.state_dict() if k not in state], [k for k in state if k not in keys]
+    known = set(keys)
+    missing, unexpected = [k for k in keys if k not in state], [k for k in state if k not in known]
     if missing:
         raise ManifestError(f"{path}: {len(missing)} key(s) of the {arch['bundle'] or 'given'} architecture missing "
                             f"from the checkpoint: {first_keys(missing)}")
     if unexpected:
         raise ManifestError(f"{path}: {len(unexpected)} unexpected key(s) for the {arch['bundle'] or 'given'} "
                             f"architecture: {first_keys(unexpected)}")
+    return state
+
+
+def build_torchaudio(path: str, arch: dict):
+    """``torchaudio.models.Wav2Vec2Model`` (float32, eval mode) of ``arch`` holding the state dict in ``path``."""
+    model = torchaudio_model(path, arch)
+    state = torchaudio_state(path, arch, list(model.state_dict()))
     try:
         model.load_state_dict(state)
     except RuntimeError as err:  # shapes that disagree with the architecture

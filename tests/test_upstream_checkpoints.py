@@ -90,9 +90,10 @@ def test_a_bad_openai_checkpoint_is_one_line_naming_the_key(whisper_pt, tmp_path
         del dims["n_audio_head"]
     path = tmp_path / "bad.pt"
     torch.save({"dims": dims, "model_state_dict": state}, path)
-    with pytest.raises(ManifestError) as err:
-        load_upstream(str(path))
-    assert "\n" not in str(err.value) and str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    for load in (load_upstream, check_upstream):  # the runner's early check finds it too, loading nothing
+        with pytest.raises(ManifestError) as err:
+            load(str(path))
+        assert "\n" not in str(err.value) and str(err.value).startswith(f"{path}: ") and message in str(err.value)
 
 
 # ---- torchaudio -----------------------------------------------------------------------------------
@@ -245,6 +246,17 @@ def test_bad_torchaudio_checkpoints_are_one_line_naming_the_problem(tmp_path):
         with pytest.raises(ManifestError) as err:
             load_upstream(str(file), arch=resolve_arch(str(file), params))
         assert "\n" not in str(err.value) and str(err.value) == f"{file}: {message}"
+    # the early check (before stage 1) reads the keys without loading a weight
+    with pytest.raises(ManifestError, match="1 key\\(s\\) of the given architecture missing"):
+        check_upstream(str(tmp_path / "missing.pth"), params)
+    wavlm_json = tmp_path / "wavlm.json"
+    wavlm_json.write_text(json.dumps({**json.load(open(params)), "encoder_num_buckets": 32, "encoder_max_distance": 100}))
+    with pytest.raises(ManifestError, match="key\\(s\\) of the given architecture missing"):
+        check_upstream(path, str(wavlm_json))  # a wav2vec2 checkpoint named as a WavLM
+    bad_heads = tmp_path / "heads.json"
+    bad_heads.write_text(json.dumps({**json.load(open(params)), "encoder_num_heads": 5}))  # 32 dims / 5 heads
+    with pytest.raises(ManifestError, match="do not fit torchaudio's wav2vec2_model"):
+        check_upstream(path, str(bad_heads))
     proc = subprocess.run([sys.executable, "-m", "ser_modules.upstream", "check", "--upstream-arch", params,
                            "--upstream", path], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "comes after the --upstream it describes" in proc.stderr
@@ -264,10 +276,10 @@ def checkpoint_exp(tiny_demo, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("checkpoints")
     whisper = make_tiny_upstream("whisper", str(root / "base.pt"), fmt="openai-whisper")
-    w2v = make_tiny_upstream("wav2vec2", str(root / "w2v-tiny.pth"), fmt="torchaudio")
+    w2v = make_tiny_upstream("wav2vec2", str(root / "w2v tiny.pth"), fmt="torchaudio")  # a space in the path
     exp = root / "exp"
     proc = run_recipe("upstream_probe", exp, tiny_demo, [
-        "--upstream", whisper, "--upstream", w2v, "--upstream-arch", str(root / "w2v-tiny.json"), "dump.dtype=float32",
+        "--upstream", whisper, "--upstream", w2v, "--upstream-arch", str(root / "w2v tiny.json"), "dump.dtype=float32",
         "ser.variants=[{name: MP, type: mp, asr: upstreams, layer: last, max_epochs: 2},"
         " {name: eGeMAPS-SVM, type: reference, C: [0.1]}]", "score.chance_runs=2", "score.tsne=False"])
     return exp, proc, root
@@ -297,7 +309,7 @@ def test_an_export_of_a_checkpoint_upstream_copies_the_file_and_predicts_the_sam
     exp, _, _ = checkpoint_exp
     manifest = pd.read_csv(exp / "data" / "emotion" / "standard" / "manifest.csv", keep_default_na=False)
     wavs = manifest["wav"].tolist()[:3]
-    for variant, copied in (("MP-w2v-tiny.layer2", "upstream/w2v-tiny/w2v-tiny.pth"),
+    for variant, copied in (("MP-w2v-tiny.layer2", "upstream/w2v tiny/w2v tiny.pth"),
                             ("MP-whisper-base.layer2", "upstream/base/base.pt")):
         out = tmp_path / variant
         export_variant(str(exp), str(out), variant, folds="1")

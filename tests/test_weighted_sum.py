@@ -69,6 +69,24 @@ def test_the_layer_weights_move_at_their_own_learning_rate():
     head = step["head.classifier.weight"]
     torch.testing.assert_close(head[head > 0], torch.full_like(head[head > 0], 1e-3), rtol=1e-3, atol=0)
     assert len(param_groups(model, 1e-3, None)) == 1  # no own rate: one group, as before
+    frozen = param_groups(model, 1e-3, 0.0)  # 0 is a rate: the layer weights stay where they are
+    assert [g["lr"] for g in frozen] == [1e-3, 0.0]
+
+
+def test_a_weighted_sums_own_rate_leaves_other_variants_finished_runs_alone():
+    from types import SimpleNamespace
+
+    from ser_modules.folds import Fold
+    from ser_modules.ser_training import run_key
+
+    fold = Fold(name="f1", test_speakers=["a"], valid_speakers=["b"], train=["u1"], valid=["u2"], test=["u3"])
+    inputs = SimpleNamespace(asr_store=lambda asr, fold: SimpleNamespace(folder="/exp/dump/up/abc"))
+    hp = {"lr": 1e-3, "batch_size": 32}
+    mp = VariantSpec.from_dict({"name": "MP", "type": "mp", "asr": "up", "layer": "layer1"})
+    weighted = VariantSpec.from_dict({"name": "w", "type": "weighted", "asr": "up", "layer": "weighted"})
+    with_rate = {**hp, "layer_weights_lr": 0.05}
+    assert run_key(mp, fold, 0, ["a", "b"], inputs, hp) == run_key(mp, fold, 0, ["a", "b"], inputs, with_rate)
+    assert run_key(weighted, fold, 0, ["a", "b"], inputs, hp) != run_key(weighted, fold, 0, ["a", "b"], inputs, with_rate)
 
 
 def test_annealing_scales_the_layer_weights_rate_alike(tmp_path):

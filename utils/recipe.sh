@@ -189,11 +189,6 @@ parse_recipe_options() {
   fi
 }
 
-# Stage 2's extra arguments: the upstreams (and architectures) of a recipe that takes them.
-upstream_args() {
-  [ ${#upstreams[@]} -eq 0 ] || printf '%s\n' "${upstreams[@]}"
-}
-
 log() {
   local line
   line="$(date '+%Y-%m-%d %H:%M:%S') ($recipe_name) $*"
@@ -331,7 +326,7 @@ run_recipe() {
   fi
   if run_stage 2 "${stage2_title:-ASR pretraining}: $stage2_what"; then
     if [ -n "${stage2_module:-}" ]; then  # a recipe's own stage 2 (upstream_probe: describe, no training)
-      run_python "$stage2_module" $(common_stage_args) $(upstream_args)
+      run_python "$stage2_module" $(common_stage_args) ${upstreams[@]+"${upstreams[@]}"}  # quoted: paths may hold spaces
     else
       run_training ser_modules.stages.asr_pretrain $(common_stage_args)
     fi
