@@ -66,17 +66,25 @@ def upstream_kind(path: str) -> str:
                         "and no hyperparams.yaml (SpeechBrain)")
 
 
-def check_upstream(path: str, arch: str | None = None) -> str:
-    """:func:`upstream_kind`, and for a checkpoint file its keys against its architecture (resolved, for
-    torchaudio) without loading a weight, so a bad ``--upstream`` stops a run before stage 1; an ``arch``
-    given for anything but a torchaudio checkpoint is refused."""
+def upstream_arch(path: str, arch: str | None = None) -> tuple[str, dict | None]:
+    """``(kind, architecture)`` of an ``--upstream`` and its ``--upstream-arch``: a torchaudio checkpoint's
+    architecture resolved (:func:`resolve_arch`), None for the other kinds, for which ``arch`` is refused."""
     kind = upstream_kind(path)
     if kind == "torchaudio":
-        check_torchaudio(path, resolve_arch(path, arch))
+        return kind, resolve_arch(path, arch)
+    if arch:
+        raise ManifestError(f"{path}: --upstream-arch {arch} is for torchaudio checkpoints; this is a {kind} upstream")
+    return kind, None
+
+
+def check_upstream(path: str, arch: str | None = None) -> str:
+    """:func:`upstream_arch`, and for a checkpoint file its keys against its architecture without loading a
+    weight, so a bad ``--upstream`` stops a run before stage 1. Returns the kind."""
+    kind, resolved = upstream_arch(path, arch)
+    if kind == "torchaudio":
+        check_torchaudio(path, resolved)
     elif kind == "openai-whisper":
         check_openai_whisper(path)
-    if arch and kind != "torchaudio":
-        raise ManifestError(f"{path}: --upstream-arch {arch} is for torchaudio checkpoints; this is a {kind} upstream")
     return kind
 
 
@@ -530,9 +538,8 @@ def describe_upstream(name: str, path: str, device: str = "cpu", probe_seconds: 
     dimensions, frame rate (nominal and measured), parameters, digest; :class:`ManifestError` if its
     outputs are not finite or their frame counts disagree with the frame rate."""
     kind = upstream_kind(path)
-    if kind == "torchaudio":
-        arch = arch or resolve_arch(path, None)
     model, features = load_upstream(path, device, arch)
+    arch = getattr(model, "arch", None)  # a torchaudio checkpoint's, resolved by its file name when not given
     samples = int(probe_seconds * SAMPLE_RATE)
     wav = torch.randn(1, samples, generator=torch.Generator().manual_seed(seed)).to(device) * 0.1
     out = model.forward_layers(wav, torch.tensor([samples], device=device), model.layer_names)
@@ -543,9 +550,8 @@ def describe_upstream(name: str, path: str, device: str = "cpu", probe_seconds: 
     nominal = float(model.frame_rate)
     if kind != "speechbrain" and abs(measured - nominal) > nominal / probe_seconds + 1:
         raise ManifestError(f"{path}: {measured:.1f} frames per second measured, {nominal:.1f} expected")
-    model_type = {"hf": lambda: read_config(path)["model_type"], "speechbrain": lambda: "speechbrain",
-                  "openai-whisper": lambda: "whisper", "torchaudio": lambda: arch["family"]}[kind]()
-    return {"name": name, "source": os.path.abspath(path), "kind": kind, "model_type": model_type,
+    return {"name": name, "source": os.path.abspath(path), "kind": kind,
+            "model_type": getattr(model, "model_type", "speechbrain"),
             "arch": arch, "layers": model.layer_names,
             "n_layers": len(model.layer_names) - 1, "dims": model.layer_sizes,
             "frame_rate_hz": round(nominal, 3), "measured_frame_rate_hz": round(measured, 3),

@@ -14,8 +14,7 @@ import os
 
 from ser_modules.fileio import ManifestError, run_main, write_json, write_text
 from ser_modules.stages.common import stage_parser, start_stage
-from ser_modules.upstream import add_upstream_arguments, check_upstream, describe_upstream, upstream_name
-from ser_modules.upstream_checkpoints import resolve_arch
+from ser_modules.upstream import add_upstream_arguments, describe_upstream, upstream_arch, upstream_name
 
 
 def main(argv=None) -> None:
@@ -31,8 +30,7 @@ def main(argv=None) -> None:
     for path, arch in args.upstream:
         name = upstream_name(path, names)
         names.add(name)
-        resolved_arch = resolve_arch(path, arch) if check_upstream(path, arch) == "torchaudio" else None
-        info = describe_upstream(name, path, args.device, hp["probe_seconds"], args.seed, resolved_arch)
+        info = describe_upstream(name, path, args.device, hp["probe_seconds"], args.seed, upstream_arch(path, arch)[1])
         described.append(info)
         bundle = f", bundle {info['arch']['bundle']}" if info["arch"] and info["arch"]["bundle"] else ""
         print(f"stage 2 upstream {name}: {info['model_type']} ({info['kind']}{bundle}), {info['n_layers']} layers + input "
