@@ -12,6 +12,10 @@ Two corpora are written under ``--out``:
   ``<spk>/<chapter>/<spk>-<chapter>-<n>.flac`` and ``.trans.txt``, read by voices that are not
   in the emotion corpus; dev and test voices are held out from training.
 
+With ``style="other"`` (:data:`OTHER_DEMO_CONFIG`, ``--style other``) the generator writes the second demo
+corpus of cross-corpus evaluation instead: an IEMOCAP layout only, of 2 sessions, read by other voices
+(:data:`OTHER_EMOTION_VOICES`) that express emotion in another prosody style (:data:`OTHER_EMOTION_PROSODY`).
+
 The output is deterministic for a given seed and size. eSpeak NG carries synthesis state from
 one utterance to the next inside a process, so every dialog and chapter is synthesised in a
 fresh process with its random generators seeded per utterance. A finished corpus is recorded in
@@ -77,6 +81,42 @@ PROSODY_JITTER = (12.0, 5.0, 10.0, 15.0, 0.25)
 # Pauses between words (eSpeak's word gap, 10 ms units): sad speech hesitates, aroused speech runs on.
 WORD_GAP = {"neu": 2, "hap": 0, "exc": 0, "ang": 0, "sad": 16, "fru": 4, "sur": 3}
 WORD_GAP_JITTER = 3.0
+# The second demo corpus (``style="other"``, cross-corpus evaluation): other voices, none of which reads the
+# first demo corpus or its ASR corpus, and another way of expressing emotion: pitch and pitch range carry
+# more of it, speaking rate less, anger is louder but hardly faster, and sad speech pauses less.
+OTHER_EMOTION_VOICES = [
+    ("en-us+Alicia", "en-us+ian"),
+    ("en-gb-x-rp+anika", "en-gb-x-rp+benjamin"),
+    ("en-gb-scotland+grandma", "en-gb-scotland+paul"),
+    ("en-029+steph3", "en-029+rob"),
+]
+OTHER_EMOTION_PROSODY = {
+    "neu": (0, 0, 0, 0, 0.0),
+    "hap": (8, 22, 45, 8, 0.0),
+    "exc": (15, 26, 55, 25, 0.2),
+    "ang": (10, 10, 30, 70, 0.7),
+    "sad": (-30, -18, -40, -20, 0.0),
+    "fru": (5, 2, 12, 25, 0.4),
+    "sur": (0, 30, 55, 15, 0.0),
+}
+OTHER_WORD_GAP = {"neu": 3, "hap": 1, "exc": 0, "ang": 2, "sad": 9, "fru": 4, "sur": 2}
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a demo corpus's speakers sound: voice pairs per session, prosody offsets per emotion,
+    word gaps per emotion and the mean base speaking rate (words/min)."""
+
+    voices: list
+    prosody: dict
+    word_gap: dict
+    base_rate: float
+
+
+STYLES = {
+    "default": Style(EMOTION_VOICES, EMOTION_PROSODY, WORD_GAP, 165.0),
+    "other": Style(OTHER_EMOTION_VOICES, OTHER_EMOTION_PROSODY, OTHER_WORD_GAP, 150.0),
+}
 EMOTION_MIXTURE = {"neu": 0.26, "hap": 0.12, "exc": 0.12, "ang": 0.15, "sad": 0.15, "fru": 0.13, "sur": 0.07}
 
 EVALUATOR_WORD = {
@@ -111,9 +151,18 @@ class DemoConfig:
     turns_per_dialog: int = 28
     asr_train_minutes: float = 60.0
     asr_eval_minutes: float = 6.0
+    style: str = "default"  # a key of STYLES; "other" is the cross-corpus demo corpus
 
     def key(self) -> dict:
-        return {"generator_version": GENERATOR_VERSION, **asdict(self)}
+        key = {"generator_version": GENERATOR_VERSION, **asdict(self)}
+        if self.style == "default":  # the key of corpora made before styles existed
+            del key["style"]
+        return key
+
+
+# The second demo corpus: 2 sessions (4 speakers, 160 turns) of the other style, no ASR corpus.
+OTHER_DEMO_CONFIG = DemoConfig(seed=11, sessions=2, dialogs_per_session=4, turns_per_dialog=20,
+                               asr_train_minutes=0.0, asr_eval_minutes=0.0, style="other")
 
 
 @dataclass
@@ -281,8 +330,8 @@ def run_grouped(tasks: list[list[SynthJob]], groups: list, nj: int) -> list[list
 # Planning (all random choices are drawn here, from one generator seeded by --seed)
 
 
-def _jittered(rng, emotion, base):
-    offsets = EMOTION_PROSODY[emotion]
+def _jittered(rng, emotion, base, prosody=EMOTION_PROSODY):
+    offsets = prosody[emotion]
     rate, pitch, prange, volume, effort = (b + o + rng.normal(0, s) for b, o, s in zip(base, offsets, PROSODY_JITTER))
     return (
         int(np.clip(rate, 90, 320)),
@@ -334,16 +383,17 @@ def consensus_code(votes: list) -> str:
 def plan_emotion_corpus(cfg: DemoConfig, root: str, rng: np.random.Generator):
     """Return ``(dialogs, tasks)``: dialog metadata and one synthesis task per dialog."""
     dialogs, tasks = [], []
+    style = STYLES[cfg.style]
     gap_rng = np.random.default_rng([cfg.seed, 7])  # its own stream: the other draws stay as they were
     emotions = list(EMOTION_MIXTURE)
     probs = np.array([EMOTION_MIXTURE[e] for e in emotions])
     scripts = {}  # scripted dialogs share their lines across sessions, as in IEMOCAP
     for s in range(1, cfg.sessions + 1):
-        female_voice, male_voice = EMOTION_VOICES[(s - 1) % len(EMOTION_VOICES)]
+        female_voice, male_voice = style.voices[(s - 1) % len(style.voices)]
         speaker_base = {}
         for gender in "FM":
             speaker_base[gender] = (
-                rng.normal(165, 12), rng.normal(50, 6), rng.normal(50, 6), 100.0, 0.0
+                rng.normal(style.base_rate, 12), rng.normal(50, 6), rng.normal(50, 6), 100.0, 0.0
             )
         gain = {g: rng.uniform(-4, 2) for g in "FM"}
         for d in range(cfg.dialogs_per_session):
@@ -373,10 +423,10 @@ def plan_emotion_corpus(cfg: DemoConfig, root: str, rng: np.random.Generator):
                 if kind == "impro" and rng.random() < 0.5:
                     self_votes = [(f"{gender}1", [emotion if rng.random() < 0.7 else str(rng.choice(CONFUSIONS[emotion]))])]
                 turn = Turn(utt, name, gender, emotion, text, _written(text, rng), votes, vad, self_votes)
-                rate, pitch, prange, volume, effort = _jittered(rng, emotion, speaker_base[gender])
+                rate, pitch, prange, volume, effort = _jittered(rng, emotion, speaker_base[gender], style.prosody)
                 voice = female_voice if gender == "F" else male_voice
                 path = os.path.join(root, f"Session{s}", "sentences", "wav", name, f"{utt}.wav")
-                gap = int(np.clip(round(WORD_GAP[emotion] + gap_rng.normal(0, WORD_GAP_JITTER)), 0, 40))
+                gap = int(np.clip(round(style.word_gap[emotion] + gap_rng.normal(0, WORD_GAP_JITTER)), 0, 40))
                 jobs.append(SynthJob(path, text, voice, rate, pitch, prange, volume, effort,
                                      gain[gender] + rng.normal(0, 1.0), rng.uniform(-58, -48),
                                      int(rng.integers(2**31)), word_gap=gap))
@@ -503,24 +553,29 @@ def corpus_paths(out: str) -> dict:
     return {"iemocap": os.path.join(out, "IEMOCAP_full_release"), "librispeech": os.path.join(out, "LibriSpeech")}
 
 
-def make_demo_corpus(out: str, cfg: DemoConfig | None = None, nj: int = 2) -> dict:
+def make_demo_corpus(out: str, cfg: DemoConfig | None = None, nj: int = 2, style: str = "default") -> dict:
     """Generate (or reuse) the demo corpora under ``out``; return their root folders and counts.
 
     A corpus already in ``out`` is reused when it was made with ``cfg``, or, with ``cfg=None`` (any
-    size will do), by this generator version; otherwise ``cfg`` (default: :class:`DemoConfig`) is made."""
+    size will do), by this generator version in ``style``; otherwise ``cfg`` (default:
+    :class:`DemoConfig`, or :data:`OTHER_DEMO_CONFIG` for ``style="other"``) is made."""
+    if cfg is None and style not in STYLES:
+        raise ValueError(f"unknown demo corpus style {style!r}; known: {sorted(STYLES)}")
+    default = DemoConfig() if style == "default" else OTHER_DEMO_CONFIG
     stamp = os.path.join(out, "demo_corpus.json")
     if os.path.isfile(stamp):
         with open(stamp, encoding="utf-8") as f:
             info = json.load(f)
         made_with = info.get("config", {})
-        any_size = cfg is None and made_with.get("generator_version") == GENERATOR_VERSION
-        if made_with == (cfg or DemoConfig()).key() or any_size:
+        any_size = (cfg is None and made_with.get("generator_version") == GENERATOR_VERSION
+                    and made_with.get("style", "default") == style)
+        if made_with == (cfg or default).key() or any_size:
             logger.info("reusing the demo corpus in %s (%s)", out, made_with)
             return {**corpus_paths(out), **info}
         logger.info("demo corpus in %s was made with other parameters: regenerating", out)
     elif os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"{out}: folder exists, is not empty and holds no demo_corpus.json; choose another --out")
-    cfg = cfg or DemoConfig()
+    cfg = cfg or default
 
     started = time.time()
     tmp = f"{out.rstrip('/')}.partial"
@@ -528,7 +583,8 @@ def make_demo_corpus(out: str, cfg: DemoConfig | None = None, nj: int = 2) -> di
     rng = np.random.default_rng(cfg.seed)
     tmp_paths = corpus_paths(tmp)
     dialogs, emo_tasks = plan_emotion_corpus(cfg, tmp_paths["iemocap"], rng)
-    chapters, asr_tasks = plan_librispeech(cfg, tmp_paths["librispeech"], rng)
+    no_asr = cfg.asr_train_minutes <= 0 and cfg.asr_eval_minutes <= 0  # an emotion corpus only
+    chapters, asr_tasks = ([], []) if no_asr else plan_librispeech(cfg, tmp_paths["librispeech"], rng)
     # One process per session and per ASR speaker: fewer process start-ups, same bytes.
     groups = [d["session"] for d in dialogs] + [(c["subset"], c["speaker"]) for c in chapters]
     results = run_grouped(emo_tasks + asr_tasks, groups, nj)
@@ -537,7 +593,8 @@ def make_demo_corpus(out: str, cfg: DemoConfig | None = None, nj: int = 2) -> di
         for turn, n in zip(dialog["turns"], samples):
             turn.duration = n / SAMPLE_RATE
     write_iemocap_metadata(tmp_paths["iemocap"], dialogs, rng)
-    write_librispeech_metadata(tmp_paths["librispeech"], chapters)
+    if chapters:
+        write_librispeech_metadata(tmp_paths["librispeech"], chapters)
 
     asr_seconds = {}
     for chapter, samples in zip(chapters, results[len(emo_tasks):]):
@@ -569,7 +626,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output folder (reused if it holds the same demo corpus)")
     parser.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")
     for name, value in asdict(DemoConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
+                            **({"choices": sorted(STYLES)} if name == "style" else {}))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = DemoConfig(**{k: getattr(args, k) for k in asdict(DemoConfig())})
