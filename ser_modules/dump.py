@@ -637,8 +637,13 @@ def plan_feature_store(utterances: pd.DataFrame, root: str, extractor, name: str
 def dump_utterances(data_dir: str, protocol: str) -> pd.DataFrame:
     """The protocol's utterances and the context turns they refer to (``prev_same``/``prev_other``)."""
     emotion = os.path.join(data_dir, "emotion")
-    manifest = read_manifest(os.path.join(emotion, protocol, "manifest.csv"), ("ID", "wav", "duration"))
-    turns_path = os.path.join(emotion, "turns.csv")
+    return corpus_utterances(os.path.join(emotion, protocol, "manifest.csv"), os.path.join(emotion, "turns.csv"))
+
+
+def corpus_utterances(manifest_path: str, turns_path: str) -> pd.DataFrame:
+    """The utterances of ``manifest_path`` and the context turns of ``turns_path`` they refer to (no
+    turns file: the manifest alone)."""
+    manifest = read_manifest(manifest_path, ("ID", "wav", "duration"))
     if not os.path.isfile(turns_path):
         return manifest
     turns = read_manifest(turns_path)
@@ -661,9 +666,11 @@ def dumped_layers(model, wanted: list[str], path: str) -> list[str]:
 
 
 def plan_dumps(refs: list[ASRModelRef], hp: dict, utterances: pd.DataFrame, out: str, seed: int,
-               egemaps: EGeMAPSFunctionals | None) -> list[StorePlan]:
+               egemaps: EGeMAPSFunctionals | None, augmented: bool = True) -> list[StorePlan]:
     """What stage 4 will write: one :class:`StorePlan` per ASR model (each loaded on the CPU in turn and
-    run on a few seconds of a synthetic signal for its frame rates), then the handcrafted and eGeMAPS stores."""
+    run on a few seconds of a synthetic signal for its frame rates), then the handcrafted and eGeMAPS stores
+    (``augmented``: with the configured augmented copies of the handcrafted features, which only training reads)."""
+    copies = hp.get("augmented_copies", 0) if augmented else 0
     plans = []
     for ref in refs:
         model, features, _, info = load_asr_model(ref.path, "cpu")
@@ -672,7 +679,7 @@ def plan_dumps(refs: list[ASRModelRef], hp: dict, utterances: pd.DataFrame, out:
         del model, features  # one model in memory at a time
     if hp["handcrafted"]:
         plans.append(plan_feature_store(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch",
-                                        hp["dtype"], hp.get("augmentation"), hp.get("augmented_copies", 0), seed))
+                                        hp["dtype"], hp.get("augmentation") if copies else None, copies, seed))
     if egemaps is not None:
         plans.append(plan_feature_store(utterances, out, egemaps, "egemaps", "egemaps", "float32"))
     return plans
@@ -751,3 +758,31 @@ def dumped_models(exp_dir: str, models: list[str], log) -> list[ASRModelRef]:
 def feature_store_entry(store: FeatureStore, out: str, layer: str) -> dict:
     """The entry of a handcrafted-feature store in ``stores_<protocol>.json`` (its folder relative to ``out``)."""
     return {"folder": os.path.relpath(store.folder, out), "layers": [layer], "dims": {layer: store.dim(layer)}}
+
+
+def dump_corpus(protocol: str, utterances: pd.DataFrame, refs: list[ASRModelRef], hp: dict, out: str, seed: int,
+                egemaps: EGeMAPSFunctionals | None, nj: int, state: dict, augmented: bool = True) -> dict:
+    """Stage 4 for one corpus: every ASR model's layers (one job each, ``state`` as :func:`dump_job` reads
+    it), the handcrafted and eGeMAPS features; writes ``utterances_<protocol>.csv`` and
+    ``stores_<protocol>.json`` (paths relative to ``out``, so the experiment may move) and returns the latter."""
+    from ser_modules.fileio import write_csv
+    from ser_modules.jobs import run_jobs
+
+    csv_path = os.path.join(out, f"utterances_{protocol}.csv")
+    write_csv(csv_path, utterances)
+    stores = {"protocol": protocol, "utterances": os.path.relpath(csv_path, out), "asr": {}, "handcrafted": None,
+              "egemaps": None}
+    state = {**state, "utterances": utterances, "csv": csv_path}
+    for key, info in run_jobs(dump_job, [(r.name, r.fold, r.path) for r in refs], nj, state, f"stage 4 {protocol}"):
+        stores["asr"][key] = info
+    stores["asr"] = {r.key: stores["asr"][r.key] for r in refs}  # in the order of the models, not of completion
+    if hp["handcrafted"]:
+        copies = hp.get("augmented_copies", 0) if augmented else 0
+        store = dump_features(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch", hp["dtype"],
+                              augment=hp.get("augmentation") if copies else None, copies=copies, seed=seed, nj=nj)
+        stores["handcrafted"] = feature_store_entry(store, out, "mfcc_pitch")
+    if egemaps is not None:  # the classical reference: openSMILE eGeMAPS functionals (one vector per utterance)
+        store = dump_features(utterances, out, egemaps, "egemaps", "egemaps", "float32", nj=nj)
+        stores["egemaps"] = feature_store_entry(store, out, "egemaps")
+    write_json(os.path.join(out, f"stores_{protocol}.json"), stores)
+    return stores

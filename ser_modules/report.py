@@ -19,6 +19,7 @@ import pandas as pd
 from ser_modules import plots
 from ser_modules.asr_models import adapted_upstream_entry, upstream_entries
 from ser_modules.corpus import language_mismatch
+from ser_modules.cross_corpus import cross_corpus_figures, cross_corpus_rows, cross_corpus_section, listed_eval_corpora
 from ser_modules.data import read_utterance
 from ser_modules.dump import FeatureStore, read_stores
 from ser_modules.fileio import ManifestError, read_json, read_manifest, read_optional_json
@@ -234,6 +235,8 @@ class Report:
     figures: list[str] = field(default_factory=list)
     weights: pd.DataFrame = field(default_factory=pd.DataFrame)
     loud: dict | None = None
+    eval_corpora: list[dict] = field(default_factory=list)  # stage 1's evaluation corpora (cross-corpus)
+    cross: pd.DataFrame = field(default_factory=pd.DataFrame)  # cross_corpus.csv
 
     @property
     def corpus(self) -> str:
@@ -265,6 +268,14 @@ def score_variants(rep: Report, hp: dict, hp_ser: dict, log) -> pd.DataFrame:
     return rep.results
 
 
+def score_cross_corpus(rep: Report, data_dir: str) -> pd.DataFrame:
+    """The rows of ``cross_corpus.csv``: the trained variants on each evaluation corpus (empty without one)."""
+    rep.eval_corpora = listed_eval_corpora(data_dir)
+    rep.cross = cross_corpus_rows(rep.exp_dir, rep.eval_corpora, rep.results, rep.classes) if len(rep.results) \
+        else pd.DataFrame()
+    return rep.cross
+
+
 def report_figures(rep: Report, hp: dict) -> list[str]:
     """Draw the figures into ``<exp>/plots``: confusion matrices, UA per layer, the upstreams' figures,
     t-SNE and loudness (conf/score.yaml ``tsne``, ``loudness``); returns their paths."""
@@ -275,6 +286,8 @@ def report_figures(rep: Report, hp: dict) -> list[str]:
         rep.figures.append(plots.plot_confusion(np.mean(mats, axis=0), rep.classes,
                                                 f"{name} ({len(mats)} folds x runs)",
                                                 os.path.join(plot_dir, f"confusion_{name}.png")))
+    if len(rep.cross):  # per evaluation corpus: the best within-corpus variant's fold ensemble
+        rep.figures += cross_corpus_figures(rep.exp_dir, rep.eval_corpora, rep.cross, rep.classes, plot_dir)
     # UA per layer, one line per model family reading the ASR (Yeh Table 2 / Lakomkin Table 1).
     series = {}
     per_layer = results[(results["layer"] != "") & (results["type"] != "weighted")] if len(results) else results
@@ -317,6 +330,7 @@ def results_markdown(rep: Report, hp: dict, seed: int) -> str:
     md += [markdown_table(family_table(results, chance)), "",
            "Rows grouped by model family as in Table 1 of Lakomkin et al. 2018; the best mean of each column "
            "(chance rows excluded) in bold.", ""]
+    md += cross_corpus_section(rep.cross, rep.eval_corpora, rep.prepared, rep.trained, corpus)
     if rep.upstreams:
         md += ["## Upstreams (stage 2)", "", "The pretrained encoders probed, frozen; layer0 is the encoder's input "
                "(the CNN features), layerK the output of block K.", "", markdown_table(upstream_table(rep.upstreams)),

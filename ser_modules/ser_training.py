@@ -158,6 +158,7 @@ class SERDataset(torch.utils.data.Dataset):
         self.asr = inputs.asr_store(spec.asr, fold) if spec.asr else None
         self.hand = inputs.handcrafted_store() if spec.uses_handcrafted else None
         self.copies = inputs.handcrafted_copies() if self.hand is not None else []
+        self.egemaps = inputs.egemaps_store() if spec.type == "reference" else None
         self.pooled = {}
         if spec.pooled:  # the masked mean of one frame is the frame itself; weighted: the layers side by side
             vectors = np.concatenate([self.asr.mean_pooled(n, ids) for n in spec.layers], axis=1)  # [len(ids), D]
@@ -207,6 +208,8 @@ class SERDataset(torch.utils.data.Dataset):
         item = {"id": utt, "label": self.labels[i]}
         if self.spec.uses_handcrafted:
             item["feats"] = self._handcrafted(i, utt)
+        if self.egemaps is not None:  # the reference's functionals: one vector per utterance
+            item["egemaps"] = torch.from_numpy(self.egemaps.get(utt, "egemaps"))
         if self.spec.pooled:
             item["asr"] = self.pooled[utt]
         elif t in ("rnn", "iaan", "weighted"):
@@ -510,6 +513,62 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
     write_json(os.path.join(out_dir, "history.json"), history)
     write_csv(pred_path, frame)
     remove_resume_state(out_dir)
+    staged.publish()
+    return frame
+
+
+def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, manifest: pd.DataFrame,
+                      classes: list[str], inputs: SERInputs, out_dir: str, device: str = "cpu",
+                      batch_size: int = 32) -> pd.DataFrame:
+    """Score the saved model of one finished (variant, fold, run) (``run_dir``: ``model.json`` and
+    ``model.pt`` of :func:`train_fold_run`) on the utterances of ``manifest`` (``ID``, ``emotion``, and the
+    dialog context IAAN reads) stored in ``inputs``; no training. Writes ``out_dir/predictions.csv`` in the
+    columns of a training run's and returns it; a rerun with the same model and stores reads it back
+    (``frame.attrs["finished_before"]``)."""
+    from ser_modules.fileio import file_digest, key_digest, read_json
+
+    model_path = os.path.join(run_dir, "model.pt")
+    if not os.path.isfile(model_path):
+        raise ManifestError(f"{model_path}: no saved model of {spec.name} {fold} run{run} (finish stage 5's training)")
+    stores = [inputs.asr_store(spec.asr, fold)] if spec.asr else []
+    stores += [inputs.handcrafted_store()] if spec.uses_handcrafted else []
+    stores += [inputs.egemaps_store()] if spec.type == "reference" else []
+    ids = manifest["ID"].astype(str).tolist()
+    labels = manifest["emotion"].astype(str).tolist()
+    staged = StagedOutputs(out_dir, {"model": file_digest(model_path), "variant": vars(spec), "fold": fold, "run": run,
+                                     "stores": [store_identity(st) for st in stores], "utterances": key_digest({"labels": list(zip(ids, labels))}),
+                                     "classes": classes})
+    if staged.done and os.path.isfile(os.path.join(out_dir, "predictions.csv")):
+        frame = pd.read_csv(os.path.join(out_dir, "predictions.csv"), keep_default_na=False, dtype={"ID": str})
+        frame.attrs["finished_before"] = True
+        return frame
+    info = read_json(os.path.join(run_dir, "model.json"))
+    if info["classes"] != classes:
+        raise ManifestError(f"{run_dir}/model.json: classes {info['classes']}, the training corpus has {classes} "
+                            "(rerun stage 5)")
+    dims = inputs.dim(spec, fold)
+    if dims != info["dims"]:
+        raise ManifestError(f"{stores[0].folder if stores else run_dir}: inputs of {dims} values, the model of {run_dir} "
+                            f"was trained on {info['dims']}")
+    model = build_model(spec, info["dims"], len(classes), info["dropout"])
+    model.load_state_dict(torch.load(model_path, map_location="cpu"))
+    model.to(device).eval()
+    index = {c: i for i, c in enumerate(classes)}
+    dataset = SERDataset(spec, ids, [index[c] for c in labels], inputs, fold, manifest)
+    sampler = LengthBucketBatchSampler([dataset.length(i) for i in range(len(dataset))], batch_size, shuffle=False)
+    order, chunks = [], []
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate):
+            order += batch["id"]
+            chunks.append(forward(model, spec, batch, device).float().softmax(-1).cpu().numpy())
+    probs = np.concatenate(chunks)
+    label_of = dict(zip(ids, labels))
+    frame = pd.DataFrame({"ID": order, "fold": fold, "run": run, "true": [label_of[i] for i in order],
+                          "predicted": [classes[i] for i in probs.argmax(axis=1)]})
+    for j, c in enumerate(classes):
+        frame[f"p_{c}"] = probs[:, j].round(6)
+    work = staged.begin()
+    write_csv(os.path.join(work, "predictions.csv"), frame)
     staged.publish()
     return frame
 

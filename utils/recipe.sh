@@ -29,6 +29,7 @@ slurm_time=${slurm_time:-240}
 slurm_gres=${slurm_gres:-}
 overrides=()
 upstreams=()  # --upstream PATH [--upstream-arch A] (repeatable) as stage 2 takes them, for recipe_takes_upstreams=1
+eval_corpora=()  # --eval-corpus K [--eval-root DIR] [--eval-label-map M] (repeatable) as stage 1 takes them
 
 recipe_usage() {
   cat <<EOF
@@ -78,6 +79,13 @@ Options:
   --slurm-partition P      Slurm partition of stage 5's jobs (default: the cluster's)
   --slurm-time MIN         time limit of each stage-5 Slurm job in minutes (default 240)
   --slurm-gres G           generic resources of each stage-5 Slurm job, e.g. gpu:1
+  --eval-corpus C          an evaluation corpus the trained models are scored on, training nothing (cross-
+                           corpus): demo-other | iemocap | ravdess | crema-d | emodb | csv; repeatable
+  --eval-root DIR          the --eval-corpus before it as distributed (a CSV file for csv; demo-other:
+                           where the second demo corpus is made, default <demo-dir>-other)
+  --eval-label-map M       the labels of the --eval-corpus before it onto the training classes: iemocap4,
+                           'a:b,c:d' or a JSON file (default: labels equal to a training class, and for
+                           ravdess, crema-d and emodb the iemocap4 names); other labels are dropped
   --seed N                 random seed (default 1)
   --demo-dir DIR           where the demo corpus is synthesised/reused (default corpora/demo)
 $(if [ "${recipe_takes_upstreams:-0}" = 1 ]; then
@@ -129,6 +137,13 @@ parse_recipe_options() {
       --upstream-arch)
         if [ "${recipe_takes_upstreams:-0}" != 1 ]; then echo "$0: unknown option '$1' (see --help)" >&2; exit 2; fi
         upstreams+=(--upstream-arch "$2"); shift 2 ;;
+      --eval-corpus)
+        case "$2" in demo-other|iemocap|ravdess|crema-d|emodb|csv) ;;
+          *) echo "$0: unknown --eval-corpus '$2' (demo-other, iemocap, ravdess, crema-d, emodb or csv)" >&2; exit 2 ;; esac
+        eval_corpora+=(--eval-corpus "$2"); shift 2 ;;
+      --eval-root|--eval-label-map)
+        if [ ${#eval_corpora[@]} -eq 0 ]; then echo "$0: $1 belongs to an --eval-corpus given before it" >&2; exit 2; fi
+        eval_corpora+=("$1" "$2"); shift 2 ;;
       *=*) overrides+=("$1"); shift ;;
       *) echo "$0: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -178,6 +193,10 @@ parse_recipe_options() {
   for n in "$stage" "$stop_stage"; do
     case "$n" in [1-6]) ;; *) echo "$0: --stage and --stop-stage must be stage numbers 1-6, got '$n'" >&2; exit 2 ;; esac
   done
+  if [ ${#eval_corpora[@]} -gt 0 ] && [ "$stage" -gt 1 ]; then
+    echo "$0: --eval-corpus is prepared by stage 1: start at --stage 1 (finished stages are reused, nothing is retrained)" >&2
+    exit 2
+  fi
   if [ "$stage" -gt "$stop_stage" ]; then
     echo "$0: --stage $stage is after --stop-stage $stop_stage: no stage to run" >&2; exit 2
   fi
@@ -305,16 +324,23 @@ stage_data_preparation() {
   done
   # What identifies the prepared data: the corpora, the options and the preparers' code (a new
   # demo generator remakes the demo corpus), not --nj or the log file.
-  local stamp
+  # (The evaluation corpora have their own stamps: adding one prepares only it.)
+  local stamp f
   stamp=$( (printf '%s\n' "$emotion_corpus" "$emotion_root" "$label_map" "$k_speakers" "$seed" "$demo_dir" \
-    "$size" "$librispeech_subsets" "${asr_corpora[@]}" "${asr_roots[@]}"; cat "$toolkit_root"/local/*.py "$toolkit_root"/ser_modules/{corpus,audio_screen,audio_file}.py) \
-    | sha1sum | cut -c1-16)
+    "$size" "$librispeech_subsets" "${asr_corpora[@]}" "${asr_roots[@]}"
+    for f in "$toolkit_root"/local/*.py; do [ "${f##*/}" = prepare_eval.py ] || cat "$f"; done
+    cat "$toolkit_root"/ser_modules/{corpus,audio_screen,audio_file}.py) | sha1sum | cut -c1-16)
   if [ -f "$data_dir/prepare_summary.json" ] && [ "$(cat "$data_dir/.stage1_stamp" 2>/dev/null)" = "$stamp" ]; then
     log "stage 1: data already prepared in $data_dir (same corpora), skipped"
-    return 0
+  else
+    run_child $python "$toolkit_root/local/prepare_data.py" "${args[@]}"
+    echo "$stamp" > "$data_dir/.stage1_stamp"
   fi
-  run_child $python "$toolkit_root/local/prepare_data.py" "${args[@]}"
-  echo "$stamp" > "$data_dir/.stage1_stamp"
+  # The evaluation corpora of this run (none: stages 4-6 score no other corpus).
+  if [ ${#eval_corpora[@]} -gt 0 ] || [ -d "$data_dir/eval" ]; then
+    run_child $python "$toolkit_root/local/prepare_eval.py" --data-dir "$data_dir" --protocol "$protocol" \
+      --demo-dir "$demo_dir" --nj "$nj" --log "$exp_dir/logs/stage1_data.log" ${eval_corpora[@]+"${eval_corpora[@]}"}
+  fi
 }
 
 # The stages of every recipe; what each stage does comes from the recipe's conf/*.yaml.

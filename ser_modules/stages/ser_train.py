@@ -5,7 +5,9 @@ true and predicted label, class probabilities) and ``history.json``; a finished 
 rerun and an interrupted one resumes from its checkpoint. ``--nj N`` trains N jobs in parallel
 processes (:mod:`ser_modules.jobs`: one thread each on a CPU), shared over ``--ngpu`` GPUs with
 ``--device cuda``; ``--launcher slurm`` submits one Slurm job per training instead (submitit).
-Per-variant metrics over folds x runs go to ``<exp>/ser/<variant>/metrics.json``.
+Per-variant metrics over folds x runs go to ``<exp>/ser/<variant>/metrics.json``. Then every saved
+model is scored, without training, on each evaluation corpus of stage 1 (``--eval-corpus``):
+``<exp>/cross/<corpus>/<variant>/<fold>/run<k>/predictions.csv``, cached per model and corpus.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 import os
 import time
 
+from ser_modules.cross_corpus import (
+    eval_job, eval_jobs, eval_manifest, eval_stores, listed_eval_corpora, log_eval_jobs, open_eval_inputs,
+)
 from ser_modules.fileio import ManifestError, read_json, read_manifest, run_main, write_json
 from ser_modules.folds import load_folds
 from ser_modules.jobs import run_jobs, submit_jobs
@@ -67,6 +72,15 @@ def main(argv=None) -> None:
     write_json(os.path.join(out, "summary.json"), {"protocol": args.protocol, "folds": args.folds, "classes": classes,
                                                    "variants": summary, "skipped": skipped,
                                                    "minutes": round((time.time() - started) / 60, 2)})
+    corpora = [c["name"] for c in listed_eval_corpora(args.data_dir)]
+    if corpora:  # the saved models on every evaluation corpus: no training, cached per model and corpus
+        jobs = eval_jobs(variants, len(folds), hp["n_runs"], corpora)
+        eval_state = {**state, "cross": os.path.join(args.exp_dir, "cross"), "eval_stores": eval_stores(args.exp_dir, corpora),
+                      "eval_manifests": {n: eval_manifest(args.data_dir, n) for n in corpora}}
+        nj, eval_state["devices"] = stage_jobs(args)
+        log.info("stage 5: scoring %d saved models on evaluation corpora %s", len(jobs), ", ".join(corpora))
+        log_eval_jobs(run_jobs(eval_job, jobs, min(nj, len(jobs)), eval_state, "cross-corpus", setup=open_eval_inputs),
+                      len(jobs), log)
     log.info("stage 5 finished in %.1f min", (time.time() - started) / 60)
 
 

@@ -1,0 +1,322 @@
+"""Cross-corpus evaluation: the trained fold models of every variant scored on other emotion corpora.
+
+Stage 1 (``local/prepare_eval.py``) writes each evaluation corpus to ``<data>/eval/<name>/manifest.csv``
+with its labels mapped onto the training classes (:func:`map_onto_training_classes`) and lists the
+corpora of the run in ``<data>/eval/corpora.json``. Stage 4 dumps each with the same front end into
+``dump/stores_eval-<name>.json`` (per-fold adapted ASR models included). Stage 5 scores every saved
+(variant, fold, run) model on it without training (:func:`eval_job`) into
+``<exp>/cross/<name>/<variant>/<fold>/run<k>/predictions.csv``, cached by the model's digest and the
+stores. Stage 6 (:func:`cross_corpus_report`) puts the scores beside the within-corpus ones:
+mean ± std over (fold, run) and the fold ensemble (class probabilities averaged over every fold model
+and run), with the drop from within-corpus UA and a confusion matrix per evaluation corpus.
+
+An evaluation corpus may lack a training class (its label map leaves it empty): its UA is then the mean
+recall over the classes it has, and macro F1 is taken over those classes too; the report says which.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from ser_modules.fileio import ManifestError, read_json, read_manifest, write_json
+
+logger = logging.getLogger(__name__)
+
+EVAL_KINDS = ("demo-other", "iemocap", "ravdess", "crema-d", "emodb", "csv")
+EVAL_FOLDER = "eval"
+
+
+def eval_dir(data_dir: str, name: str) -> str:
+    """Where stage 1 writes evaluation corpus ``name``."""
+    return os.path.join(data_dir, EVAL_FOLDER, name)
+
+
+def eval_protocol(name: str) -> str:
+    """The protocol name of an evaluation corpus in stage 4's ``stores_<protocol>.json``."""
+    return f"eval-{name}"
+
+
+def eval_names(kinds: list[str]) -> list[str]:
+    """Names of the evaluation corpora: the kind, with ``-2``, ``-3``, ... for a kind given again."""
+    seen: Counter = Counter()
+    names = []
+    for kind in kinds:
+        seen[kind] += 1
+        names.append(kind if seen[kind] == 1 else f"{kind}-{seen[kind]}")
+    return names
+
+
+def write_eval_list(data_dir: str, names: list[str]) -> None:
+    """Record the evaluation corpora of this run (stages 4-6 read the list)."""
+    write_json(os.path.join(data_dir, EVAL_FOLDER, "corpora.json"), {"corpora": list(names)})
+
+
+def listed_eval_corpora(data_dir: str) -> list[dict]:
+    """The summaries of the evaluation corpora stage 1 prepared for this run (none without the list)."""
+    path = os.path.join(data_dir, EVAL_FOLDER, "corpora.json")
+    if not os.path.isfile(path):
+        return []
+    summaries = []
+    for name in read_json(path)["corpora"]:
+        summary = os.path.join(eval_dir(data_dir, name), "summary.json")
+        if not os.path.isfile(summary):
+            raise ManifestError(f"{summary}: evaluation corpus {name} is listed in {path} but not prepared (rerun stage 1)")
+        summaries.append(read_json(summary))
+    return summaries
+
+
+def map_onto_training_classes(frame: pd.DataFrame, column: str, mapping: dict[str, str] | None, classes: list[str],
+                              corpus: str, default_names: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Set ``emotion`` of an evaluation corpus from its ``column`` through ``mapping`` onto the training
+    ``classes``; returns the kept rows and ``{"dropped": {label: n}, "classes": {class: n},
+    "missing_classes": [...]}``.
+
+    ``mapping`` (a label matches in any letter case) is the user's: a target that is not a training
+    class is a :class:`ManifestError` naming it. Without one, a label equal to a training class keeps
+    it, and with ``default_names`` (RAVDESS, CREMA-D, EmoDB) the named emotions of ``iemocap4``
+    (``anger`` -> ``ang``, ...) map onto the training classes that are among them. Labels the map does not
+    reach are dropped and counted; no utterance left is an error; a training class left without
+    utterances is reported in ``missing_classes``, not an error."""
+    from ser_modules.corpus import LABEL_MAPS
+
+    labels = frame[column].astype(str)
+    found = sorted(labels.unique())
+    if mapping is not None:
+        foreign = sorted({v for v in mapping.values()} - set(classes))
+        if foreign:
+            raise ManifestError(f"{corpus}: the label map sends labels to {foreign}, which the training corpus lacks "
+                                f"(its classes: {classes})")
+    else:
+        mapping = {k: v for k, v in LABEL_MAPS["iemocap4"].items() if v in classes} if default_names else {}
+        mapping.update({c: c for c in classes})
+    lower = {k.lower(): v for k, v in mapping.items()}
+    target = [mapping.get(label, lower.get(label.lower())) for label in labels]
+    frame = frame.assign(source_label=labels.to_numpy(), emotion=target)
+    dropped = frame["emotion"].isna()
+    counts = Counter(frame.loc[dropped, "source_label"])
+    frame = frame[~dropped].reset_index(drop=True)
+    if frame.empty:
+        raise ManifestError(f"{corpus}: no label maps onto the training classes {classes} (labels in the corpus: "
+                            f"{found}); give --eval-label-map")
+    if counts:
+        logger.info("%s: %d utterances dropped, labels without a training class: %s", corpus, sum(counts.values()),
+                    dict(sorted(counts.items())))
+    present = frame["emotion"].value_counts()
+    missing = [c for c in classes if c not in present.index]
+    if missing:
+        logger.warning("%s: training class(es) %s have no utterance here; its UA and F1 are over %s", corpus, missing,
+                       sorted(present.index))
+    return frame, {"dropped": {k: int(v) for k, v in sorted(counts.items())},
+                   "classes": {c: int(present.get(c, 0)) for c in classes}, "missing_classes": missing}
+
+
+def eval_utterances(data_dir: str, name: str) -> pd.DataFrame:
+    """An evaluation corpus's utterances and the dialog context turns they refer to (stage 4)."""
+    from ser_modules.dump import corpus_utterances
+
+    folder = eval_dir(data_dir, name)
+    return corpus_utterances(os.path.join(folder, "manifest.csv"), os.path.join(folder, "turns.csv"))
+
+
+def eval_manifest(data_dir: str, name: str) -> pd.DataFrame:
+    return read_manifest(os.path.join(eval_dir(data_dir, name), "manifest.csv"), ("ID", "emotion"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 5: every saved model on every evaluation corpus, no training
+
+
+def eval_stores(exp_dir: str, names: list[str]) -> dict[str, str]:
+    """``{name: dump/stores_eval-<name>.json}``; a corpus stage 4 did not dump is an error naming it."""
+    paths = {}
+    for name in names:
+        path = os.path.join(exp_dir, "dump", f"stores_{eval_protocol(name)}.json")
+        if not os.path.isfile(path):
+            raise ManifestError(f"{path}: evaluation corpus {name} has no representation stores (run stage 4)")
+        paths[name] = path
+    return paths
+
+
+def eval_jobs(variants: list[dict], n_folds: int, n_runs: int, names: list[str]) -> list[tuple]:
+    """One ``(variant, fold index, run, corpus)`` job per saved model and evaluation corpus."""
+    return [(v, f, r, n) for n in names for v in variants for f in range(n_folds) for r in range(n_runs)]
+
+
+def open_eval_inputs(state: dict) -> None:
+    """Worker set-up: open each evaluation corpus's stores once per process."""
+    from ser_modules.ser_training import SERInputs
+
+    state["eval_inputs"] = {n: SERInputs(path) for n, path in state["eval_stores"].items()}
+
+
+def eval_job(job: tuple) -> tuple:
+    """Score one saved (variant, fold, run) model on one evaluation corpus; returns ``(corpus, variant,
+    fold, run, utterances, finished before)``."""
+    from ser_modules.jobs import worker_state
+    from ser_modules.ser_training import VariantSpec, predict_saved_run
+
+    spec_dict, fold_index, run, name = job
+    w = worker_state()
+    spec, fold = VariantSpec.from_dict(spec_dict), w["folds"][fold_index]
+    run_dir = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
+    out = os.path.join(w["cross"], name, spec.name, fold.name, f"run{run}")
+    frame = predict_saved_run(spec, fold.name, run, run_dir, w["eval_manifests"][name], w["classes"],
+                              w["eval_inputs"][name], out, w["device"])
+    return name, spec.name, fold.name, run, len(frame), frame.attrs.get("finished_before", False)
+
+
+def log_eval_jobs(results, n_jobs: int, log) -> None:
+    """Consume :func:`eval_job` results, logging how many were scored before."""
+    before = sum(r[5] for r in results)
+    log.info("stage 5: %d model x corpus scorings on evaluation corpora (%d finished before, not repeated)", n_jobs,
+             before)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 6: the cross-corpus table
+
+
+def eval_metrics(true, predicted) -> dict[str, float]:
+    """UA, WA and macro F1 over the classes present in ``true`` (an evaluation corpus may lack some
+    training classes; predicting one of those counts as an error)."""
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    true, predicted = np.asarray(true), np.asarray(predicted)
+    present = sorted(set(true))
+    return {"UA": float(np.mean(recall_score(true, predicted, labels=present, average=None, zero_division=0))),
+            "WA": float(accuracy_score(true, predicted)),
+            "F1": float(f1_score(true, predicted, labels=present, average="macro", zero_division=0))}
+
+
+def fold_ensemble(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """One prediction per utterance from the class probabilities averaged over every (fold, run) model:
+    ``ID, true, predicted, p_<class>...``."""
+    cols = [f"p_{c}" for c in classes]
+    mean = predictions.groupby("ID", sort=True).agg({"true": "first", **{c: "mean" for c in cols}}).reset_index()
+    mean["predicted"] = [classes[i] for i in mean[cols].to_numpy().argmax(axis=1)]
+    return mean[["ID", "true", "predicted", *cols]]
+
+
+def score_eval_corpus(predictions: pd.DataFrame, classes: list[str]) -> dict:
+    """Mean ± std over (fold, run) of each metric and the fold ensemble's metrics."""
+    per_run = pd.DataFrame([{"fold": f, "run": r, **eval_metrics(g["true"], g["predicted"])}
+                            for (f, r), g in predictions.groupby(["fold", "run"], sort=True)])
+    ensemble = fold_ensemble(predictions, classes)
+    out = {"models": len(per_run)}
+    for m in ("UA", "WA", "F1"):
+        out[f"{m}_mean"] = float(per_run[m].mean())
+        out[f"{m}_std"] = float(per_run[m].std(ddof=1)) if len(per_run) > 1 else 0.0
+    out.update({f"ensemble_{k}": v for k, v in eval_metrics(ensemble["true"], ensemble["predicted"]).items()})
+    return out
+
+
+def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """``cross_corpus.csv``: one row per (evaluation corpus, variant) with the within-corpus UA, the
+    evaluation corpus's metrics and the drop of UA (within minus mean over fold models)."""
+    from ser_modules.scoring import load_predictions
+
+    rows = []
+    for corpus in corpora:
+        folder = os.path.join(exp_dir, "cross", corpus["name"])
+        for _, r in results.iterrows():
+            try:
+                preds = load_predictions(folder, r["model"])
+            except ManifestError:
+                continue  # a variant stage 5 did not score on it (not trained)
+            s = score_eval_corpus(preds, classes)
+            rows.append({"corpus": corpus["name"], "model": r["model"], "type": r["type"],
+                         "within_UA_mean": r["UA_mean"], "within_UA_std": r["UA_std"],
+                         **{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()},
+                         "UA_drop": round(float(r["UA_mean"]) - s["UA_mean"], 4)})
+    return pd.DataFrame(rows)
+
+
+def cross_corpus_table(rows: pd.DataFrame, corpora: list[dict]) -> pd.DataFrame:
+    """The RESULTS.md table: a row per variant, within-corpus UA, then per evaluation corpus UA, WA, F1
+    (mean ± std over fold models), the fold ensemble's UA and the drop from within-corpus UA."""
+    from ser_modules.scoring import fmt
+
+    table = []
+    for model, group in rows.groupby("model", sort=False):
+        first = group.iloc[0]
+        line = {"Model": model, "within-corpus UA": fmt(first["within_UA_mean"], first["within_UA_std"])}
+        for corpus in corpora:
+            r = group[group["corpus"] == corpus["name"]]
+            if not len(r):
+                continue
+            r = r.iloc[0]
+            name = corpus["name"]
+            line.update({f"{name} UA": fmt(r["UA_mean"], r["UA_std"]), f"{name} WA": fmt(r["WA_mean"], r["WA_std"]),
+                         f"{name} F1": fmt(r["F1_mean"], r["F1_std"]), f"{name} ensemble UA": f"{r['ensemble_UA']:.3f}",
+                         f"{name} UA drop": f"{r['UA_drop']:+.3f}"})
+        table.append(line)
+    return pd.DataFrame(table).fillna("")
+
+
+def corpus_notes(corpora: list[dict], prepared: dict, variants: list[dict]) -> list[str]:
+    """What a reader of the table needs to know of each evaluation corpus: size, dropped labels, missing
+    classes, language mismatch, no dialog context for IAAN."""
+    from ser_modules.corpus import LANGUAGE_NAMES
+
+    train_language = prepared.get("emotion_language") or "en"
+    asr_language = prepared.get("asr_language") or "en"
+    has_iaan = any(v.get("type") == "iaan" for v in variants)
+    notes = []
+    for c in corpora:
+        dropped = sum(c["dropped"].values())
+        line = (f"**{c['name']}** ({c['kind']}, {c['root']}): {c['utterances']} utterances of {c['speakers']} speakers, "
+                f"classes {', '.join(f'{k} {v}' for k, v in c['classes'].items())}")
+        line += f"; {dropped} dropped (labels without a training class: {c['dropped']})" if dropped else ""
+        if c["missing_classes"]:
+            line += (f"; no utterance of training class(es) {', '.join(c['missing_classes'])}: UA and F1 are over the "
+                     "other classes (a prediction of a missing class counts as an error)")
+        language = c.get("language", "")
+        if language and (language != asr_language or language != train_language):
+            name = ", ".join(LANGUAGE_NAMES.get(x, x) for x in language.split(","))
+            line += (f"; its speech is {name} while the training corpus is {LANGUAGE_NAMES.get(train_language, train_language)}"
+                     f" and the ASR {LANGUAGE_NAMES.get(asr_language, asr_language)}: the scores mix the corpus shift "
+                     "with a language mismatch")
+        if has_iaan and not c.get("dialog_context"):
+            line += "; no dialog context, so IAAN reads zero context turns"
+        notes.append(f"- {line}.")
+    return notes
+
+
+def cross_corpus_figures(exp_dir: str, corpora: list[dict], rows: pd.DataFrame, classes: list[str],
+                         plot_dir: str) -> list[str]:
+    """Per evaluation corpus, the row-normalised confusion matrix of the fold ensemble of the variant
+    best within the corpus (``plots/cross_confusion_<corpus>.png``)."""
+    from ser_modules import plots
+    from ser_modules.scoring import load_predictions, normalized_confusion
+
+    paths = []
+    for corpus in corpora:
+        group = rows[rows["corpus"] == corpus["name"]]
+        if not len(group):
+            continue
+        best = group.sort_values("within_UA_mean", ascending=False).iloc[0]["model"]
+        ensemble = fold_ensemble(load_predictions(os.path.join(exp_dir, "cross", corpus["name"]), best), classes)
+        matrix = normalized_confusion(ensemble["true"], ensemble["predicted"], classes)
+        paths.append(plots.plot_confusion(matrix, classes, f"{best} on {corpus['name']} (fold ensemble)",
+                                          os.path.join(plot_dir, f"cross_confusion_{corpus['name']}.png")))
+    return paths
+
+
+def cross_corpus_section(rows: pd.DataFrame, corpora: list[dict], prepared: dict, variants: list[dict],
+                         training_corpus: str) -> list[str]:
+    """The ``## Cross-corpus evaluation`` lines of RESULTS.md."""
+    if not len(rows):
+        return []
+    from ser_modules.scoring import markdown_table
+
+    return ["## Cross-corpus evaluation", "",
+            f"The fold models trained on {training_corpus} scored, without training, on other corpora: UA, WA and macro "
+            "F1 as mean ± std over the fold models (folds × runs), the UA of the fold ensemble (class probabilities "
+            "averaged over every fold model), and the drop of mean UA from within-corpus UA. Per-utterance "
+            "predictions in `cross/<corpus>/<variant>/<fold>/run<k>/predictions.csv`, every row in `cross_corpus.csv`.",
+            "", *corpus_notes(corpora, prepared, variants), "", markdown_table(cross_corpus_table(rows, corpora)), ""]
