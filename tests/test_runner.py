@@ -37,10 +37,18 @@ def test_help_lists_every_option(recipe):
     (["--emotion-corpus", "nope"], "unknown --emotion-corpus 'nope'"),
     (["--asr-corpus", "librispeech"], "give one --asr-root per non-demo --asr-corpus"),
     (["no_such_key=3"], "no stage file"),
+    (["--eval-corpus", "timit"], "unknown --eval-corpus 'timit'"),
+    (["--eval-root", "x", "--eval-corpus", "emodb"], "--eval-root belongs to an --eval-corpus given before it"),
 ])
 def test_bad_options_fail_clearly(tmp_path, args, message):
     proc = run("ctc_transfer", "--exp-dir", str(tmp_path / "exp"), "--stop-stage", "0", *args, check=False)
     assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_an_evaluation_corpus_needs_stage_1(tmp_path):
+    proc = run("ctc_transfer", "--exp-dir", str(tmp_path / "exp"), "--stage", "4", "--eval-corpus", "emodb",
+               "--eval-root", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "--eval-corpus is prepared by stage 1: start at --stage 1" in proc.stderr
 
 
 def test_stage1_on_real_layouts_and_resume(tiny_demo, tmp_path):

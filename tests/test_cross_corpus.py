@@ -1,0 +1,243 @@
+"""Cross-corpus evaluation (--eval-corpus): finished experiments scored on other corpora, training nothing."""
+
+import os
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from corpus_fixtures import write_csv_corpus, write_ravdess
+from ser_modules.cross_corpus import eval_metrics, eval_names, fold_ensemble, map_onto_training_classes
+from ser_modules.fileio import ManifestError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def model_times(exp) -> dict:
+    """Modification times of every trained model (ASR, adapted ASR, SER runs) of an experiment."""
+    times = {}
+    for root, _, files in os.walk(exp):
+        for name in files:
+            if name in ("model.pt", "model.ckpt") or name.endswith(".ckpt"):
+                path = os.path.join(root, name)
+                times[os.path.relpath(path, exp)] = os.path.getmtime(path)
+    return times
+
+
+def hand_ua(true, predicted) -> float:
+    """Mean recall over the classes present in ``true``, by counting."""
+    recalls = []
+    for c in sorted(set(true)):
+        idx = [i for i, t in enumerate(true) if t == c]
+        recalls.append(sum(predicted[i] == c for i in idx) / len(idx))
+    return sum(recalls) / len(recalls)
+
+
+def add_eval_corpora(source, tmp_path, recipe, tiny_demo, extra, eval_args):
+    """A copy of a finished tiny experiment rerun from stage 1 with evaluation corpora; returns (exp, proc, times)."""
+    from test_pipeline import run_recipe
+
+    exp = tmp_path / "exp"
+    shutil.copytree(source, exp)
+    before = model_times(exp)
+    assert any(k.startswith("ser") for k in before)
+    proc = run_recipe(recipe, exp, tiny_demo, extra + eval_args)
+    return exp, proc, before
+
+
+@pytest.fixture(scope="module")
+def ctc_cross(ctc_exp, tiny_demo, tmp_path_factory):
+    """The tiny ctc_transfer experiment with a RAVDESS-layout and a CSV evaluation corpus added."""
+    from test_pipeline import CTC_TINY
+
+    tmp = tmp_path_factory.mktemp("ctc_cross")
+    ravdess = write_ravdess(str(tmp / "ravdess"))
+    csv = write_csv_corpus(str(tmp / "csvcorpus"))
+    classes = sorted(pd.read_csv(ctc_exp[0] / "data" / "emotion" / "lakomkin2018" / "manifest.csv")["emotion"].unique())
+    # the CSV corpus's labels onto all training classes but the first: that class has no evaluation data
+    names = {"ang": "angry", "hap": "happy", "neu": "neutral", "sad": "sad"}
+    label_map = ",".join(f"{names[c]}:{c}" for c in classes[1:])
+    args = ["--eval-corpus", "ravdess", "--eval-root", ravdess, "--eval-corpus", "csv", "--eval-root", csv,
+            "--eval-label-map", label_map]
+    exp, proc, before = add_eval_corpora(ctc_exp[0], tmp, "ctc_transfer", tiny_demo, CTC_TINY, args)
+    return exp, proc, before, classes
+
+
+def saved_runs(exp) -> int:
+    return sum(1 for root, _, files in os.walk(exp / "ser") if "model.pt" in files and "/." not in root)
+
+
+def test_adding_evaluation_corpora_trains_nothing(ctc_cross):
+    exp, proc, before, _ = ctc_cross
+    assert model_times(exp) == before  # no ASR or SER model written again
+    runs = saved_runs(exp)
+    assert f"{runs} of {runs} trainings already finished (same inputs), not repeated" in proc.stderr
+    assert f"scoring {2 * runs} saved models on evaluation corpora ravdess, csv" in proc.stderr
+
+
+def test_evaluation_corpora_are_prepared_mapped_and_counted(ctc_cross):
+    exp, _, _, classes = ctc_cross
+    rav = pd.read_json(exp / "data" / "eval" / "ravdess" / "summary.json", typ="series")
+    # RAVDESS fixture: neutral 2, calm 1 -> neu; happy 2; sad 2; angry 2; fearful, disgust, surprised dropped
+    want = {"neu": 3, "hap": 2, "sad": 2, "ang": 2}
+    assert rav["classes"] == {c: want[c] for c in classes}
+    assert rav["dropped"] == {"disgust": 1, "fearful": 1, "surprised": 1,
+                              **{lab: n for lab, c, n in [("neutral", "neu", 2), ("calm", "neu", 1), ("happy", "hap", 2),
+                                                           ("sad", "sad", 2), ("angry", "ang", 2)] if c not in classes}}
+    csv = pd.read_json(exp / "data" / "eval" / "csv" / "summary.json", typ="series")
+    assert csv["missing_classes"] == [classes[0]] and csv["classes"][classes[0]] == 0
+    stores = pd.read_json(exp / "dump" / "stores_eval-ravdess.json", typ="series")
+    assert list(stores["asr"]) == ["pretrained"]
+    manifest = pd.read_csv(exp / "data" / "eval" / "ravdess" / "manifest.csv")
+    hand = pd.read_csv(exp / "dump" / stores["handcrafted"]["folder"] / "index.csv")
+    assert sorted(hand["ID"]) == sorted(manifest["ID"])
+    assert "offset_mfcc_pitch@1" not in hand.columns  # no augmented copies of evaluation data
+
+
+def test_cross_corpus_scores_equal_a_hand_computation(ctc_cross):
+    exp, _, _, classes = ctc_cross
+    rows = pd.read_csv(exp / "cross_corpus.csv")
+    assert set(rows["model"]) == {"MP-2", "baseline-8", "Progressive-1"} and set(rows["corpus"]) == {"ravdess", "csv"}
+    within = pd.read_csv(exp / "results.csv").set_index("model")
+    for (corpus, model), row in rows.set_index(["corpus", "model"]).iterrows():
+        folder = exp / "cross" / corpus / model
+        frames = [pd.read_csv(folder / fold / "run0" / "predictions.csv", keep_default_na=False)
+                  for fold in sorted(os.listdir(folder)) if not fold.startswith(".")]
+        assert len(frames) == int(within.loc[model, "folds"])
+        uas = [hand_ua(f["true"].tolist(), f["predicted"].tolist()) for f in frames]
+        assert row["UA_mean"] == pytest.approx(np.mean(uas), abs=1e-4)
+        assert row["UA_std"] == pytest.approx(np.std(uas, ddof=1), abs=1e-4)
+        assert row["UA_drop"] == pytest.approx(within.loc[model, "UA_mean"] - np.mean(uas), abs=2e-4)
+        probs = sum(f.sort_values("ID")[[f"p_{c}" for c in classes]].to_numpy() for f in frames) / len(frames)
+        truth = frames[0].sort_values("ID")["true"].tolist()
+        assert row["ensemble_UA"] == pytest.approx(hand_ua(truth, [classes[i] for i in probs.argmax(1)]), abs=1e-4)
+    text = (exp / "RESULTS.md").read_text()
+    assert "## Cross-corpus evaluation" in text and "ravdess UA drop" in text
+    assert f"no utterance of training class(es) {classes[0]}" in text
+    assert (exp / "plots" / "cross_confusion_ravdess.png").is_file()
+    assert (exp / "plots" / "cross_confusion_csv.png").is_file()
+
+
+@pytest.mark.parametrize("which", ["ctc", "las", "upstream"])
+def test_scoring_a_saved_model_reproduces_its_training_predictions(which, request, tmp_path):
+    """The no-training path (model.pt + model.json) gives the probabilities stage 5 wrote for a fold's test
+    speakers, for every variant type: MP, baseline, Progressive (ctc), IAAN on a per-fold adapted LAS with
+    dialog context (las), weighted sums, RNN, IAAN and the eGeMAPS SVM (upstream)."""
+    import json
+
+    from ser_modules.folds import load_folds
+    from ser_modules.ser_training import SERInputs, VariantSpec, predict_saved_run
+
+    exp = request.getfixturevalue(f"{which}_exp")[0]
+    protocol = next(p for p in os.listdir(exp / "data" / "emotion") if (exp / "dump" / f"stores_{p}.json").is_file())
+    manifest = pd.read_csv(exp / "data" / "emotion" / protocol / "manifest.csv", keep_default_na=False)
+    classes = sorted(manifest["emotion"].unique())
+    fold = load_folds(str(exp / "data" / "emotion" / protocol / "folds_loso.json"))[-1]
+    inputs = SERInputs(str(exp / "dump" / f"stores_{protocol}.json"))
+    results = pd.read_csv(exp / "results.csv")
+    assert len(results) >= 2
+    for name, config in zip(results["model"], results["config"]):
+        spec = VariantSpec.from_dict(json.loads(config)["variant"])
+        run_dir = exp / "ser" / name / fold.name / "run0"
+        test = manifest[manifest["ID"].isin(fold.test)]
+        got = predict_saved_run(spec, fold.name, 0, str(run_dir), test, classes, inputs, str(tmp_path / name))
+        want = pd.read_csv(run_dir / "predictions.csv", keep_default_na=False)
+        got, want = got.sort_values("ID"), want.sort_values("ID")
+        cols = [f"p_{c}" for c in classes]
+        assert got["ID"].tolist() == want["ID"].tolist(), name
+        np.testing.assert_allclose(got[cols].to_numpy(), want[cols].to_numpy(), atol=2e-6, err_msg=name)
+    assert set(results["type"]) >= {"ctc": {"mp", "baseline", "progressive"}, "las": {"iaan"},
+                                    "upstream": {"weighted", "rnn", "iaan", "reference"}}[which]
+
+
+def test_a_rerun_scores_nothing_again(ctc_cross, tiny_demo):
+    from test_pipeline import CTC_TINY, run_recipe
+
+    exp, _, _, _ = ctc_cross
+    pred = exp / "cross" / "ravdess" / "MP-2"
+    fold = sorted(p for p in os.listdir(pred) if not p.startswith("."))[0]
+    stamp = os.path.getmtime(pred / fold / "run0" / "predictions.csv")
+    proc = run_recipe("ctc_transfer", exp, tiny_demo, CTC_TINY + ["--stage", "5", "--stop-stage", "5"])
+    n = 2 * saved_runs(exp)
+    assert f"{n} model x corpus scorings on evaluation corpora ({n} finished before, not repeated)" in proc.stderr
+    assert os.path.getmtime(pred / fold / "run0" / "predictions.csv") == stamp
+
+
+def test_las_adapted_models_and_the_second_demo_corpus(las_exp, tiny_demo, tmp_path):
+    """IAAN on per-fold adapted LAS layers: the evaluation corpus is dumped by each fold's adapted model,
+    and the second demo corpus (an IEMOCAP layout) gives IAAN its dialog context."""
+    sys.path.insert(0, os.path.join(REPO, "local"))
+    from make_demo_corpus import DemoConfig, make_demo_corpus
+    from test_pipeline import LAS_TINY
+
+    other = tmp_path / "other"
+    make_demo_corpus(str(other), DemoConfig(seed=5, sessions=1, dialogs_per_session=2, turns_per_dialog=6,
+                                            asr_train_minutes=0, asr_eval_minutes=0, style="other"), nj=1)
+    exp, proc, before = add_eval_corpora(las_exp[0], tmp_path, "las_adapt", tiny_demo, LAS_TINY,
+                                         ["--eval-corpus", "demo-other", "--eval-root", str(other)])
+    assert model_times(exp) == before
+    stores = pd.read_json(exp / "dump" / "stores_eval-demo-other.json", typ="series")
+    trained = exp / "ser" / "IAAN-structured-pblstm2"
+    folds = sorted(f for f in os.listdir(trained) if not f.startswith(".") and (trained / f).is_dir())
+    assert sorted(stores["asr"]) == sorted(["pretrained"] + [f"{m}/{f}" for m in ("finetuned", "structured")
+                                                               for f in folds])
+    summary = pd.read_json(exp / "data" / "eval" / "demo-other" / "summary.json", typ="series")
+    assert summary["dialog_context"] and summary["speakers"] == 2
+    rows = pd.read_csv(exp / "cross_corpus.csv")
+    assert set(rows["model"]) == {"IAAN-pretrained-pblstm1", "IAAN-structured-pblstm2"}
+    text = (exp / "RESULTS.md").read_text()
+    assert "IAAN reads zero context" not in text
+
+
+# ----------------------------------------------------------------------------------------------
+# Label mapping and metrics
+
+
+def test_label_mapping_drops_counts_and_refuses_a_foreign_class():
+    frame = pd.DataFrame({"ID": list("abcdef"), "label": ["Anger", "happy", "fear", "calm", "sad", "fear"]})
+    kept, counts = map_onto_training_classes(frame, "label", None, ["ang", "hap", "neu", "sad"], "x", default_names=True)
+    assert kept["emotion"].tolist() == ["ang", "hap", "neu", "sad"]
+    assert counts == {"dropped": {"fear": 2}, "classes": {"ang": 1, "hap": 1, "neu": 1, "sad": 1}, "missing_classes": []}
+    kept, counts = map_onto_training_classes(frame, "label", {"happy": "hap", "sad": "sad"}, ["ang", "hap", "sad"], "x")
+    assert counts["missing_classes"] == ["ang"] and counts["dropped"] == {"Anger": 1, "calm": 1, "fear": 2}
+    with pytest.raises(ManifestError, match=r"x: the label map sends labels to \['fea'\], which the training corpus lacks"):
+        map_onto_training_classes(frame, "label", {"fear": "fea", "sad": "sad"}, ["ang", "sad"], "x")
+    with pytest.raises(ManifestError, match="no label maps onto the training classes"):
+        map_onto_training_classes(frame, "label", None, ["joy", "rage"], "x")
+    # without named defaults (a CSV corpus) only labels equal to a training class are kept
+    kept, _ = map_onto_training_classes(frame, "label", None, ["ang", "sad"], "x")
+    assert kept["emotion"].tolist() == ["sad"]
+
+
+def test_eval_metrics_and_fold_ensemble_by_hand():
+    true = ["a", "a", "b", "b", "b"]
+    pred = ["a", "c", "b", "b", "a"]  # class c is a training class absent here: counts as an error
+    m = eval_metrics(true, pred)
+    assert m["UA"] == pytest.approx((1 / 2 + 2 / 3) / 2) and m["WA"] == pytest.approx(3 / 5)
+    f1_a, f1_b = 2 * 0.5 * 0.5 / 1.0, 2 * 1.0 * (2 / 3) / (1 + 2 / 3)
+    assert m["F1"] == pytest.approx((f1_a + f1_b) / 2)
+    preds = pd.DataFrame({"ID": ["u1", "u2", "u1", "u2"], "true": ["a", "b", "a", "b"], "fold": ["f1", "f1", "f2", "f2"],
+                          "p_a": [0.6, 0.3, 0.2, 0.45], "p_b": [0.4, 0.7, 0.8, 0.55]})
+    ens = fold_ensemble(preds, ["a", "b"])
+    assert ens["predicted"].tolist() == ["b", "b"] and ens["p_a"].tolist() == pytest.approx([0.4, 0.375])
+    assert eval_names(["csv", "emodb", "csv"]) == ["csv", "emodb", "csv-2"]
+
+
+def test_notes_state_language_mismatch_missing_classes_and_context():
+    from ser_modules.cross_corpus import corpus_notes
+
+    emodb = {"name": "emodb", "kind": "emodb", "root": "/data/emodb", "utterances": 339, "speakers": 10,
+             "classes": {"ang": 127, "hap": 71, "neu": 79, "sad": 62}, "dropped": {"boredom": 81, "disgust": 46},
+             "missing_classes": [], "language": "de", "dialog_context": False}
+    demo = {**emodb, "name": "demo-other", "kind": "demo-other", "language": "en", "dialog_context": True,
+            "dropped": {}, "classes": {"ang": 0, "hap": 3}, "missing_classes": ["ang"]}
+    prepared = {"emotion_language": "en", "asr_language": "en"}
+    german, other = corpus_notes([emodb, demo], prepared, [{"name": "IAAN", "type": "iaan"}])
+    assert "339 utterances of 10 speakers, classes ang 127, hap 71, neu 79, sad 62" in german
+    assert "; 127 dropped (labels without a training class: {'boredom': 81, 'disgust': 46})" in german
+    assert "its speech is German while the training corpus is English and the ASR English" in german
+    assert "IAAN reads zero context turns" in german and "IAAN" not in other
+    assert "German" not in other and "dropped" not in other
+    assert "no utterance of training class(es) ang: UA and F1 are over the other classes" in other
