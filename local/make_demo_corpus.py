@@ -569,6 +569,10 @@ def make_demo_corpus(out: str, cfg: DemoConfig | None = None, nj: int = 2, style
         made_with = info.get("config", {})
         any_size = (cfg is None and made_with.get("generator_version") == GENERATOR_VERSION
                     and made_with.get("style", "default") == style)
+        made_style, wanted_style = made_with.get("style", "default"), (cfg or default).style
+        if made_style != wanted_style:  # never replace the one demo corpus by the other
+            raise FileExistsError(f"{out}: holds the demo corpus of style {made_style!r}, not {wanted_style!r}; "
+                                  "choose another folder")
         if made_with == (cfg or default).key() or any_size:
             logger.info("reusing the demo corpus in %s (%s)", out, made_with)
             return {**corpus_paths(out), **info}
@@ -583,7 +587,8 @@ def make_demo_corpus(out: str, cfg: DemoConfig | None = None, nj: int = 2, style
     rng = np.random.default_rng(cfg.seed)
     tmp_paths = corpus_paths(tmp)
     dialogs, emo_tasks = plan_emotion_corpus(cfg, tmp_paths["iemocap"], rng)
-    no_asr = cfg.asr_train_minutes <= 0 and cfg.asr_eval_minutes <= 0  # an emotion corpus only
+    # an emotion corpus only (the default style plans the ASR corpus always: its draws shape the rest)
+    no_asr = cfg.style != "default" and cfg.asr_train_minutes <= 0 and cfg.asr_eval_minutes <= 0
     chapters, asr_tasks = ([], []) if no_asr else plan_librispeech(cfg, tmp_paths["librispeech"], rng)
     # One process per session and per ASR speaker: fewer process start-ups, same bytes.
     groups = [d["session"] for d in dialogs] + [(c["subset"], c["speaker"]) for c in chapters]
@@ -593,7 +598,7 @@ def make_demo_corpus(out: str, cfg: DemoConfig | None = None, nj: int = 2, style
         for turn, n in zip(dialog["turns"], samples):
             turn.duration = n / SAMPLE_RATE
     write_iemocap_metadata(tmp_paths["iemocap"], dialogs, rng)
-    if chapters:
+    if not no_asr:
         write_librispeech_metadata(tmp_paths["librispeech"], chapters)
 
     asr_seconds = {}

@@ -6,7 +6,8 @@ to the ``--eval-corpus`` before them) is read with the preparer of its kind and 
 ``<data>/eval/<name>/manifest.csv``: every utterance is test data, its labels mapped onto the training
 corpus's classes (:func:`ser_modules.cross_corpus.map_onto_training_classes`). IEMOCAP-layout corpora
 (``iemocap``, ``demo-other``) keep their dialogs (``turns.csv``: the context IAAN reads) and take the
-training protocol's classes (``standard`` for a training corpus without IEMOCAP protocols).
+training protocol's classes (``standard`` for a training corpus without IEMOCAP protocols); the turns the protocol leaves out are
+counted as dropped, and an ``--eval-label-map`` applies to every turn's consensus code instead.
 ``demo-other`` is the second synthetic demo corpus (other voices, another prosody style), made once in
 ``--eval-root`` (default: ``<demo-dir>-other``). ``<data>/eval/corpora.json`` lists the corpora of this
 run, which stages 4-6 read; a corpus prepared before with the same inputs is reused.
@@ -20,6 +21,7 @@ import importlib
 import logging
 import os
 import sys
+from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,6 +76,18 @@ def code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def eval_root(spec: dict, demo_dir: str | None) -> str:
+    """The absolute folder (or CSV file) of an evaluation corpus; ``demo-other`` defaults to ``<demo-dir>-other``."""
+    root = spec["root"]
+    if spec["kind"] == "demo-other" and not root:
+        if not demo_dir:
+            raise ManifestError("--eval-corpus demo-other needs --eval-root or --demo-dir")
+        root = f"{demo_dir.rstrip('/')}-other"
+    if not root:
+        raise ManifestError(f"--eval-corpus {spec['kind']} needs --eval-root (the corpus as distributed)")
+    return os.path.abspath(root)
+
+
 def read_iemocap_layout(root: str, work: str, protocol: str, screen: AudioScreen) -> tuple:
     """An IEMOCAP-layout corpus prepared in ``work`` -> (the protocol's utterances, all turns)."""
     from prepare_iemocap import prepare_iemocap
@@ -91,27 +105,27 @@ def prepare_eval_corpus(spec: dict, name: str, data_dir: str, protocol: str, cla
     if kind == "demo-other":
         from make_demo_corpus import make_demo_corpus
 
-        if not root and not demo_dir:
-            raise ManifestError("--eval-corpus demo-other needs --eval-root or --demo-dir")
-        root = make_demo_corpus(root or f"{demo_dir.rstrip('/')}-other", None, nj=os.cpu_count() or 1,
-                                style="other")["iemocap"]
-    elif not root:
-        raise ManifestError(f"--eval-corpus {kind} needs --eval-root (the corpus as distributed)")
-    turns = None
+        # Synthesis is short and embarrassingly parallel: every core, as for the first demo corpus.
+        root = make_demo_corpus(root, None, nj=os.cpu_count() or 1, style="other")["iemocap"]
+    turns, outside = None, Counter()
+    mapping = resolve_label_map(spec["label_map"]) if spec["label_map"] is not None else None
     if kind in ("demo-other", "iemocap"):
         eval_protocol = protocol if protocol in IEMOCAP_PROTOCOLS else "standard"
         frame, turns = read_iemocap_layout(root, os.path.join(out, "corpus"), eval_protocol, screen)
-        column, language = "emotion", "en"
-        frame["label"] = frame["emotion"]
+        language = "en"
+        if mapping is not None:  # a map reaches the consensus codes of every turn (fru:ang, exc:hap, ...)
+            frame, column = turns, "label"
+        else:  # the protocol's classes; the turns it leaves out are counted by their consensus code
+            outside = Counter(turns.loc[~turns["ID"].isin(frame["ID"]), "label"].astype(str))
+            column = "emotion"
     else:
         module, reader, language = SPEAKER_CORPUS_READERS[kind]
         frame = getattr(importlib.import_module(module), reader)(root)
         frame = screen(frame, name)
         column = "label"
-    explicit = spec["label_map"] is not None
-    mapping = resolve_label_map(spec["label_map"]) if explicit else None
-    frame, counts = map_onto_training_classes(frame, column, mapping, classes, name, default_names=kind != "csv"
-                                              and kind not in ("demo-other", "iemocap"))
+    frame, counts = map_onto_training_classes(frame, column, mapping, classes, name,
+                                              default_names=kind in ("ravdess", "crema-d", "emodb"))
+    counts["dropped"] = dict(sorted((Counter(counts["dropped"]) + outside).items()))
     if "language" not in frame.columns or (frame["language"] == "").all():
         frame["language"] = language
     write_csv(os.path.join(out, "manifest.csv"), complete_columns(frame, EMOTION_COLUMNS))
@@ -132,11 +146,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="the experiment's data folder (stage 1's --out)")
     parser.add_argument("--protocol", required=True, help="the training protocol (its classes are the targets)")
-    parser.add_argument("--eval-corpus", action=EvalCorpusAction, choices=EVAL_KINDS, dest="eval_corpora",
-                        help="an evaluation corpus (repeatable)")
-    parser.add_argument("--eval-root", action=EvalCorpusAction, dest="eval_corpora",
+    parser.add_argument("--eval-corpus", action=EvalCorpusAction, choices=EVAL_KINDS, dest="eval_corpora", metavar="KIND",
+                        help=f"an evaluation corpus: {', '.join(EVAL_KINDS)} (repeatable)")
+    parser.add_argument("--eval-root", action=EvalCorpusAction, dest="eval_corpora", metavar="DIR",
                         help="its folder as distributed (a CSV file for csv)")
-    parser.add_argument("--eval-label-map", action=EvalCorpusAction, dest="eval_corpora",
+    parser.add_argument("--eval-label-map", action=EvalCorpusAction, dest="eval_corpora", metavar="MAP",
                         help="its labels onto the training classes: iemocap4, 'label:class,...' or a JSON file")
     parser.add_argument("--demo-dir", default=None, help="the demo corpus folder (demo-other goes beside it)")
     parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS)
@@ -150,9 +164,13 @@ def main(argv=None) -> None:
     names = eval_names([s["kind"] for s in specs])
     digest = code_digest()
     for spec, name in zip(specs, names):
-        stamp = {**spec, "protocol": args.protocol, "classes": classes, "code": digest}
+        spec = {**spec, "root": eval_root(spec, args.demo_dir)}
+        # what the prepared corpus depends on: the resolved folder and map (a JSON map's contents), not their spelling
+        stamp = {**spec, "mapping": resolve_label_map(spec["label_map"]) if spec["label_map"] is not None else None,
+                 "protocol": args.protocol, "classes": classes, "min_seconds": args.min_seconds, "code": digest}
         stamp_path = os.path.join(eval_dir(args.data_dir, name), "stamp.json")
-        if os.path.isfile(stamp_path) and read_json(stamp_path) == stamp:
+        if os.path.isfile(stamp_path) and read_json(stamp_path) == stamp \
+                and os.path.isfile(os.path.join(eval_dir(args.data_dir, name), "manifest.csv")):
             logger.info("evaluation corpus %s already prepared (same inputs), reused", name)
             continue
         screen = AudioScreen(args.nj if args.nj > 0 else cpu_count(), args.min_seconds)

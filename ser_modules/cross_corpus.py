@@ -142,9 +142,10 @@ def eval_stores(exp_dir: str, names: list[str]) -> dict[str, str]:
     return paths
 
 
-def eval_jobs(variants: list[dict], n_folds: int, n_runs: int, names: list[str]) -> list[tuple]:
-    """One ``(variant, fold index, run, corpus)`` job per saved model and evaluation corpus."""
-    return [(v, f, r, n) for n in names for v in variants for f in range(n_folds) for r in range(n_runs)]
+def eval_jobs(variants: list[dict], names: list[str]) -> list[tuple]:
+    """One ``(variant, corpus)`` job per variant and evaluation corpus: it scores the variant's every
+    (fold, run) model (seconds each: one job, or one cluster job, per variant and corpus)."""
+    return [(v, n) for n in names for v in variants]
 
 
 def open_eval_inputs(state: dict) -> None:
@@ -155,25 +156,31 @@ def open_eval_inputs(state: dict) -> None:
 
 
 def eval_job(job: tuple) -> tuple:
-    """Score one saved (variant, fold, run) model on one evaluation corpus; returns ``(corpus, variant,
-    fold, run, utterances, finished before)``."""
+    """Score every saved (fold, run) model of one variant on one evaluation corpus; returns ``(corpus,
+    variant, models scored, of which finished before)``."""
     from ser_modules.jobs import worker_state
     from ser_modules.ser_training import VariantSpec, predict_saved_run
 
-    spec_dict, fold_index, run, name = job
+    spec_dict, name = job
     w = worker_state()
-    spec, fold = VariantSpec.from_dict(spec_dict), w["folds"][fold_index]
-    run_dir = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
-    out = os.path.join(w["cross"], name, spec.name, fold.name, f"run{run}")
-    frame = predict_saved_run(spec, fold.name, run, run_dir, w["eval_manifests"][name], w["classes"],
-                              w["eval_inputs"][name], out, w["device"])
-    return name, spec.name, fold.name, run, len(frame), frame.attrs.get("finished_before", False)
+    spec = VariantSpec.from_dict(spec_dict)
+    before = 0
+    for fold in w["folds"]:
+        for run in range(w["n_runs"]):
+            run_dir = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
+            out = os.path.join(w["cross"], name, spec.name, fold.name, f"run{run}")
+            frame = predict_saved_run(spec, fold.name, run, run_dir, w["eval_manifests"][name], w["classes"],
+                                      w["eval_inputs"][name], out, w["device"])
+            before += bool(frame.attrs.get("finished_before", False))
+    return name, spec.name, len(w["folds"]) * w["n_runs"], before
 
 
-def log_eval_jobs(results, n_jobs: int, log) -> None:
-    """Consume :func:`eval_job` results, logging how many were scored before."""
-    before = sum(r[5] for r in results)
-    log.info("stage 5: %d model x corpus scorings on evaluation corpora (%d finished before, not repeated)", n_jobs,
+def log_eval_jobs(results, log) -> None:
+    """Consume :func:`eval_job` results (the jobs run as they are read), logging how many models were
+    scored before."""
+    done = [r for r in results]
+    models, before = sum(r[2] for r in done), sum(r[3] for r in done)
+    log.info("stage 5: %d model x corpus scorings on evaluation corpora (%d finished before, not repeated)", models,
              before)
 
 
@@ -215,24 +222,57 @@ def score_eval_corpus(predictions: pd.DataFrame, classes: list[str]) -> dict:
     return out
 
 
-def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """``cross_corpus.csv``: one row per (evaluation corpus, variant) with the within-corpus UA, the
-    evaluation corpus's metrics and the drop of UA (within minus mean over fold models)."""
-    from ser_modules.scoring import load_predictions
+def load_eval_predictions(exp_dir: str, name: str, variant: str, manifest: pd.DataFrame) -> tuple[pd.DataFrame, list]:
+    """The predictions stage 5 wrote of a variant's saved models on evaluation corpus ``name``, and the
+    ones that are stale (the saved model or the corpus's utterances and labels changed since they were
+    written): ``(frame, [stale file, ...])``; an empty frame when there are none."""
+    from ser_modules.fileio import file_digest, read_optional_json
+    from ser_modules.ser_training import labels_digest
 
+    folder = os.path.join(exp_dir, "cross", name, variant)
+    current = labels_digest(manifest["ID"].astype(str).tolist(), manifest["emotion"].astype(str).tolist())
+    frames, stale = [], []
+    for fold in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        for run in sorted(os.listdir(os.path.join(folder, fold))) if not fold.startswith(".") else []:
+            path = os.path.join(folder, fold, run, "predictions.csv")
+            if run.startswith(".") or not os.path.isfile(path):
+                continue
+            inputs = read_optional_json(os.path.join(folder, fold, run, "inputs.json"))
+            model = os.path.join(exp_dir, "ser", variant, fold, run, "model.pt")
+            if inputs.get("utterances") != current or not os.path.isfile(model) or inputs.get("model") != file_digest(model):
+                stale.append(path)
+            frames.append(pd.read_csv(path, keep_default_na=False, dtype={"ID": str, "fold": str}))
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), stale
+
+
+def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, classes: list[str], data_dir: str,
+                      planned: int, allow_incomplete: bool = False, log=logger) -> pd.DataFrame:
+    """``cross_corpus.csv``: one row per (evaluation corpus, variant) with the within-corpus UA, the
+    evaluation corpus's metrics and the drop of UA (within minus mean over fold models). Predictions of
+    fewer than ``planned`` (fold, run) models, or stale ones, are refused (:class:`ManifestError`: rerun
+    stage 5), or with ``allow_incomplete`` scored from what is there and flagged (``complete`` False)."""
     rows = []
     for corpus in corpora:
-        folder = os.path.join(exp_dir, "cross", corpus["name"])
+        manifest = eval_manifest(data_dir, corpus["name"])
         for _, r in results.iterrows():
-            try:
-                preds = load_predictions(folder, r["model"])
-            except ManifestError:
-                continue  # a variant stage 5 did not score on it (not trained)
+            preds, stale = load_eval_predictions(exp_dir, corpus["name"], r["model"], manifest)
+            models = preds.groupby(["fold", "run"]).ngroups if len(preds) else 0
+            if stale or models < planned:
+                problem = (f"{os.path.join(exp_dir, 'cross', corpus['name'], r['model'])}: "
+                           + (f"{len(stale)} stale prediction file(s) (the saved model or the corpus changed since), "
+                              f"e.g. {stale[0]}" if stale else f"predictions of {models} of the {planned} fold models"))
+                if not allow_incomplete:
+                    raise ManifestError(f"{problem}: rerun stage 5 (it scores what is missing or stale), or score it "
+                                        "marked as incomplete with score.allow_incomplete=True")
+                log.warning("%s: scored and marked as incomplete (score.allow_incomplete)", problem)
+            if not models:
+                continue
             s = score_eval_corpus(preds, classes)
             rows.append({"corpus": corpus["name"], "model": r["model"], "type": r["type"],
                          "within_UA_mean": r["UA_mean"], "within_UA_std": r["UA_std"],
                          **{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()},
-                         "UA_drop": round(float(r["UA_mean"]) - s["UA_mean"], 4)})
+                         "UA_drop": round(float(r["UA_mean"]) - s["UA_mean"], 4),
+                         "complete": not stale and models >= planned})
     return pd.DataFrame(rows)
 
 
@@ -244,7 +284,8 @@ def cross_corpus_table(rows: pd.DataFrame, corpora: list[dict]) -> pd.DataFrame:
     table = []
     for model, group in rows.groupby("model", sort=False):
         first = group.iloc[0]
-        line = {"Model": model, "within-corpus UA": fmt(first["within_UA_mean"], first["within_UA_std"])}
+        name = model if group["complete"].all() else f"**{model} (incomplete)**"
+        line = {"Model": name, "within-corpus UA": fmt(first["within_UA_mean"], first["within_UA_std"])}
         for corpus in corpora:
             r = group[group["corpus"] == corpus["name"]]
             if not len(r):
@@ -258,13 +299,16 @@ def cross_corpus_table(rows: pd.DataFrame, corpora: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(table).fillna("")
 
 
+def language_name(codes: str) -> str:
+    from ser_modules.corpus import LANGUAGE_NAMES
+
+    return ", ".join(LANGUAGE_NAMES.get(x, x) for x in codes.split(","))
+
+
 def corpus_notes(corpora: list[dict], prepared: dict, variants: list[dict]) -> list[str]:
     """What a reader of the table needs to know of each evaluation corpus: size, dropped labels, missing
     classes, language mismatch, no dialog context for IAAN."""
-    from ser_modules.corpus import LANGUAGE_NAMES
-
-    train_language = prepared.get("emotion_language") or "en"
-    asr_language = prepared.get("asr_language") or "en"
+    train_language, asr_language = prepared.get("emotion_language", ""), prepared.get("asr_language", "")
     has_iaan = any(v.get("type") == "iaan" for v in variants)
     notes = []
     for c in corpora:
@@ -276,11 +320,12 @@ def corpus_notes(corpora: list[dict], prepared: dict, variants: list[dict]) -> l
             line += (f"; no utterance of training class(es) {', '.join(c['missing_classes'])}: UA and F1 are over the "
                      "other classes (a prediction of a missing class counts as an error)")
         language = c.get("language", "")
-        if language and (language != asr_language or language != train_language):
-            name = ", ".join(LANGUAGE_NAMES.get(x, x) for x in language.split(","))
-            line += (f"; its speech is {name} while the training corpus is {LANGUAGE_NAMES.get(train_language, train_language)}"
-                     f" and the ASR {LANGUAGE_NAMES.get(asr_language, asr_language)}: the scores mix the corpus shift "
-                     "with a language mismatch")
+        others = [(what, code) for what, code in (("the training corpus", train_language), ("the ASR", asr_language))
+                  if code and language and code != language]  # an unknown language is no mismatch
+        if others:
+            line += (f"; its speech is {language_name(language)} while "
+                     + " and ".join(f"{what} is {language_name(code)}" for what, code in others)
+                     + ": the scores mix the corpus shift with a language mismatch")
         if has_iaan and not c.get("dialog_context"):
             line += "; no dialog context, so IAAN reads zero context turns"
         notes.append(f"- {line}.")
@@ -294,9 +339,12 @@ def cross_corpus_figures(exp_dir: str, corpora: list[dict], rows: pd.DataFrame, 
     from ser_modules import plots
     from ser_modules.scoring import load_predictions, normalized_confusion
 
-    paths = []
+    paths, listed = [], {f"cross_confusion_{c['name']}.png" for c in corpora}
+    for name in os.listdir(plot_dir) if os.path.isdir(plot_dir) else []:  # corpora no longer evaluated
+        if name.startswith("cross_confusion_") and name not in listed:
+            os.remove(os.path.join(plot_dir, name))
     for corpus in corpora:
-        group = rows[rows["corpus"] == corpus["name"]]
+        group = rows[rows["corpus"] == corpus["name"]] if len(rows) else rows
         if not len(group):
             continue
         best = group.sort_values("within_UA_mean", ascending=False).iloc[0]["model"]

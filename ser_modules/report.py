@@ -268,11 +268,12 @@ def score_variants(rep: Report, hp: dict, hp_ser: dict, log) -> pd.DataFrame:
     return rep.results
 
 
-def score_cross_corpus(rep: Report, data_dir: str) -> pd.DataFrame:
+def score_cross_corpus(rep: Report, data_dir: str, hp: dict, hp_ser: dict, log) -> pd.DataFrame:
     """The rows of ``cross_corpus.csv``: the trained variants on each evaluation corpus (empty without one)."""
     rep.eval_corpora = listed_eval_corpora(data_dir)
-    rep.cross = cross_corpus_rows(rep.exp_dir, rep.eval_corpora, rep.results, rep.classes) if len(rep.results) \
-        else pd.DataFrame()
+    rep.cross = cross_corpus_rows(rep.exp_dir, rep.eval_corpora, rep.results, rep.classes, data_dir,
+                                  len(rep.folds) * hp_ser["n_runs"], hp.get("allow_incomplete", False), log) \
+        if len(rep.results) and rep.eval_corpora else pd.DataFrame()
     return rep.cross
 
 
@@ -286,7 +287,7 @@ def report_figures(rep: Report, hp: dict) -> list[str]:
         rep.figures.append(plots.plot_confusion(np.mean(mats, axis=0), rep.classes,
                                                 f"{name} ({len(mats)} folds x runs)",
                                                 os.path.join(plot_dir, f"confusion_{name}.png")))
-    if len(rep.cross):  # per evaluation corpus: the best within-corpus variant's fold ensemble
+    if len(rep.cross) or os.path.isdir(plot_dir):  # per evaluation corpus: the best variant's fold ensemble
         rep.figures += cross_corpus_figures(rep.exp_dir, rep.eval_corpora, rep.cross, rep.classes, plot_dir)
     # UA per layer, one line per model family reading the ASR (Yeh Table 2 / Lakomkin Table 1).
     series = {}

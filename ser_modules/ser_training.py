@@ -517,6 +517,13 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
     return frame
 
 
+def labels_digest(ids: list[str], labels: list[str]) -> str:
+    """What the predictions of a saved model on a corpus depend on besides the model and the stores."""
+    from ser_modules.fileio import key_digest
+
+    return key_digest({"labels": list(zip(ids, labels))})
+
+
 def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, manifest: pd.DataFrame,
                       classes: list[str], inputs: SERInputs, out_dir: str, device: str = "cpu",
                       batch_size: int = 32) -> pd.DataFrame:
@@ -525,8 +532,10 @@ def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, mani
     dialog context IAAN reads) stored in ``inputs``; no training. Writes ``out_dir/predictions.csv`` in the
     columns of a training run's and returns it; a rerun with the same model and stores reads it back
     (``frame.attrs["finished_before"]``)."""
-    from ser_modules.fileio import file_digest, key_digest, read_json
+    from ser_modules.fileio import file_digest, read_json
 
+    if manifest.empty:
+        raise ManifestError(f"no utterance to score the model of {run_dir} on")
     model_path = os.path.join(run_dir, "model.pt")
     if not os.path.isfile(model_path):
         raise ManifestError(f"{model_path}: no saved model of {spec.name} {fold} run{run} (finish stage 5's training)")
@@ -536,7 +545,7 @@ def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, mani
     ids = manifest["ID"].astype(str).tolist()
     labels = manifest["emotion"].astype(str).tolist()
     staged = StagedOutputs(out_dir, {"model": file_digest(model_path), "variant": vars(spec), "fold": fold, "run": run,
-                                     "stores": [store_identity(st) for st in stores], "utterances": key_digest({"labels": list(zip(ids, labels))}),
+                                     "stores": [store_identity(st) for st in stores], "utterances": labels_digest(ids, labels),
                                      "classes": classes})
     if staged.done and os.path.isfile(os.path.join(out_dir, "predictions.csv")):
         frame = pd.read_csv(os.path.join(out_dir, "predictions.csv"), keep_default_na=False, dtype={"ID": str})

@@ -148,8 +148,61 @@ def test_scoring_a_saved_model_reproduces_its_training_predictions(which, reques
         cols = [f"p_{c}" for c in classes]
         assert got["ID"].tolist() == want["ID"].tolist(), name
         np.testing.assert_allclose(got[cols].to_numpy(), want[cols].to_numpy(), atol=2e-6, err_msg=name)
+    if which == "las":  # IAAN on a corpus without dialog context: zero context turns, other probabilities
+        alone = test.assign(prev_same="", prev_other="")
+        blind = predict_saved_run(spec, fold.name, 0, str(run_dir), alone, classes, inputs, str(tmp_path / "blind"))
+        assert np.isfinite(blind[cols].to_numpy()).all()
+        assert not np.allclose(blind.sort_values("ID")[cols].to_numpy(), want[cols].to_numpy(), atol=1e-4)
     assert set(results["type"]) >= {"ctc": {"mp", "baseline", "progressive"}, "las": {"iaan"},
                                     "upstream": {"weighted", "rnn", "iaan", "reference"}}[which]
+
+
+def test_stage6_refuses_stale_or_missing_cross_predictions(ctc_cross):
+    from ser_modules.cross_corpus import cross_corpus_rows, listed_eval_corpora
+
+    exp, _, _, classes = ctc_cross
+    results = pd.read_csv(exp / "results.csv")
+    corpora = listed_eval_corpora(str(exp / "data"))
+    folds = int(results["folds"].iloc[0])
+    run = exp / "cross" / "ravdess" / "MP-2" / "session1" / "run0"
+    inputs = (run / "inputs.json").read_text()
+    try:
+        (run / "inputs.json").write_text(inputs.replace('"model": "', '"model": "0'))  # the model changed since
+        with pytest.raises(ManifestError, match="1 stale prediction file"):
+            cross_corpus_rows(str(exp), corpora, results, classes, str(exp / "data"), folds)
+        rows = cross_corpus_rows(str(exp), corpora, results, classes, str(exp / "data"), folds, allow_incomplete=True)
+        assert not rows.set_index(["corpus", "model"]).loc[("ravdess", "MP-2"), "complete"]
+        assert rows["complete"].sum() == len(rows) - 1
+    finally:
+        (run / "inputs.json").write_text(inputs)
+    with pytest.raises(ManifestError, match=f"predictions of {folds} of the {folds + 1} fold models"):
+        cross_corpus_rows(str(exp), corpora, results, classes, str(exp / "data"), folds + 1)
+
+
+def test_a_changed_label_map_file_prepares_the_corpus_again(ctc_cross, tmp_path, caplog):
+    import json
+    import logging
+
+    from prepare_eval import main as prepare_eval
+
+    exp, _, _, classes = ctc_cross
+    data = tmp_path / "data"
+    shutil.copytree(exp / "data" / "emotion" / "lakomkin2018", data / "emotion" / "lakomkin2018")
+    csv = write_csv_corpus(str(tmp_path / "csv"))
+    label_map = tmp_path / "map.json"
+    label_map.write_text(json.dumps({"happy": "hap", "sad": "sad"}))
+    args = ["--data-dir", str(data), "--protocol", "lakomkin2018", "--eval-corpus", "csv", "--eval-root", csv,
+            "--eval-label-map", str(label_map), "--nj", "1"]
+    prepare_eval(args)
+    summary = data / "eval" / "csv" / "summary.json"
+    assert json.loads(summary.read_text())["utterances"] == 4
+    with caplog.at_level(logging.INFO):
+        prepare_eval(args)
+    assert "evaluation corpus csv already prepared (same inputs), reused" in caplog.text
+    label_map.write_text(json.dumps({"happy": "hap"}))  # same file name, other contents
+    prepare_eval(args)
+    assert json.loads(summary.read_text())["utterances"] == 2
+    assert json.loads((data / "eval" / "corpora.json").read_text()) == {"corpora": ["csv"]}
 
 
 def test_a_rerun_scores_nothing_again(ctc_cross, tiny_demo):
@@ -183,6 +236,10 @@ def test_las_adapted_models_and_the_second_demo_corpus(las_exp, tiny_demo, tmp_p
     folds = sorted(f for f in os.listdir(trained) if not f.startswith(".") and (trained / f).is_dir())
     assert sorted(stores["asr"]) == sorted(["pretrained"] + [f"{m}/{f}" for m in ("finetuned", "structured")
                                                                for f in folds])
+    for fold in folds:  # each fold's IAAN read the evaluation corpus through that fold's adapted LAS
+        used = pd.read_json(exp / "cross" / "demo-other" / "IAAN-structured-pblstm2" / fold / "run0" / "inputs.json",
+                            typ="series")["stores"]
+        assert used == ["/".join(stores["asr"][f"structured/{fold}"]["folder"].split("/")[-2:])]
     summary = pd.read_json(exp / "data" / "eval" / "demo-other" / "summary.json", typ="series")
     assert summary["dialog_context"] and summary["speakers"] == 2
     rows = pd.read_csv(exp / "cross_corpus.csv")
@@ -237,7 +294,9 @@ def test_notes_state_language_mismatch_missing_classes_and_context():
     german, other = corpus_notes([emodb, demo], prepared, [{"name": "IAAN", "type": "iaan"}])
     assert "339 utterances of 10 speakers, classes ang 127, hap 71, neu 79, sad 62" in german
     assert "; 127 dropped (labels without a training class: {'boredom': 81, 'disgust': 46})" in german
-    assert "its speech is German while the training corpus is English and the ASR English" in german
+    assert "its speech is German while the training corpus is English and the ASR is English: the scores mix" in german
+    unknown = corpus_notes([emodb], {"emotion_language": "", "asr_language": "en"}, [])[0]  # a CSV corpus: unknown
+    assert "while the ASR is English" in unknown and "training corpus is" not in unknown
     assert "IAAN reads zero context turns" in german and "IAAN" not in other
     assert "German" not in other and "dropped" not in other
     assert "no utterance of training class(es) ang: UA and F1 are over the other classes" in other

@@ -140,6 +140,45 @@ def test_espeak_voices_exist_and_differ():
         engine.synth("x", "zz-nonexistent", 170, 50, 50, 100, seed=1)
 
 
+def plan_digest(cfg) -> str:
+    """SHA-1 of everything a config plans (synthesis jobs, turns, then the metadata writer's next draws)."""
+    import dataclasses
+
+    from make_demo_corpus import plan_emotion_corpus, plan_librispeech
+
+    rng = np.random.default_rng(cfg.seed)
+    dialogs, tasks = plan_emotion_corpus(cfg, "/root", rng)
+    _, asr = plan_librispeech(cfg, "/asr", rng)
+    text = repr([[dataclasses.astuple(j) for j in t] for t in tasks + asr])
+    text += repr([dataclasses.astuple(t) for d in dialogs for t in d["turns"]]) + repr(rng.integers(2**31, size=4).tolist())
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def test_default_style_plans_the_corpus_it_planned_before_styles():
+    # digest of the generator at commit 31e8dd8, before the second (other-style) demo corpus existed
+    assert plan_digest(DemoConfig()) == "b42d5862767642138be9b04025aa659022bfc9a1"
+    assert DemoConfig().key() == {"generator_version": 8, "seed": 0, "sessions": 5, "dialogs_per_session": 6,
+                                  "turns_per_dialog": 28, "asr_train_minutes": 60.0, "asr_eval_minutes": 6.0}
+
+
+def test_the_other_style_has_new_voices_and_never_replaces_the_first_corpus(tmp_path):
+    from make_demo_corpus import ASR_DEV_VOICES, ASR_TEST_VOICES, ASR_TRAIN_VOICES, EMOTION_VOICES, OTHER_EMOTION_VOICES
+
+    engine = Espeak()
+    others = [v for pair in OTHER_EMOTION_VOICES for v in pair]
+    for voice in others:  # each one exists (an unknown voice raises)
+        assert len(engine.synth("the house is quiet", voice, 170, 50, 50, 100, seed=1)) > 0
+    used = {v for pair in EMOTION_VOICES for v in pair} | {v for v, _ in ASR_TRAIN_VOICES + ASR_DEV_VOICES + ASR_TEST_VOICES}
+    assert not set(others) & used and len(set(others)) == len(others)
+    cfg = DemoConfig(seed=2, sessions=1, dialogs_per_session=2, turns_per_dialog=3, asr_train_minutes=0,
+                     asr_eval_minutes=0, style="other")
+    info = make_demo_corpus(str(tmp_path / "other"), cfg, nj=1)
+    assert info["emotion_turns"] == 6 and not os.path.exists(tmp_path / "other" / "LibriSpeech")
+    assert make_demo_corpus(str(tmp_path / "other"), None, style="other")["config"] == cfg.key()  # any size reused
+    with pytest.raises(FileExistsError, match="holds the demo corpus of style 'other', not 'default'"):
+        make_demo_corpus(str(tmp_path / "other"))
+
+
 def test_resampler_keeps_a_tone_and_removes_aliases():
     t = np.arange(22050) / 22050
     y = resample_sinc(np.sin(2 * np.pi * 1000 * t), 22050, 16000)

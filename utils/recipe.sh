@@ -336,7 +336,8 @@ stage_data_preparation() {
     run_child $python "$toolkit_root/local/prepare_data.py" "${args[@]}"
     echo "$stamp" > "$data_dir/.stage1_stamp"
   fi
-  # The evaluation corpora of this run (none: stages 4-6 score no other corpus).
+  # The evaluation corpora of this run: stages 4-6 read their list (data/eval/corpora.json) until stage 1
+  # runs again; stage 1 without --eval-corpus empties it (what was prepared and scored stays cached).
   if [ ${#eval_corpora[@]} -gt 0 ] || [ -d "$data_dir/eval" ]; then
     run_child $python "$toolkit_root/local/prepare_eval.py" --data-dir "$data_dir" --protocol "$protocol" \
       --demo-dir "$demo_dir" --nj "$nj" --log "$exp_dir/logs/stage1_data.log" ${eval_corpora[@]+"${eval_corpora[@]}"}

@@ -24,7 +24,7 @@ def main(argv=None) -> None:
                                    args.overrides)
     report = read_report(args.exp_dir, args.data_dir, args.protocol, args.folds)
     write_csv(os.path.join(args.exp_dir, "results.csv"), score_variants(report, hp, hp_ser, log))
-    cross = score_cross_corpus(report, args.data_dir)
+    cross = score_cross_corpus(report, args.data_dir, hp, hp_ser, log)
     cross_csv = os.path.join(args.exp_dir, "cross_corpus.csv")
     if len(cross):
         write_csv(cross_csv, cross)

@@ -74,13 +74,19 @@ def main(argv=None) -> None:
                                                    "minutes": round((time.time() - started) / 60, 2)})
     corpora = [c["name"] for c in listed_eval_corpora(args.data_dir)]
     if corpora:  # the saved models on every evaluation corpus: no training, cached per model and corpus
-        jobs = eval_jobs(variants, len(folds), hp["n_runs"], corpora)
-        eval_state = {**state, "cross": os.path.join(args.exp_dir, "cross"), "eval_stores": eval_stores(args.exp_dir, corpora),
-                      "eval_manifests": {n: eval_manifest(args.data_dir, n) for n in corpora}}
-        nj, eval_state["devices"] = stage_jobs(args)
-        log.info("stage 5: scoring %d saved models on evaluation corpora %s", len(jobs), ", ".join(corpora))
-        log_eval_jobs(run_jobs(eval_job, jobs, min(nj, len(jobs)), eval_state, "cross-corpus", setup=open_eval_inputs),
-                      len(jobs), log)
+        jobs = eval_jobs(variants, corpora)
+        state = {**state, "cross": os.path.join(args.exp_dir, "cross"), "eval_stores": eval_stores(args.exp_dir, corpora),
+                 "eval_manifests": {n: eval_manifest(args.data_dir, n) for n in corpora}, "n_runs": hp["n_runs"]}
+        log.info("stage 5: scoring %d saved models on evaluation corpora %s (%d jobs)",
+                 len(jobs) // len(corpora) * len(folds) * hp["n_runs"] * len(corpora), ", ".join(corpora), len(jobs))
+        if args.launcher == "pool":
+            nj, state["devices"] = stage_jobs(args)
+            results = run_jobs(eval_job, jobs, min(nj, len(jobs)), state, "cross-corpus", setup=open_eval_inputs)
+        else:  # as the trainings: one cluster job per (variant, corpus), not on the submitting host
+            results = submit_jobs(eval_job, jobs, {**state, "device_request": args.device_request},
+                                  os.path.join(args.exp_dir, "logs", "stage5_jobs"), args.launcher, open_eval_inputs,
+                                  args.slurm_partition, args.slurm_time, args.slurm_gres, "ser-stage5-cross")
+        log_eval_jobs(results, log)
     log.info("stage 5 finished in %.1f min", (time.time() - started) / 60)
 
 
