@@ -315,7 +315,7 @@ def corpus_notes(corpora: list[dict], prepared: dict, variants: list[dict]) -> l
         dropped = sum(c["dropped"].values())
         line = (f"**{c['name']}** ({c['kind']}, {c['root']}): {c['utterances']} utterances of {c['speakers']} speakers, "
                 f"classes {', '.join(f'{k} {v}' for k, v in c['classes'].items())}")
-        line += f"; {dropped} dropped (labels without a training class: {c['dropped']})" if dropped else ""
+        line += f"; {dropped} dropped (by label: {c['dropped']})" if dropped else ""
         if c["missing_classes"]:
             line += (f"; no utterance of training class(es) {', '.join(c['missing_classes'])}: UA and F1 are over the "
                      "other classes (a prediction of a missing class counts as an error)")

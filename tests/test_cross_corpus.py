@@ -205,6 +205,29 @@ def test_a_changed_label_map_file_prepares_the_corpus_again(ctc_cross, tmp_path,
     assert json.loads((data / "eval" / "corpora.json").read_text()) == {"corpora": ["csv"]}
 
 
+def test_cross_corpus_scoring_as_a_cluster_job_equals_the_pool(ctc_cross, tmp_path):
+    """Stage 5's --launcher slurm path for evaluation corpora, run by submitit's local executor: one job
+    scores every fold model of a variant on a corpus, with its device resolved in the job."""
+    from ser_modules.cross_corpus import eval_job, eval_manifest, eval_stores, open_eval_inputs
+    from ser_modules.folds import load_folds
+    from ser_modules.jobs import submit_jobs
+
+    exp, _, _, classes = ctc_cross
+    variant = {"name": "MP-2", "type": "mp", "asr": "pretrained", "layer": "gru1", "max_epochs": 3}
+    state = {"out": str(exp / "ser"), "cross": str(tmp_path / "cross"), "classes": classes, "n_runs": 1,
+             "folds": load_folds(str(exp / "data" / "emotion" / "lakomkin2018" / "folds_loso.json")),
+             "eval_stores": eval_stores(str(exp), ["ravdess"]), "device_request": "auto",
+             "eval_manifests": {"ravdess": eval_manifest(str(exp / "data"), "ravdess")}}
+    results = list(submit_jobs(eval_job, [(variant, "ravdess")], state, str(tmp_path / "jobs"), "submitit-local",
+                               open_eval_inputs, name="cross-test"))
+    folds = [f.name for f in state["folds"]]
+    assert results == [("ravdess", "MP-2", len(folds), 0)]
+    for fold in folds:
+        got = pd.read_csv(tmp_path / "cross" / "ravdess" / "MP-2" / fold / "run0" / "predictions.csv")
+        want = pd.read_csv(exp / "cross" / "ravdess" / "MP-2" / fold / "run0" / "predictions.csv")
+        pd.testing.assert_frame_equal(got, want)
+
+
 def test_a_rerun_scores_nothing_again(ctc_cross, tiny_demo):
     from test_pipeline import CTC_TINY, run_recipe
 
@@ -293,7 +316,7 @@ def test_notes_state_language_mismatch_missing_classes_and_context():
     prepared = {"emotion_language": "en", "asr_language": "en"}
     german, other = corpus_notes([emodb, demo], prepared, [{"name": "IAAN", "type": "iaan"}])
     assert "339 utterances of 10 speakers, classes ang 127, hap 71, neu 79, sad 62" in german
-    assert "; 127 dropped (labels without a training class: {'boredom': 81, 'disgust': 46})" in german
+    assert "; 127 dropped (by label: {'boredom': 81, 'disgust': 46})" in german
     assert "its speech is German while the training corpus is English and the ASR is English: the scores mix" in german
     unknown = corpus_notes([emodb], {"emotion_language": "", "asr_language": "en"}, [])[0]  # a CSV corpus: unknown
     assert "while the ASR is English" in unknown and "training corpus is" not in unknown
