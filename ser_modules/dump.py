@@ -665,23 +665,26 @@ def dumped_layers(model, wanted: list[str], path: str) -> list[str]:
     return layers
 
 
-def plan_dumps(refs: list[ASRModelRef], hp: dict, utterances: pd.DataFrame, out: str, seed: int,
-               egemaps: EGeMAPSFunctionals | None, augmented: bool = True) -> list[StorePlan]:
-    """What stage 4 will write: one :class:`StorePlan` per ASR model (each loaded on the CPU in turn and
-    run on a few seconds of a synthetic signal for its frame rates), then the handcrafted and eGeMAPS stores
+def plan_dumps(refs: list[ASRModelRef], hp: dict, corpora: list[tuple[pd.DataFrame, bool]], out: str, seed: int,
+               egemaps: EGeMAPSFunctionals | None) -> list[StorePlan]:
+    """What stage 4 will write for each ``(utterances, augmented)`` of ``corpora`` (the training corpus, then
+    the evaluation corpora): one :class:`StorePlan` per ASR model (each loaded on the CPU once, and run on a
+    few seconds of a synthetic signal for its frame rates), then the handcrafted and eGeMAPS stores
     (``augmented``: with the configured augmented copies of the handcrafted features, which only training reads)."""
-    copies = hp.get("augmented_copies", 0) if augmented else 0
     plans = []
     for ref in refs:
         model, features, _, info = load_asr_model(ref.path, "cpu")
         layers = dumped_layers(model, hp["layers"], ref.path)
-        plans.append(plan_asr_store(model, features, utterances, layers, out, ref.key, info["sha1"], hp["dtype"]))
+        plans += [plan_asr_store(model, features, utterances, layers, out, ref.key, info["sha1"], hp["dtype"])
+                  for utterances, _ in corpora]
         del model, features  # one model in memory at a time
-    if hp["handcrafted"]:
-        plans.append(plan_feature_store(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch",
-                                        hp["dtype"], hp.get("augmentation") if copies else None, copies, seed))
-    if egemaps is not None:
-        plans.append(plan_feature_store(utterances, out, egemaps, "egemaps", "egemaps", "float32"))
+    for utterances, augmented in corpora:
+        copies = hp.get("augmented_copies", 0) if augmented else 0
+        if hp["handcrafted"]:
+            plans.append(plan_feature_store(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch",
+                                            hp["dtype"], hp.get("augmentation") if copies else None, copies, seed))
+        if egemaps is not None:
+            plans.append(plan_feature_store(utterances, out, egemaps, "egemaps", "egemaps", "float32"))
     return plans
 
 

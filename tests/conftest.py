@@ -57,12 +57,19 @@ def upstream_exp(tiny_demo, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ctc_exp(tiny_demo, tmp_path_factory):
-    """recipes/ctc_transfer end to end on the tiny demo corpus with tiny models (test_pipeline.CTC_TINY);
-    shared by the pipeline and inference tests, which copy it before changing anything."""
+    """recipes/ctc_transfer end to end on the tiny demo corpus with tiny models (test_pipeline.CTC_TINY),
+    scored on a RAVDESS-layout and a CSV evaluation corpus too (test_cross_corpus.CTC_EVAL: the CSV map
+    leaves training class ang without data); shared by the pipeline, cross-corpus and inference tests,
+    which copy it before changing anything."""
+    from corpus_fixtures import write_csv_corpus, write_ravdess
     from test_pipeline import CTC_TINY, run_recipe
 
-    exp = tmp_path_factory.mktemp("ctc") / "exp"
-    return exp, run_recipe("ctc_transfer", exp, tiny_demo, CTC_TINY)
+    root = tmp_path_factory.mktemp("ctc")
+    evaluation = ["--eval-corpus", "ravdess", "--eval-root", write_ravdess(str(root / "ravdess")),
+                  "--eval-corpus", "csv", "--eval-root", write_csv_corpus(str(root / "csvcorpus")),
+                  "--eval-label-map", "happy:hap,sad:sad"]
+    exp = root / "exp"
+    return exp, run_recipe("ctc_transfer", exp, tiny_demo, CTC_TINY + evaluation)
 
 
 @pytest.fixture(scope="session")

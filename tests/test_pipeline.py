@@ -82,6 +82,8 @@ def test_rerun_skips_finished_work(ctc_exp, tiny_demo):
     proc = run_recipe("ctc_transfer", exp, tiny_demo, CTC_TINY + ["--stage", "2", "--stop-stage", "5"])
     assert "already finished" in proc.stderr
     assert os.path.getmtime(exp / "ser" / "MP-2" / "session1" / "run0" / "predictions.csv") == before
+    # every saved model's scores on the two evaluation corpora are reused too (test_cross_corpus)
+    assert "12 model x corpus scorings on evaluation corpora (12 finished before, not repeated)" in proc.stderr
 
 
 def test_stage2_rescores_on_an_evaluation_change_and_retrains_on_a_training_change(ctc_exp, tiny_demo, tmp_path):

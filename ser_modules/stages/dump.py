@@ -38,8 +38,8 @@ def main(argv=None) -> None:
     refs = dumped_models(args.exp_dir, hp["models"], log)
     egemaps = EGeMAPSFunctionals() if hp.get("egemaps") else None
     os.makedirs(out, exist_ok=True)
-    plans = [plan for protocol, utterances in corpora.items()
-             for plan in plan_dumps(refs, hp, utterances, out, args.seed, egemaps, protocol == args.protocol)]
+    plans = plan_dumps(refs, hp, [(u, protocol == args.protocol) for protocol, u in corpora.items()], out, args.seed,
+                       egemaps)
     check_disk_room(plans, out, log)  # before anything is written
     write_text(os.path.join(out, "hyperparams.yaml"), resolved)
     if hp["handcrafted"]:  # inference rebuilds the extractor from this block
