@@ -241,8 +241,10 @@ class StagedOutputs:
     def _set_aside(self) -> None:
         """Move the work folder of other inputs out of the way, never deleting any of it."""
         stamp = _read_stamp(self.work)
-        if stamp is None and not os.listdir(self.work):  # made but never written to: nothing to keep
-            os.rmdir(self.work)
+        # made but never written to, or stopped while writing its inputs.json (an atomic write's temporary
+        # file is all it holds): nothing to keep
+        if stamp is None and all(n.startswith(".inputs.json.") for n in os.listdir(self.work)):
+            shutil.rmtree(self.work)
             return
         target = self.aside_path(stamp) if stamp is not None else self.aside_path({"unreadable inputs.json": True})
         base, n = target, 2

@@ -172,6 +172,21 @@ def test_unfinished_work_of_another_configuration_is_moved_aside_and_taken_back(
     assert not os.path.exists(aside) and os.path.isdir(second.aside_path({"batch_size": 16}))
 
 
+def test_a_work_folder_stopped_while_writing_its_inputs_is_begun_afresh(tmp_path):
+    """A signal between begin()'s folder and its inputs.json leaves only the atomic write's temporary file
+    (seen in the stage-3 SIGTERM test): nothing to keep aside, the work starts there again."""
+    folder = tmp_path / "session1"
+    staged = StagedOutputs(str(folder), {"variant": "finetuned"})
+    os.makedirs(staged.work)
+    (tmp_path / ".session1.partial" / ".inputs.json.edk2wyr1.tmp.json").write_text('{"varia')
+    assert staged.begin() == staged.work and os.listdir(staged.work) == ["inputs.json"]
+    assert sorted(os.listdir(tmp_path)) == [".session1.partial"]  # no .aside- folder
+    (tmp_path / ".session1.partial" / "checkpoint").write_text("work")  # real work of unknown inputs is kept
+    os.remove(tmp_path / ".session1.partial" / "inputs.json")
+    StagedOutputs(str(folder), {"variant": "finetuned"}).begin()
+    assert [n for n in os.listdir(tmp_path) if ".aside-" in n]
+
+
 def model_state(exp) -> dict:
     return torch.load(exp / "asr" / "model.pt")
 
