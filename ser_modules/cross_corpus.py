@@ -178,7 +178,7 @@ def eval_job(job: tuple) -> tuple:
 def log_eval_jobs(results, log) -> None:
     """Consume :func:`eval_job` results (the jobs run as they are read), logging how many models were
     scored before."""
-    done = [r for r in results]
+    done = list(results)
     models, before = sum(r[2] for r in done), sum(r[3] for r in done)
     log.info("stage 5: %d model x corpus scorings on evaluation corpora (%d finished before, not repeated)", models,
              before)

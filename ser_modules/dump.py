@@ -49,8 +49,8 @@ from ser_modules.asr_models import (
 from ser_modules.asr_training import absolute_lengths
 from ser_modules.data import LengthBucketBatchSampler, make_loader, manifest_dataset, read_utterance
 from ser_modules.features import EGeMAPSFunctionals, feature_config, minimum_samples
-from ser_modules.fileio import ManifestError, atomic_path, read_json, read_manifest, write_json
-from ser_modules.jobs import fault_point, worker_state
+from ser_modules.fileio import ManifestError, atomic_path, read_json, read_manifest, write_csv, write_json
+from ser_modules.jobs import fault_point, run_jobs, worker_state
 
 logger = logging.getLogger(__name__)
 
@@ -665,6 +665,13 @@ def dumped_layers(model, wanted: list[str], path: str) -> list[str]:
     return layers
 
 
+def handcrafted_augmentation(hp: dict, augmented: bool) -> tuple:
+    """``(augmentation, copies)`` of the handcrafted store of conf/dump.yaml ``hp``: the configured ones for
+    the training corpus (``augmented``), none for an evaluation corpus (only training reads the copies)."""
+    copies = hp.get("augmented_copies", 0) if augmented else 0
+    return (hp.get("augmentation") if copies else None), copies
+
+
 def plan_dumps(refs: list[ASRModelRef], hp: dict, corpora: list[tuple[pd.DataFrame, bool]], out: str, seed: int,
                egemaps: EGeMAPSFunctionals | None) -> list[StorePlan]:
     """What stage 4 will write for each ``(utterances, augmented)`` of ``corpora`` (the training corpus, then
@@ -679,10 +686,10 @@ def plan_dumps(refs: list[ASRModelRef], hp: dict, corpora: list[tuple[pd.DataFra
                   for utterances, _ in corpora]
         del model, features  # one model in memory at a time
     for utterances, augmented in corpora:
-        copies = hp.get("augmented_copies", 0) if augmented else 0
         if hp["handcrafted"]:
+            augment, copies = handcrafted_augmentation(hp, augmented)
             plans.append(plan_feature_store(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch",
-                                            hp["dtype"], hp.get("augmentation") if copies else None, copies, seed))
+                                            hp["dtype"], augment, copies, seed))
         if egemaps is not None:
             plans.append(plan_feature_store(utterances, out, egemaps, "egemaps", "egemaps", "float32"))
     return plans
@@ -768,9 +775,6 @@ def dump_corpus(protocol: str, utterances: pd.DataFrame, refs: list[ASRModelRef]
     """Stage 4 for one corpus: every ASR model's layers (one job each, ``state`` as :func:`dump_job` reads
     it), the handcrafted and eGeMAPS features; writes ``utterances_<protocol>.csv`` and
     ``stores_<protocol>.json`` (paths relative to ``out``, so the experiment may move) and returns the latter."""
-    from ser_modules.fileio import write_csv
-    from ser_modules.jobs import run_jobs
-
     csv_path = os.path.join(out, f"utterances_{protocol}.csv")
     write_csv(csv_path, utterances)
     stores = {"protocol": protocol, "utterances": os.path.relpath(csv_path, out), "asr": {}, "handcrafted": None,
@@ -780,9 +784,9 @@ def dump_corpus(protocol: str, utterances: pd.DataFrame, refs: list[ASRModelRef]
         stores["asr"][key] = info
     stores["asr"] = {r.key: stores["asr"][r.key] for r in refs}  # in the order of the models, not of completion
     if hp["handcrafted"]:
-        copies = hp.get("augmented_copies", 0) if augmented else 0
+        augment, copies = handcrafted_augmentation(hp, augmented)
         store = dump_features(utterances, out, hp["handcrafted_features"], "handcrafted", "mfcc_pitch", hp["dtype"],
-                              augment=hp.get("augmentation") if copies else None, copies=copies, seed=seed, nj=nj)
+                              augment=augment, copies=copies, seed=seed, nj=nj)
         stores["handcrafted"] = feature_store_entry(store, out, "mfcc_pitch")
     if egemaps is not None:  # the classical reference: openSMILE eGeMAPS functionals (one vector per utterance)
         store = dump_features(utterances, out, egemaps, "egemaps", "egemaps", "float32", nj=nj)

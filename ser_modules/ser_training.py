@@ -457,6 +457,28 @@ def run_key(spec: VariantSpec, fold: Fold, run: int, classes: list[str], inputs:
             "stores": [store_identity(st) for st in stores], "classes": classes, "run": run}
 
 
+def finished_predictions(staged: StagedOutputs) -> pd.DataFrame | None:
+    """The ``predictions.csv`` of finished outputs of exactly ``staged``'s inputs (``attrs["finished_before"]``
+    set), or None when they must be made."""
+    path = os.path.join(staged.folder, "predictions.csv")
+    if not (staged.done and os.path.isfile(path)):
+        return None
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"ID": str})
+    frame.attrs["finished_before"] = True
+    return frame
+
+
+def predictions_frame(ids: list[str], fold: str, run: int, label_of: dict, classes: list[str],
+                      probs: np.ndarray) -> pd.DataFrame:
+    """The rows of a ``predictions.csv``: ``ID, fold, run, true, predicted, p_<class>...`` (``probs``
+    ``[len(ids), classes]``, rounded to 6 decimals)."""
+    frame = pd.DataFrame({"ID": ids, "fold": fold, "run": run, "true": [label_of[i] for i in ids],
+                          "predicted": [classes[i] for i in probs.argmax(axis=1)]})
+    for j, c in enumerate(classes):
+        frame[f"p_{c}"] = probs[:, j].round(6)
+    return frame
+
+
 def remove_resume_state(run_dir: str) -> None:
     """Delete a finished run's ``resume.pt`` (model, optimizer and best state: ~230 MB for a paper-size
     IAAN): only an unfinished run resumes, and ``model.pt`` holds the best weights."""
@@ -474,10 +496,9 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
     when complete (:class:`~ser_modules.fileio.StagedOutputs`), without its ``resume.pt``.
     """
     staged = StagedOutputs(out_dir, run_key(spec, fold, run, classes, inputs, hp))
-    if staged.done and os.path.isfile(os.path.join(out_dir, "predictions.csv")):
-        frame = pd.read_csv(os.path.join(out_dir, "predictions.csv"), keep_default_na=False, dtype={"ID": str})
-        frame.attrs["finished_before"] = True
-        return frame
+    finished = finished_predictions(staged)
+    if finished is not None:
+        return finished
     out_dir = staged.begin()
     pred_path = os.path.join(out_dir, "predictions.csv")
     seed = int(hp["seed"]) + run
@@ -505,11 +526,7 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
         with torch.no_grad():
             write_json(os.path.join(out_dir, "layer_weights.json"),
                        dict(zip(spec.layers, [round(float(w), 6) for w in model.layer_weights()])))
-    frame = pd.DataFrame({"ID": test_ids, "fold": fold.name, "run": run,
-                          "true": [label_of[i] for i in test_ids],
-                          "predicted": [classes[i] for i in probs.argmax(axis=1)]})
-    for j, c in enumerate(classes):
-        frame[f"p_{c}"] = probs[:, j].round(6)
+    frame = predictions_frame(test_ids, fold.name, run, label_of, classes, probs)
     write_json(os.path.join(out_dir, "history.json"), history)
     write_csv(pred_path, frame)
     remove_resume_state(out_dir)
@@ -547,10 +564,9 @@ def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, mani
     staged = StagedOutputs(out_dir, {"model": file_digest(model_path), "variant": vars(spec), "fold": fold, "run": run,
                                      "stores": [store_identity(st) for st in stores], "utterances": labels_digest(ids, labels),
                                      "classes": classes})
-    if staged.done and os.path.isfile(os.path.join(out_dir, "predictions.csv")):
-        frame = pd.read_csv(os.path.join(out_dir, "predictions.csv"), keep_default_na=False, dtype={"ID": str})
-        frame.attrs["finished_before"] = True
-        return frame
+    finished = finished_predictions(staged)
+    if finished is not None:
+        return finished
     info = read_json(os.path.join(run_dir, "model.json"))
     if info["classes"] != classes:
         raise ManifestError(f"{run_dir}/model.json: classes {info['classes']}, the training corpus has {classes} "
@@ -571,11 +587,7 @@ def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, mani
             order += batch["id"]
             chunks.append(forward(model, spec, batch, device).float().softmax(-1).cpu().numpy())
     probs = np.concatenate(chunks)
-    label_of = dict(zip(ids, labels))
-    frame = pd.DataFrame({"ID": order, "fold": fold, "run": run, "true": [label_of[i] for i in order],
-                          "predicted": [classes[i] for i in probs.argmax(axis=1)]})
-    for j, c in enumerate(classes):
-        frame[f"p_{c}"] = probs[:, j].round(6)
+    frame = predictions_frame(order, fold, run, dict(zip(ids, labels)), classes, probs)
     work = staged.begin()
     write_csv(os.path.join(work, "predictions.csv"), frame)
     staged.publish()

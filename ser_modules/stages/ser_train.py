@@ -54,18 +54,23 @@ def main(argv=None) -> None:
     state = {"stores": stores, "folds": folds, "manifest": manifest, "classes": classes, "hp": hp, "out": out,
              "device": args.device}
     os.makedirs(out, exist_ok=True)
+    nj, devices = stage_jobs(args) if args.launcher == "pool" else (0, [])
+
+    def launch(fn, jobs, state, setup, desc, name):
+        """``--nj`` processes here, or one cluster job each (the submitting process writes the shared outputs)."""
+        if args.launcher == "pool":
+            return run_jobs(fn, jobs, nj, {**state, "devices": devices}, desc, setup=setup)
+        return submit_jobs(fn, jobs, {**state, "device_request": args.device_request},
+                           os.path.join(args.exp_dir, "logs", "stage5_jobs"), args.launcher, setup,
+                           args.slurm_partition, args.slurm_time, args.slurm_gres, name)
+
     if args.launcher == "pool":
-        nj, devices = stage_jobs(args)
-        nj, state["devices"] = min(nj, len(jobs)), devices
         log.info("stage 5: %d variants x %d folds x %d runs = %d trainings, classes %s, %d job(s) in parallel on %s",
-                 len(variants), len(folds), hp["n_runs"], len(jobs), classes, nj, ", ".join(devices))
-        results = run_jobs(train_job, jobs, nj, state, "SER", setup=open_stores)
-    else:  # one cluster job per training; the submitting process writes the shared outputs
+                 len(variants), len(folds), hp["n_runs"], len(jobs), classes, min(nj, len(jobs)), ", ".join(devices))
+    else:
         log.info("stage 5: %d trainings as %s jobs (partition %s, %d min, gres %s), classes %s", len(jobs),
                  args.launcher, args.slurm_partition or "default", args.slurm_time, args.slurm_gres or "none", classes)
-        results = submit_jobs(train_job, jobs, {**state, "device_request": args.device_request},
-                              os.path.join(args.exp_dir, "logs", "stage5_jobs"), args.launcher, open_stores,
-                              args.slurm_partition, args.slurm_time, args.slurm_gres, "ser-stage5")
+    results = launch(train_job, jobs, state, open_stores, "SER", "ser-stage5")
     started = time.time()
     log_trainings(results, len(jobs), log)  # the jobs run as their results are read
     summary = variant_metrics(out, variants, folds, hp["n_runs"], classes)
@@ -78,14 +83,9 @@ def main(argv=None) -> None:
         state = {**state, "cross": os.path.join(args.exp_dir, "cross"), "eval_stores": eval_stores(args.exp_dir, corpora),
                  "eval_manifests": {n: eval_manifest(args.data_dir, n) for n in corpora}, "n_runs": hp["n_runs"]}
         log.info("stage 5: scoring %d saved models on evaluation corpora %s (%d jobs)",
-                 len(jobs) // len(corpora) * len(folds) * hp["n_runs"] * len(corpora), ", ".join(corpora), len(jobs))
-        if args.launcher == "pool":
-            nj, state["devices"] = stage_jobs(args)
-            results = run_jobs(eval_job, jobs, min(nj, len(jobs)), state, "cross-corpus", setup=open_eval_inputs)
-        else:  # as the trainings: one cluster job per (variant, corpus), not on the submitting host
-            results = submit_jobs(eval_job, jobs, {**state, "device_request": args.device_request},
-                                  os.path.join(args.exp_dir, "logs", "stage5_jobs"), args.launcher, open_eval_inputs,
-                                  args.slurm_partition, args.slurm_time, args.slurm_gres, "ser-stage5-cross")
+                 len(jobs) * len(folds) * hp["n_runs"], ", ".join(corpora), len(jobs))
+        # as the trainings: the pool here, or cluster jobs (never on a GPU-less login node)
+        results = launch(eval_job, jobs, state, open_eval_inputs, "cross-corpus", "ser-stage5-cross")
         log_eval_jobs(results, log)
     log.info("stage 5 finished in %.1f min", (time.time() - started) / 60)
 
