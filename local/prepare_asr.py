@@ -4,7 +4,7 @@
 Writes ``<out>/train.csv``, ``dev.csv``, ``test.csv`` (and ``<corpus>_<split>.csv`` per corpus).
 Training utterances longer than ``--max-duration`` seconds (default 15, as in Lakomkin 2018) are
 dropped with a count in the log; dev and test keep every utterance. Every audio file is read once
-(:mod:`ser_modules.audio_screen`, ``--nj`` processes): unreadable, non-finite, silent or too short
+(:mod:`ser_modules.data.audio_screen`, ``--nj`` processes): unreadable, non-finite, silent or too short
 ones are left out and listed in ``<out>/rejected.csv`` with the reason.
 
 Usage: ``python local/prepare_asr.py --corpus librispeech --root /data/LibriSpeech \
@@ -23,9 +23,9 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ser_modules.audio_screen import AudioScreen  # noqa: E402
-from ser_modules.corpus import drop_long_utterances, write_asr_split, write_summary  # noqa: E402
-from ser_modules.fileio import ManifestError, run_main, setup_logging  # noqa: E402
+from ser_modules.data.audio_screen import AudioScreen  # noqa: E402
+from ser_modules.data.corpus import drop_long_utterances, write_asr_split, write_summary  # noqa: E402
+from ser_modules.utils.fileio import ManifestError, run_main, setup_logging  # noqa: E402
 
 logger = logging.getLogger("prepare_asr")
 

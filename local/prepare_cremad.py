@@ -26,9 +26,10 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ser_modules.corpus import write_speaker_fold_corpus  # noqa: E402
-from ser_modules.fileio import ManifestError, run_main  # noqa: E402
 from speaker_fold_common import iter_files, log_counts, probe_duration, speaker_fold_main  # noqa: E402
+
+from ser_modules.data.corpus import write_speaker_fold_corpus  # noqa: E402
+from ser_modules.utils.fileio import ManifestError, run_main  # noqa: E402
 
 logger = logging.getLogger("prepare_cremad")
 

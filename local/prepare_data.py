@@ -20,9 +20,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ser_modules.audio_screen import MIN_SECONDS, AudioScreen  # noqa: E402
-from ser_modules.corpus import resolve_label_map  # noqa: E402
-from ser_modules.fileio import ManifestError, cpu_count, run_main, setup_logging, write_json  # noqa: E402
+from ser_modules.data.audio_screen import MIN_SECONDS, AudioScreen  # noqa: E402
+from ser_modules.data.corpus import resolve_label_map  # noqa: E402
+from ser_modules.utils.fileio import ManifestError, cpu_count, run_main, setup_logging, write_json  # noqa: E402
 
 logger = logging.getLogger("prepare_data")
 

@@ -7,7 +7,7 @@ speaker 03, text a01, emotion F (happiness), version a. Speakers (documented gen
 (Langeweile), E disgust (Ekel), A fear (Angst), F happiness (Freude), T sadness (Trauer),
 N neutral. 16 kHz mono, German (language ``de``). The transcript of each file is the sentence of its
 text code, from the corpus documentation (emodb.bilderbar.info); the ASR alphabet spells its umlauts
-out (``ser_modules.text.normalize_transcript``: ``Tüten`` -> ``TUETEN``).
+out (``ser_modules.data.text.normalize_transcript``: ``Tüten`` -> ``TUETEN``).
 
 Default ``k = 1``: 10 folds, one test speaker each (leave-one-speaker-out); the validation speaker
 is the next one in gender-interleaved order, so of the other gender.
@@ -27,9 +27,10 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ser_modules.corpus import write_speaker_fold_corpus  # noqa: E402
-from ser_modules.fileio import ManifestError, run_main  # noqa: E402
 from speaker_fold_common import iter_files, log_counts, probe_duration, speaker_fold_main  # noqa: E402
+
+from ser_modules.data.corpus import write_speaker_fold_corpus  # noqa: E402
+from ser_modules.utils.fileio import ManifestError, run_main  # noqa: E402
 
 logger = logging.getLogger("prepare_emodb")
 

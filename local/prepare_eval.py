@@ -4,7 +4,7 @@
 Each ``--eval-corpus KIND [--eval-root DIR] [--eval-label-map MAP]`` (repeatable; a root and a map belong
 to the ``--eval-corpus`` before them) is read with the preparer of its kind and written to
 ``<data>/eval/<name>/manifest.csv``: every utterance is test data, its labels mapped onto the training
-corpus's classes (:func:`ser_modules.cross_corpus.map_onto_training_classes`). IEMOCAP-layout corpora
+corpus's classes (:func:`ser_modules.data.eval_corpora.map_onto_training_classes`). IEMOCAP-layout corpora
 (``iemocap``, ``demo-other``) keep their dialogs (``turns.csv``: the context IAAN reads) and take the
 training protocol's classes (``standard`` for a training corpus without IEMOCAP protocols); the turns the protocol leaves out are
 counted as dropped, and an ``--eval-label-map`` applies to every turn's consensus code instead.
@@ -25,13 +25,18 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ser_modules.audio_screen import MIN_SECONDS, AudioScreen  # noqa: E402
-from ser_modules.corpus import EMOTION_COLUMNS, complete_columns, resolve_label_map  # noqa: E402
-from ser_modules.cross_corpus import (  # noqa: E402
-    EVAL_KINDS, eval_dir, eval_names, map_onto_training_classes, write_eval_list,
-)
-from ser_modules.fileio import (  # noqa: E402
-    ManifestError, cpu_count, read_json, read_manifest, run_main, setup_logging, write_csv, write_json,
+from ser_modules.data.audio_screen import MIN_SECONDS, AudioScreen  # noqa: E402
+from ser_modules.data.corpus import EMOTION_COLUMNS, complete_columns, resolve_label_map  # noqa: E402
+from ser_modules.data.eval_corpora import EVAL_KINDS, eval_dir, eval_names, map_onto_training_classes, write_eval_list
+from ser_modules.utils.fileio import (
+    ManifestError,
+    cpu_count,
+    read_json,
+    read_manifest,
+    run_main,
+    setup_logging,
+    write_csv,
+    write_json,
 )
 
 logger = logging.getLogger("prepare_eval")
@@ -68,7 +73,8 @@ def code_digest() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     lib = os.path.join(os.path.dirname(here), "ser_modules")
     paths = sorted(os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py"))
-    paths += [os.path.join(lib, f"{m}.py") for m in ("corpus", "cross_corpus", "audio_screen", "audio_file")]
+    paths += [os.path.join(lib, *m.split("/")) + ".py"
+              for m in ("data/corpus", "data/eval_corpora", "data/audio_screen", "utils/audio_file")]
     digest = hashlib.sha1()
     for path in paths:
         with open(path, "rb") as f:

@@ -29,12 +29,19 @@ from collections import Counter
 
 import pandas as pd
 
-from ser_modules.audio_file import header_duration
-from ser_modules.corpus import IEMOCAP_CLASSES, complete_columns, write_emotion_protocol, write_summary, EMOTION_COLUMNS
-from ser_modules.dialog import UTTERANCE_ID as _UTT_ID, add_context, parse_transcription_lines
-from ser_modules.fileio import ManifestError, run_main, setup_logging, write_csv
-from ser_modules.folds import leave_one_session_out, leave_one_speaker_out
-from ser_modules.text import remove_special_tokens
+from ser_modules.data.corpus import (
+    EMOTION_COLUMNS,
+    IEMOCAP_CLASSES,
+    complete_columns,
+    write_emotion_protocol,
+    write_summary,
+)
+from ser_modules.data.dialog import UTTERANCE_ID as _UTT_ID
+from ser_modules.data.dialog import add_context, parse_transcription_lines
+from ser_modules.data.folds import leave_one_session_out, leave_one_speaker_out
+from ser_modules.data.text import remove_special_tokens
+from ser_modules.utils.audio_file import header_duration
+from ser_modules.utils.fileio import ManifestError, run_main, setup_logging, write_csv
 
 logger = logging.getLogger("prepare_iemocap")
 
@@ -102,7 +109,7 @@ def parse_emo_evaluation(path: str) -> list[dict]:
 
 def parse_transcriptions(path: str) -> dict[str, str]:
     """``{utterance id: text}`` from a ``transcriptions/<dialog>.txt`` (see
-    :func:`ser_modules.dialog.parse_transcription_lines`)."""
+    :func:`ser_modules.data.dialog.parse_transcription_lines`)."""
     return {utt: text for utt, (_, _, text) in parse_transcription_lines(path).items()}
 
 
@@ -161,7 +168,7 @@ def lakomkin_strict_label(votes: list) -> str | None:
 
 def read_corpus(root: str, screen=None) -> pd.DataFrame:
     """All labelled turns of the release under ``root`` whose wav file exists (and whose audio
-    ``screen``, stage 1's :class:`~ser_modules.audio_screen.AudioScreen`, accepts: a rejected turn is
+    ``screen``, stage 1's :class:`~ser_modules.data.audio_screen.AudioScreen`, accepts: a rejected turn is
     left out before the dialog context is linked, so a context never points at it)."""
     sessions = sorted(d for d in os.listdir(root) if re.fullmatch(r"Session\d+", d)) if os.path.isdir(root) else []
     if not sessions:

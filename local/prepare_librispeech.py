@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """LibriSpeech preparer: ``<subset>/<spk>/<chapter>/<spk>-<chapter>-<n>.flac`` + ``.trans.txt``.
 
-``read_librispeech(root, subsets)`` returns one ASR manifest (``ser_modules.corpus.ASR_COLUMNS``)
+``read_librispeech(root, subsets)`` returns one ASR manifest (``ser_modules.data.corpus.ASR_COLUMNS``)
 per requested subset. Subsets whose name starts with ``train`` form the training split, ``dev-*``
 the validation split and ``test-*`` the test split (see ``local/prepare_asr.py``).
 """
@@ -13,9 +13,9 @@ import os
 
 import pandas as pd
 
-from ser_modules.audio_file import header_duration
-from ser_modules.fileio import ManifestError
-from ser_modules.text import normalize_transcript
+from ser_modules.data.text import normalize_transcript
+from ser_modules.utils.audio_file import header_duration
+from ser_modules.utils.fileio import ManifestError
 
 logger = logging.getLogger("prepare_librispeech")
 

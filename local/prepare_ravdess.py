@@ -7,7 +7,7 @@ extracted beside it): ``<root>/[...]/Actor_XX/MM-CC-EE-II-SS-RR-AA.wav`` with mo
 03 happy, 04 sad, 05 angry, 06 fearful, 07 disgust, 08 surprised), intensity ``II`` (01 normal,
 02 strong), statement ``SS`` (01 "Kids are talking by the door", 02 "Dogs are sitting by the
 door"), repetition ``RR`` and actor ``AA`` (01-24; odd male, even female). 48 kHz, a few files
-stereo; audio is converted to 16 kHz mono where it is read (``ser_modules.audio.load_audio``).
+stereo; audio is converted to 16 kHz mono where it is read (``ser_modules.data.audio.load_audio``).
 
 Only speech audio (modality 03, channel 01) is kept: 1440 files, 24 actors. Default ``k = 2``:
 12 folds, each testing one female and one male actor (speakers are gender-interleaved).
@@ -27,9 +27,10 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ser_modules.corpus import write_speaker_fold_corpus  # noqa: E402
-from ser_modules.fileio import ManifestError, run_main  # noqa: E402
 from speaker_fold_common import iter_files, log_counts, probe_duration, speaker_fold_main  # noqa: E402
+
+from ser_modules.data.corpus import write_speaker_fold_corpus  # noqa: E402
+from ser_modules.utils.fileio import ManifestError, run_main  # noqa: E402
 
 logger = logging.getLogger("prepare_ravdess")
 

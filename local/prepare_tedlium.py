@@ -25,9 +25,9 @@ from collections import Counter
 
 import pandas as pd
 
-from ser_modules.audio_file import AudioReadError, audio_info
-from ser_modules.fileio import ManifestError
-from ser_modules.text import normalize_transcript
+from ser_modules.data.text import normalize_transcript
+from ser_modules.utils.audio_file import AudioReadError, audio_info
+from ser_modules.utils.fileio import ManifestError
 
 logger = logging.getLogger("prepare_tedlium")
 

@@ -5,7 +5,7 @@ Layout as distributed: one folder per submission, ``<root>/<user>-<date>-<id>/``
 ``Aaron-20080318-kdl``), holding ``etc/PROMPTS`` with one line per utterance,
 ``<user>-<date>-<id>/mfc/a0001 SOME WORDS HERE``, and the audio as ``wav/a0001.wav`` or
 ``flac/a0001.flac`` (48 or 16 kHz, mono or stereo: converted where the audio is read,
-``ser_modules.audio.load_audio``). Submissions by unregistered users are all by ``anonymous``, so
+``ser_modules.data.audio.load_audio``). Submissions by unregistered users are all by ``anonymous``, so
 each anonymous folder is taken as a speaker of its own.
 
 ``read_voxforge(root)`` puts every utterance in ``train`` (VoxForge has no official dev/test);
@@ -21,9 +21,9 @@ from collections import Counter
 
 import pandas as pd
 
-from ser_modules.audio_file import header_duration
-from ser_modules.fileio import ManifestError
-from ser_modules.text import normalize_transcript
+from ser_modules.data.text import normalize_transcript
+from ser_modules.utils.audio_file import header_duration
+from ser_modules.utils.fileio import ManifestError
 
 logger = logging.getLogger("prepare_voxforge")
 

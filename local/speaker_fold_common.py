@@ -1,7 +1,7 @@
 """Pieces shared by the preparers of emotion corpora without sessions (RAVDESS, CREMA-D, EmoDB, CSV).
 
 Each of those preparers reads its corpus into a frame ``ID, wav, duration, speaker, gender, label,
-transcript`` and hands it to :func:`ser_modules.corpus.write_speaker_fold_corpus`; this module
+transcript`` and hands it to :func:`ser_modules.data.corpus.write_speaker_fold_corpus`; this module
 holds the audio probing, the skip bookkeeping and the command line they have in common.
 """
 
@@ -13,9 +13,9 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from ser_modules.audio_file import AudioReadError, audio_info
-from ser_modules.corpus import resolve_label_map
-from ser_modules.fileio import setup_logging
+from ser_modules.data.corpus import resolve_label_map
+from ser_modules.utils.audio_file import AudioReadError, audio_info
+from ser_modules.utils.fileio import setup_logging
 
 logger = logging.getLogger("speaker_fold_common")
 

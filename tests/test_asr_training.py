@@ -11,11 +11,13 @@ import speechbrain as sb
 import torch
 
 from prepare_librispeech import read_librispeech
-from ser_modules.adaptation import run_stage, stage_epochs, stage_lr
-from ser_modules.fileio import ManifestError
-from ser_modules.asr_training import CTCBrain, LASBrain, evaluate_asr, fit_asr, run_options, update_asr_results
-from ser_modules.data import LengthBucketBatchSampler, asr_dataset
-from ser_modules.hparams import load_stage_hparams
+from ser_modules.asr.adaptation import run_stage, stage_epochs, stage_lr
+from ser_modules.utils.fileio import ManifestError
+from ser_modules.asr.brains import CTCBrain, LASBrain
+from ser_modules.asr.evaluation import evaluate_asr, update_asr_results
+from ser_modules.asr.training import fit_asr, run_options
+from ser_modules.data.datasets import LengthBucketBatchSampler, asr_dataset
+from ser_modules.utils.hparams import load_stage_hparams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
@@ -203,7 +205,8 @@ import os, sys, torch
 import speechbrain as sb
 sys.path.insert(0, {tests!r})
 from test_asr_training import tiny_hparams
-from ser_modules.asr_training import CTCBrain, fit_asr, run_options
+from ser_modules.asr.brains import CTCBrain
+from ser_modules.asr.training import fit_asr, run_options
 
 class NaNOnRank1Step2(CTCBrain):  # one process meets a non-finite loss: every process must skip that step
     def compute_objectives(self, predictions, batch, stage):
@@ -271,7 +274,7 @@ def edit_distance(a: list, b: list) -> int:
 
 
 def test_wer_and_cer_equal_edit_distances_counted_by_hand():
-    from ser_modules.asr_training import error_rates
+    from ser_modules.asr.evaluation import error_rates
 
     refs = ["THE CAT SAT", "A B C", "HELLO"]
     hyps = ["THE BAT SAT ON", "A C", ""]
@@ -291,9 +294,9 @@ def test_ctc_beam_search_finds_the_most_probable_labelling_of_an_exhaustive_sear
     best single path."""
     import itertools
 
-    from ser_modules.decoding import Transcriber
+    from ser_modules.asr.decoding import Transcriber
     from ser_modules.models.ds2 import DeepSpeech2
-    from ser_modules.text import CharVocabulary
+    from ser_modules.data.text import CharVocabulary
 
     class Fixed(DeepSpeech2):
         def __init__(self, logits):
@@ -339,10 +342,10 @@ def test_joint_decoding_follows_a_confident_ctc_head_and_ignores_padding():
     """A randomly initialised speller alone spells nonsense; with a CTC head that is certain of
     "ABBA" (frames A A _ B _ B A A ...), joint CTC/attention beam search at CTC weight 0.9 spells exactly
     it, for every utterance of a padded batch; DS2 and a LAS without CTC head refuse ``joint``."""
-    from ser_modules.decoding import Transcriber
+    from ser_modules.asr.decoding import Transcriber
     from ser_modules.models.ds2 import DeepSpeech2
     from ser_modules.models.las import ListenAttendSpell
-    from ser_modules.text import CharVocabulary
+    from ser_modules.data.text import CharVocabulary
 
     torch.manual_seed(0)
     vocab = CharVocabulary(specials=["<blank>", "<sos>", "<eos>"], characters=["A", "B", " "])
@@ -365,8 +368,8 @@ def test_joint_decoding_follows_a_confident_ctc_head_and_ignores_padding():
 def test_greedy_ctc_drops_edge_and_repeated_spaces():
     """Frames ' ', A, blank, ' ', blank, ' ', B, ' ' collapse to ' A  B ' on the best path; the
     transcript is 'A B', as the references are written (a stray space would count as a CER error)."""
-    from ser_modules.decoding import ctc_greedy
-    from ser_modules.text import CharVocabulary
+    from ser_modules.asr.decoding import ctc_greedy
+    from ser_modules.data.text import CharVocabulary
 
     vocab = CharVocabulary(specials=["<blank>"])
     space, a, b = vocab.encode(" ")[0], vocab.encode("A")[0], vocab.encode("B")[0]
@@ -378,7 +381,7 @@ def test_greedy_ctc_drops_edge_and_repeated_spaces():
 
 
 def test_spec_augment_masks_inside_each_utterance_only_while_training():
-    from ser_modules.features import SpecAugment
+    from ser_modules.data.features import SpecAugment
 
     torch.manual_seed(0)
     feats = torch.randn(3, 50, 20) + 10.0  # no zero anywhere, so masked cells are the zeros
@@ -409,7 +412,7 @@ def test_spec_augment_masks_inside_each_utterance_only_while_training():
 
 
 def test_spec_augment_is_applied_to_training_batches_only(asr_data, tmp_path):
-    from ser_modules.features import SpecAugment
+    from ser_modules.data.features import SpecAugment
 
     hparams = tiny_hparams("ctc_transfer", asr_data, tmp_path)
     hparams["spec_augment"] = SpecAugment(freq_masks=1, freq_width=161, time_masks=0)  # can blank a whole input
@@ -428,7 +431,7 @@ def test_spec_augment_is_applied_to_training_batches_only(asr_data, tmp_path):
 def test_brain_moves_the_front_end_to_its_device(asr_data, tmp_path, monkeypatch):
     # Only `modules` follow the Brain to its device; a CUDA run with the STFT window left on the CPU
     # fails in torch.stft. Recorded on CPU: every front-end module of hparams is sent to brain.device.
-    from ser_modules.features import SpecAugment
+    from ser_modules.data.features import SpecAugment
 
     hparams = tiny_hparams("ctc_transfer", asr_data, tmp_path)
     hparams["spec_augment"] = SpecAugment()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ser_modules.dump import FeatureStore, _write_store
+from ser_modules.dump.store import FeatureStore, write_store
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
 from ser_modules.models.lowrank import factorize_listener
@@ -102,7 +102,7 @@ def test_store_reader_returns_what_the_writer_wrote(tmp_path, dtype):
         for utt, arrays in written.items():
             writer.add(utt, arrays)
 
-    store = _write_store(str(tmp_path / "store"), ["a", "b"], dtype, {"name": "t"}, fill)
+    store = write_store(str(tmp_path / "store"), ["a", "b"], dtype, {"name": "t"}, fill)
     reread = FeatureStore(store.folder)
     for utt, arrays in written.items():
         for layer, array in arrays.items():
@@ -128,7 +128,7 @@ def test_store_reader_returns_what_the_writer_wrote(tmp_path, dtype):
 
 
 def test_bucketed_batches_and_durations():
-    from ser_modules.benchmark import bucketed_batches, iemocap_like_durations
+    from ser_modules.benchmark.steps import bucketed_batches, iemocap_like_durations
 
     d = iemocap_like_durations(400, seed=0)
     assert d.min() >= 0.6 and d.max() <= 15.0 and 3.0 < np.median(d) < 3.8
@@ -139,8 +139,8 @@ def test_bucketed_batches_and_durations():
 
 
 def test_replicated_corpus_keeps_folds_speaker_independent(tmp_path):
-    from ser_modules.benchmark import replicate_protocol
-    from ser_modules.folds import check_speaker_independence, load_folds
+    from ser_modules.benchmark.stage_rates import replicate_protocol
+    from ser_modules.data.folds import check_speaker_independence, load_folds
 
     src = tmp_path / "src"
     (src / "emotion" / "p").mkdir(parents=True)

@@ -8,11 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from ser_modules.adaptation import adaptation_splits, set_trainable, untranscribed_folds
-from ser_modules.asr_models import export_model, list_asr_models, load_asr_model, model_blocks
-from ser_modules.dump import FeatureStore, dump_asr_layers, dump_features
-from ser_modules.features import HandcraftedFeatures, LogSpectrogram, TempoGainAugment, estimate_pitch, moving_average
-from ser_modules.folds import Fold
+from ser_modules.asr.adaptation import adaptation_splits, set_trainable, untranscribed_folds
+from ser_modules.asr.saved_models import export_model, list_asr_models, load_asr_model, model_blocks
+from ser_modules.dump.store import FeatureStore
+from ser_modules.dump.writing import dump_asr_layers, dump_features
+from ser_modules.data.features import (
+    HandcraftedFeatures, LogSpectrogram, TempoGainAugment, estimate_pitch, moving_average,
+)
+from ser_modules.data.folds import Fold
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
 from ser_modules.models.lowrank import LowRankLinear, factorize_listener, listener_size
@@ -139,7 +142,7 @@ def test_dumped_frames_equal_a_direct_forward_pass(utterances, tmp_path):
     features = LogSpectrogram()
     store = dump_asr_layers(model, features, turns, csv, ["gru1", "gru2"], str(tmp_path), "m", "sha", batch_size=3)
     assert isinstance(store, FeatureStore) and store.meta["utterances"] == 8 and store.meta["x_real_time"] > 0
-    from ser_modules.audio import load_audio
+    from ser_modules.data.audio import load_audio
 
     for _, row in turns.iterrows():
         wav = load_audio(row["wav"])
@@ -231,7 +234,7 @@ def test_pitch_and_smoothing():
 
 
 def test_export_and_reload_models(tmp_path):
-    from ser_modules.hparams import load_stage_hparams
+    from ser_modules.utils.hparams import load_stage_hparams
 
     hp, text = load_stage_hparams(os.path.join(REPO, "recipes", "las_adapt", "conf"), "asr", "demo",
                                   {"output_folder": str(tmp_path), "data_folder": str(tmp_path)},

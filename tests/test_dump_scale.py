@@ -11,17 +11,19 @@ import pandas as pd
 import pytest
 import torch
 
-from ser_modules.asr_models import export_model, model_blocks
-from ser_modules.dump import (
-    FeatureStore, dump_asr_layers, dump_features, plan_asr_store, plan_feature_store, pooled_file, probe_asr_layers,
-)
-from ser_modules.features import HandcraftedFeatures, LogSpectrogram, MFCC
-from ser_modules.fileio import ManifestError, run_main
-from ser_modules.folds import Fold
-from ser_modules.hparams import load_stage_hparams
+from ser_modules.asr.saved_models import export_model, model_blocks
+from ser_modules.dump.store import FeatureStore, pooled_file
+from ser_modules.dump.writing import dump_asr_layers, dump_features
+from ser_modules.dump.planning import plan_asr_store, plan_feature_store, probe_asr_layers
+from ser_modules.data.features import HandcraftedFeatures, LogSpectrogram, MFCC
+from ser_modules.utils.fileio import ManifestError, run_main
+from ser_modules.data.folds import Fold
+from ser_modules.utils.hparams import load_stage_hparams
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
-from ser_modules.ser_training import SERInputs, VariantSpec, train_fold_run
+from ser_modules.ser.inputs import SERInputs
+from ser_modules.ser.variants import VariantSpec
+from ser_modules.ser.training import train_fold_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CTC_CONF = os.path.join(REPO, "recipes", "ctc_transfer", "conf")
@@ -295,7 +297,7 @@ CONV_SHAPES = """
 import sys, torch
 torch.set_num_threads(1)
 if sys.argv[1] == "bounded":
-    from ser_modules.dump import bound_primitive_cache
+    from ser_modules.dump.writing import bound_primitive_cache
     bound_primitive_cache()
 def rss_mb():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
@@ -333,7 +335,7 @@ def test_bounded_primitive_cache_keeps_a_dump_of_many_shapes_flat():
 
 
 def test_stage4_bounds_the_cache_before_it_runs_unless_the_user_set_it(monkeypatch):
-    from ser_modules.dump import PRIMITIVE_CACHE_ENV, bound_primitive_cache
+    from ser_modules.dump.writing import PRIMITIVE_CACHE_ENV, bound_primitive_cache
     from ser_modules.stages import dump as stage
 
     monkeypatch.delenv(PRIMITIVE_CACHE_ENV, raising=False)

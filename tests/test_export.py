@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from ser_modules.export import MANIFEST, export_hparams, export_variant, fold_key, verify_export
-from ser_modules.fileio import ManifestError
-from ser_modules.infer import EmotionRecognizer
+from ser_modules.inference.export import MANIFEST, export_hparams, export_variant, verify_export
+from ser_modules.inference.hub_interface import fold_key
+from ser_modules.utils.fileio import ManifestError
+from ser_modules.inference.recognizer import EmotionRecognizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

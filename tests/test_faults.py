@@ -23,10 +23,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from ser_modules.audio import AudioReadError, load_audio
-from ser_modules.corpus import apply_label_map, resolve_label_map
-from ser_modules.fileio import ManifestError
-from ser_modules.hparams import HparamsError, check_overrides
+from ser_modules.data.audio import AudioReadError, load_audio
+from ser_modules.data.corpus import apply_label_map, resolve_label_map
+from ser_modules.utils.fileio import ManifestError
+from ser_modules.utils.hparams import HparamsError, check_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(REPO, "recipes", "ctc_transfer", "conf")
@@ -120,7 +120,8 @@ def test_audio_that_cannot_be_heard_is_an_error_naming_the_file(tmp_path):
 
 
 def test_inference_reports_unusable_audio_per_file(base, tmp_path):
-    from ser_modules.infer import EmotionRecognizer, main as infer_main
+    from ser_modules.inference.recognizer import EmotionRecognizer
+    from ser_modules.infer import main as infer_main
 
     t = np.arange(8000) / 16000
     tone = 0.1 * np.sin(2 * np.pi * 220 * t)
@@ -248,7 +249,7 @@ def move_and_rerun(base, tiny_demo, root):
 
 
 def test_a_moved_experiment_reruns_every_stage_as_already_done_and_answers_inference(base, scenarios):
-    from ser_modules.infer import EmotionRecognizer
+    from ser_modules.inference.recognizer import EmotionRecognizer
 
     moved, stamps, stores, proc = scenarios["moved"]
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -461,7 +462,7 @@ def test_stage5_through_submitit_equals_the_process_pool(base, scenarios):
 
 
 def test_ngpu_gives_each_worker_one_device(monkeypatch):
-    from ser_modules.jobs import job_devices
+    from ser_modules.utils.jobs import job_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)

@@ -8,12 +8,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from ser_modules.audio import AudioReadError, load_audio
-from ser_modules.corpus import apply_label_map, drop_long_utterances, parse_label_map, resolve_label_map
-from ser_modules.fileio import ManifestError, atomic_path, read_manifest, write_csv
-from ser_modules.folds import check_speaker_independence, leave_k_speakers_out, leave_one_session_out, speaker_groups
-from ser_modules.hparams import HparamsError, check_overrides, load_stage_hparams
-from ser_modules.text import CharVocabulary, normalize_transcript, remove_special_tokens
+from ser_modules.data.audio import AudioReadError, load_audio
+from ser_modules.data.corpus import apply_label_map, drop_long_utterances, parse_label_map, resolve_label_map
+from ser_modules.utils.fileio import ManifestError, atomic_path, read_manifest, write_csv
+from ser_modules.data.folds import (
+    check_speaker_independence, leave_k_speakers_out, leave_one_session_out, speaker_groups,
+)
+from ser_modules.utils.hparams import HparamsError, check_overrides, load_stage_hparams
+from ser_modules.data.text import CharVocabulary, normalize_transcript, remove_special_tokens
 
 
 def test_load_audio_resamples_48k_stereo(tmp_path):

@@ -19,9 +19,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from ser_modules.decoding import Transcriber
-from ser_modules.infer import EmotionRecognizer, main as infer_main, resolve_device
-from ser_modules.text import CharVocabulary
+from ser_modules.asr.decoding import Transcriber
+from ser_modules.inference.recognizer import EmotionRecognizer
+from ser_modules.infer import main as infer_main
+from ser_modules.utils.jobs import resolve_device
+from ser_modules.data.text import CharVocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 16000
@@ -176,7 +178,8 @@ def test_each_asr_model_runs_once_per_window(request, tmp_path, which, variant, 
 def ctc_upstream(tmp_path):
     sys.path.insert(0, os.path.join(REPO, "utils"))
     from make_tiny_upstream import make_tiny_upstream
-    from ser_modules.upstream import CTCUpstream, load_upstream
+    from ser_modules.upstreams.ctc import CTCUpstream
+    from ser_modules.upstreams.loading import load_upstream
 
     upstream, _ = load_upstream(make_tiny_upstream("wavlm", str(tmp_path / "wavlm-tiny")))
     torch.manual_seed(0)

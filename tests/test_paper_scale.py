@@ -17,7 +17,7 @@ import soundfile as sf
 import speechbrain as sb
 import torch
 
-from ser_modules.fileio import ManifestError, StagedOutputs, TrainingDiverged, read_json
+from ser_modules.utils.fileio import ManifestError, StagedOutputs, TrainingDiverged, read_json
 from test_asr_training import asr_data  # noqa: F401 (a fixture: 16 training, 4 dev utterances of the tiny demo)
 from test_faults import run
 
@@ -87,8 +87,8 @@ def test_size_paper_trains_on_the_papers_three_librispeech_subsets(csv_corpus, t
 
 
 def test_audio_problems_are_named_with_the_file(tmp_path):
-    from ser_modules.audio_file import audio_problem
-    from ser_modules.audio_screen import MIN_SECONDS
+    from ser_modules.utils.audio_file import audio_problem
+    from ser_modules.data.audio_screen import MIN_SECONDS
 
     def wav(name, data, subtype="FLOAT"):
         path = str(tmp_path / name)
@@ -237,7 +237,7 @@ def test_raising_n_epochs_continues_the_finished_run(tiny_demo, tmp_path):
 def test_the_epoch_counter_checkpoints_its_early_stopping_state(tmp_path):
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from ser_modules.asr_training import EpochCounterWithStopper
+    from ser_modules.asr.brains import EpochCounterWithStopper
 
     counter = EpochCounterWithStopper(limit=20, limit_to_stop=2, limit_warmup=0, direction="min")
     checkpointer = Checkpointer(str(tmp_path), {"counter": counter})
@@ -265,7 +265,7 @@ def test_the_epoch_counter_checkpoints_its_early_stopping_state(tmp_path):
 
 
 def tiny_ctc(asr_data, out, *extra):
-    from ser_modules.hparams import load_stage_hparams
+    from ser_modules.utils.hparams import load_stage_hparams
 
     runner = {"output_folder": str(out), "data_folder": asr_data, "seed": 3}
     hp, _ = load_stage_hparams(os.path.join(REPO, "recipes", "ctc_transfer", "conf"), "asr", "demo", runner,
@@ -276,7 +276,8 @@ def tiny_ctc(asr_data, out, *extra):
 
 
 def test_a_non_finite_loss_skips_its_batch_and_is_counted(asr_data, tmp_path, caplog):
-    from ser_modules.asr_training import CTCBrain, fit_asr, run_options
+    from ser_modules.asr.brains import CTCBrain
+    from ser_modules.asr.training import fit_asr, run_options
 
     class NaNOnStep2(CTCBrain):
         def compute_objectives(self, predictions, batch, stage):
@@ -327,7 +328,7 @@ def eight_gpus(monkeypatch):
 
 
 def test_each_data_parallel_rank_takes_its_own_gpu(eight_gpus):
-    from ser_modules.jobs import resolve_device
+    from ser_modules.utils.jobs import resolve_device
 
     for device in ("cuda", "auto"):
         for rank in range(8):
@@ -343,7 +344,7 @@ def test_each_data_parallel_rank_takes_its_own_gpu(eight_gpus):
 
 
 def test_stage_workers_share_every_visible_gpu_by_default(eight_gpus):
-    from ser_modules.jobs import _init_worker, job_devices, worker_state
+    from ser_modules.utils.jobs import _init_worker, job_devices, worker_state
     from ser_modules.stages.common import stage_jobs
 
     every = [f"cuda:{i}" for i in range(8)]
@@ -366,7 +367,7 @@ def test_stage_workers_share_every_visible_gpu_by_default(eight_gpus):
 
 
 def test_a_cluster_job_resolves_its_device_on_its_own_node(monkeypatch):
-    from ser_modules import jobs
+    from ser_modules.utils import jobs
 
     def on_node(visible: int):  # the job's view: the GPUs Slurm gave it (gres gpu:1 -> cuda:0)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: visible > 0)
@@ -392,8 +393,8 @@ def test_a_cluster_job_resolves_its_device_on_its_own_node(monkeypatch):
 
 
 def test_loader_workers_give_the_batches_of_in_process_loading(asr_data):
-    from ser_modules.data import LengthBucketBatchSampler, asr_dataset, make_loader
-    from ser_modules.text import CharVocabulary
+    from ser_modules.data.datasets import LengthBucketBatchSampler, asr_dataset, make_loader
+    from ser_modules.data.text import CharVocabulary
 
     vocab = CharVocabulary(specials=["<blank>", "<sos>", "<eos>"])
     dataset = asr_dataset(os.path.join(asr_data, "train.csv"), vocab, 1, 2)
@@ -421,7 +422,7 @@ def test_loader_workers_give_the_batches_of_in_process_loading(asr_data):
 
 
 def test_batches_by_audio_seconds_stay_within_the_budget():
-    from ser_modules.data import LengthBucketBatchSampler
+    from ser_modules.data.datasets import LengthBucketBatchSampler
 
     rng = np.random.default_rng(0)
     lengths = rng.uniform(1, 15, 500)
@@ -442,7 +443,7 @@ def test_batches_by_audio_seconds_stay_within_the_budget():
 
 
 def test_the_effective_global_batch_is_logged(caplog):
-    from ser_modules.asr_training import train_batches
+    from ser_modules.asr.training import train_batches
 
     caplog.set_level("INFO")
     train_batches([1.0] * 100, {"batch_size": 20, "seed": 1}, 8)

@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from ser_modules.infer import EmotionRecognizer, main as infer_main
+from ser_modules.inference.recognizer import EmotionRecognizer
+from ser_modules.infer import main as infer_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,7 +193,7 @@ def test_iaan_inference_reads_the_dialog_context(las_exp, tiny_demo):
 
 
 def test_inference_joint_decoding_needs_a_las_with_a_ctc_head(ctc_exp, las_exp):
-    from ser_modules.fileio import ManifestError
+    from ser_modules.utils.fileio import ManifestError
 
     ctc, _ = ctc_exp
     with pytest.raises(ManifestError, match="--decoder joint needs a LAS with a CTC head; this DeepSpeech2"):

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 import prepare_ravdess
-from ser_modules.audio import load_audio
-from ser_modules.fileio import ManifestError, read_manifest
-from ser_modules.folds import load_folds
+from ser_modules.data.audio import load_audio
+from ser_modules.utils.fileio import ManifestError, read_manifest
+from ser_modules.data.folds import load_folds
 
 from corpus_fixtures import RAVDESS_SPEECH, RAVDESS_SR, write_ravdess, write_wav
 
@@ -92,7 +92,7 @@ def test_prepare_default_folds(corpus, tmp_path):
 
 
 def test_prepare_iemocap4_label_map(corpus, tmp_path):
-    from ser_modules.corpus import resolve_label_map
+    from ser_modules.data.corpus import resolve_label_map
 
     out = tmp_path / "out"
     summary = prepare_ravdess.prepare_ravdess(str(corpus), str(out), label_map=resolve_label_map("iemocap4"))

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 import prepare_tedlium
-from ser_modules.audio import load_audio
-from ser_modules.corpus import ASR_COLUMNS
-from ser_modules.fileio import ManifestError
+from ser_modules.data.audio import load_audio
+from ser_modules.data.corpus import ASR_COLUMNS
+from ser_modules.utils.fileio import ManifestError
 
 STM = {
     ("train", "TalkA"): ";; comment line\n"

@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 
 import prepare_voxforge
-from ser_modules.corpus import ASR_COLUMNS
-from ser_modules.fileio import ManifestError
+from ser_modules.data.corpus import ASR_COLUMNS
+from ser_modules.utils.fileio import ManifestError
 
 # folder -> (PROMPTS lines, {utt: (subfolder, sample rate, channels, seconds)})
 SUBMISSIONS = {

@@ -78,7 +78,7 @@ def test_stage1_on_real_layouts_and_resume(tiny_demo, tmp_path):
 
 
 def test_stage2_configuration_key_ignores_evaluation_keys_paths_and_wrapping():
-    from ser_modules.hparams import canonical_config
+    from ser_modules.utils.hparams import canonical_config
     from ser_modules.stages.asr_pretrain import EVAL_ONLY_KEYS
 
     a = "seed: 1\noutput_folder: /e/x/asr\ndecoders: [greedy]\nbeam_size: 4\nlr: 0.1\nmodel: !new:M\n    h: 8\n"

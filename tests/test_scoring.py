@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ser_modules.scoring import paired_tests, summarize
+from ser_modules.ser.metrics import paired_tests, summarize
 
 # UA of a model and of the reference on 7 (fold, run) pairs; the differences have no ties and no zeros.
 MODEL = [0.61, 0.58, 0.70, 0.66, 0.52, 0.75, 0.64]

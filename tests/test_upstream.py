@@ -14,11 +14,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from ser_modules.dump import FeatureStore, dump_asr_layers
-from ser_modules.fileio import ManifestError, write_csv
+from ser_modules.dump.store import FeatureStore
+from ser_modules.dump.writing import dump_asr_layers
+from ser_modules.utils.fileio import ManifestError, write_csv
 from ser_modules.models.ser import FineTuneMP, FrozenASRLayer, WeightedLayerSum
-from ser_modules.probe import expand_variants, resolve_reference
-from ser_modules.upstream import load_upstream, upstream_kind
+from ser_modules.ser.probe import expand_variants, resolve_reference
+from ser_modules.upstreams.loading import load_upstream
+from ser_modules.upstreams.formats import upstream_kind
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "utils"))
@@ -177,7 +179,7 @@ def test_bad_folders_get_one_line_naming_what_is_missing(tmp_path):
     for name, message in cases.items():
         with pytest.raises(ManifestError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_upstream(str(tmp_path / name))
-    proc = subprocess.run([sys.executable, "-m", "ser_modules.upstream", "check", "--upstream", str(tmp_path / "empty")],
+    proc = subprocess.run([sys.executable, "-m", "ser_modules.upstreams", "check", "--upstream", str(tmp_path / "empty")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and str(tmp_path / "empty") in proc.stderr
     runner = subprocess.run(["bash", os.path.join(REPO, "recipes", "upstream_probe", "run.sh"), "--exp-dir",
@@ -188,7 +190,7 @@ def test_bad_folders_get_one_line_naming_what_is_missing(tmp_path):
 
 
 def test_upstream_names_are_unique_and_never_a_reserved_name():
-    from ser_modules.upstream import upstream_name
+    from ser_modules.upstreams.formats import upstream_name
 
     taken = set()
     names = []
@@ -244,7 +246,7 @@ def test_upstream_recipe_end_to_end(upstream_exp):
 
 @pytest.mark.parametrize("variant", ["weighted-MP-wavlm-tiny", "RNN-wavlm-tiny.layer2"])
 def test_inference_on_an_upstream_experiment_equals_stage5(upstream_exp, variant):
-    from ser_modules.infer import EmotionRecognizer
+    from ser_modules.inference.recognizer import EmotionRecognizer
 
     exp, _ = upstream_exp
     stage5 = pd.read_csv(exp / "ser" / variant / "session1" / "run0" / "predictions.csv", keep_default_na=False)
@@ -274,7 +276,7 @@ def test_inference_names_a_moved_upstream_folder(upstream_exp, tmp_path, capsys)
 
 
 def ctc_hparams(features, out_dir, epochs):
-    from ser_modules.text import CharVocabulary
+    from ser_modules.data.text import CharVocabulary
 
     return {"vocab": CharVocabulary(specials=["<blank>"]), "features": features, "seed": 1, "lr": 2e-3,
             "epochs_per_stage": epochs, "patience": epochs, "select_on": "CER", "stages": ["all"],
@@ -283,9 +285,10 @@ def ctc_hparams(features, out_dir, epochs):
 
 
 def test_ctc_adaptation_keeps_the_feature_encoder_and_lowers_the_ctc_loss(utterances, tmp_path):
-    from ser_modules.adaptation import run_stage
-    from ser_modules.asr_training import CTCBrain, run_options
-    from ser_modules.upstream import CTCUpstream
+    from ser_modules.asr.adaptation import run_stage
+    from ser_modules.asr.brains import CTCBrain
+    from ser_modules.asr.training import run_options
+    from ser_modules.upstreams.ctc import CTCUpstream
 
     frame, _ = utterances
     texts = ["A CAT", "HI", "NO DOG", "A"]
@@ -345,7 +348,7 @@ def test_ctc_head_recipe_exports_scores_and_dumps_adapted_upstreams(upstream_exp
 
 def test_the_rest_of_the_toolkit_does_not_import_transformers():
     code = ("import sys, ser_modules.stages.dump, ser_modules.stages.ser_train, ser_modules.stages.score, "
-            "ser_modules.stages.upstream_describe, ser_modules.infer, ser_modules.upstream, ser_modules.probe; "
+            "ser_modules.stages.upstream_describe, ser_modules.infer, ser_modules.upstreams.loading, ser_modules.ser.probe; "
             "print('transformers' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr

@@ -1,4 +1,4 @@
-"""Upstreams as users hold them (ser_modules/upstream_checkpoints.py): openai-whisper ``.pt`` and torchaudio
+"""Upstreams as users hold them (ser_modules/upstreams/checkpoints.py): openai-whisper ``.pt`` and torchaudio
 pipeline ``.pth`` checkpoints. Tiny random checkpoints written in each format (utils/make_tiny_upstream.py);
 their layers against openai-whisper's architecture (re-stated there with its module names), torchaudio's
 own model and transformers' model of the same weights; the bundle table against torchaudio.pipelines
@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ser_modules.fileio import ManifestError
-from ser_modules.upstream import TorchaudioUpstream, check_upstream, describe_upstream, load_upstream, upstream_name
-from ser_modules.upstream_checkpoints import bundle_arch, bundle_table, resolve_arch
+from ser_modules.utils.fileio import ManifestError
+from ser_modules.upstreams.encoders import TorchaudioUpstream
+from ser_modules.upstreams.formats import check_upstream, upstream_name
+from ser_modules.upstreams.loading import describe_upstream, load_upstream
+from ser_modules.upstreams.checkpoints import bundle_arch, bundle_table, resolve_arch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "utils"))
@@ -257,10 +259,10 @@ def test_bad_torchaudio_checkpoints_are_one_line_naming_the_problem(tmp_path):
     bad_heads.write_text(json.dumps({**json.load(open(params)), "encoder_num_heads": 5}))  # 32 dims / 5 heads
     with pytest.raises(ManifestError, match="do not fit torchaudio's wav2vec2_model"):
         check_upstream(path, str(bad_heads))
-    proc = subprocess.run([sys.executable, "-m", "ser_modules.upstream", "check", "--upstream-arch", params,
+    proc = subprocess.run([sys.executable, "-m", "ser_modules.upstreams", "check", "--upstream-arch", params,
                            "--upstream", path], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "comes after the --upstream it describes" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "ser_modules.upstream", "check", "--upstream", path, "--upstream-arch",
+    proc = subprocess.run([sys.executable, "-m", "ser_modules.upstreams", "check", "--upstream", path, "--upstream-arch",
                            params], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
 
@@ -303,8 +305,8 @@ def test_probe_runs_end_to_end_on_openai_whisper_and_torchaudio_checkpoints(chec
 
 
 def test_an_export_of_a_checkpoint_upstream_copies_the_file_and_predicts_the_same(checkpoint_exp, tmp_path):
-    from ser_modules.export import export_variant
-    from ser_modules.infer import EmotionRecognizer
+    from ser_modules.inference.export import export_variant
+    from ser_modules.inference.recognizer import EmotionRecognizer
 
     exp, _, _ = checkpoint_exp
     manifest = pd.read_csv(exp / "data" / "emotion" / "standard" / "manifest.csv", keep_default_na=False)
@@ -321,7 +323,8 @@ def test_an_export_of_a_checkpoint_upstream_copies_the_file_and_predicts_the_sam
 
 
 def test_the_layer_plot_draws_the_reference_row_as_a_line(monkeypatch, tmp_path):
-    from ser_modules import plots, probe
+    from ser_modules.report import plots
+    from ser_modules.report.upstream import upstream_report
 
     drawn = {}
     monkeypatch.setattr(plots, "plot_layer_scores", lambda series, path, lines=None, title=None: drawn.update(lines) or path)
@@ -329,5 +332,5 @@ def test_the_layer_plot_draws_the_reference_row_as_a_line(monkeypatch, tmp_path)
         {"model": "MP-up.layer0", "type": "mp", "asr": "up", "layer": "layer0", "UA_mean": 0.5, "UA_std": 0.1},
         {"model": "MP-up.layer1", "type": "mp", "asr": "up", "layer": "layer1", "UA_mean": 0.6, "UA_std": 0.1},
         {"model": "eGeMAPS-SVM", "type": "reference", "asr": "", "layer": "", "UA_mean": 0.55, "UA_std": 0.05}])
-    figures, _ = probe.upstream_report(results, [], [{"name": "up", "model_type": "wavlm"}], str(tmp_path), str(tmp_path))
+    figures, _ = upstream_report(results, [], [{"name": "up", "model_type": "wavlm"}], str(tmp_path), str(tmp_path))
     assert drawn == {"eGeMAPS-SVM (reference)": 0.55} and figures == [str(tmp_path / "ua_per_layer_up.png")]

@@ -1,4 +1,4 @@
-"""Whisper upstreams (ser_modules/upstream.py): utterances over 30 s encoded in consecutive 30 s windows,
+"""Whisper upstreams (ser_modules/upstreams/): utterances over 30 s encoded in consecutive 30 s windows,
 and folders holding only the encoder's weights loaded without transformers' table of missing decoder
 keys. Tiny random models built from configs (utils/make_tiny_upstream.py), as in test_upstream.py."""
 
@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from ser_modules.fileio import ManifestError
-from ser_modules.upstream import load_upstream
+from ser_modules.utils.fileio import ManifestError
+from ser_modules.upstreams.loading import load_upstream
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "utils"))

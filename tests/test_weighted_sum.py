@@ -1,4 +1,4 @@
-"""The SUPERB weighted layer sum (ser_modules/models/ser.py WeightedLayerSum, ser_modules/ser_training.py):
+"""The SUPERB weighted layer sum (ser_modules/models/ser.py WeightedLayerSum, ser_modules/ser/):
 layer weights at their own learning rate, per-layer normalisation against a hand computation, the
 minimum-steps rule of early stopping, and stage 6's entropy of the learned weights."""
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ser_modules.models.ser import FineTuneMP, WeightedLayerSum
-from ser_modules.ser_training import PlateauAnnealer, VariantSpec, build_model, param_groups, should_stop
+from ser_modules.ser.brain import PlateauAnnealer, param_groups, should_stop
+from ser_modules.ser.variants import VariantSpec, build_model
 
 
 def toy(layer_norm: bool) -> WeightedLayerSum:
@@ -76,8 +77,8 @@ def test_the_layer_weights_move_at_their_own_learning_rate():
 def test_a_weighted_sums_own_rate_leaves_other_variants_finished_runs_alone():
     from types import SimpleNamespace
 
-    from ser_modules.folds import Fold
-    from ser_modules.ser_training import run_key
+    from ser_modules.data.folds import Fold
+    from ser_modules.ser.training import run_key
 
     fold = Fold(name="f1", test_speakers=["a"], valid_speakers=["b"], train=["u1"], valid=["u2"], test=["u3"])
     inputs = SimpleNamespace(asr_store=lambda asr, fold: SimpleNamespace(folder="/exp/dump/up/abc"))
@@ -93,7 +94,7 @@ def test_annealing_scales_the_layer_weights_rate_alike(tmp_path):
     """SERBrain.on_stage_start sets each group to its initial rate times the annealer's decay."""
     import speechbrain as sb
 
-    from ser_modules.ser_training import SERBrain
+    from ser_modules.ser.brain import SERBrain
 
     model = toy(False)
     annealer = PlateauAnnealer(1e-3, factor=0.5, patience=1)
@@ -129,7 +130,7 @@ def test_early_stopping_waits_for_the_minimum_steps():
 
 
 def test_weight_entropy_is_ln_layers_when_uniform_and_zero_when_one_layer_takes_all():
-    from ser_modules.probe import weight_entropy
+    from ser_modules.report.upstream import weight_entropy
 
     np.testing.assert_allclose(weight_entropy([[0.25] * 4, [1.0, 0, 0, 0]]), [np.log(4), 0.0], atol=1e-9)
     np.testing.assert_allclose(weight_entropy([0.5, 0.5]), np.log(2))
@@ -141,7 +142,8 @@ def test_stage6_weights_table_states_entropy_next_to_uniform(tmp_path, monkeypat
 
     import pandas as pd
 
-    from ser_modules import plots, probe
+    from ser_modules.report import plots
+    from ser_modules.report.upstream import upstream_report
 
     folds = {"session1": {"layer0": 0.1, "layer1": 0.2, "layer2": 0.7}, "session2": {"layer0": 0.3, "layer1": 0.3, "layer2": 0.4}}
     for fold, weights in folds.items():
@@ -153,7 +155,7 @@ def test_stage6_weights_table_states_entropy_next_to_uniform(tmp_path, monkeypat
     monkeypatch.setattr(plots, "plot_layer_scores", lambda *a, **k: "")
     results = pd.DataFrame([{"model": "weighted-MP-up", "type": "weighted", "asr": "up", "layer": "weighted",
                              "UA_mean": 0.5, "UA_std": 0.1}])
-    _, table = probe.upstream_report(results, [{"name": "weighted-MP-up"}], [{"name": "up", "model_type": "wavlm"}],
+    _, table = upstream_report(results, [{"name": "weighted-MP-up"}], [{"name": "up", "model_type": "wavlm"}],
                                      str(tmp_path / "ser"), str(tmp_path))
     h1 = -(0.1 * np.log(0.1) + 0.2 * np.log(0.2) + 0.7 * np.log(0.7))  # 0.8018
     h2 = -(0.6 * np.log(0.3) + 0.4 * np.log(0.4))  # 1.0889

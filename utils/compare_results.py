@@ -17,8 +17,8 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ser_modules.fileio import ManifestError, write_csv, write_text  # noqa: E402
-from ser_modules.scoring import fmt, markdown_table  # noqa: E402
+from ser_modules.report.formatting import fmt, markdown_table  # noqa: E402
+from ser_modules.utils.fileio import ManifestError, write_csv, write_text  # noqa: E402
 
 
 def experiment_name(path: str, taken: set[str]) -> str:

@@ -8,7 +8,7 @@ Kinds: ``wav2vec2``, ``hubert``, ``wavlm``, ``data2vec-audio``, ``whisper`` (a t
 written with ``save_pretrained``) and ``speechbrain`` (``hyperparams.yaml`` + ``encoder.ckpt``).
 The transformers models use ``feat_extract_norm="layer"`` (the wav2vec2-large-lv60 style, which
 takes an attention mask, so padded batches are exact); ``--group-norm`` writes the wav2vec2-base
-style instead, which :class:`ser_modules.upstream.HFUpstream` runs one utterance at a time.
+style instead, which :class:`ser_modules.upstreams.encoders.HFUpstream` runs one utterance at a time.
 
 ``--format openai-whisper`` (kind whisper) writes ``OUT`` as openai-whisper saves its models
 (``{"dims", "model_state_dict"}``, decoder included) from :class:`OpenAIWhisper`, a re-statement of

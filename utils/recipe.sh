@@ -188,7 +188,7 @@ parse_recipe_options() {
   conf_dir=$recipe_dir/conf
   log_file=$exp_dir/run.log
   export PYTHONPATH="$toolkit_root${PYTHONPATH:+:$PYTHONPATH}"
-  $python -m ser_modules.hparams check --conf-dir "$conf_dir" -- "${overrides[@]}"
+  $python -m ser_modules.utils.hparams check --conf-dir "$conf_dir" -- "${overrides[@]}"
   local n
   for n in "$stage" "$stop_stage"; do
     case "$n" in [1-6]) ;; *) echo "$0: --stage and --stop-stage must be stage numbers 1-6, got '$n'" >&2; exit 2 ;; esac
@@ -204,7 +204,7 @@ parse_recipe_options() {
     if [ ${#upstreams[@]} -eq 0 ]; then
       echo "$0: stage 2 needs --upstream PATH (a model folder or checkpoint; utils/make_tiny_upstream.py writes a tiny one)" >&2; exit 2
     fi
-    $python -m ser_modules.upstream check "${upstreams[@]}" || exit 2  # a bad upstream stops before stage 1
+    $python -m ser_modules.upstreams check "${upstreams[@]}" || exit 2  # a bad upstream stops before stage 1
   fi
 }
 
@@ -329,7 +329,7 @@ stage_data_preparation() {
   stamp=$( (printf '%s\n' "$emotion_corpus" "$emotion_root" "$label_map" "$k_speakers" "$seed" "$demo_dir" \
     "$size" "$librispeech_subsets" "${asr_corpora[@]}" "${asr_roots[@]}"
     for f in "$toolkit_root"/local/*.py; do [ "${f##*/}" = prepare_eval.py ] || cat "$f"; done
-    cat "$toolkit_root"/ser_modules/{corpus,audio_screen,audio_file}.py) | sha1sum | cut -c1-16)
+    cat "$toolkit_root"/ser_modules/data/{corpus,audio_screen}.py "$toolkit_root"/ser_modules/utils/audio_file.py) | sha1sum | cut -c1-16)
   if [ -f "$data_dir/prepare_summary.json" ] && [ "$(cat "$data_dir/.stage1_stamp" 2>/dev/null)" = "$stamp" ]; then
     log "stage 1: data already prepared in $data_dir (same corpora), skipped"
   else

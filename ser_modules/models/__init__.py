@@ -2,7 +2,9 @@
 
 ASR: :class:`~ser_modules.models.ds2.DeepSpeech2` (Lakomkin 2018) and
 :class:`~ser_modules.models.las.ListenAttendSpell` (Yeh 2020). Both return the hidden sequence of
-any named layer with ``forward_layers``.
+any named layer with ``forward_layers``. SER: the heads of :mod:`ser_modules.models.ser`. Floor 3.
+
+May import: utils, data.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ser_modules.features import length_mask
+from ser_modules.data.features import length_mask
 from ser_modules.models import requested_layers
 from ser_modules.models.flops import linear_flops, total
 from ser_modules.models.rnn import MaskedRNN

@@ -16,11 +16,11 @@ import torch.nn as nn
 from speechbrain.nnet.linear import Linear as SBLinear
 from speechbrain.nnet.RNN import AttentionalRNNDecoder
 
-from ser_modules.features import length_mask, stack_frames
+from ser_modules.data.features import length_mask, stack_frames
 from ser_modules.models import requested_layers
+from ser_modules.models.activations import tanh
 from ser_modules.models.flops import linear_flops, module_linear_flops, total
 from ser_modules.models.rnn import MaskedRNN
-from ser_modules.models.activations import tanh
 
 
 def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +31,7 @@ def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 class PyramidalBLSTM(nn.Module):
-    """A BLSTM followed by frame-pair concatenation (:func:`~ser_modules.features.stack_frames`, halves time).
+    """A BLSTM followed by frame-pair concatenation (:func:`~ser_modules.data.features.stack_frames`, halves time).
 
     ``x [B, T, input_size]``, ``lengths [B]`` -> ``[B, ceil(T/2), 4 * hidden_size]``, ``ceil(lengths/2)``.
     Padded frames are zero before pairing, so pairing with padding equals padding to even length.
@@ -113,7 +113,7 @@ class ListenAttendSpell(nn.Module):
     """Listener + attention speller (+ optional CTC head).
 
     Vocabulary convention: index 0 = ``<blank>`` (CTC blank and padding), 1 = ``<sos>``, 2 = ``<eos>``,
-    then the characters (:class:`ser_modules.text.CharVocabulary` with these specials).
+    then the characters (:class:`ser_modules.data.text.CharVocabulary` with these specials).
     """
 
     def __init__(self, n_input: int = 39, listener_hidden: int = 256, fc_size: int = 512, speller_hidden: int = 512,

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ser_modules.features import length_mask
+from ser_modules.data.features import length_mask
 from ser_modules.models import grouped_gru
 from ser_modules.models.flops import rnn_flops, total
 

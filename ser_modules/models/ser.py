@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ser_modules.features import length_mask, stack_frames
+from ser_modules.data.features import length_mask, stack_frames
 from ser_modules.models.activations import tanh
 from ser_modules.models.flops import linear_flops, total
 from ser_modules.models.rnn import MaskedRNN, run_together
@@ -68,7 +68,7 @@ class BiGRUBaseline(nn.Module):
     layer's outputs over valid frames, dropout 0.25, softmax classifier (hidden 64 / 96 / 128).
 
     ``frame_stack`` k > 1 feeds the GRU k consecutive frames at a time (the frame rate divided by k,
-    :func:`~ser_modules.features.stack_frames`); the paper uses 1 (10 ms frames).
+    :func:`~ser_modules.data.features.stack_frames`); the paper uses 1 (10 ms frames).
     """
 
     def __init__(self, input_size: int = 27, hidden_size: int = 96, num_layers: int = 2, n_classes: int = 4,

@@ -18,14 +18,20 @@ from __future__ import annotations
 import os
 import time
 
-from ser_modules.adaptation import (
-    adapt_job, adaptation_rows, emotion_inputs, fold_splits, publish_rows, skip_stage, untranscribed_folds,
+from ser_modules.asr.adaptation import (
+    adapt_job,
+    adaptation_rows,
+    emotion_inputs,
+    fold_splits,
+    publish_rows,
+    skip_stage,
+    untranscribed_folds,
 )
-from ser_modules.corpus import language_mismatch
-from ser_modules.fileio import ManifestError, read_json, run_main, write_json, write_text
-from ser_modules.hparams import canonical_config
-from ser_modules.jobs import run_jobs
+from ser_modules.data.corpus import language_mismatch
 from ser_modules.stages.common import stage_jobs, start_stage
+from ser_modules.utils.fileio import ManifestError, read_json, run_main, write_json, write_text
+from ser_modules.utils.hparams import canonical_config
+from ser_modules.utils.jobs import run_jobs
 
 
 def main(argv=None) -> None:

@@ -18,11 +18,12 @@ import time
 
 import speechbrain as sb
 
-from ser_modules.asr_models import export_model, model_blocks
-from ser_modules.asr_training import fit_asr, load_best, run_options, score_pretrained, update_asr_results
-from ser_modules.fileio import StagedOutputs, file_digest, read_json, run_main, write_json, write_text
-from ser_modules.hparams import canonical_config, load_stage_hparams
+from ser_modules.asr.evaluation import score_pretrained, update_asr_results
+from ser_modules.asr.saved_models import export_model, model_blocks
+from ser_modules.asr.training import fit_asr, load_best, run_options
 from ser_modules.stages.common import stage_runner, start_stage
+from ser_modules.utils.fileio import StagedOutputs, file_digest, read_json, run_main, write_json, write_text
+from ser_modules.utils.hparams import canonical_config, load_stage_hparams
 
 # Keys that do not change what training computes: a change there resumes the run and re-scores.
 EVAL_ONLY_KEYS = ("decoders", "beam_size", "decode_ctc_weight", "eval_batch_size", "num_workers",

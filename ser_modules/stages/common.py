@@ -7,9 +7,9 @@ import logging
 import os
 import sys
 
-from ser_modules.fileio import setup_logging
-from ser_modules.hparams import load_stage_hparams
-from ser_modules.jobs import default_jobs, job_devices, resolve_device, stop_on_sigterm
+from ser_modules.utils.fileio import setup_logging
+from ser_modules.utils.hparams import load_stage_hparams
+from ser_modules.utils.jobs import default_jobs, job_devices, resolve_device, stop_on_sigterm
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 def stage_jobs(args) -> tuple[int, list[str]]:
     """``(parallel jobs, devices)`` of a stage with independent jobs (stages 3-5): the GPUs of
     ``--device``/``--ngpu`` share them, one worker process per GPU unless ``--nj`` asks for more
-    (:mod:`ser_modules.jobs`); on a CPU, ``--nj`` processes (at least ``--ngpu``)."""
+    (:mod:`ser_modules.utils.jobs`); on a CPU, ``--nj`` processes (at least ``--ngpu``)."""
     devices = job_devices(args.device_request, args.ngpu)
     if devices[0].startswith("cuda"):
         return (args.nj if args.nj > 0 else len(devices)), devices

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 
-from ser_modules.asr_models import model_blocks
-from ser_modules.cross_corpus import eval_protocol, eval_utterances, listed_eval_corpora
-from ser_modules.dump import (
-    bound_primitive_cache, check_disk_room, dump_corpus, dump_utterances, dumped_models, plan_dumps,
-)
-from ser_modules.features import EGeMAPSFunctionals
-from ser_modules.fileio import run_main, write_text
+from ser_modules.asr.saved_models import model_blocks
+from ser_modules.data.eval_corpora import eval_protocol, listed_eval_corpora
+from ser_modules.data.features import EGeMAPSFunctionals
+from ser_modules.dump.corpus_dump import dump_corpus, dump_utterances, dumped_models, eval_utterances, plan_dumps
+from ser_modules.dump.planning import check_disk_room
+from ser_modules.dump.writing import bound_primitive_cache
 from ser_modules.stages.common import stage_jobs, start_stage
+from ser_modules.utils.fileio import run_main, write_text
 
 
 def main(argv=None) -> None:

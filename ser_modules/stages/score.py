@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 
-from ser_modules.fileio import run_main, write_csv, write_text
-from ser_modules.hparams import load_stage_hparams
-from ser_modules.report import (
-    print_scores, read_report, report_figures, results_markdown, score_cross_corpus, score_variants,
+from ser_modules.report.results import (
+    print_scores,
+    read_report,
+    report_figures,
+    results_markdown,
+    score_cross_corpus,
+    score_variants,
 )
 from ser_modules.stages.common import stage_runner, start_stage
+from ser_modules.utils.fileio import run_main, write_csv, write_text
+from ser_modules.utils.hparams import load_stage_hparams
 
 
 def main(argv=None) -> None:

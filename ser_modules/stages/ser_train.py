@@ -3,7 +3,7 @@
 Each (variant, fold, run) writes ``<exp>/ser/<variant>/<fold>/run<k>/predictions.csv`` (utterance,
 true and predicted label, class probabilities) and ``history.json``; a finished one is skipped on
 rerun and an interrupted one resumes from its checkpoint. ``--nj N`` trains N jobs in parallel
-processes (:mod:`ser_modules.jobs`: one thread each on a CPU), shared over ``--ngpu`` GPUs with
+processes (:mod:`ser_modules.utils.jobs`: one thread each on a CPU), shared over ``--ngpu`` GPUs with
 ``--device cuda``; ``--launcher slurm`` submits one Slurm job per training instead (submitit).
 Per-variant metrics over folds x runs go to ``<exp>/ser/<variant>/metrics.json``. Then every saved
 model is scored, without training, on each evaluation corpus of stage 1 (``--eval-corpus``):
@@ -15,16 +15,21 @@ from __future__ import annotations
 import os
 import time
 
-from ser_modules.cross_corpus import (
-    eval_job, eval_jobs, eval_manifest, eval_stores, listed_eval_corpora, log_eval_jobs, open_eval_inputs,
-)
-from ser_modules.fileio import ManifestError, read_json, read_manifest, run_main, write_json
-from ser_modules.folds import load_folds
-from ser_modules.jobs import run_jobs, submit_jobs
-from ser_modules.ser_jobs import (
-    check_training_folds, log_trainings, open_stores, train_job, trainable_variants, training_jobs, variant_metrics,
+from ser_modules.data.eval_corpora import eval_manifest, listed_eval_corpora
+from ser_modules.data.folds import load_folds
+from ser_modules.ser.cross_corpus import eval_job, eval_jobs, eval_stores, log_eval_jobs, open_eval_inputs
+from ser_modules.ser.jobs import (
+    check_training_folds,
+    log_trainings,
+    open_stores,
+    train_job,
+    trainable_variants,
+    training_jobs,
+    variant_metrics,
 )
 from ser_modules.stages.common import stage_jobs, stage_parser, start_stage
+from ser_modules.utils.fileio import ManifestError, read_json, read_manifest, run_main, write_json
+from ser_modules.utils.jobs import run_jobs, submit_jobs
 
 
 def ser_parser():

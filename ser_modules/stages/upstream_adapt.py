@@ -5,8 +5,8 @@ With ``ctc_head: True`` (the upstream analogue of Yeh et al.'s ASR fine-tuning),
 that fold's training speakers' transcripts only (test speakers never adapt), a linear CTC head
 (character vocabulary, blank first) goes on the last layer of the upstream ``upstream`` (``first``:
 the first described), the convolutional feature encoder stays frozen, and the transformer and head
-train with CTC (:class:`ser_modules.asr_training.CTCBrain` through
-:func:`ser_modules.adaptation.run_stage`: the epoch of lowest validation CER is kept, or the start
+train with CTC (:class:`ser_modules.asr.brains.CTCBrain` through
+:func:`ser_modules.asr.adaptation.run_stage`: the epoch of lowest validation CER is kept, or the start
 when none improves on it). Greedy-CTC WER/CER on each fold's test speakers, pooled over folds, go
 into ``<exp>/asr_results.csv`` (stage ``adapted``); the model is exported to
 ``<exp>/adapt/adapted/<fold>/model.pt``, which stage 4 dumps as the ``adapted`` stores and stage 5
@@ -19,14 +19,21 @@ from __future__ import annotations
 import os
 import time
 
-from ser_modules.adaptation import (
-    chosen_upstream, ctc_job, emotion_inputs, fold_splits, pooled_rows, publish_rows, skip_stage, untranscribed_folds,
+from ser_modules.asr.adaptation import (
+    chosen_upstream,
+    ctc_job,
+    emotion_inputs,
+    fold_splits,
+    pooled_rows,
+    publish_rows,
+    skip_stage,
+    untranscribed_folds,
 )
-from ser_modules.asr_models import ADAPTED, upstream_entries
-from ser_modules.fileio import ManifestError, read_json, run_main, write_json
-from ser_modules.hparams import canonical_config
-from ser_modules.jobs import run_jobs
+from ser_modules.asr.saved_models import ADAPTED, upstream_entries
 from ser_modules.stages.common import stage_jobs, start_stage
+from ser_modules.utils.fileio import ManifestError, read_json, run_main, write_json
+from ser_modules.utils.hparams import canonical_config
+from ser_modules.utils.jobs import run_jobs
 
 
 def main(argv=None) -> None:

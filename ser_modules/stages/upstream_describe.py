@@ -1,10 +1,10 @@
 """Stage 2 of upstream_probe: verify and describe each pretrained upstream (``--upstream PATH``, repeatable).
 
 Nothing is trained: each folder or checkpoint file (an openai-whisper ``.pt``, a torchaudio ``.pth`` with
-its ``--upstream-arch`` if its file name is not a bundle's) is loaded from local files (:mod:`ser_modules.upstream`), run once on
+its ``--upstream-arch`` if its file name is not a bundle's) is loaded from local files (:mod:`ser_modules.upstreams.loading`), run once on
 a noise probe (``probe_seconds`` of conf/asr.yaml) and described: kind, layers ``layer0..N``,
 dimensions, frame rate, parameters, weight digest (a torchaudio checkpoint: and its architecture). Writes ``<exp>/asr/upstreams.json`` (the list
-stages 4-6 read) and ``<exp>/asr/<name>/model.json`` (what :func:`ser_modules.asr_models.load_asr_model`
+stages 4-6 read) and ``<exp>/asr/<name>/model.json`` (what :func:`ser_modules.asr.saved_models.load_asr_model`
 rebuilds it from). A folder that is not an upstream stops the stage with one line naming what is missing.
 """
 
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 
-from ser_modules.fileio import ManifestError, run_main, write_json, write_text
 from ser_modules.stages.common import stage_parser, start_stage
-from ser_modules.upstream import add_upstream_arguments, describe_upstream, upstream_arch, upstream_name
+from ser_modules.upstreams.cli import add_upstream_arguments
+from ser_modules.upstreams.formats import upstream_arch, upstream_name
+from ser_modules.upstreams.loading import describe_upstream
+from ser_modules.utils.fileio import ManifestError, run_main, write_json, write_text
 
 
 def main(argv=None) -> None:
