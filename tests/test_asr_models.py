@@ -5,8 +5,8 @@ import torch
 import torchaudio
 
 from ser_modules.data.features import MFCC, LogSpectrogram, add_deltas, masked_normalize
-from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.data.features import stack_frames
+from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell, PyramidalBLSTM
 from ser_modules.models.rnn import MaskedRNN, reverse_padded
 

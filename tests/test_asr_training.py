@@ -12,11 +12,11 @@ import torch
 
 from prepare_librispeech import read_librispeech
 from ser_modules.asr.adaptation import run_stage, stage_epochs, stage_lr
-from ser_modules.utils.fileio import ManifestError
 from ser_modules.asr.brains import CTCBrain, LASBrain
 from ser_modules.asr.evaluation import evaluate_asr, update_asr_results
 from ser_modules.asr.training import fit_asr, run_options
 from ser_modules.data.datasets import LengthBucketBatchSampler, asr_dataset
+from ser_modules.utils.fileio import ManifestError
 from ser_modules.utils.hparams import load_stage_hparams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,8 +295,8 @@ def test_ctc_beam_search_finds_the_most_probable_labelling_of_an_exhaustive_sear
     import itertools
 
     from ser_modules.asr.decoding import Transcriber
-    from ser_modules.models.ds2 import DeepSpeech2
     from ser_modules.data.text import CharVocabulary
+    from ser_modules.models.ds2 import DeepSpeech2
 
     class Fixed(DeepSpeech2):
         def __init__(self, logits):
@@ -343,9 +343,9 @@ def test_joint_decoding_follows_a_confident_ctc_head_and_ignores_padding():
     "ABBA" (frames A A _ B _ B A A ...), joint CTC/attention beam search at CTC weight 0.9 spells exactly
     it, for every utterance of a padded batch; DS2 and a LAS without CTC head refuse ``joint``."""
     from ser_modules.asr.decoding import Transcriber
+    from ser_modules.data.text import CharVocabulary
     from ser_modules.models.ds2 import DeepSpeech2
     from ser_modules.models.las import ListenAttendSpell
-    from ser_modules.data.text import CharVocabulary
 
     torch.manual_seed(0)
     vocab = CharVocabulary(specials=["<blank>", "<sos>", "<eos>"], characters=["A", "B", " "])

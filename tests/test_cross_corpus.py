@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from corpus_fixtures import write_csv_corpus
-from ser_modules.report.cross_corpus import eval_metrics, fold_ensemble
 from ser_modules.data.eval_corpora import eval_names, map_onto_training_classes
+from ser_modules.report.cross_corpus import eval_metrics, fold_ensemble
 from ser_modules.utils.fileio import ManifestError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,8 +110,8 @@ def test_scoring_a_saved_model_reproduces_its_training_predictions(which, reques
 
     from ser_modules.data.folds import load_folds
     from ser_modules.ser.inputs import SERInputs
-    from ser_modules.ser.variants import VariantSpec
     from ser_modules.ser.training import predict_saved_run
+    from ser_modules.ser.variants import VariantSpec
 
     exp = request.getfixturevalue(f"{which}_exp")[0]
     protocol = next(p for p in os.listdir(exp / "data" / "emotion") if (exp / "dump" / f"stores_{p}.json").is_file())
@@ -141,8 +141,8 @@ def test_scoring_a_saved_model_reproduces_its_training_predictions(which, reques
 
 
 def test_stage6_refuses_stale_or_missing_cross_predictions(ctc_cross, tmp_path):
-    from ser_modules.report.cross_corpus import cross_corpus_rows
     from ser_modules.data.eval_corpora import listed_eval_corpora
+    from ser_modules.report.cross_corpus import cross_corpus_rows
 
     exp = tmp_path / "exp"
     shutil.copytree(ctc_cross[0], exp)  # the shared experiment stays as it is
@@ -194,9 +194,9 @@ def test_a_changed_label_map_file_prepares_the_corpus_again(ctc_cross, tmp_path,
 def test_cross_corpus_scoring_as_a_cluster_job_equals_the_pool(ctc_cross, tmp_path):
     """Stage 5's --launcher slurm path for evaluation corpora, run by submitit's local executor: one job
     scores every fold model of a variant on a corpus, with its device resolved in the job."""
-    from ser_modules.ser.cross_corpus import eval_job, eval_stores, open_eval_inputs
     from ser_modules.data.eval_corpora import eval_manifest
     from ser_modules.data.folds import load_folds
+    from ser_modules.ser.cross_corpus import eval_job, eval_stores, open_eval_inputs
     from ser_modules.utils.jobs import submit_jobs
 
     exp, _, classes = ctc_cross

@@ -12,18 +12,18 @@ import pytest
 import torch
 
 from ser_modules.asr.saved_models import export_model, model_blocks
+from ser_modules.data.features import HandcraftedFeatures, LogSpectrogram, MFCC
+from ser_modules.data.folds import Fold
+from ser_modules.dump.planning import plan_asr_store, plan_feature_store, probe_asr_layers
 from ser_modules.dump.store import FeatureStore, pooled_file
 from ser_modules.dump.writing import dump_asr_layers, dump_features
-from ser_modules.dump.planning import plan_asr_store, plan_feature_store, probe_asr_layers
-from ser_modules.data.features import HandcraftedFeatures, LogSpectrogram, MFCC
-from ser_modules.utils.fileio import ManifestError, run_main
-from ser_modules.data.folds import Fold
-from ser_modules.utils.hparams import load_stage_hparams
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
 from ser_modules.ser.inputs import SERInputs
-from ser_modules.ser.variants import VariantSpec
 from ser_modules.ser.training import train_fold_run
+from ser_modules.ser.variants import VariantSpec
+from ser_modules.utils.fileio import ManifestError, run_main
+from ser_modules.utils.hparams import load_stage_hparams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CTC_CONF = os.path.join(REPO, "recipes", "ctc_transfer", "conf")

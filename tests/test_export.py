@@ -14,8 +14,8 @@ import yaml
 
 from ser_modules.inference.export import MANIFEST, export_hparams, export_variant, verify_export
 from ser_modules.inference.hub_interface import fold_key
-from ser_modules.utils.fileio import ManifestError
 from ser_modules.inference.recognizer import EmotionRecognizer
+from ser_modules.utils.fileio import ManifestError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

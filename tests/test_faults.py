@@ -120,8 +120,8 @@ def test_audio_that_cannot_be_heard_is_an_error_naming_the_file(tmp_path):
 
 
 def test_inference_reports_unusable_audio_per_file(base, tmp_path):
-    from ser_modules.inference.recognizer import EmotionRecognizer
     from ser_modules.infer import main as infer_main
+    from ser_modules.inference.recognizer import EmotionRecognizer
 
     t = np.arange(8000) / 16000
     tone = 0.1 * np.sin(2 * np.pi * 220 * t)

@@ -10,12 +10,12 @@ import torch
 
 from ser_modules.data.audio import AudioReadError, load_audio
 from ser_modules.data.corpus import apply_label_map, drop_long_utterances, parse_label_map, resolve_label_map
-from ser_modules.utils.fileio import ManifestError, atomic_path, read_manifest, write_csv
+from ser_modules.utils.fileio import ManifestError, atomic_path, read_manifest, save_torch, write_csv
 from ser_modules.data.folds import (
     check_speaker_independence, leave_k_speakers_out, leave_one_session_out, speaker_groups,
 )
-from ser_modules.utils.hparams import HparamsError, check_overrides, load_stage_hparams
 from ser_modules.data.text import CharVocabulary, normalize_transcript, remove_special_tokens
+from ser_modules.utils.hparams import HparamsError, check_overrides, load_stage_hparams
 
 
 def test_load_audio_resamples_48k_stereo(tmp_path):
@@ -69,6 +69,21 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_saved_models_are_the_same_bytes_for_the_same_tensors(tmp_path):
+    """torch.save to a path names the archive's folder after the (random) temporary file; save_torch does
+    not, so a rerun's model file, its digest and every store key built from it are the same."""
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3)}
+    first, second = tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"
+    save_torch(state, str(first))
+    save_torch({k: v.clone() for k, v in state.items()}, str(second))
+    assert first.read_bytes() == second.read_bytes()
+    assert all(torch.equal(torch.load(first)[k], v) for k, v in state.items())
+    assert os.listdir(tmp_path / "a") == ["model.pt"]  # the temporary file was renamed
+    with atomic_path(str(tmp_path / "c.pt")) as tmp:
+        torch.save(state, tmp)  # the plain path form: a random inner name
+    assert (tmp_path / "c.pt").read_bytes() != first.read_bytes()
 
 
 def test_read_manifest_errors(tmp_path):

@@ -20,10 +20,10 @@ import soundfile as sf
 import torch
 
 from ser_modules.asr.decoding import Transcriber
-from ser_modules.inference.recognizer import EmotionRecognizer
-from ser_modules.infer import main as infer_main
-from ser_modules.utils.jobs import resolve_device
 from ser_modules.data.text import CharVocabulary
+from ser_modules.infer import main as infer_main
+from ser_modules.inference.recognizer import EmotionRecognizer
+from ser_modules.utils.jobs import resolve_device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 16000

@@ -87,8 +87,8 @@ def test_size_paper_trains_on_the_papers_three_librispeech_subsets(csv_corpus, t
 
 
 def test_audio_problems_are_named_with_the_file(tmp_path):
-    from ser_modules.utils.audio_file import audio_problem
     from ser_modules.data.audio_screen import MIN_SECONDS
+    from ser_modules.utils.audio_file import audio_problem
 
     def wav(name, data, subtype="FLOAT"):
         path = str(tmp_path / name)
@@ -344,8 +344,8 @@ def test_each_data_parallel_rank_takes_its_own_gpu(eight_gpus):
 
 
 def test_stage_workers_share_every_visible_gpu_by_default(eight_gpus):
-    from ser_modules.utils.jobs import _init_worker, job_devices, worker_state
     from ser_modules.stages.common import stage_jobs
+    from ser_modules.utils.jobs import _init_worker, job_devices, worker_state
 
     every = [f"cuda:{i}" for i in range(8)]
     assert job_devices("cuda", 0) == job_devices("auto", 0) == every  # the default --ngpu 0: all of them

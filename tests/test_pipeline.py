@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from ser_modules.inference.recognizer import EmotionRecognizer
 from ser_modules.infer import main as infer_main
+from ser_modules.inference.recognizer import EmotionRecognizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

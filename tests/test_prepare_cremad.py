@@ -8,8 +8,8 @@ import pytest
 
 import prepare_cremad
 from ser_modules.data.corpus import resolve_label_map
-from ser_modules.utils.fileio import ManifestError, read_manifest
 from ser_modules.data.folds import load_folds, speaker_groups
+from ser_modules.utils.fileio import ManifestError, read_manifest
 
 from corpus_fixtures import CREMAD_FILES, write_cremad, write_wav as write
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 import prepare_csv
-from ser_modules.utils.fileio import ManifestError, read_manifest
 from ser_modules.data.folds import load_folds
+from ser_modules.utils.fileio import ManifestError, read_manifest
 
 from corpus_fixtures import write_csv_corpus, write_wav as write
 

@@ -7,8 +7,8 @@ import pytest
 
 import prepare_emodb
 from ser_modules.data.corpus import resolve_label_map
-from ser_modules.utils.fileio import ManifestError, read_manifest
 from ser_modules.data.folds import load_folds
+from ser_modules.utils.fileio import ManifestError, read_manifest
 
 from corpus_fixtures import EMODB_FILES, write_emodb, write_wav as write
 

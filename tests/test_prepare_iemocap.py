@@ -9,8 +9,8 @@ import pytest
 
 import prepare_iemocap
 from prepare_iemocap import lakomkin_label, lakomkin_strict_label, parse_emo_evaluation, prepare_iemocap as prepare
-from ser_modules.utils.fileio import ManifestError
 from ser_modules.data.folds import load_folds
+from ser_modules.utils.fileio import ManifestError
 
 from corpus_fixtures import IEMOCAP_HEADER as HEADER, A, F, H, N, S, X
 from corpus_fixtures import iemocap_block, write_iemocap, write_iemocap_dialog

@@ -11,8 +11,8 @@ import soundfile as sf
 
 import prepare_ravdess
 from ser_modules.data.audio import load_audio
-from ser_modules.utils.fileio import ManifestError, read_manifest
 from ser_modules.data.folds import load_folds
+from ser_modules.utils.fileio import ManifestError, read_manifest
 
 from corpus_fixtures import RAVDESS_SPEECH, RAVDESS_SR, write_ravdess, write_wav
 

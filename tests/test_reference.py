@@ -10,13 +10,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from ser_modules.data.audio import load_audio
-from ser_modules.dump.writing import dump_features
 from ser_modules.data.features import EGeMAPSFunctionals
 from ser_modules.data.folds import Fold
+from ser_modules.dump.writing import dump_features
 from ser_modules.models.ser import LinearSVMReference
 from ser_modules.ser.inputs import SERInputs
-from ser_modules.ser.variants import VariantSpec, build_model
 from ser_modules.ser.training import train_fold_run
+from ser_modules.ser.variants import VariantSpec, build_model
 
 
 @pytest.fixture(scope="module")

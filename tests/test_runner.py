@@ -78,8 +78,8 @@ def test_stage1_on_real_layouts_and_resume(tiny_demo, tmp_path):
 
 
 def test_stage2_configuration_key_ignores_evaluation_keys_paths_and_wrapping():
-    from ser_modules.utils.hparams import canonical_config
     from ser_modules.stages.asr_pretrain import EVAL_ONLY_KEYS
+    from ser_modules.utils.hparams import canonical_config
 
     a = "seed: 1\noutput_folder: /e/x/asr\ndecoders: [greedy]\nbeam_size: 4\nlr: 0.1\nmodel: !new:M\n    h: 8\n"
     moved = "seed: 1\noutput_folder: \n  /f/x/asr\ndecoders:\n- greedy\n- beam\nbeam_size: 10\nlr: 0.1\nmodel: !new:M\n    h: 8\n"

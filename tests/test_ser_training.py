@@ -7,13 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from ser_modules.dump.writing import dump_features
 from ser_modules.data.features import HandcraftedFeatures
 from ser_modules.data.folds import Fold
-from ser_modules.utils.hparams import load_stage_hparams
+from ser_modules.dump.writing import dump_features
 from ser_modules.ser.inputs import SERInputs
-from ser_modules.ser.variants import VariantSpec
 from ser_modules.ser.training import train_fold_run
+from ser_modules.ser.variants import VariantSpec
+from ser_modules.utils.hparams import load_stage_hparams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,11 +16,11 @@ import torch
 
 from ser_modules.dump.store import FeatureStore
 from ser_modules.dump.writing import dump_asr_layers
-from ser_modules.utils.fileio import ManifestError, write_csv
 from ser_modules.models.ser import FineTuneMP, FrozenASRLayer, WeightedLayerSum
 from ser_modules.ser.probe import expand_variants, resolve_reference
-from ser_modules.upstreams.loading import load_upstream
 from ser_modules.upstreams.formats import upstream_kind
+from ser_modules.upstreams.loading import load_upstream
+from ser_modules.utils.fileio import ManifestError, write_csv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "utils"))

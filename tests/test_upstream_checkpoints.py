@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ser_modules.utils.fileio import ManifestError
+from ser_modules.upstreams.checkpoints import bundle_arch, bundle_table, resolve_arch
 from ser_modules.upstreams.encoders import TorchaudioUpstream
 from ser_modules.upstreams.formats import check_upstream, upstream_name
 from ser_modules.upstreams.loading import describe_upstream, load_upstream
-from ser_modules.upstreams.checkpoints import bundle_arch, bundle_table, resolve_arch
+from ser_modules.utils.fileio import ManifestError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "utils"))

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from ser_modules.utils.fileio import ManifestError
 from ser_modules.upstreams.loading import load_upstream
+from ser_modules.utils.fileio import ManifestError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "utils"))

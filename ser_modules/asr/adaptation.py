@@ -40,10 +40,10 @@ from ser_modules.models.lowrank import factorize_listener
 from ser_modules.utils.fileio import (
     ManifestError,
     StagedOutputs,
-    atomic_path,
     file_digest,
     read_json,
     read_manifest,
+    save_torch,
     write_csv,
     write_json,
 )
@@ -290,8 +290,7 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
         logger.info("adaptation stage %s did not lower the validation %s (%.2f at the start, best epoch %.2f): "
                     "keeping the starting model", part, key, start_error, best)
         model.load_state_dict(start_state)
-        with atomic_path(kept_path) as tmp:
-            torch.save(start_state, tmp)
+        save_torch(start_state, kept_path)
     set_trainable(model, "all")
     record = {"checkpoint": os.path.relpath(ckpt, out_dir) if ckpt else None, "part": part, "trainable_parameters": trainable, "select_on": key,
               "start": start_error, "best_epoch": best, "kept_start": kept_start, "valid": min(start_error, best)}

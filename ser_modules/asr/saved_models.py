@@ -20,7 +20,7 @@ import ruamel.yaml
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from ser_modules.utils.fileio import ManifestError, atomic_path, file_digest, read_json, write_json
+from ser_modules.utils.fileio import ManifestError, file_digest, read_json, save_torch, write_json
 
 
 @dataclass
@@ -62,8 +62,7 @@ def export_model(model: torch.nn.Module, out_dir: str, asr_hparams: str | None, 
     gives its path relative to ``out_dir``, so the experiment folder may move. None for an adapted
     upstream (``extra`` then says how to rebuild it, see :func:`load_asr_model`)."""
     path = os.path.join(out_dir, "model.pt")
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     write_json(os.path.join(out_dir, "model.json"),
                {"asr_hparams": asr_hparams and os.path.relpath(os.path.abspath(asr_hparams), os.path.abspath(out_dir)),
                 "rank": rank,

@@ -22,7 +22,7 @@ from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 from ser_modules.data.datasets import LengthBucketBatchSampler
 from ser_modules.ser.inputs import SERDataset, collate
 from ser_modules.ser.variants import build_model, forward
-from ser_modules.utils.fileio import atomic_path
+from ser_modules.utils.fileio import save_torch
 from ser_modules.utils.jobs import fault_point
 from ser_modules.utils.seeding import seed_all
 
@@ -149,8 +149,7 @@ class SERBrain(sb.Brain):
         state = {"model": self.modules.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "annealer": self.hparams.annealer.state_dict(), "epoch": epoch, "should_stop": counter.should_stop,
                  "history": self.hparams.history, "best_state": self.best_state, "best_loss": self.best_loss}
-        with atomic_path(self.hparams.resume_path) as tmp:
-            torch.save(state, tmp)
+        save_torch(state, self.hparams.resume_path)
         fault_point("epoch")
 
     def balanced_accuracy(self) -> float:

@@ -24,7 +24,7 @@ from ser_modules.models.ser import (
 from ser_modules.ser.brain import train_neural
 from ser_modules.ser.inputs import SERDataset, SERInputs, collate
 from ser_modules.ser.variants import VARIANT_TRAINING_KEYS, VariantSpec, build_model, forward
-from ser_modules.utils.fileio import ManifestError, StagedOutputs, atomic_path, write_csv, write_json
+from ser_modules.utils.fileio import ManifestError, StagedOutputs, save_torch, write_csv, write_json
 from ser_modules.utils.seeding import seed_all
 
 
@@ -110,8 +110,7 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
                                                                  "layer": spec.layer, "hidden": spec.hidden, **spec.options},
                                                      "dims": dims, "classes": classes, "dropout": hp["dropout"],
                                                      "fold": fold.name, "run": run, "seed": seed})
-    with atomic_path(os.path.join(out_dir, "model.pt")) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, os.path.join(out_dir, "model.pt"))
     if hasattr(model, "layer_weights"):  # the weighted variant's learned layer weights, for stage 6
         with torch.no_grad():
             write_json(os.path.join(out_dir, "layer_weights.json"),

@@ -52,6 +52,16 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+def save_torch(obj, path: str) -> None:
+    """``torch.save`` of ``obj`` to ``path``, atomically and with the same bytes for the same tensors: saved
+    through a file object, the archive's inner folder is ``archive``, not the temporary file's random name
+    (so a model's file digest, and every key built from it, is the same in a rerun)."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def write_text(path: str, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
