@@ -1,4 +1,5 @@
-"""Test setup: corpus preparers in ``local/`` are scripts, importable once that folder is on the path."""
+"""Test setup: corpus preparers in ``local/`` are scripts, importable once that folder is on the path;
+the shared tiny experiments are built once per session, in the background (``background.py``)."""
 
 import os
 import sys
@@ -7,6 +8,21 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "local"))
+
+from background import Background, needed_starters, starts  # noqa: E402
+from recipe_runs import CTC_TINY, LAS_TINY, UPSTREAM_TINY, run_recipe  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs a recipe end to end, needs an experiment a recipe run made, or "
+                                       "runs other processes for seconds (-m 'not slow': the unit tests alone)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need a recipe run of the background (every starter but the demo corpus's) are ``slow``."""
+    for item in items:
+        if set(needed_starters(item)) - {"tiny_demo"}:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -19,63 +35,89 @@ def _few_threads():
 
 
 @pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory):
-    """A tiny demo corpus (2 sessions x 2 dialogs x 4 turns, ~1.5 min of ASR speech), made once."""
+def background(request, tmp_path_factory):
+    """Recipe runs in the background, started in the order the selected tests need them."""
+    bg = Background(tmp_path_factory, request.session)
+    bg.prefetch(request.session.items)
+    yield bg
+    bg.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prefetch(background):
+    """Starts the background runs before the first test."""
+
+
+def make_tiny_demo(folder) -> dict:
     from make_demo_corpus import DemoConfig, make_demo_corpus
 
     cfg = DemoConfig(seed=3, sessions=2, dialogs_per_session=2, turns_per_dialog=4, asr_train_minutes=0.25,
                      asr_eval_minutes=0.1)
-    info = make_demo_corpus(str(tmp_path_factory.mktemp("tiny_demo") / "corpus"), cfg, nj=2)
+    info = make_demo_corpus(str(folder / "corpus"), cfg, nj=2)
     info["cfg"] = cfg
     return info
 
 
-UPSTREAM_TINY = [
-    "dump.dtype=float32",
-    "ser.variants=[{name: weighted-MP, type: weighted, head: mp, asr: upstreams, max_epochs: 3},"
-    " {name: MP, type: mp, asr: upstreams, layer: all, max_epochs: 2},"
-    " {name: RNN, type: rnn, asr: upstreams, layer: last, hidden: 8, max_epochs: 2},"
-    " {name: IAAN, type: iaan, asr: upstreams, layer: layer1, hidden: 8, max_epochs: 2},"
-    " {name: eGeMAPS-SVM, type: reference, C: [0.1]}]",
-    "score.chance_runs=2",
-]
+@starts("tiny_demo")
+def _start_tiny_demo(bg, session):
+    return bg.run(make_tiny_demo, bg.tmp.mktemp("tiny_demo"))
 
 
 @pytest.fixture(scope="session")
-def upstream_exp(tiny_demo, tmp_path_factory):
-    """recipes/upstream_probe end to end on the tiny demo corpus with a tiny random WavLM (2 layers of 32)."""
+def tiny_demo(background):
+    """A tiny demo corpus (2 sessions x 2 dialogs x 4 turns, ~1.5 min of ASR speech), made once."""
+    return background.start("tiny_demo").result()
+
+
+def start_recipe_run(bg, folder: str, recipe: str, options):
+    """A background run of ``recipe`` in ``<tmp>/<folder>/exp`` on the tiny demo corpus with the options that
+    ``options(root)`` returns (it may first write what they name into ``root``); its result is ``(exp, proc)``."""
+    demo, root = bg.start("tiny_demo"), bg.tmp.mktemp(folder)
+
+    def build():
+        extra = options(root)
+        return root / "exp", run_recipe(recipe, root / "exp", demo.result(), extra)
+
+    return bg.run(build)
+
+
+def upstream_options(root) -> list[str]:
     sys.path.insert(0, os.path.join(REPO, "utils"))
     from make_tiny_upstream import make_tiny_upstream
-    from test_pipeline import run_recipe
 
-    root = tmp_path_factory.mktemp("upstream")
-    folder = make_tiny_upstream("wavlm", str(root / "wavlm-tiny"))
-    exp = root / "exp"
-    proc = run_recipe("upstream_probe", exp, tiny_demo, ["--upstream", folder, *UPSTREAM_TINY])
-    return exp, proc
+    return ["--upstream", make_tiny_upstream("wavlm", str(root / "wavlm-tiny")), *UPSTREAM_TINY]
 
 
-@pytest.fixture(scope="session")
-def ctc_exp(tiny_demo, tmp_path_factory):
-    """recipes/ctc_transfer end to end on the tiny demo corpus with tiny models (test_pipeline.CTC_TINY),
-    scored on a RAVDESS-layout and a CSV evaluation corpus too (test_cross_corpus.CTC_EVAL: the CSV map
-    leaves training class ang without data); shared by the pipeline, cross-corpus and inference tests,
-    which copy it before changing anything."""
+def ctc_options(root) -> list[str]:
     from corpus_fixtures import write_csv_corpus, write_ravdess
-    from test_pipeline import CTC_TINY, run_recipe
 
-    root = tmp_path_factory.mktemp("ctc")
-    evaluation = ["--eval-corpus", "ravdess", "--eval-root", write_ravdess(str(root / "ravdess")),
-                  "--eval-corpus", "csv", "--eval-root", write_csv_corpus(str(root / "csvcorpus")),
-                  "--eval-label-map", "happy:hap,sad:sad"]
-    exp = root / "exp"
-    return exp, run_recipe("ctc_transfer", exp, tiny_demo, CTC_TINY + evaluation)
+    return CTC_TINY + ["--eval-corpus", "ravdess", "--eval-root", write_ravdess(str(root / "ravdess")),
+                       "--eval-corpus", "csv", "--eval-root", write_csv_corpus(str(root / "csvcorpus")),
+                       "--eval-label-map", "happy:hap,sad:sad"]
+
+
+starts("upstream_exp")(lambda bg, session: start_recipe_run(bg, "upstream", "upstream_probe", upstream_options))
+starts("ctc_exp")(lambda bg, session: start_recipe_run(bg, "ctc", "ctc_transfer", ctc_options))
+starts("las_exp")(lambda bg, session: start_recipe_run(bg, "las", "las_adapt", lambda root: LAS_TINY))
 
 
 @pytest.fixture(scope="session")
-def las_exp(tiny_demo, tmp_path_factory):
-    """recipes/las_adapt end to end on the tiny demo corpus (per-fold adapted LAS, IAAN; test_pipeline.LAS_TINY)."""
-    from test_pipeline import LAS_TINY, run_recipe
+def upstream_exp(background):
+    """recipes/upstream_probe end to end on the tiny demo corpus with a tiny random WavLM (2 layers of 32)."""
+    return background.start("upstream_exp").result()
 
-    exp = tmp_path_factory.mktemp("las") / "exp"
-    return exp, run_recipe("las_adapt", exp, tiny_demo, LAS_TINY)
+
+@pytest.fixture(scope="session")
+def ctc_exp(background):
+    """recipes/ctc_transfer end to end on the tiny demo corpus with tiny models (recipe_runs.CTC_TINY),
+    scored on a RAVDESS-layout and a CSV evaluation corpus too (the CSV map leaves training class ang
+    without data); shared by the pipeline, cross-corpus and inference tests, which copy it before
+    changing anything."""
+    return background.start("ctc_exp").result()
+
+
+@pytest.fixture(scope="session")
+def las_exp(background):
+    """recipes/las_adapt end to end on the tiny demo corpus (per-fold adapted LAS, IAAN; recipe_runs.LAS_TINY)."""
+    return background.start("las_exp").result()
+

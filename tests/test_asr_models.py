@@ -46,6 +46,7 @@ def test_las_paper_parameter_count():
     assert n_params(model) == listener + embedding + speller + output == 10_875_679
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_cls", [DeepSpeech2, ListenAttendSpell])
 def test_paper_models_train_one_step(model_cls):
     torch.manual_seed(0)

@@ -60,6 +60,7 @@ def train_losses(brain_cls, hparams, epochs):
     return losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe,brain,epochs,ratio", [("ctc_transfer", CTCBrain, 4, 0.8), ("las_adapt", LASBrain, 15, 0.8)])
 def test_training_loss_falls(recipe, brain, epochs, ratio, asr_data, tmp_path):
     losses = train_losses(brain, tiny_hparams(recipe, asr_data, tmp_path), epochs=epochs)
@@ -222,6 +223,7 @@ torch.save({{"model": hp["model"].state_dict(), "skipped": brain.skipped_batches
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_stay_identical_and_skip_a_non_finite_step_together(asr_data, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(tests=os.path.dirname(__file__), data=asr_data, out=str(tmp_path)))

@@ -2,13 +2,14 @@
 
 import os
 import shutil
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from background import started, starts
 from corpus_fixtures import write_csv_corpus
+from recipe_runs import LAS_TINY, run_recipe
 from ser_modules.data.eval_corpora import eval_names, map_onto_training_classes
 from ser_modules.report.cross_corpus import eval_metrics, fold_ensemble
 from ser_modules.utils.fileio import ManifestError
@@ -38,8 +39,6 @@ def hand_ua(true, predicted) -> float:
 
 def add_eval_corpora(source, tmp_path, recipe, tiny_demo, extra, eval_args):
     """A copy of a finished tiny experiment rerun from stage 1 with evaluation corpora; returns (exp, proc, times)."""
-    from test_pipeline import run_recipe
-
     exp = tmp_path / "exp"
     shutil.copytree(source, exp)
     before = model_times(exp)
@@ -215,18 +214,30 @@ def test_cross_corpus_scoring_as_a_cluster_job_equals_the_pool(ctc_cross, tmp_pa
         pd.testing.assert_frame_equal(got, want)
 
 
-def test_las_adapted_models_and_the_second_demo_corpus(las_exp, tiny_demo, tmp_path):
+@starts("las_second_corpus")
+def _start_las_second_corpus(bg, session):
+    """The tiny las_adapt experiment rerun from stage 1 with the second demo corpus as evaluation corpus."""
+    demo, las, root = bg.start("tiny_demo"), bg.start("las_exp"), bg.tmp.mktemp("las_second_corpus")
+
+    def build():
+        from make_demo_corpus import DemoConfig, make_demo_corpus
+
+        other = root / "other"
+        make_demo_corpus(str(other), DemoConfig(seed=5, sessions=1, dialogs_per_session=2, turns_per_dialog=6,
+                                                asr_train_minutes=0, asr_eval_minutes=0, style="other"), nj=1)
+        return add_eval_corpora(las.result()[0], root, "las_adapt", demo.result(), LAS_TINY,
+                                ["--eval-corpus", "demo-other", "--eval-root", str(other)])
+
+    return bg.run(build)
+
+
+las_second_corpus = started("las_second_corpus")
+
+
+def test_las_adapted_models_and_the_second_demo_corpus(las_second_corpus):
     """IAAN on per-fold adapted LAS layers: the evaluation corpus is dumped by each fold's adapted model,
     and the second demo corpus (an IEMOCAP layout) gives IAAN its dialog context."""
-    sys.path.insert(0, os.path.join(REPO, "local"))
-    from make_demo_corpus import DemoConfig, make_demo_corpus
-    from test_pipeline import LAS_TINY
-
-    other = tmp_path / "other"
-    make_demo_corpus(str(other), DemoConfig(seed=5, sessions=1, dialogs_per_session=2, turns_per_dialog=6,
-                                            asr_train_minutes=0, asr_eval_minutes=0, style="other"), nj=1)
-    exp, proc, before = add_eval_corpora(las_exp[0], tmp_path, "las_adapt", tiny_demo, LAS_TINY,
-                                         ["--eval-corpus", "demo-other", "--eval-root", str(other)])
+    exp, proc, before = las_second_corpus.result()
     assert model_times(exp) == before  # no ASR, adapted or SER model written again
     assert "stage 3: 0 of" not in proc.stderr and "trainings already finished (same inputs), not repeated" in proc.stderr
     stores = pd.read_json(exp / "dump" / "stores_eval-demo-other.json", typ="series")

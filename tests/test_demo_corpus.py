@@ -37,6 +37,7 @@ TINY = DemoConfig(seed=3, sessions=2, dialogs_per_session=2, turns_per_dialog=4,
                   asr_eval_minutes=0.1)  # the configuration of conftest.tiny_demo
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed(demo, tmp_path):
     assert demo["cfg"] == TINY
     again = make_demo_corpus(str(tmp_path / "again"), TINY, nj=1)  # other worker count, same bytes

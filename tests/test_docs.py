@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".venv", "venv", "exp", "corpora", "node_modules", "__pycache__"}
 PATH_PREFIXES = ("recipes", "ser_modules", "local", "utils", "docs", "tests")
@@ -428,6 +430,7 @@ def test_paths_and_modules_in_code_exist():
     assert not problems, report(problems)
 
 
+@pytest.mark.slow
 def test_named_options_are_accepted():
     problems = [p for doc in docs() for p in option_problems(doc)]
     assert not problems, report(problems)

@@ -314,6 +314,7 @@ print(rss_mb() - start)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc")
 def test_bounded_primitive_cache_keeps_a_dump_of_many_shapes_flat():
     # Stage 4 grew 1.1 GB from 1x to 8x the demo corpus: oneDNN kept a primitive per padded batch shape.

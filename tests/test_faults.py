@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from background import starts
 from ser_modules.data.audio import AudioReadError, load_audio
 from ser_modules.data.corpus import apply_label_map, resolve_label_map
 from ser_modules.utils.fileio import ManifestError
@@ -62,12 +62,21 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in proc.stderr, proc.stderr[-3000:]
 
 
+@starts("base")
+def _start_base(bg, session):
+    demo, exp = bg.start("tiny_demo"), bg.tmp.mktemp("faults") / "base"
+
+    def build():
+        run(exp, demo.result())
+        return exp
+
+    return bg.run(build)
+
+
 @pytest.fixture(scope="module")
-def base(tiny_demo, tmp_path_factory):
-    """The uninterrupted experiment, stages 1-6."""
-    exp = tmp_path_factory.mktemp("faults") / "base"
-    run(exp, tiny_demo)
-    return exp
+def base(background):
+    """The uninterrupted experiment, stages 1-6 (built in the background, tests/background.py)."""
+    return background.start("base").result()
 
 
 def copy_experiment(base, tmp_path, name="exp"):
@@ -350,19 +359,27 @@ def scale_out(base, tiny_demo, root, name: str, stage: int, *args: str):
     return exp, run(exp, tiny_demo, "--stage", str(stage), *args, check=False)
 
 
+@starts("scenarios")
+def _start_scenarios(bg, session):
+    """The runs of the kill, relocation and scale-out tests, each on a copy of the base experiment, in the
+    background two at a time (each is mostly one single-threaded process)."""
+    demo, base_run, root = bg.start("tiny_demo"), bg.start("base"), bg.tmp.mktemp("scenarios")
+
+    def scenario(fn, *args):
+        return bg.run(lambda: fn(base_run.result(), demo.result(), root, *args))
+
+    futures = {"sigint": scenario(interrupt_runner),
+               "slurm": scenario(scale_out, "slurm", 5, "--launcher", "submitit-local", "--slurm-partition", "gpu",
+                                 "--slurm-time", "30", "--slurm-gres", "gpu:1"),
+               "ngpu2": scenario(scale_out, "ngpu2", 3, "--ngpu", "2"),
+               "moved": scenario(move_and_rerun)}
+    futures.update({key: scenario(kill_and_rerun, *key) for key in KILLS})
+    return futures
+
+
 @pytest.fixture(scope="module")
-def scenarios(base, tiny_demo, tmp_path_factory):
-    """The runs of the kill, relocation and scale-out tests, two at a time (each is mostly one
-    single-threaded process), all finished before their tests check them."""
-    root = tmp_path_factory.mktemp("scenarios")
-    with ThreadPoolExecutor(2) as pool:
-        futures = {"sigint": pool.submit(interrupt_runner, base, tiny_demo, root),
-                   "slurm": pool.submit(scale_out, base, tiny_demo, root, "slurm", 5, "--launcher", "submitit-local",
-                                        "--slurm-partition", "gpu", "--slurm-time", "30", "--slurm-gres", "gpu:1"),
-                   "ngpu2": pool.submit(scale_out, base, tiny_demo, root, "ngpu2", 3, "--ngpu", "2"),
-                   "moved": pool.submit(move_and_rerun, base, tiny_demo, root)}
-        futures.update({key: pool.submit(kill_and_rerun, base, tiny_demo, root, *key) for key in KILLS})
-        return {key: f.result() for key, f in futures.items()}
+def scenarios(background):
+    return {key: f.result() for key, f in background.start("scenarios").items()}
 
 
 @pytest.mark.parametrize("stage,signal_name", list(KILLS), ids=[f"stage{s}-{n}" for s, n in KILLS])

@@ -118,8 +118,8 @@ def test_streaming_rows_equal_the_old_single_batch(request, tmp_path, which, var
         assert any(reference[f]["transcript"] for f in files)  # the comparison includes real transcripts
 
 
-def test_a_long_file_in_several_batches_equals_one_batch(request, tmp_path):
-    exp, protocol = experiment(request, "ctc")
+def test_a_long_file_in_several_batches_equals_one_batch(ctc_exp, tmp_path):
+    exp, protocol = ctc_exp[0], PROTOCOL["ctc"]
     rec = EmotionRecognizer.from_experiment(str(exp), "MP-2", device="cpu", decoder="beam")
     rec.max_seconds = 2.0
     long = long_recording(tmp_path / "long.wav", emotion_wavs(exp, protocol)[:6], 13.0)  # 7 windows
@@ -132,8 +132,8 @@ def test_a_long_file_in_several_batches_equals_one_batch(request, tmp_path):
         assert part["transcript"] == whole["transcript"] and part["duration"] == whole["duration"]
 
 
-def test_a_window_that_cannot_be_heard_fails_its_file_only(request, tmp_path):
-    exp, protocol = experiment(request, "ctc")
+def test_a_window_that_cannot_be_heard_fails_its_file_only(ctc_exp, tmp_path):
+    exp, protocol = ctc_exp[0], PROTOCOL["ctc"]
     rec = EmotionRecognizer.from_experiment(str(exp), "MP-2", device="cpu", max_seconds=1.0)
     good = emotion_wavs(exp, protocol)[0]
     data, _ = sf.read(good, dtype="float32")
@@ -234,8 +234,8 @@ def copy_experiment(exp, dest):
                                                               and os.path.isdir(os.path.join(d, n))])
 
 
-def test_decoding_keys_come_from_the_experiment(request, tmp_path, capsys):
-    exp, protocol = experiment(request, "ctc")
+def test_decoding_keys_come_from_the_experiment(ctc_exp, las_exp, tmp_path, capsys):
+    exp, protocol = ctc_exp[0], PROTOCOL["ctc"]
     copy = copy_experiment(exp, tmp_path / "ctc")
     hparams = copy / "asr" / "hyperparams.yaml"
     text = hparams.read_text()
@@ -260,7 +260,7 @@ def test_decoding_keys_come_from_the_experiment(request, tmp_path, capsys):
         "transcripts: greedy decoding (DeepSpeech2 asr/model.pt)"
 
     # An adapted model transcribes with stage 3's keys (its configuration, adapt/hyperparams.yaml), else stage 2's.
-    exp, _ = experiment(request, "las")
+    exp = las_exp[0]
     copy = copy_experiment(exp, tmp_path / "las")
     stage3 = copy / "adapt" / "hyperparams.yaml"
     lines = stage3.read_text().splitlines()
@@ -319,8 +319,8 @@ def peak_rss(exp, wav: str, batch_size: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_peak_memory_of_a_60_minute_file_is_that_of_a_1_minute_file(request, tmp_path):
-    exp, _ = experiment(request, "ctc")
+def test_peak_memory_of_a_60_minute_file_is_that_of_a_1_minute_file(ctc_exp, tmp_path):
+    exp = ctc_exp[0]
     started = time.time()
     short, long = noise_and_tone(tmp_path / "1min.wav", 1), noise_and_tone(tmp_path / "60min.wav", 60)
     generated = time.time() - started

@@ -8,7 +8,6 @@ Every import statement counts, wherever it is (module level, inside a function, 
 from __future__ import annotations
 
 import ast
-import os
 import sys
 from pathlib import Path
 

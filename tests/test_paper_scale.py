@@ -17,6 +17,7 @@ import soundfile as sf
 import speechbrain as sb
 import torch
 
+from background import started, starts
 from ser_modules.utils.fileio import ManifestError, StagedOutputs, TrainingDiverged, read_json
 from test_asr_training import asr_data  # noqa: F401 (a fixture: 16 training, 4 dev utterances of the tiny demo)
 from test_faults import run
@@ -110,6 +111,7 @@ def test_audio_problems_are_named_with_the_file(tmp_path):
     assert audio_problem(path, 0.1, 0.2) is None and "every sample is zero" in audio_problem(path, 0.0, 0.1)
 
 
+@pytest.mark.slow
 def test_stage1_rejects_unreadable_nan_and_silent_audio_and_stage2_trains(tiny_demo, tmp_path):
     librispeech = str(tmp_path / "LibriSpeech")
     shutil.copytree(tiny_demo["librispeech"], librispeech)
@@ -194,40 +196,73 @@ def model_state(exp) -> dict:
 TRAIN = ["--stop-stage", "2", "asr.batch_size=2", "asr.ckpt_interval_minutes=0"]
 
 
-def test_kill_9_after_a_step_checkpoint_resumes_mid_epoch_and_a_changed_batch_size_keeps_the_run(tiny_demo, tmp_path):
-    whole = tmp_path / "whole"
-    run(whole, tiny_demo, *TRAIN)
-    expected = model_state(whole)
+@starts("kill_9_runs")
+def _start_kill_9_runs(bg, session):
+    """Stage 2 uninterrupted; and killed after a step checkpoint, rerun with another batch size (out of memory,
+    say), then with the first one again (in the background, tests/background.py)."""
+    demo, root = bg.start("tiny_demo"), bg.tmp.mktemp("kill_9")
 
-    exp = tmp_path / "exp"
-    killed = run(exp, tiny_demo, *TRAIN, "asr.ckpt_interval_steps=2", check=False,
-                 env={"SER_FAULT": "step_checkpoint:1:SIGKILL"})
+    def whole():
+        run(root / "whole", demo.result(), *TRAIN)
+        return model_state(root / "whole")
+
+    def interrupted():
+        exp = root / "exp"
+        killed = run(exp, demo.result(), *TRAIN, "asr.ckpt_interval_steps=2", check=False,
+                     env={"SER_FAULT": "step_checkpoint:1:SIGKILL"})
+        ckpts = sorted(d for d in os.listdir(exp / ".asr.partial" / "save") if d.startswith("CKPT"))
+        saved = {c: ((exp / ".asr.partial" / "save" / c / "CKPT.yaml").read_text(),
+                     read_json(exp / ".asr.partial" / "save" / c / "counter.ckpt")) for c in ckpts}
+        other = run(exp, demo.result(), "--stop-stage", "2", "asr.batch_size=3", "asr.ckpt_interval_minutes=0")
+        asides = [d for d in os.listdir(exp) if d.startswith(".asr.aside-")]
+        aside_ckpts = [os.listdir(exp / d / "save") for d in asides]
+        resumed = run(exp, demo.result(), *TRAIN, "asr.ckpt_interval_steps=2")
+        return exp, killed, saved, other, aside_ckpts, resumed
+
+    return bg.run(whole), bg.run(interrupted)
+
+
+kill_9_runs = started("kill_9_runs")
+
+
+def test_kill_9_after_a_step_checkpoint_resumes_mid_epoch_and_a_changed_batch_size_keeps_the_run(kill_9_runs):
+    whole, interrupted = kill_9_runs
+    exp, killed, saved, other, aside_ckpts, resumed = interrupted.result()
     assert killed.returncode != 0
-    ckpts = [d for d in os.listdir(exp / ".asr.partial" / "save") if d.startswith("CKPT")]
-    assert len(ckpts) == 1 and "brain_intra_epoch_ckpt" in (exp / ".asr.partial" / "save" / ckpts[0] / "CKPT.yaml").read_text()
-    assert read_json(exp / ".asr.partial" / "save" / ckpts[0] / "counter.ckpt")["current_epoch"] == 1
+    assert len(saved) == 1
+    ckpt, (yaml_text, counter) = next(iter(saved.items()))
+    assert "brain_intra_epoch_ckpt" in yaml_text and counter["current_epoch"] == 1
 
     # After an out-of-memory error the user lowers the batch: the unfinished run is kept aside, not deleted.
-    other = run(exp, tiny_demo, "--stop-stage", "2", "asr.batch_size=3", "asr.ckpt_interval_minutes=0")
     assert "moved aside to" in other.stderr
-    asides = [d for d in os.listdir(exp) if d.startswith(".asr.aside-")]
-    assert len(asides) == 1 and os.listdir(exp / asides[0] / "save") == ckpts
+    assert aside_ckpts == [[ckpt]]
 
     # Back to the first batch size: that run is taken back and continues at the batch after its checkpoint.
-    resumed = run(exp, tiny_demo, *TRAIN, "asr.ckpt_interval_steps=2")
     assert "resuming the unfinished work of these inputs" in resumed.stderr
     assert "stage 2 resumes from the latest checkpoint" in resumed.stderr
-    got = model_state(exp)
+    got, expected = model_state(exp), whole.result()
     assert got.keys() == expected.keys()
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
     assert not [d for d in os.listdir(exp) if d.startswith((".asr.aside-", ".asr.partial"))]
 
 
-def test_raising_n_epochs_continues_the_finished_run(tiny_demo, tmp_path):
-    exp = tmp_path / "exp"
-    run(exp, tiny_demo, *TRAIN, "asr.n_epochs=1")
-    more = run(exp, tiny_demo, *TRAIN, "asr.n_epochs=2")
+@starts("more_epochs_run")
+def _start_more_epochs_run(bg, session):
+    demo, exp = bg.start("tiny_demo"), bg.tmp.mktemp("more_epochs") / "exp"
+
+    def runs():
+        run(exp, demo.result(), *TRAIN, "asr.n_epochs=1")
+        return exp, run(exp, demo.result(), *TRAIN, "asr.n_epochs=2")
+
+    return bg.run(runs)
+
+
+more_epochs_run = started("more_epochs_run")
+
+
+def test_raising_n_epochs_continues_the_finished_run(more_epochs_run):
+    exp, more = more_epochs_run.result()
     assert "stage 2 resumes from the latest checkpoint" in more.stderr and "moved aside" not in more.stderr
     log = (exp / "asr" / "train_log.txt").read_text()
     assert log.count("epoch: 1,") == 1 and log.count("epoch: 2,") == 1  # epoch 1 was not trained again
@@ -392,6 +427,7 @@ def test_a_cluster_job_resolves_its_device_on_its_own_node(monkeypatch):
 # Data loading: picklable datasets without a manifest copy per worker; batches by audio seconds
 
 
+@pytest.mark.slow
 def test_loader_workers_give_the_batches_of_in_process_loading(asr_data):
     from ser_modules.data.datasets import LengthBucketBatchSampler, asr_dataset, make_loader
     from ser_modules.data.text import CharVocabulary

@@ -3,7 +3,6 @@ trained experiments."""
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,37 +11,10 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
+from background import started, starts
+from recipe_runs import CTC_TINY, REPO, run_recipe
 from ser_modules.infer import main as infer_main
 from ser_modules.inference.recognizer import EmotionRecognizer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-CTC_TINY = [
-    "asr.n_epochs=1", "asr.rnn_layers=1", "asr.rnn_hidden=16", "asr.conv_channels=2", "asr.decoders=[greedy]",
-    "dump.dtype=float32", "dump.augmented_copies=1",
-    "ser.variants=[{name: MP-2, type: mp, asr: pretrained, layer: gru1, max_epochs: 3},"
-    " {name: baseline-8, type: baseline, hidden: 8, max_epochs: 2},"
-    " {name: Progressive-1, type: progressive, asr: pretrained, layer: gru1, hidden: 8, max_epochs: 2}]",
-    "score.reference=baseline-8", "score.tsne_layers=[gru1]", "score.loudness_layer=gru1", "score.chance_runs=2",
-]
-LAS_TINY = [
-    "asr.n_epochs=1", "asr.listener_hidden=8", "asr.fc_size=16", "asr.speller_hidden=16", "asr.attention_dim=8",
-    "asr.embedding_dim=8", "asr.decoders=[greedy]", "adapt.epochs_per_stage=1", "adapt.structured_rank=4",
-    "adapt.score_every_stage=True",
-    "ser.variants=[{name: IAAN-pretrained-pblstm1, type: iaan, asr: pretrained, layer: pblstm1, hidden: 8, max_epochs: 2},"
-    " {name: IAAN-structured-pblstm2, type: iaan, asr: structured, layer: pblstm2, hidden: 8, max_epochs: 2}]",
-    "score.reference=IAAN-pretrained-pblstm1", "score.chance_runs=2",
-]
-
-
-def run_recipe(recipe, exp, tiny_demo, extra):
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    cmd = ["bash", os.path.join(REPO, "recipes", recipe, "run.sh"), "--exp-dir", str(exp), "--size", "demo",
-           "--emotion-corpus", "iemocap", "--emotion-root", tiny_demo["iemocap"], "--asr-corpus", "librispeech",
-           "--asr-root", tiny_demo["librispeech"], "--nj", "1", "--folds", "loso", *extra]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
 
 
 def test_ctc_recipe_writes_every_stage_output(ctc_exp):
@@ -87,20 +59,35 @@ def test_rerun_skips_finished_work(ctc_exp, tiny_demo):
     assert "12 model x corpus scorings on evaluation corpora (12 finished before, not repeated)" in proc.stderr
 
 
-def test_stage2_rescores_on_an_evaluation_change_and_retrains_on_a_training_change(ctc_exp, tiny_demo, tmp_path):
+@starts("stage2_reruns")
+def _start_stage2_reruns(bg, session):
+    """A copy of the tiny ctc experiment's stage 2 rerun with a beam decoder added, then with a larger GRU."""
     import shutil
 
-    exp = tmp_path / "exp"
-    shutil.copytree(ctc_exp[0], exp)  # the shared experiment stays as stage 5 used it
-    save = exp / "asr" / "save"
-    checkpoints = sorted(os.listdir(save))
-    beam = [o.replace("asr.decoders=[greedy]", "asr.decoders=[greedy, beam]") for o in CTC_TINY]
-    proc = run_recipe("ctc_transfer", exp, tiny_demo, beam + ["--stage", "2", "--stop-stage", "2"])
-    assert "the older run in" not in proc.stderr and sorted(os.listdir(save)) == checkpoints
-    asr = pd.read_csv(exp / "asr_results.csv")
+    demo, ctc, exp = bg.start("tiny_demo"), bg.start("ctc_exp"), bg.tmp.mktemp("stage2_reruns") / "exp"
+
+    def build():
+        shutil.copytree(ctc.result()[0], exp)  # the shared experiment stays as stage 5 used it
+        save = exp / "asr" / "save"
+        checkpoints = sorted(os.listdir(save))
+        beam = [o.replace("asr.decoders=[greedy]", "asr.decoders=[greedy, beam]") for o in CTC_TINY]
+        rescored = run_recipe("ctc_transfer", exp, demo.result(), beam + ["--stage", "2", "--stop-stage", "2"])
+        after_rescoring = sorted(os.listdir(save)), pd.read_csv(exp / "asr_results.csv")
+        retrained = run_recipe("ctc_transfer", exp, demo.result(),
+                               beam + ["asr.rnn_hidden=12", "--stage", "2", "--stop-stage", "2"])
+        return checkpoints, rescored, after_rescoring, retrained, sorted(os.listdir(save))
+
+    return bg.run(build)
+
+
+stage2_reruns = started("stage2_reruns")
+
+
+def test_stage2_rescores_on_an_evaluation_change_and_retrains_on_a_training_change(stage2_reruns):
+    checkpoints, rescored, (kept, asr), retrained, replaced = stage2_reruns.result()
+    assert "the older run in" not in rescored.stderr and kept == checkpoints
     assert set(asr.loc[asr["decoder"] == "beam", "split"]) == {"dev", "test"}
-    proc = run_recipe("ctc_transfer", exp, tiny_demo, beam + ["asr.rnn_hidden=12", "--stage", "2", "--stop-stage", "2"])
-    assert "the older run in" in proc.stderr and sorted(os.listdir(save)) != checkpoints
+    assert "the older run in" in retrained.stderr and replaced != checkpoints
 
 
 @pytest.mark.parametrize("variant", ["MP-2", "Progressive-1"])

@@ -51,6 +51,7 @@ def test_an_evaluation_corpus_needs_stage_1(tmp_path):
     assert proc.returncode == 2 and "--eval-corpus is prepared by stage 1: start at --stage 1" in proc.stderr
 
 
+@pytest.mark.slow
 def test_stage1_on_real_layouts_and_resume(tiny_demo, tmp_path):
     exp = tmp_path / "exp"
     args = ["--stop-stage", "1", "--exp-dir", str(exp), "--emotion-corpus", "iemocap", "--emotion-root",
@@ -87,3 +88,24 @@ def test_stage2_configuration_key_ignores_evaluation_keys_paths_and_wrapping():
     assert canonical_config(a, "/e/x") != canonical_config(moved, "/f/x")  # the full key still sees decoding
     for changed in (a.replace("lr: 0.1", "lr: 0.2"), a.replace("h: 8", "h: 9")):
         assert canonical_config(changed, "/e/x", EVAL_ONLY_KEYS) != canonical_config(a, "/e/x", EVAL_ONLY_KEYS)
+
+
+def gpu_count(tmp_path, device: str) -> tuple[str, bool]:
+    """``gpu_count`` of utils/recipe.sh for ``--device``; and whether it started Python to ask torch."""
+    marker = tmp_path / "asked"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\necho 3\n")  # a stand-in 'torch' that sees 3 GPUs
+    fake.chmod(0o755)
+    script = f". {os.path.join(REPO, 'utils', 'recipe.sh')}; device={device}; gpu_count"
+    out = subprocess.run(["bash", "-c", script], env={**os.environ, "PYTHON": str(fake)}, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    return out, marker.exists()
+
+
+def test_gpu_count_asks_torch_only_where_a_gpu_device_exists(tmp_path):
+    import glob
+
+    assert gpu_count(tmp_path, "cpu") == ("0", False)
+    devices = glob.glob("/dev/nvidia[0-9]*") + [d for d in ("/dev/kfd", "/dev/dxg") if os.path.exists(d)]
+    # Without a device node torch can see no GPU: no 1.5 s torch import to learn it; with one, torch is asked.
+    assert gpu_count(tmp_path, "auto") == (("3", True) if devices else ("0", False))

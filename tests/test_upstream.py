@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from ser_modules.dump.store import FeatureStore
+from background import started, starts
 from ser_modules.dump.writing import dump_asr_layers
 from ser_modules.models.ser import FineTuneMP, FrozenASRLayer, WeightedLayerSum
 from ser_modules.ser.probe import expand_variants, resolve_reference
@@ -163,6 +163,7 @@ def test_weighted_sum_weights_sum_to_one_and_learn_while_the_upstream_stays_froz
     assert not upstream.model.training  # dropout and masking stay off
 
 
+@pytest.mark.slow
 def test_bad_folders_get_one_line_naming_what_is_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "noweights").mkdir()
@@ -315,18 +316,35 @@ def test_ctc_adaptation_keeps_the_feature_encoder_and_lowers_the_ctc_loss(uttera
     assert not record["kept_start"] and record["valid"] <= record["start"]
 
 
-def test_ctc_head_recipe_exports_scores_and_dumps_adapted_upstreams(upstream_exp, tiny_demo, tmp_path):
+@starts("ctc_head_exp")
+def _start_ctc_head_exp(bg, session):
+    """A copy of the tiny upstream_probe experiment with stages 3-6 rerun to adapt the upstream with a CTC
+    head, then stage 3 again (in the background, tests/background.py)."""
     import shutil
 
-    exp, _ = upstream_exp
-    copy = tmp_path / "exp"
-    shutil.copytree(exp, copy)
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    cmd = ["bash", os.path.join(REPO, "recipes", "upstream_probe", "run.sh"), "--exp-dir", str(copy), "--size", "demo",
-           "--emotion-corpus", "iemocap", "--emotion-root", tiny_demo["iemocap"], "--nj", "1", "--folds", "loso",
-           "--stage", "3", "--stop-stage", "6", "score.chance_runs=2", "adapt.ctc_head=True", "adapt.epochs_per_stage=1",
-           "dump.dtype=float32", "ser.variants=[{name: MP, type: mp, asr: adapted, layer: last, max_epochs: 1}]"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    demo, upstream, copy = bg.start("tiny_demo"), bg.start("upstream_exp"), bg.tmp.mktemp("ctc_head") / "exp"
+
+    def build():
+        shutil.copytree(upstream.result()[0], copy)
+        env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+        cmd = ["bash", os.path.join(REPO, "recipes", "upstream_probe", "run.sh"), "--exp-dir", str(copy), "--size",
+               "demo", "--emotion-corpus", "iemocap", "--emotion-root", demo.result()["iemocap"], "--nj", "1",
+               "--folds", "loso", "--stage", "3", "--stop-stage", "6", "score.chance_runs=2", "adapt.ctc_head=True",
+               "adapt.epochs_per_stage=1", "dump.dtype=float32",
+               "ser.variants=[{name: MP, type: mp, asr: adapted, layer: last, max_epochs: 1}]"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        again = subprocess.run(cmd[:-4] + ["--stop-stage", "3", *cmd[-4:]], env=env, capture_output=True, text=True,
+                               timeout=600) if proc.returncode == 0 else None
+        return copy, proc, again
+
+    return bg.run(build)
+
+
+ctc_head_exp = started("ctc_head_exp")
+
+
+def test_ctc_head_recipe_exports_scores_and_dumps_adapted_upstreams(ctc_head_exp):
+    copy, proc, again = ctc_head_exp.result()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     for fold in ("session1", "session2"):
         info = json.loads((copy / "adapt" / "adapted" / fold / "model.json").read_text())
@@ -341,11 +359,10 @@ def test_ctc_head_recipe_exports_scores_and_dumps_adapted_upstreams(upstream_exp
     assert pd.read_csv(copy / "results.csv")["model"].tolist() == ["MP-adapted.layer2"]
     assert "| wavlm-tiny | adapted |" in (copy / "RESULTS.md").read_text()
     # Finished folds are skipped on rerun.
-    again = subprocess.run(cmd[:-4] + ["--stop-stage", "3", *cmd[-4:]], env=env, capture_output=True, text=True,
-                           timeout=600)
     assert again.returncode == 0 and "adapted session1 done (0.0 s)" in again.stderr, again.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_the_rest_of_the_toolkit_does_not_import_transformers():
     code = ("import sys, ser_modules.stages.dump, ser_modules.stages.ser_train, ser_modules.stages.score, "
             "ser_modules.stages.upstream_describe, ser_modules.infer, ser_modules.upstreams.loading, ser_modules.ser.probe; "

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
+from background import starts
+from recipe_runs import run_recipe
 from ser_modules.upstreams.checkpoints import bundle_arch, bundle_table, resolve_arch
 from ser_modules.upstreams.encoders import TorchaudioUpstream
 from ser_modules.upstreams.formats import check_upstream, upstream_name
@@ -217,6 +219,7 @@ def test_a_bundle_file_is_recognised_by_name_and_equals_the_pipelines_model(tmp_
         torch.testing.assert_close(out[f"layer{k}"][0][0], blocks[k - 1][0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_bad_torchaudio_checkpoints_are_one_line_naming_the_problem(tmp_path):
     path = make_tiny_upstream("wav2vec2", str(tmp_path / "w2v.pth"), fmt="torchaudio")
     params = str(tmp_path / "w2v.json")
@@ -270,21 +273,28 @@ def test_bad_torchaudio_checkpoints_are_one_line_naming_the_problem(tmp_path):
 # ---- the probe recipe with both formats -----------------------------------------------------------
 
 
+@starts("checkpoint_exp")
+def _start_checkpoint_exp(bg, session):
+    demo, root = bg.start("tiny_demo"), bg.tmp.mktemp("checkpoints")
+
+    def build():
+        whisper = make_tiny_upstream("whisper", str(root / "base.pt"), fmt="openai-whisper")
+        w2v = make_tiny_upstream("wav2vec2", str(root / "w2v tiny.pth"), fmt="torchaudio")  # a space in the path
+        exp = root / "exp"
+        proc = run_recipe("upstream_probe", exp, demo.result(), [
+            "--upstream", whisper, "--upstream", w2v, "--upstream-arch", str(root / "w2v tiny.json"),
+            "dump.dtype=float32", "ser.variants=[{name: MP, type: mp, asr: upstreams, layer: last, max_epochs: 2},"
+            " {name: eGeMAPS-SVM, type: reference, C: [0.1]}]", "score.chance_runs=2", "score.tsne=False"])
+        return exp, proc, root
+
+    return bg.run(build)
+
+
 @pytest.fixture(scope="module")
-def checkpoint_exp(tiny_demo, tmp_path_factory):
+def checkpoint_exp(background):
     """recipes/upstream_probe stages 1-6 on the tiny demo with an openai-whisper .pt and a torchaudio .pth
     (its architecture as JSON), an MP on each last layer and the eGeMAPS reference."""
-    from test_pipeline import run_recipe
-
-    root = tmp_path_factory.mktemp("checkpoints")
-    whisper = make_tiny_upstream("whisper", str(root / "base.pt"), fmt="openai-whisper")
-    w2v = make_tiny_upstream("wav2vec2", str(root / "w2v tiny.pth"), fmt="torchaudio")  # a space in the path
-    exp = root / "exp"
-    proc = run_recipe("upstream_probe", exp, tiny_demo, [
-        "--upstream", whisper, "--upstream", w2v, "--upstream-arch", str(root / "w2v tiny.json"), "dump.dtype=float32",
-        "ser.variants=[{name: MP, type: mp, asr: upstreams, layer: last, max_epochs: 2},"
-        " {name: eGeMAPS-SVM, type: reference, C: [0.1]}]", "score.chance_runs=2", "score.tsne=False"])
-    return exp, proc, root
+    return background.start("checkpoint_exp").result()
 
 
 def test_probe_runs_end_to_end_on_openai_whisper_and_torchaudio_checkpoints(checkpoint_exp):

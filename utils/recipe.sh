@@ -272,9 +272,13 @@ run_python() {
 # gpu_count: GPUs this run may use (0 with --device cpu); asked once.
 gpu_count() {
   if [ -z "${_gpus:-}" ]; then
-    case "$device" in cpu) _gpus=0 ;;
-      *) _gpus=$($python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' \
-           2>/dev/null || echo 0) ;; esac
+    if [ "$device" = cpu ]; then _gpus=0
+    elif ! compgen -G '/dev/nvidia[0-9]*' > /dev/null && [ ! -e /dev/kfd ] && [ ! -e /dev/dxg ]; then
+      _gpus=0  # no NVIDIA, ROCm or WSL GPU device: torch sees none (asking it costs a 1.5 s import)
+    else
+      _gpus=$($python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' \
+        2>/dev/null || echo 0)
+    fi
   fi
   echo "$_gpus"
 }
