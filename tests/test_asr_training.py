@@ -367,6 +367,49 @@ def test_joint_decoding_follows_a_confident_ctc_head_and_ignores_padding():
         Transcriber(DeepSpeech2(conv_channels=2, rnn_layers=1, rnn_hidden=8), CharVocabulary())(feats, lengths, "joint")
 
 
+def test_fast_ctc_prefix_score_equals_speechbrains_through_a_search():
+    """Our full-vocabulary CTC prefix score gives SpeechBrain's ``CTCPrefixScore`` scores and states (float
+    rounding) over 20 steps of a batch with padded utterances, hypotheses reordered between steps as a beam
+    search does; and a joint beam search with a trained-looking random LAS spells the same with either."""
+    from speechbrain.decoders.ctc import CTCPrefixScore
+    from speechbrain.decoders.scorer import CTCScorer as SpeechBrainCTCScorer
+    from speechbrain.decoders.scorer import ScorerBuilder
+    from speechbrain.decoders.seq2seq import S2SRNNBeamSearcher
+
+    from ser_modules.asr.ctc_prefix import CTCScorer, FastCTCPrefixScore
+    from ser_modules.models.las import ListenAttendSpell
+
+    torch.manual_seed(0)
+    B, T, V, beam = 3, 30, 9, 4
+    x = torch.randn(B, T, V).mul(3).log_softmax(-1)
+    lens = torch.tensor([30, 21, 9])
+    ref, fast = CTCPrefixScore(x, lens, 0, V - 1), FastCTCPrefixScore(x, lens, 0, V - 1)
+    ref_state = fast_state = None
+    tokens = torch.full((B * beam,), 1, dtype=torch.long)
+    for _ in range(20):
+        ref_scores, ref_state = ref.forward_step(tokens, ref_state)
+        fast_scores, fast_state = fast.forward_step(tokens, fast_state)
+        torch.testing.assert_close(fast_scores, ref_scores, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(fast_state[0], ref_state[0], rtol=1e-5, atol=1e-4)
+        index = torch.randint(0, beam * V, (B, beam))
+        ref_state, fast_state = ref.permute_mem(ref_state, index), fast.permute_mem(fast_state, index)
+        tokens = (index % V).view(-1)
+
+    model = ListenAttendSpell(listener_hidden=6, fc_size=8, speller_hidden=8, attention_dim=8, embedding_dim=4,
+                              n_symbols=V, ctc_head=True).eval()
+    with torch.no_grad():
+        enc, enc_lengths = model.listener(torch.randn(B, 60, 39), torch.tensor([60, 44, 28]))
+    hyps = []
+    for scorer_class in (SpeechBrainCTCScorer, CTCScorer):
+        scorer = ScorerBuilder(full_scorers=[scorer_class(model.ctc_output, 0, model.eos_index)], weights={"ctc": 0.5})
+        search = S2SRNNBeamSearcher(model.embedding, model.speller, model.output, bos_index=model.bos_index,
+                                    eos_index=model.eos_index, min_decode_ratio=0.0, max_decode_ratio=1.0,
+                                    beam_size=beam, scorer=scorer)
+        with torch.no_grad():
+            hyps.append(search(enc, enc_lengths.float() / enc.shape[1])[0])
+    assert hyps[0] == hyps[1] and any(len(h) for h in hyps[0])
+
+
 def test_greedy_ctc_drops_edge_and_repeated_spaces():
     """Frames ' ', A, blank, ' ', blank, ' ', B, ' ' collapse to ' A  B ' on the best path; the
     transcript is 'A B', as the references are written (a stray space would count as a CER error)."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 from speechbrain.decoders.ctc import CTCBeamSearcher
-from speechbrain.decoders.scorer import CTCScorer, ScorerBuilder
+from speechbrain.decoders.scorer import ScorerBuilder
 from speechbrain.decoders.seq2seq import S2SRNNBeamSearcher, S2SRNNGreedySearcher
 
+from ser_modules.asr.ctc_prefix import CTCScorer
 from ser_modules.data.text import CharVocabulary
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
