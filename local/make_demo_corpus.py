@@ -285,10 +285,18 @@ def resample_sinc(x: np.ndarray, orig_sr: int, target_sr: int, half_width: int =
     offset = (np.arange(up) / up)[:, None] - taps[None, :]
     table = cutoff * np.sinc(cutoff * offset) * (0.5 + 0.5 * np.cos(np.pi * offset / half_width))
     table /= table.sum(axis=1, keepdims=True)
-    n = np.arange(int(len(x) * up / down))
-    base, phase = np.divmod(n * down, up)
-    padded = np.concatenate([np.zeros(half_width), x, np.zeros(half_width + 1)])
-    return np.einsum("nk,nk->n", padded[base[:, None] + taps[None, :] + half_width], table[phase])
+    n_out = int(len(x) * up / down)
+    padded = np.ascontiguousarray(np.concatenate([np.zeros(half_width), x, np.zeros(half_width + down + 1)]), np.float64)
+    out = np.empty(n_out)
+    # Outputs p, p + up, p + 2 up, ... share a phase and step ``down`` inputs apart: one strided window
+    # view times the phase's filter each (a gather of every window would copy 2 x taps x n values).
+    for p in range(min(up, n_out)):
+        base = (p * down) // up + taps[0] + half_width
+        count = (n_out - 1 - p) // up + 1
+        windows = np.lib.stride_tricks.as_strided(padded[base:], shape=(count, len(taps)),
+                                                  strides=(down * padded.strides[0], padded.strides[0]))
+        out[p::up] = windows @ table[(p * down) % up]
+    return out
 
 
 def synthesize_jobs(jobs: list[SynthJob]) -> list[int]:

@@ -29,6 +29,27 @@ class FastCTCPrefixScore(CTCPrefixScore):
             self._inflated = (beam_size, x.reshape(2, self.max_enc_len, -1, self.vocab_size).contiguous())
         return self._inflated[1]
 
+    def prefix_mass(self, r_sum: torch.Tensor, r_blank: torch.Tensor, last: torch.Tensor, start: int, end: int,
+                    beam_size: int) -> torch.Tensor:
+        """``log sum_{t=start}^{end-1} exp(phi[t-1] + x[t, c])`` ``[n_bh, V]``: the prefix extended by ``c``
+        first emitted at frame ``t``. ``phi[t-1]`` is ``r_sum[t-1]`` for every ``c`` but the last token, where
+        it is the blank-ending ``r_blank[t-1]``; so the sum is one matrix product per utterance (float64,
+        each hypothesis scaled by its largest term) and one gather, instead of exp and log of a
+        ``[T, n_bh, V]`` tensor."""
+        n_bh, V = r_sum.shape[1], self.vocab_size
+        if end <= start:
+            return torch.full((n_bh, V), self.minus_inf, device=self.device)
+        logp = self.x[0, start:end].double()  # [t, B, V]: log p_t(c) of each utterance
+        phi = r_sum[start - 1:end - 1].double()  # [t, n_bh]
+        scale = phi.max(dim=0).values  # [n_bh]
+        weights = (phi - scale).exp().T.reshape(self.batch_size, beam_size, -1)  # [B, beam, t]
+        mass = torch.bmm(weights, logp.exp().transpose(0, 1)).reshape(n_bh, V)  # [n_bh, V]
+        psi = (mass.log() + scale[:, None]).clamp_min(self.minus_inf)
+        hyps = torch.arange(n_bh, device=self.device)
+        own = r_blank[start - 1:end - 1].double() + logp[:, hyps // beam_size, last]  # [t, n_bh]
+        psi[hyps, last] = torch.logsumexp(own, dim=0).clamp_min(self.minus_inf)
+        return psi.to(r_sum.dtype)
+
     @torch.no_grad()
     def forward_step(self, inp_tokens, states, candidates=None, attn=None):
         if candidates is not None or (self.ctc_window_size and attn is not None):
@@ -58,9 +79,7 @@ class FastCTCPrefixScore(CTCPrefixScore):
             torch.logaddexp(r[t - 1, 0], phi[t - 1], out=r[t, 0])
             torch.logaddexp(r[t - 1, 0], r[t - 1, 1], out=r[t, 1])
             r[t].add_(x[:, t])
-        # psi = log sum over t of phi(t-1) p_t(c), plus the prefix's start
-        psi = torch.logsumexp(phi[start - 1:end - 1] + x[0, start:end], dim=0) if end > start else None
-        psi = r[start - 1, 0] if psi is None else torch.logaddexp(psi, r[start - 1, 0])
+        psi = torch.logaddexp(self.prefix_mass(r_sum, r_prev[:, 1], inp_tokens, start, end, beam_size), r[start - 1, 0])
         psi[:, self.eos_index] = r_sum[self.last_frame_index.repeat_interleave(beam_size), hyps]
         if self.eos_index != self.blank_index:
             psi[:, self.blank_index] = self.minus_inf  # blank is never emitted in joint scoring
