@@ -84,7 +84,8 @@ def parse_file_name(path: str) -> dict | None:
 
 def read_cremad(root: str) -> pd.DataFrame:
     """All utterances of ``<root>/AudioWAV``: ``ID, wav, duration, speaker, gender, label, transcript,
-    intensity``. Misnamed and unreadable files are warned about and skipped (counted in the log)."""
+    intensity``. Misnamed files are warned about and skipped (counted in the log); unreadable ones are left
+    to stage 1's audio check, which lists them in ``rejected.csv``."""
     folder = os.path.join(root, "AudioWAV")
     if not os.path.isdir(folder):
         raise ManifestError(f"{folder}: not found; --root must be the CREMA-D folder holding AudioWAV/")
@@ -97,9 +98,7 @@ def read_cremad(root: str) -> pd.DataFrame:
             logger.warning("%s: not a CREMA-D file name (<actor>_<sentence>_<emotion>_<level>.wav); skipped", path)
             skipped["misnamed"] += 1
             continue
-        duration = probe_duration(path, skipped)
-        if duration is None:
-            continue
+        duration = probe_duration(path)
         if genders and fields["actor"] not in genders:
             no_gender.add(fields["actor"])
         rows.append({"ID": f"cremad-{name[:-4]}", "wav": os.path.abspath(path), "duration": duration,

@@ -40,14 +40,16 @@ GENDERS = {"": "", "f": "F", "female": "F", "m": "M", "male": "M"}
 
 
 def _duration(csv_path: str, line: int, audio: str) -> float:
-    """Header duration of a listed file; any problem is an error naming the CSV line and the file."""
+    """Header duration of a listed file. A missing file is an error naming the CSV line (a wrong path);
+    an unreadable one gets 0.0 and is left to stage 1's audio check, which lists it in ``rejected.csv``
+    with its reason, as for every corpus kind."""
+    if not os.path.isfile(audio):
+        raise ManifestError(f"{csv_path}:{line}: {audio}: audio file not found")
     try:
         sr, frames, _ = audio_info(audio)
-    except AudioReadError as err:
-        raise ManifestError(f"{csv_path}:{line}: {err}") from err
-    if frames == 0:
-        raise ManifestError(f"{csv_path}:{line}: {audio}: the file holds no audio samples")
-    return round(frames / sr, 4)
+    except AudioReadError:
+        return 0.0
+    return round(frames / sr, 4) if sr else 0.0
 
 
 def _row(csv_path: str, line: int, record: dict) -> dict:

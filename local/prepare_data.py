@@ -7,7 +7,9 @@ names others). Every audio file is checked once (readable, finite, not silent, a
 window) in ``--nj`` processes; the rejected ones are listed in ``emotion/rejected.csv`` and
 ``asr/rejected.csv`` with the reason and left out. With ``--emotion-corpus demo`` and/or ``--asr-corpus demo`` the built-in demo corpus
 is synthesised once into ``--demo-dir`` (or reused) and read by the IEMOCAP and LibriSpeech
-preparers, exactly as the real corpora are.
+preparers, exactly as the real corpora are. With ``--emobox-dir``, EmoBox's published folds of the corpus
+are written beside the toolkit's as ``folds_emobox.json`` of ``--emobox-protocol``
+(:mod:`ser_modules.data.emobox`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ser_modules.data.audio_screen import MIN_SECONDS, AudioScreen  # noqa: E402
 from ser_modules.data.corpus import resolve_label_map  # noqa: E402
+from ser_modules.data.emobox import emobox_folds  # noqa: E402
+from ser_modules.data.folds import check_speaker_independence, save_folds  # noqa: E402
 from ser_modules.utils.fileio import ManifestError, cpu_count, run_main, setup_logging, write_json  # noqa: E402
 
 logger = logging.getLogger("prepare_data")
@@ -52,6 +56,26 @@ def prepare_emotion(corpus: str, root: str | None, out: str, label_map: str | No
     return getattr(importlib.import_module(module), func)(root, out, **kwargs)
 
 
+def write_emobox_folds(emotion_dir: str, protocol: str, corpus: str, emobox_dir: str, seed: int,
+                       rejected: list[dict]) -> dict:
+    """EmoBox's folds of the prepared ``protocol`` as ``<emotion_dir>/<protocol>/folds_emobox.json``."""
+    import pandas as pd
+
+    folder = os.path.join(emotion_dir, protocol)
+    path = os.path.join(folder, "manifest.csv")
+    if not os.path.isfile(path):
+        made = sorted(d for d in os.listdir(emotion_dir) if os.path.isfile(os.path.join(emotion_dir, d, "manifest.csv")))
+        raise ManifestError(f"{path}: protocol {protocol!r} was not prepared for EmoBox's folds (prepared: {made})")
+    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    folds, summary = emobox_folds(manifest, emobox_dir, corpus, seed, rejected=pd.DataFrame(rejected, columns=["ID", "wav"]))
+    check_speaker_independence(manifest, folds)
+    save_folds(os.path.join(folder, "folds_emobox.json"), "emobox", folds)
+    logger.info("EmoBox folds of %s (%s): %d folds, classes %s%s -> %s", corpus, summary["emobox_dir"], len(folds),
+                summary["classes"], "; speakers shared between training and test, as EmoBox's" if summary["shared_speakers"]
+                else "", os.path.join(folder, "folds_emobox.json"))
+    return {**summary, "protocol": protocol}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--emotion-corpus", default="demo", choices=EMOTION_CORPORA)
@@ -63,6 +87,10 @@ def main(argv=None) -> None:
     parser.add_argument("--demo-dir", default=None, help="where the demo corpus is synthesised or reused")
     parser.add_argument("--label-map", default=None, help="iemocap4, 'label:class,...' or a JSON file")
     parser.add_argument("--k", type=int, default=None, help="speakers per test group (leave-k-speakers-out)")
+    parser.add_argument("--emobox-dir", default=None,
+                        help="an EmoBox checkout (or its data/ folder): also write EmoBox's folds (scheme emobox)")
+    parser.add_argument("--emobox-protocol", default=None,
+                        help="the protocol whose classes are EmoBox's (default: standard for IEMOCAP, full otherwise)")
     parser.add_argument("--valid-fraction", type=float, default=0.1)
     parser.add_argument("--max-duration", type=float, default=15.0, help="drop longer ASR training utterances (s)")
     parser.add_argument("--size", default="demo", choices=["demo", "paper"],
@@ -84,7 +112,7 @@ def main(argv=None) -> None:
 
     asr_corpora = args.asr_corpus or ["demo"]
     asr_roots = args.asr_root or []
-    needs_demo = args.emotion_corpus == "demo" or "demo" in asr_corpora
+    needs_demo = args.emotion_corpus == "demo" or ("demo" in asr_corpora and not args.skip_asr)
     demo = None
     if needs_demo:
         from make_demo_corpus import make_demo_corpus
@@ -105,6 +133,10 @@ def main(argv=None) -> None:
                                          not args.no_strict_counts, emotion_screen)
     emotion_screen.write(os.path.join(args.out, "emotion", "rejected.csv"))
     summary["emotion_rejected"] = len(emotion_screen.rejected)
+    if args.emobox_dir:
+        protocol = args.emobox_protocol or ("standard" if args.emotion_corpus in ("demo", "iemocap") else "full")
+        summary["emobox"] = write_emobox_folds(os.path.join(args.out, "emotion"), protocol, args.emotion_corpus,
+                                               args.emobox_dir, args.seed, emotion_screen.rejected)
     # Later stages compare them: WER on transcripts of another language measures the mismatch.
     summary["emotion_language"] = summary["emotion"].get("language", "")
     summary["asr_language"] = ASR_LANGUAGE

@@ -73,7 +73,8 @@ def parse_file_name(path: str) -> dict | None:
 
 def read_emodb(root: str) -> pd.DataFrame:
     """All utterances of ``<root>/wav``: ``ID, wav, duration, speaker, gender, label, transcript``.
-    Misnamed and unreadable files are warned about and skipped (counted in the log)."""
+    Misnamed files are warned about and skipped (counted in the log); unreadable ones are left to stage
+    1's audio check, which lists them in ``rejected.csv``."""
     folder = os.path.join(root, "wav")
     if not os.path.isdir(folder):
         raise ManifestError(f"{folder}: not found; --root must be the EmoDB folder holding wav/")
@@ -85,9 +86,7 @@ def read_emodb(root: str) -> pd.DataFrame:
             logger.warning("%s: not an EmoDB file name (<spk><text><emotion><version>.wav); skipped", path)
             skipped["misnamed"] += 1
             continue
-        duration = probe_duration(path, skipped)
-        if duration is None:
-            continue
+        duration = probe_duration(path)
         rows.append({"ID": f"emodb-{name[:-4]}", "wav": os.path.abspath(path), "duration": duration,
                      "speaker": f"emodb-{fields['speaker']}", "gender": fields["gender"], "label": fields["label"],
                      "transcript": fields["transcript"]})

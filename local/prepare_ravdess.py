@@ -100,9 +100,7 @@ def read_ravdess(root: str) -> pd.DataFrame:
             if name in seen:  # the archive extracted twice: every utterance would count double
                 raise ManifestError(f"{path}: the same file as {seen[name]}; extract the archive only once")
             seen[name] = path
-            duration = probe_duration(path, skipped)
-            if duration is None:
-                continue
+            duration = probe_duration(path)
             actor = int(fields["actor"])
             rows.append({"ID": f"ravdess-{name[:-4]}", "wav": os.path.abspath(path), "duration": duration,
                          "speaker": f"ravdess-{fields['actor']}", "gender": "M" if actor % 2 else "F",

@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+from ser_modules.data.audio_screen import AudioScreen
 from ser_modules.data.corpus import resolve_label_map
 from ser_modules.utils.audio_file import AudioReadError, audio_info
 from ser_modules.utils.fileio import setup_logging
@@ -30,19 +31,15 @@ def iter_files(folder: str, extension: str = ".wav") -> Iterator[str]:
             yield name
 
 
-def probe_duration(path: str, skipped: Counter) -> float | None:
-    """Duration in seconds from the header, or None (warned, counted) for unreadable or empty audio."""
+def probe_duration(path: str) -> float:
+    """Duration in seconds from the header; 0.0 when the header cannot be read. Such a file stays in
+    the frame: stage 1's audio check (:class:`~ser_modules.data.audio_screen.AudioScreen`) lists it in
+    ``rejected.csv`` with its reason, as it does every unusable file of every corpus kind."""
     try:
         sr, frames, _ = audio_info(path)
-    except AudioReadError as err:
-        logger.warning("%s; skipped", err)
-        skipped["unreadable audio"] += 1
-        return None
-    if frames == 0:
-        logger.warning("%s: the file holds no audio samples; skipped", path)
-        skipped["empty audio"] += 1
-        return None
-    return round(frames / sr, 4)
+    except AudioReadError:
+        return 0.0
+    return round(frames / sr, 4) if sr else 0.0
 
 
 def log_counts(corpus: str, kept: int, skipped: Counter) -> None:
@@ -67,6 +64,10 @@ def speaker_fold_main(argv, prepare: Callable[..., dict], description: str, defa
                              "corpus with fewer than 3 groups of it)")
     parser.add_argument("--protocol", default="default", help="name of the protocol folder (default: default)")
     parser.add_argument("--log", default=None, help="append the log to this file")
+    parser.add_argument("--nj", type=int, default=1, help="processes checking the audio")
     args = parser.parse_args(argv)
     setup_logging(args.log)
-    prepare(args.root, args.out, label_map=resolve_label_map(args.label_map), k=args.k, protocol=args.protocol)
+    screen = AudioScreen(args.nj)
+    prepare(args.root, args.out, label_map=resolve_label_map(args.label_map), k=args.k, protocol=args.protocol,
+            screen=screen)
+    screen.write(os.path.join(args.out, "rejected.csv"))

@@ -8,6 +8,7 @@ a second or so: the preparers read headers, and the recipes only need something 
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -76,6 +77,42 @@ def write_ravdess(root) -> str:
     write_wav(os.path.join(root, "__MACOSX", "Actor_01", "._03-01-01-01-01-01-01.wav"), 0.1, RAVDESS_SR)  # debris
     with open(os.path.join(root, "Actor_03", "03-01-05-02-01-02-03.mp4"), "wb") as f:  # video, not .wav
         f.write(b"not audio")
+    return root
+
+
+# EmoBox's folds of the RAVDESS fixture, in EmoBox's exact format (github.com/emo-box/EmoBox, data/ravdess/):
+# fold_<k>/ravdess_{train,test}_fold_<k>.jsonl, one JSON record per line, and label_map.json.
+EMOBOX_RAVDESS_EMO = {"01": "Neutral", "02": "Calm", "03": "Happy", "04": "Sad", "05": "Angry", "06": "Fearful",
+                      "07": "Disgust", "08": "Surprised"}
+EMOBOX_RAVDESS_LABEL_MAP = {"Angry": "Angry", "Surprised": "Surprise", "Sad": "Sad", "Disgust": "Disgust",
+                            "Happy": "Happy", "Calm": "Calm", "Neutral": "Neutral", "Fearful": "Fear"}
+
+
+def emobox_record(dataset: str, key: str, wav: str, emo: str, sr: int, seconds: float) -> dict:
+    return {"key": key, "dataset": dataset, "wav": wav, "type": "raw", "sample_rate": sr,
+            "num_frame": float(round(seconds * sr)), "task": "category", "length": seconds, "emo": emo, "channel": 1}
+
+
+def write_emobox_ravdess(root, test_actors=(("01", "02"), ("03", "04"), ("05", "06")), extra_key=None) -> str:
+    """EmoBox's ``data/`` for the RAVDESS fixture, one fold per group of ``test_actors``; ``extra_key`` adds a
+    test record whose key matches no file. Returns the checkout root."""
+    folder = os.path.join(root, "data", "ravdess")
+    records = {}
+    for actor, stem, seconds in RAVDESS_SPEECH:
+        wav = f"downloads/ravdess/audio/Audio_Speech_Actors_01-24/{actor}/{stem}.wav"
+        records.setdefault(stem[-2:], []).append(
+            emobox_record("ravdess", f"ravdess-{stem}", wav, EMOBOX_RAVDESS_EMO[stem.split("-")[2]], RAVDESS_SR, seconds))
+    for k, tested in enumerate(test_actors, 1):
+        test = [r for a in tested for r in records[a]]
+        train = [r for a in sorted(records) if a not in tested for r in records[a]]
+        if extra_key and k == 1:
+            test.append(emobox_record("ravdess", extra_key, "downloads/ravdess/x.wav", "Sad", RAVDESS_SR, 1.0))
+        os.makedirs(os.path.join(folder, f"fold_{k}"), exist_ok=True)
+        for split, rows in (("train", train), ("test", test)):
+            with open(os.path.join(folder, f"fold_{k}", f"ravdess_{split}_fold_{k}.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(os.path.join(folder, "label_map.json"), "w") as f:
+        json.dump(EMOBOX_RAVDESS_LABEL_MAP, f, indent=4)
     return root
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from background import starts
-from corpus_fixtures import write_cremad, write_csv_corpus, write_emodb, write_iemocap, write_ravdess
+from corpus_fixtures import write_cremad, write_csv_corpus, write_emobox_ravdess, write_emodb, write_iemocap, write_ravdess
 from recipe_runs import LAS_GREEDY_ADAPTATION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +49,7 @@ LAS_TINY = [
     "score.reference=MP-pretrained-pblstm1", "score.tsne_layers=[pblstm1]", "score.chance_runs=2",
 ]
 TINY = {"ctc_transfer": CTC_TINY, "las_adapt": LAS_TINY}
+EMOBOX_CREMAD_ONTO_RAVDESS = "anger:angry,disgust:disgust,fear:fearful,happy:happy,neutral:neutral,sad:sad"
 
 
 @dataclass
@@ -60,18 +61,19 @@ class Corpus:
     write: object = None  # writes the corpus into a folder and returns --emotion-root
     extra: tuple = ()
     transcripts: bool = True
+    emobox: bool = False  # EmoBox's folds (--folds emobox, fixture JSONL) and a CREMA-D evaluation corpus
 
 
 CORPORA = {c.name: c for c in [
     Corpus("demo", "demo"),  # the tiny demo corpus, reused from --demo-dir
     Corpus("iemocap", "iemocap", write_iemocap, ("--folds", "lospk")),  # 2 sessions: loso folds would be empty
-    Corpus("ravdess", "ravdess", write_ravdess),
+    Corpus("ravdess", "ravdess", write_ravdess, ("--folds", "emobox"), emobox=True),
     Corpus("crema-d", "crema-d", write_cremad),  # 4 actors: the default k of 9 is fitted to 1
     Corpus("emodb", "emodb", write_emodb, ("--label-map", "iemocap4", "--k", "2")),
     Corpus("csv", "csv", write_csv_corpus),  # transcripts for 4 of 6 files
     Corpus("csv-no-transcripts", "csv", lambda d: write_csv_corpus(d, transcripts=False), transcripts=False),
 ]}
-# ctc_transfer: 48 kHz stereo (RAVDESS), a k fitted to 4 actors (CREMA-D) and transcripts for some files
+# ctc_transfer: 48 kHz stereo and EmoBox's folds and 8 classes, scored on CREMA-D too (RAVDESS), a k fitted to 4 actors (CREMA-D) and transcripts for some files
 # (CSV) through the frozen ASR; las_adapt: adaptation on German transcripts (EmoDB) and a corpus without
 # any (CSV), IAAN with dialog context (IEMOCAP).
 CELLS = [("demo", "ctc_transfer"), ("demo", "las_adapt"), ("iemocap", "ctc_transfer"), ("iemocap", "las_adapt"),
@@ -121,6 +123,10 @@ class Matrix:
                 "--asr-corpus", "demo", "--demo-dir", demo_dir, *corpus.extra]
         if corpus.name in self.roots:
             args += ["--emotion-root", self.roots[corpus.name]]
+        if corpus.emobox:
+            args += ["--emobox-dir", write_emobox_ravdess(os.path.join(self.root, "corpora", "EmoBox")),
+                     "--eval-corpus", "crema-d", "--eval-root", write_cremad(os.path.join(self.root, "corpora", "cremad-eval")),
+                     "--eval-label-map", EMOBOX_CREMAD_ONTO_RAVDESS]
         if corpus.name != "demo":
             source = self.result(("demo", recipe))
             if source.returncode != 0:
@@ -204,6 +210,24 @@ def test_emodb_transcripts_adapt_the_asr_and_results_name_their_language(matrix,
     assert test["transcript"].str.fullmatch(r"[A-Z' ]+").all()  # umlauts spelled out for the ASR alphabet
     text = open(os.path.join(run.exp, "RESULTS.md")).read()
     assert "The transcripts of emodb are German (de) while the ASR is English (en)" in text
+
+
+@pytest.mark.parametrize("cell", [("ravdess", "ctc_transfer")], ids=["ravdess-ctc_transfer"])
+def test_emobox_folds_drive_stages_1_to_6_and_the_cross_corpus_table(matrix, cell):
+    run = matrix.result(cell)
+    assert run.returncode == 0, run.failure()
+    emotion = os.path.join(run.exp, "data", "emotion", "full")  # EmoBox's RAVDESS classes: all 8
+    folds = read_json(os.path.join(emotion, "folds_emobox.json"))["folds"]
+    assert [f["name"] for f in folds] == ["fold1", "fold2", "fold3"]
+    assert sorted(pd.read_csv(os.path.join(emotion, "manifest.csv"))["emotion"].unique()) == sorted(
+        ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"])
+    results = pd.read_csv(os.path.join(run.exp, "results.csv"))
+    assert set(results["protocol"]) == {"full/emobox"} and set(results["folds"]) == {3}
+    for fold in folds:  # every fold of every trained variant predicted EmoBox's test set
+        predictions = pd.read_csv(os.path.join(run.exp, "ser", "MP-1", fold["name"], "run0", "predictions.csv"))
+        assert sorted(predictions["ID"]) == sorted(fold["test"])
+    cross = pd.read_csv(os.path.join(run.exp, "cross_corpus.csv"))
+    assert set(cross["corpus"]) == {"crema-d"} and cross["UA_mean"].notna().all()
 
 
 @pytest.mark.parametrize("cell", [("csv", "ctc_transfer")], ids=["csv-ctc_transfer"])

@@ -21,6 +21,7 @@ size=${size:-}
 precision=${precision:-fp32}
 label_map=${label_map:-}
 k_speakers=${k_speakers:-}
+emobox_dir=${emobox_dir:-}
 librispeech_subsets=${librispeech_subsets:-}
 demo_dir=${demo_dir:-${SER_DEMO_DIR:-$toolkit_root/corpora/demo}}
 launcher=${launcher:-pool}
@@ -60,8 +61,11 @@ Options:
                            inside the recipe)
   --size demo|paper        hparams size: conf/*.yaml are the paper's, conf/demo/*.yaml shrink
                            sizes and epochs (default: demo when both corpora are demo, else paper)
-  --protocol P             label protocol (default ${protocol}; non-IEMOCAP corpora: default)
-  --folds S                fold scheme: loso | lospk (IEMOCAP), lkso (others) (default ${paper_fold_scheme}${demo_fold_scheme:+; demo size: $demo_fold_scheme})
+  --protocol P             label protocol (default ${protocol}; other corpora: default (--label-map or every label),
+                           full (every label), iemocap4 (the four IEMOCAP classes); --folds emobox: EmoBox's)
+  --folds S                fold scheme: loso | lospk (IEMOCAP), lkso (others), emobox (EmoBox's published
+                           folds and classes, with --emobox-dir) (default ${paper_fold_scheme}${demo_fold_scheme:+; demo size: $demo_fold_scheme})
+  --emobox-dir DIR         a checkout of github.com/emo-box/EmoBox (or its data/ folder), for --folds emobox
   --label-map M            map corpus labels to classes: iemocap4, 'a:b,c:d' or a JSON file
   --k N                    speakers per test group for leave-k-speakers-out corpora
   --device D               auto | cpu | cuda | cuda:N (default auto)
@@ -119,6 +123,7 @@ parse_recipe_options() {
       --size) size=$2; shift 2 ;;
       --protocol) protocol=$2; shift 2 ;;
       --folds) fold_scheme=$2; shift 2 ;;
+      --emobox-dir) emobox_dir=$2; shift 2 ;;
       --label-map) label_map=$2; shift 2 ;;
       --k) k_speakers=$2; shift 2 ;;
       --device) device=$2; shift 2 ;;
@@ -173,8 +178,16 @@ parse_recipe_options() {
     if [ "$size" = demo ] && [ -n "${demo_fold_scheme:-}" ]; then fold_scheme=$demo_fold_scheme
     else fold_scheme=$paper_fold_scheme; fi
   fi
-  if [ "$emotion_corpus" != demo ] && [ "$emotion_corpus" != iemocap ]; then
-    # Corpora without sessions: one protocol, speaker-group folds.
+  if [ "$fold_scheme" = emobox ]; then
+    if [ -z "$emobox_dir" ]; then echo "$0: --folds emobox needs --emobox-dir (a checkout of emo-box/EmoBox)" >&2; exit 2; fi
+    if [ ! -d "$emobox_dir" ]; then echo "$0: --emobox-dir $emobox_dir: no such folder" >&2; exit 2; fi
+    emobox_dir=$(cd "$emobox_dir" && pwd)
+    # EmoBox's classes: IEMOCAP's four (excited into happy) = our standard protocol; the acted corpora's every label
+    case "$protocol" in standard|lakomkin2018|lakomkin2018_strict|default)
+      if [ "$emotion_corpus" = demo ] || [ "$emotion_corpus" = iemocap ]; then protocol=standard; else protocol=full; fi ;;
+    esac
+  elif [ "$emotion_corpus" != demo ] && [ "$emotion_corpus" != iemocap ]; then
+    # Corpora without sessions: protocols default (--label-map), full and iemocap4; speaker-group folds.
     case "$protocol" in standard|lakomkin2018|lakomkin2018_strict) protocol=default ;; esac
     [ "$fold_scheme" = loso ] || [ "$fold_scheme" = lospk ] && fold_scheme=lkso
   fi
@@ -321,6 +334,7 @@ stage_data_preparation() {
   [ -n "$emotion_root" ] && args+=(--emotion-root "$emotion_root")
   [ -n "$label_map" ] && args+=(--label-map "$label_map")
   [ -n "$k_speakers" ] && args+=(--k "$k_speakers")
+  [ -n "$emobox_dir" ] && args+=(--emobox-dir "$emobox_dir" --emobox-protocol "$protocol")
   local c i=0
   for c in "${asr_corpora[@]}"; do
     args+=(--asr-corpus "$c")
@@ -330,10 +344,10 @@ stage_data_preparation() {
   # demo generator remakes the demo corpus), not --nj or the log file.
   # (The evaluation corpora have their own stamps: adding one prepares only it.)
   local stamp f
-  stamp=$( (printf '%s\n' "$emotion_corpus" "$emotion_root" "$label_map" "$k_speakers" "$seed" "$demo_dir" \
+  stamp=$( (printf '%s\n' "$emotion_corpus" "$emotion_root" "$label_map" "$k_speakers" "$seed" "$demo_dir" "$emobox_dir" \
     "$size" "$librispeech_subsets" "${asr_corpora[@]}" "${asr_roots[@]}"
     for f in "$toolkit_root"/local/*.py; do [ "${f##*/}" = prepare_eval.py ] || cat "$f"; done
-    cat "$toolkit_root"/ser_modules/data/{corpus,audio_screen}.py "$toolkit_root"/ser_modules/utils/audio_file.py) | sha1sum | cut -c1-16)
+    cat "$toolkit_root"/ser_modules/data/{corpus,audio_screen,emobox,folds}.py "$toolkit_root"/ser_modules/utils/audio_file.py) | sha1sum | cut -c1-16)
   if [ -f "$data_dir/prepare_summary.json" ] && [ "$(cat "$data_dir/.stage1_stamp" 2>/dev/null)" = "$stamp" ]; then
     log "stage 1: data already prepared in $data_dir (same corpora), skipped"
   else

@@ -176,17 +176,19 @@ def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_
     """Shared tail of the RAVDESS / CREMA-D / EmoDB / generic-CSV preparers.
 
     ``frame`` holds ``ID, wav, duration, speaker, label`` (and optionally ``gender``, ``transcript``,
-    ``session``, ``language``); the label map sets ``emotion`` and drops unmapped labels; folds are
-    leave-``k``-speakers-out (scheme ``lkso``), gender-interleaved when genders are known, with
-    ``k = None`` meaning ``default_k`` fitted to the number of speakers (:func:`fitted_k`).
+    ``session``, ``language``). ``screen`` (stage 1's :class:`~ser_modules.data.audio_screen.AudioScreen`)
+    first leaves out unusable audio. Three protocols are written: ``protocol`` (the label map, or every
+    label without one), ``full`` (every label of the corpus: RAVDESS's 8 classes, CREMA-D's 6, EmoDB's 7)
+    and ``iemocap4`` (the four IEMOCAP classes, :data:`LABEL_MAPS`; left out when fewer than 2 of them
+    occur). Folds are leave-``k``-speakers-out (scheme ``lkso``), gender-interleaved when genders are known,
+    with ``k = None`` meaning ``default_k`` fitted to the number of speakers (:func:`fitted_k`).
     ``language`` (e.g. ``en``, ``de``) fills the ``language`` column where the frame has none.
-    ``screen`` (stage 1's :class:`~ser_modules.data.audio_screen.AudioScreen`) leaves out unusable audio.
     """
     from ser_modules.data.folds import leave_k_speakers_out
 
-    frame = apply_label_map(frame, label_map, corpus=corpus)
     if screen is not None:
         frame = screen(frame, corpus)
+    frame = frame.copy()
     if "session" not in frame.columns or (frame["session"] == "").all():
         frame["session"] = frame["speaker"]
     if "language" not in frame.columns:
@@ -194,16 +196,24 @@ def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_
     genders = None
     if "gender" in frame.columns and (frame["gender"] != "").all():
         genders = dict(zip(frame["speaker"], frame["gender"]))
-    k = fitted_k(frame["speaker"].nunique(), k, default_k, corpus)
-    folds = {"lkso": leave_k_speakers_out(frame, k, genders)}
-    write_emotion_protocol(out, protocol, frame, folds)
-    summary = {
-        "corpus": corpus, "utterances": len(frame), "speakers": int(frame["speaker"].nunique()),
-        "language": corpus_language(frame),
-        "protocols": {protocol: {"utterances": len(frame),
-                                 "classes": frame["emotion"].value_counts().sort_index().to_dict(),
-                                 "fold_schemes": ["lkso"], "k": k, "folds": len(folds["lkso"]),
-                                 "label_map": label_map}},
-    }
+    summary = {"corpus": corpus, "utterances": 0, "speakers": int(frame["speaker"].nunique()),
+               "language": corpus_language(frame), "protocols": {}}
+    maps = {protocol: label_map, "full": None, "iemocap4": LABEL_MAPS["iemocap4"]}
+    for name, mapping in maps.items():
+        try:
+            mapped = apply_label_map(frame, mapping, corpus=corpus)
+        except ManifestError:
+            if name == protocol:
+                raise
+            logger.info("%s: no protocol %s (fewer than 2 of its classes in the corpus)", corpus, name)
+            continue
+        fold_k = fitted_k(mapped["speaker"].nunique(), k, default_k, corpus)
+        folds = {"lkso": leave_k_speakers_out(mapped, fold_k, genders)}
+        write_emotion_protocol(out, name, mapped, folds)
+        summary["protocols"][name] = {"utterances": len(mapped),
+                                      "classes": mapped["emotion"].value_counts().sort_index().to_dict(),
+                                      "fold_schemes": ["lkso"], "k": fold_k, "folds": len(folds["lkso"]),
+                                      "label_map": mapping}
+    summary["utterances"] = summary["protocols"][protocol]["utterances"]
     write_summary(os.path.join(out, "summary.json"), summary)
     return summary

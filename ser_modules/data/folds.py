@@ -25,6 +25,7 @@ class Fold:
     train: list[str] = field(default_factory=list)
     valid: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
+    shared_speakers: bool = False  # a published protocol that tests on training speakers (EmoBox's EmoDB)
 
     def split(self, name: str) -> list[str]:
         if name not in ("train", "valid", "test"):
@@ -32,7 +33,7 @@ class Fold:
         return getattr(self, name)
 
 
-def _stratified_holdout(frame: pd.DataFrame, fraction: float, seed: int, by: str) -> set[str]:
+def stratified_holdout(frame: pd.DataFrame, fraction: float, seed: int, by: str) -> set[str]:
     """Pick ``fraction`` of the rows of every ``by`` group (at least one per group), deterministic."""
     rng = np.random.default_rng(seed)
     held = set()
@@ -56,7 +57,7 @@ def leave_one_session_out(
         test = manifest[manifest[session_column] == session]
         rest = manifest[manifest[session_column] != session]
         by = "emotion" if "emotion" in rest.columns else "speaker"
-        valid = _stratified_holdout(rest, valid_fraction, seed, by=by)
+        valid = stratified_holdout(rest, valid_fraction, seed, by=by)
         folds.append(
             Fold(
                 name=f"session{session}",
@@ -144,12 +145,15 @@ def leave_k_speakers_out(manifest: pd.DataFrame, k: int = 1, genders: dict[str, 
 
 
 def check_speaker_independence(manifest: pd.DataFrame, folds: list[Fold]) -> None:
-    """Raise if any fold's test speakers occur in its train or valid split, or splits overlap."""
+    """Raise if any fold's test speakers occur in its train or valid split (unless the fold is marked
+    ``shared_speakers``), or splits overlap."""
     speaker_of = dict(zip(manifest["ID"], manifest["speaker"]))
     for fold in folds:
         train, valid, test = set(fold.train), set(fold.valid), set(fold.test)
         if train & valid or train & test or valid & test:
             raise ManifestError(f"fold {fold.name}: an utterance is in two splits")
+        if fold.shared_speakers:
+            continue
         test_spk = {speaker_of[i] for i in test}
         seen = {speaker_of[i] for i in train | valid}
         if test_spk & seen:
@@ -157,7 +161,9 @@ def check_speaker_independence(manifest: pd.DataFrame, folds: list[Fold]) -> Non
 
 
 def save_folds(path: str, scheme: str, folds: list[Fold]) -> None:
-    write_json(path, {"scheme": scheme, "folds": [asdict(f) for f in folds]})
+    # shared_speakers is written only where set: fold files of speaker-independent schemes stay as they were
+    records = [{k: v for k, v in asdict(f).items() if k != "shared_speakers" or v} for f in folds]
+    write_json(path, {"scheme": scheme, "folds": records})
 
 
 def load_folds(path: str) -> list[Fold]:

@@ -19,7 +19,7 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--conf-dir", required=True, help="the recipe's conf/ folder")
     parser.add_argument("--size", default="paper", choices=["demo", "paper"])
     parser.add_argument("--protocol", default="standard")
-    parser.add_argument("--folds", default="loso", help="fold scheme: loso, lospk or lkso")
+    parser.add_argument("--folds", default="loso", help="fold scheme: loso, lospk, lkso or emobox (EmoBox's published folds, stage 1 --emobox-dir)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=1)
