@@ -26,10 +26,9 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from speaker_fold_common import speaker_fold_main  # noqa: E402
+from speaker_fold_common import probe_duration, speaker_fold_main  # noqa: E402
 
 from ser_modules.data.corpus import write_speaker_fold_corpus  # noqa: E402
-from ser_modules.utils.audio_file import AudioReadError, audio_info  # noqa: E402
 from ser_modules.utils.fileio import ManifestError, run_main  # noqa: E402
 
 logger = logging.getLogger("prepare_csv")
@@ -45,11 +44,7 @@ def _duration(csv_path: str, line: int, audio: str) -> float:
     with its reason, as for every corpus kind."""
     if not os.path.isfile(audio):
         raise ManifestError(f"{csv_path}:{line}: {audio}: audio file not found")
-    try:
-        sr, frames, _ = audio_info(audio)
-    except AudioReadError:
-        return 0.0
-    return round(frames / sr, 4) if sr else 0.0
+    return probe_duration(audio)
 
 
 def _row(csv_path: str, line: int, record: dict) -> dict:

@@ -33,6 +33,10 @@ def test_ravdess_protocols_full_and_iemocap4_beside_default(tmp_path):
         ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"])
     # iemocap4: calm joins neutral; fearful, disgust and surprised are left out
     assert summary["protocols"]["iemocap4"]["classes"] == {"ang": 2, "hap": 2, "neu": 3, "sad": 2}
+    # a protocol asked by one of those names keeps the map it was asked with
+    mine = prepare_ravdess.prepare_ravdess(root, str(tmp_path / "mine"), label_map={"sad": "low", "angry": "high"},
+                                           protocol="full")
+    assert mine["protocols"]["full"]["classes"] == {"high": 2, "low": 2}
 
 
 def test_emobox_folds_keep_its_test_sets_and_validate_on_held_out_speakers(ravdess_full):

@@ -3,10 +3,11 @@ as SpeechBrain's :class:`~speechbrain.decoders.ctc.CTCPrefixScore` does over the
 fewer and cheaper tensor operations per frame.
 
 SpeechBrain's per-frame recursion stacks four ``[B*beam, V]`` tensors and reduces a size-2 dimension
-with ``logsumexp``; here each frame is two fused ``logaddexp`` calls written in place, the per-hypothesis
+with ``logsumexp``; here each frame is two ``logaddexp`` calls written in place, the sum over first-emission
+frames is one matrix product per utterance (:meth:`FastCTCPrefixScore.prefix_mass`), the per-hypothesis
 Python loops are one indexed assignment, and the inflated posteriors are built once per search instead of
 once per output token. On stage 3 of the las_adapt demo the prefix score was 34% of the stage's CPU time
-(``py-spy``); the scores equal SpeechBrain's up to float rounding (``tests/test_asr_decoding.py``).
+(``py-spy``); the scores equal SpeechBrain's up to float rounding (``tests/test_asr_training.py``).
 Partial scoring (candidates) and attention windows are left to SpeechBrain's implementation.
 """
 

@@ -198,7 +198,9 @@ def write_speaker_fold_corpus(frame: pd.DataFrame, out: str, corpus: str, label_
         genders = dict(zip(frame["speaker"], frame["gender"]))
     summary = {"corpus": corpus, "utterances": 0, "speakers": int(frame["speaker"].nunique()),
                "language": corpus_language(frame), "protocols": {}}
-    maps = {protocol: label_map, "full": None, "iemocap4": LABEL_MAPS["iemocap4"]}
+    maps = {protocol: label_map}  # the asked protocol keeps its map even when named full or iemocap4
+    maps.setdefault("full", None)
+    maps.setdefault("iemocap4", LABEL_MAPS["iemocap4"])
     for name, mapping in maps.items():
         try:
             mapped = apply_label_map(frame, mapping, corpus=corpus)

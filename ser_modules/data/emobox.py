@@ -141,11 +141,10 @@ def validation_split(train: list[str], test: list[str], later_tests: list[list[s
     balanced = genders == {"F", "M"}
     if balanced:
         n += n % 2
-    order = []  # the next folds' test speakers first, then the rest, each in sorted order
+    order = []  # training speakers: the next folds' test speakers first, then the rest, each in sorted order
     for group in later_tests:
-        order += sorted({speaker_of[i] for i in group} - set(order) - test_speakers)
+        order += sorted({speaker_of[i] for i in group} & set(train_speakers) - set(order))
     order += [s for s in train_speakers if s not in order]
-    order = [s for s in order if s in train_speakers]
     chosen: list[str] = []
     if balanced:
         for gender in ("F", "M"):
