@@ -158,3 +158,36 @@ def test_replicated_corpus_keeps_folds_speaker_independent(tmp_path):
     fold = load_folds(str(tmp_path / "dst" / "emotion" / "p" / "folds_x.json"))
     assert sorted(fold[0].test) == ["a", "a~1", "a~2"] and len(fold[0].train) == 3
     check_speaker_independence(out, fold)
+
+
+def test_upstream_throughput_rows_per_format(tmp_path, monkeypatch):
+    """``--upstreams``: one row per upstream (the built-in base-size ones replaced by tiny ones here) and per
+    PATH given; the counted FLOPs of a Whisper in 30 s windows include the padding, so per second of audio
+    they exceed the utterance windows' (a 3-5 s utterance fills 150-250 of the 1500 frames)."""
+    import sys
+
+    from ser_modules.benchmark import run as bench_run
+    from ser_modules.upstreams.encoders import HFUpstream, WaveformInput
+    from ser_modules.upstreams.loading import load_upstream
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "utils"))
+    from make_tiny_upstream import make_tiny_upstream
+
+    whisper = make_tiny_upstream("whisper", str(tmp_path / "whisper"), layers=2, hidden=32)
+    wavlm = make_tiny_upstream("wavlm", str(tmp_path / "wavlm"), layers=2, hidden=32)
+    encoder = load_upstream(whisper)[0].model
+
+    def tiny():
+        return {"w 30s": (HFUpstream(encoder, "whisper", "30s"), WaveformInput(400)),
+                "w utt": (HFUpstream(encoder, "whisper", "utterance"), WaveformInput(400))}
+
+    monkeypatch.setattr(bench_run, "base_upstreams", tiny)
+    assert bench_run.main(["--upstreams", wavlm, "--quick", "--out", str(tmp_path / "out")]) == 0
+    frame = pd.read_csv(tmp_path / "out" / "upstreams.csv")
+    assert frame["what"].tolist() == ["stage 4 upstream w 30s", "stage 4 upstream w utt",
+                                      "stage 4 upstream wavlm (--upstream)"]
+    assert frame["batched"].tolist() == [True, True, True]
+    assert (frame["audio_s_per_s"] > 0).all() and (frame["ratio"] > 0).all()
+    padded, unpadded = frame["gflop_per_audio_s"].iloc[:2]
+    assert padded > 4 * unpadded
+    assert "GEMM fp32" in (tmp_path / "out" / "upstreams.md").read_text()

@@ -114,6 +114,31 @@ def test_mp_trainings_predict_the_same_from_stored_pooled_vectors(turns, asr_sto
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the same training, bit for bit
 
 
+def test_weighted_mp_norm_trains_on_pooled_vectors_as_on_frames(turns, asr_store, monkeypatch):
+    """weighted-MP with layer_norm reads one normalised mean per layer and utterance; the same seed on the
+    frames (the path before this change) gives the same class probabilities (max abs difference <= 1e-5)."""
+    store, _, tmp = asr_store
+    stores = tmp / "stores_norm.json"
+    stores.write_text(json.dumps({"asr": {"pretrained": {"folder": store.folder}}, "handcrafted": None,
+                                  "egemaps": None}))
+    fold = speaker_fold(turns)
+    hp, _ = load_stage_hparams(CTC_CONF, "ser", "paper", {"output_folder": str(tmp / "ser_norm")},
+                               ["ser.lr=0.01", "ser.batch_size=4", "ser.max_epochs=4"])
+    spec = VariantSpec.from_dict({"name": "weighted-MP-norm", "type": "weighted", "head": "mp", "asr": "pretrained",
+                                  "layer": "weighted", "layers": ["gru1", "gru2"], "layer_norm": True})
+    assert spec.pooled and spec.normalised
+    # the same batches on both paths: bucketed by each utterance's frames, whichever the path reads
+    pooled = train_fold_run(spec, fold, 0, turns, ["ang", "neu"], SERInputs(str(stores)), hp, str(tmp / "norm" / "p"))
+    monkeypatch.setattr(VariantSpec, "pooled", property(lambda self: False))
+    frames = train_fold_run(spec, fold, 0, turns, ["ang", "neu"], SERInputs(str(stores)), hp, str(tmp / "norm" / "f"))
+    probs = [c for c in pooled.columns if c.startswith("p_")]
+    assert len(probs) == 2 and len(pooled) == len(fold.test)
+    assert pooled["ID"].tolist() == frames["ID"].tolist()
+    diff = np.abs(pooled[probs].to_numpy() - frames[probs].to_numpy()).max()
+    assert diff <= 1e-5, diff
+    assert np.abs(pooled[probs].to_numpy() - 0.5).max() > 1e-3  # it learned something to agree on
+
+
 def speaker_fold(turns) -> Fold:
     speakers = sorted(turns["speaker"].unique())
     ids = lambda spk: turns.loc[turns["speaker"].isin(spk), "ID"].tolist()  # noqa: E731
@@ -127,19 +152,24 @@ def test_a_store_written_before_pooled_files_is_pooled_from_frames_and_completed
     shutil.copytree(store.folder, old)
     originals = {layer: np.load(os.path.join(old, pooled_file(layer))) for layer in store.layers}
     meta = json.loads((old / "meta.json").read_text())
+    normalised = {layer: np.load(os.path.join(old, pooled_file(layer, True))) for layer in store.layers}
     for layer in store.layers:  # as stage 4 wrote stores before this change
         os.remove(old / pooled_file(layer))
-        del meta["layers"][layer]["pooled"]
+        os.remove(old / pooled_file(layer, True))
+        del meta["layers"][layer]["pooled"], meta["layers"][layer]["pooled_norm"]
     (old / "meta.json").write_text(json.dumps(meta))
     legacy = FeatureStore(str(old))
-    assert legacy.lacks_pooled == ["gru1", "gru2"]
+    assert legacy.lacks_pooled == [("gru1", False), ("gru1", True), ("gru2", False), ("gru2", True)]
     np.testing.assert_array_equal(legacy.mean_pooled("gru1", legacy.ids), originals["gru1"])  # pooled from frames
+    np.testing.assert_array_equal(legacy.mean_pooled("gru2", legacy.ids, normalised=True), normalised["gru2"])
     reused = dump_asr_layers(tiny_ds2(), LogSpectrogram(), turns, csv, ["gru1", "gru2"], str(tmp_path), "m", "sha")
     assert reused.folder == str(old) and reused.lacks_pooled == []
     for layer in store.layers:
         np.testing.assert_array_equal(np.load(old / pooled_file(layer)).view(np.uint32),
                                       originals[layer].view(np.uint32))
+        np.testing.assert_array_equal(np.load(old / pooled_file(layer, True)), normalised[layer])
         assert reused.meta["layers"][layer]["pooled"] == pooled_file(layer)
+        assert reused.meta["layers"][layer]["pooled_norm"] == pooled_file(layer, True)
     assert sorted(os.listdir(old)) == sorted(os.listdir(store.folder))  # no temporary file left
 
 

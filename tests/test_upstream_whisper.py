@@ -80,6 +80,62 @@ def test_a_20_second_utterance_gives_the_encoder_on_its_padded_window_cropped(wh
 
 
 @pytest.fixture(scope="module")
+def unpadded(whisper):
+    folder, _ = whisper
+    return load_upstream(folder, whisper_window="utterance")[0]
+
+
+def test_utterance_windows_in_a_padded_batch_equal_each_utterance_alone(unpadded):
+    wavs = [noise(5.0, seed=5), noise(2.01, seed=6), noise(31.3, seed=7), noise(0.03, seed=8)]
+    samples = torch.tensor([len(w) for w in wavs])
+    batch = torch.zeros(len(wavs), int(samples.max()))
+    for i, w in enumerate(wavs):
+        batch[i, : len(w)] = w
+    out = unpadded.forward_layers(batch, samples, unpadded.layer_names)
+    assert out["layer2"][1].tolist() == [250, 101, 1565, 2]  # ceil(S / 320), as in 30 s windows
+    for i, w in enumerate(wavs):
+        alone = layers_of(unpadded, w)
+        for name in unpadded.layer_names:
+            assert alone[name].shape == (int(out[name][1][i]), 32)
+            torch.testing.assert_close(out[name][0][i, : len(alone[name])], alone[name], atol=1e-5, rtol=0)
+            assert not out[name][0][i, len(alone[name]) :].any()  # zeros after each one's frames
+    # a 31.3 s utterance: a whole 30 s window (as the padded one encodes it, up to its last frame), then 1.3 s alone
+    first, rest = layers_of(unpadded, wavs[2][: 30 * SR]), layers_of(unpadded, wavs[2][30 * SR :])
+    for name in unpadded.layer_names:
+        torch.testing.assert_close(out[name][0][2, :1565], torch.cat([first[name], rest[name]]), atol=1e-5, rtol=0)
+
+
+def test_unpadded_windows_change_the_layers_above_the_input_only_by_the_attention(whisper, unpadded):
+    """layer0 (convolutions + positions) is the padded window's but for the last frame, whose convolution
+    sees the mel frame after the speech; the blocks differ because no frame attends to 30 s of padding."""
+    _, padded = whisper
+    wav = noise(3.5, seed=9)
+    a, b = layers_of(padded, wav), layers_of(unpadded, wav)
+    assert a["layer0"].shape == b["layer0"].shape == (175, 32)
+    torch.testing.assert_close(a["layer0"][:-1], b["layer0"][:-1], atol=1e-5, rtol=0)
+    assert (a["layer0"][-1] - b["layer0"][-1]).abs().max() > 1e-4
+    assert (a["layer2"] - b["layer2"]).abs().max() > 1e-3
+
+
+def test_the_window_is_described_keyed_and_rebuilt(whisper, tmp_path):
+    from ser_modules.asr.saved_models import load_asr_model
+    from ser_modules.upstreams.formats import upstream_digest
+    from ser_modules.upstreams.loading import describe_upstream
+    from ser_modules.utils.fileio import write_json
+
+    folder, _ = whisper
+    padded, unpadded = (describe_upstream("w", folder, whisper_window=w) for w in ("30s", "utterance"))
+    assert (padded["whisper_window"], unpadded["whisper_window"]) == ("30s", "utterance")
+    assert padded["sha1"] == upstream_digest(folder) != unpadded["sha1"]  # stores of 30 s windows made before: reused
+    write_json(str(tmp_path / "model.json"), {"upstream": {"source": folder, "kind": "hf", "arch": None,
+                                                            "whisper_window": "utterance"}, "sha1": unpadded["sha1"]})
+    model = load_asr_model(str(tmp_path / "model.pt"))[0]
+    assert model.whisper_window == "utterance"
+    with pytest.raises(ManifestError, match="whisper_window: '10s' is not a Whisper window"):
+        describe_upstream("w", folder, whisper_window="10s")
+
+
+@pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """One tiny random Whisper saved six ways: WhisperForConditionalGeneration and WhisperModel folders (the
     whole model), its encoder alone with ``encoder.*`` keys (model.safetensors), ``model.encoder.*`` keys

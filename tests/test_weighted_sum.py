@@ -8,7 +8,7 @@ import torch
 
 from ser_modules.models.ser import FineTuneMP, WeightedLayerSum
 from ser_modules.ser.brain import PlateauAnnealer, param_groups, should_stop
-from ser_modules.ser.variants import VariantSpec, build_model
+from ser_modules.ser.variants import VariantSpec, build_model, pool_layers
 
 
 def toy(layer_norm: bool) -> WeightedLayerSum:
@@ -43,13 +43,34 @@ def test_a_padded_frame_stays_zero_under_layer_norm():
     assert torch.equal(out[0, 1], torch.zeros(4)) and out[0, 0].abs().sum() > 0
 
 
-def test_layer_norm_reads_frames_not_means():
+def test_layer_norm_pools_the_normalised_frames_not_the_normalised_mean():
     mp = VariantSpec.from_dict({"name": "w", "type": "weighted", "head": "mp", "asr": "up", "layer": "weighted"})
     normed = VariantSpec.from_dict({"name": "w", "type": "weighted", "head": "mp", "asr": "up", "layer": "weighted",
-                                    "layer_norm": True})
-    assert mp.pooled and not normed.pooled  # the mean of normalised frames is not the normalised mean
+                                    "layer_norm": True, "layers": ["a", "b", "c"]})
+    rnn = VariantSpec.from_dict({"name": "w", "type": "weighted", "head": "rnn", "asr": "up", "layer": "weighted",
+                                 "layer_norm": True})
+    assert mp.pooled and not mp.normalised and normed.pooled and normed.normalised and not rnn.pooled
     model = build_model(normed, {"asr": 4, "layers": 3}, 2, 0.0)
     assert isinstance(model, WeightedLayerSum) and model.layer_norm
+    # two frames of 3 layers x 4 features (and a padded third frame), pooled by hand
+    frames = np.array([[1.0, 2.0, 3.0, 4.0, 10.0, -10.0, 10.0, -10.0, 0.1, 0.1, 0.3, 0.5],
+                       [4.0, 0.0, 0.0, 0.0, -1.0, -1.0, 1.0, 1.0, 2.0, 4.0, 6.0, 8.0]])
+    per_layer = frames.reshape(2, 3, 4)
+    normalised = (per_layer - per_layer.mean(2, keepdims=True)) / np.sqrt(per_layer.var(2, keepdims=True) + 1e-5)
+    expected = normalised.mean(0).reshape(12)
+    mean_first = per_layer.mean(0)
+    assert np.abs(expected - ((mean_first - mean_first.mean(1, keepdims=True)) /
+                              np.sqrt(mean_first.var(1, keepdims=True) + 1e-5)).reshape(12)).max() > 0.1
+    x = torch.zeros(1, 3, 12)
+    x[0, :2] = torch.tensor(frames, dtype=torch.float32)
+    lengths = torch.tensor([2])
+    pooled = model.pool(x, lengths)
+    np.testing.assert_allclose(pooled[0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pool_layers(normed, x[0, :2])[0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    model.eval()
+    torch.testing.assert_close(model.forward_pooled(pooled), model(x, lengths), atol=1e-6, rtol=0)
+    with pytest.raises(TypeError, match="MP head"):
+        build_model(rnn, {"asr": 4, "layers": 3}, 2, 0.0).forward_pooled(pooled)
 
 
 def test_the_layer_weights_move_at_their_own_learning_rate():

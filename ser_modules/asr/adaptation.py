@@ -372,7 +372,7 @@ def ctc_job(fold: str) -> tuple[str, float]:
         return fold, 0.0
     fold_dir = staged.begin()  # adapted aside, renamed into place when exported
     vocab = hp["vocab"]
-    upstream, features = load_upstream(up["source"], device, up.get("arch"))
+    upstream, features = load_upstream(up["source"], device, up.get("arch"), up.get("whisper_window"))
     seed_all(hp["seed"])  # the head's initial weights
     model = CTCUpstream(upstream, len(vocab)).to(device)
     fold_hp = {**hp, "features": features, "stages": ["all"]}

@@ -165,12 +165,13 @@ def load_asr_model(path: str, device: str = "cpu"):
         from ser_modules.upstreams.ctc import load_adapted_upstream
 
         model, features, vocab = load_adapted_upstream(upstream_source(info, info_path), path, info["ctc_head"]["vocab"],
-                                                       device)
+                                                       device, info["upstream"].get("whisper_window"))
         return model, features, vocab, info
     if info.get("upstream"):  # a pretrained upstream: rebuilt from its own folder, no vocabulary
         from ser_modules.upstreams.loading import load_upstream
 
-        model, features = load_upstream(upstream_source(info, info_path), device, info["upstream"].get("arch"))
+        model, features = load_upstream(upstream_source(info, info_path), device, info["upstream"].get("arch"),
+                                        info["upstream"].get("whisper_window"))
         return model, features, None, info
     model, features, vocab = build_from_hparams(os.path.join(os.path.dirname(path), info["asr_hparams"]))
     if info.get("rank"):

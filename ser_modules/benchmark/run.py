@@ -13,7 +13,11 @@
    representations versus recomputing the ASR layers for every batch.
 4. ``--scaling``: wall time and peak memory (the process tree's RSS) of stages 4 and 5 on the demo
    emotion corpus replicated 1x, 2x, 4x and 8x.
-5. ``--prep-scale [FILES ...]`` (alone): stage 1's ASR preparation, every audio file checked, on
+5. ``--upstreams [PATH ...]`` (alone): stage 4 with pretrained upstreams on 3-5 s utterances, per format
+   (base-size Whisper in 30 s and in utterance windows, wav2vec2-base with group norm, one utterance at a
+   time, and layer-norm style, batched; random weights, the same computation) and each PATH given (a
+   real upstream, as ``--upstream`` of upstream_probe): seconds of audio per second, FLOP rate, ratio.
+6. ``--prep-scale [FILES ...]`` (alone): stage 1's ASR preparation, every audio file checked, on
    generated LibriSpeech trees of 10k and 100k short files: time per 10k files and peak memory.
 
 Writes ``benchmark.csv`` (``model,size,device,batch,frames_per_s,gflops,gemm_gflops,ratio,peak_mb``
@@ -36,7 +40,14 @@ import pandas as pd
 import torch
 
 from ser_modules.benchmark.machine import gemm_rate, gru_kernel_name
-from ser_modules.benchmark.stage_rates import dump_rates, prep_scale, scaling, stored_vs_recomputed
+from ser_modules.benchmark.stage_rates import (
+    base_upstreams,
+    dump_rates,
+    prep_scale,
+    scaling,
+    stored_vs_recomputed,
+    upstream_rates,
+)
 from ser_modules.benchmark.steps import COLUMNS, recipe_conf, asr_case, iemocap_like_durations, measure, ser_case
 
 # ----------------------------------------------------------------------------------------------
@@ -122,6 +133,35 @@ def run(out: str, device: str = "cpu", quick: bool = False, sizes=("demo", "pape
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def upstreams_main(args) -> int:
+    """``--upstreams``: :func:`upstream_rates` of the base-size upstreams and of each PATH, to ``--out``."""
+    from ser_modules.upstreams.loading import load_upstream
+    from ser_modules.utils.environment import environment
+    from ser_modules.utils.fileio import write_csv, write_text
+
+    os.makedirs(args.out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="ser_benchmark_")
+    try:
+        gemm = gemm_rate(args.device, seconds=0.5 if args.quick else 2.0)
+        print(f"GEMM fp32: {gemm:.1f} GFLOP/s on {args.device} ({torch.get_num_threads()} threads)", flush=True)
+        models = base_upstreams()
+        for path in args.upstreams:
+            name = f"{os.path.basename(os.path.normpath(path))} (--upstream)"
+            models[name] = load_upstream(path, args.device, whisper_window=args.whisper_window)
+        frame = pd.DataFrame(upstream_rates(models, gemm, tmp, args.quick, args.device))
+        write_csv(os.path.join(args.out, "upstreams.csv"), frame)
+        env = environment()
+        write_text(os.path.join(args.out, "upstreams.md"), "\n".join([
+            "# Stage 4 with pretrained upstreams", "", f"Device {args.device}, {torch.get_num_threads()} threads, "
+            f"torch {env['torch']}, git {env['git_commit']}, {env['date']}. GEMM fp32 {gemm:.1f} GFLOP/s. 3-5 s "
+            "utterances, batches of 8, every layer stored; FLOPs counted with padding (what the machine did).", "",
+            markdown(frame), ""]))
+        print(frame.to_string(index=False))
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _line(row: dict) -> str:
     return (f"{row['model']:<28} {row['size']:<5} batch {row['batch']:>3}: {row['frames_per_s']:>9.0f} frames/s "
             f"{row['gflops']:>7.2f} GFLOP/s ratio {row['ratio']:.3f} peak {row['peak_mb']:.0f} MB "
@@ -141,7 +181,14 @@ def main(argv=None) -> int:
                         help="only stage 1's preparation of generated LibriSpeech trees of these many files "
                              "(default 10000 100000): time per 10k files and peak memory")
     parser.add_argument("--nj", type=int, default=2, help="processes of --prep-scale's audio check")
+    parser.add_argument("--upstreams", nargs="*", default=None, metavar="PATH",
+                        help="only stage 4 with pretrained upstreams: base-size ones of each format (random "
+                             "weights) and these upstream folders or checkpoints; audio s/s and FLOP rate")
+    parser.add_argument("--whisper-window", default="utterance", choices=["30s", "utterance"],
+                        help="the window of a Whisper given to --upstreams (default utterance)")
     args = parser.parse_args(argv)
+    if args.upstreams is not None:
+        return upstreams_main(args)
     if args.prep_scale is not None:
         os.makedirs(args.out, exist_ok=True)
         print(prep_scale(args.out, args.prep_scale or (10_000, 100_000), args.nj).to_string(index=False))

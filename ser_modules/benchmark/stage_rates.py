@@ -275,3 +275,78 @@ def prep_scale(out: str, sizes=(10_000, 100_000), nj: int = 2) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.to_csv(os.path.join(out, "prep_scale.csv"), index=False)
     return frame
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 4 with pretrained upstreams: audio encoded per second and the FLOP rate, per format
+
+
+UPSTREAM_BATCH = 8  # conf/dump.yaml's batch_size of upstream_probe
+
+
+def base_upstreams() -> dict[str, tuple]:
+    """Base-size upstreams of each batching kind, random weights from transformers' configs (the same
+    computation as the trained ones; nothing downloaded): ``{name: (upstream, front end)}``."""
+    import transformers
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from ser_modules.upstreams.encoders import HFUpstream, WaveformInput
+
+    torch.manual_seed(0)
+    whisper = WhisperEncoder(transformers.WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8,
+                                                        encoder_ffn_dim=2048, num_mel_bins=80))  # Whisper base
+    group = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config())  # wav2vec2-base: group norm
+    layer = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(feat_extract_norm="layer", do_stable_layer_norm=True))
+    models = {"whisper-base 30s windows": HFUpstream(whisper, "whisper", "30s"),
+              "whisper-base utterance windows": HFUpstream(whisper, "whisper", "utterance"),
+              "wav2vec2-base (group norm)": HFUpstream(group, "wav2vec2"),
+              "wav2vec2-base layer-norm style": HFUpstream(layer, "wav2vec2")}
+    return {name: (m.eval(), WaveformInput(m.win)) for name, m in models.items()}
+
+
+def _batches(frame: pd.DataFrame, batch_size: int):
+    """The padded batches stage 4 makes of ``frame`` (length-sorted buckets), as ``(wavs, samples)``."""
+    from ser_modules.data.datasets import LengthBucketBatchSampler, read_utterance
+
+    sampler = LengthBucketBatchSampler(frame["duration"].astype(float).tolist(), batch_size, shuffle=False)
+    for idx in sampler:
+        wavs = [read_utterance(frame["wav"].iloc[i]) for i in idx]
+        samples = torch.tensor([len(w) for w in wavs])
+        yield torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), samples
+
+
+def upstream_rates(upstreams: dict[str, tuple], gemm: float, tmp: str, quick: bool, device: str = "cpu") -> list[dict]:
+    """Stage 4 (:func:`~ser_modules.dump.writing.dump_asr_layers`, every layer, batches of
+    :data:`UPSTREAM_BATCH`) of each upstream on 3-5 s utterances (an acted corpus's): seconds of audio
+    encoded per second and the FLOP rate (FLOPs counted by ``torch.utils.flop_counter`` over the same
+    batches, padding included: what the machine did) against the GEMM rate; ``batched`` says whether
+    the format runs a padded batch together or one utterance at a time."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ser_modules.dump.writing import dump_asr_layers
+
+    folder = os.path.join(tmp, "upstream_audio")
+    os.makedirs(folder, exist_ok=True)
+    durations = np.random.default_rng(2).uniform(3.0, 5.0, 16 if quick else 48).round(3)
+    frame, csv = _synthetic_corpus(folder, durations)
+    rows = []
+    for name, (model, features) in upstreams.items():
+        model, features = model.to(device).eval(), features.to(device)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:  # the same batches, counted once (not timed)
+            for wavs, samples in _batches(frame.iloc[:UPSTREAM_BATCH], UPSTREAM_BATCH):
+                model.forward_layers(*features(wavs.to(device), samples.to(device)), model.layer_names)
+        flops_per_second = counter.get_total_flops() / float(durations[:UPSTREAM_BATCH].sum())
+        synchronize(device)
+        started = time.perf_counter()
+        dump_asr_layers(model, features, frame, csv, model.layer_names, os.path.join(tmp, "upstream_stores"),
+                        name.replace(" ", "_"), f"bench-{name}", device, UPSTREAM_BATCH, "float16")
+        synchronize(device)
+        elapsed = time.perf_counter() - started
+        audio_per_s = float(durations.sum()) / elapsed
+        gflops = flops_per_second * audio_per_s / 1e9
+        rows.append({"what": f"stage 4 upstream {name}", "batched": bool(getattr(model, "batched", False)),
+                     "audio_s_per_s": round(audio_per_s, 2), "gflop_per_audio_s": round(flops_per_second / 1e9, 2),
+                     "gflops": round(gflops, 1), "ratio": round(gflops / gemm, 3)})
+        print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
+    return rows

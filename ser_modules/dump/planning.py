@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ser_modules.dump.store import FeatureStore
+from ser_modules.dump.store import POOLINGS, FeatureStore
 from ser_modules.dump.writing import asr_store_folder, feature_store_spec
 from ser_modules.utils.fileio import ManifestError
 
@@ -119,9 +119,9 @@ class StorePlan:
         return int(self.shapes[layer].frames(self.seconds).sum())
 
     def layer_bytes(self) -> dict[str, int]:
-        """Bytes per layer: its frames (frames x dim x dtype size) and its pooled vectors (float32)."""
+        """Bytes per layer: its frames (frames x dim x dtype size) and its two pooled files (float32)."""
         size = np.dtype(self.dtype).itemsize
-        return {n: self.frames(n) * s.dim * size + NPY_HEADER_BYTES + len(self.ids) * s.dim * 4
+        return {n: self.frames(n) * s.dim * size + len(POOLINGS) * (NPY_HEADER_BYTES + len(self.ids) * s.dim * 4)
                 for n, s in self.shapes.items()}
 
     def index_bytes(self) -> int:
@@ -148,7 +148,8 @@ def _plan_store(name: str, folder: str, dtype: str, utterances: pd.DataFrame, pr
     if os.path.isfile(os.path.join(folder, "meta.json")):
         store = FeatureStore(folder)
         plan.reused = True
-        plan.pooled_to_add = {n: NPY_HEADER_BYTES + len(store) * store.dim(n) * 4 for n in store.lacks_pooled}
+        plan.pooled_to_add = {store.pooled_path(n, norm): NPY_HEADER_BYTES + len(store) * store.dim(n) * 4
+                              for n, norm in store.lacks_pooled}
         store.close()
     else:
         plan.shapes = probe()

@@ -3,7 +3,8 @@
 A store is a folder ``<root>/<name>/<key>/`` holding, per layer, one raw array ``<layer>.bin``
 (``[total_frames, dim]``, float16 by default, readable with ``numpy.memmap``) and the mean-pooled
 vector of every utterance ``pooled_<layer>.npy`` (float32 ``[utterances, dim]`` in index order, what
-MP-x and Progressive net-x read), an ``index.csv`` (utterance id, frame offset and frame count per
+MP-x and Progressive net-x read) and the mean of its frames normalised one by one ``pooled_norm_<layer>.npy``
+(what a weighted-MP sum with ``layer_norm`` reads), an ``index.csv`` (utterance id, frame offset and frame count per
 layer) and ``meta.json``. The key is a hash of everything the frames depend on (model weights, layers,
 feature configuration, the utterances' audio); a rerun with the same inputs reuses the store, any
 change makes a new one. A store is written to a temporary folder renamed into place when complete
@@ -25,7 +26,9 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import torch
 
+from ser_modules.models.ser import normalise_frames
 from ser_modules.utils.fileio import ManifestError, atomic_path, read_json, write_json
 from ser_modules.utils.jobs import fault_point
 
@@ -49,9 +52,25 @@ def pool_frames(frames: np.ndarray) -> np.ndarray:
     return np.asarray(frames, dtype=np.float32).mean(axis=0)
 
 
-def pooled_file(layer: str) -> str:
-    """File name of a layer's pooled vectors inside a store."""
-    return f"pooled_{layer}.npy"
+def pool_normalised_frames(frames: np.ndarray) -> np.ndarray:
+    """The mean over time of an utterance's stored frames ``[T, D]``, each frame first normalised over its
+    ``D`` features (:func:`~ser_modules.models.ser.normalise_frames`, what a weighted sum with ``layer_norm``
+    does to every frame) -> ``[D]`` float32."""
+    x = torch.from_numpy(np.asarray(frames, dtype=np.float32))
+    return normalise_frames(x).mean(dim=0).numpy()
+
+
+POOLINGS = {"pooled": pool_frames, "pooled_norm": pool_normalised_frames}  # file prefix -> function of the frames
+
+
+def pooled_file(layer: str, normalised: bool = False) -> str:
+    """File name of a layer's pooled vectors inside a store (``normalised``: of its normalised frames)."""
+    return f"pooled_norm_{layer}.npy" if normalised else f"pooled_{layer}.npy"
+
+
+def pooled_files(layer: str) -> dict[str, str]:
+    """``{file name: pooling prefix}`` of the pooled files of a layer."""
+    return {f"{prefix}_{layer}.npy": prefix for prefix in POOLINGS}
 
 
 class FeatureStore:
@@ -117,29 +136,31 @@ class FeatureStore:
                                 f"{n * row_bytes} bytes at offset {start * row_bytes})")
         return np.frombuffer(data, dtype=dtype).reshape(n, int(info["dim"])).astype(np.float32)
 
-    def pooled_path(self, layer: str) -> str:
-        return os.path.join(self.folder, pooled_file(layer))
+    def pooled_path(self, layer: str, normalised: bool = False) -> str:
+        return os.path.join(self.folder, pooled_file(layer, normalised))
 
-    def _pooled_matrix(self, layer: str) -> np.ndarray | None:
+    def _pooled_matrix(self, layer: str, normalised: bool) -> np.ndarray | None:
         """The layer's pooled vectors, memory-mapped float32 ``[utterances, dim]`` in index order, or
         None for a store written before stage 4 wrote them."""
-        if layer not in self._pooled:
-            path, shape = self.pooled_path(layer), (len(self.ids), self.dim(layer))
+        if (layer, normalised) not in self._pooled:
+            path, shape = self.pooled_path(layer, normalised), (len(self.ids), self.dim(layer))
             matrix = np.load(path, mmap_mode="r") if os.path.isfile(path) else None
             if matrix is not None and (matrix.shape != shape or matrix.dtype != np.float32):
                 raise ManifestError(f"{path}: {matrix.dtype} {matrix.shape}, expected float32 {shape} "
                                     "(remove the file and rerun stage 4)")
-            self._pooled[layer] = matrix
-        return self._pooled[layer]
+            self._pooled[layer, normalised] = matrix
+        return self._pooled[layer, normalised]
 
-    def mean_pooled(self, layer: str, ids) -> np.ndarray:
-        """Utterance vectors: the mean of each utterance's frames (:func:`pool_frames`) as float32
-        ``[len(ids), dim]``, read from ``pooled_<layer>.npy``; a store without that file (written
-        before it existed) pools the frames here."""
+    def mean_pooled(self, layer: str, ids, normalised: bool = False) -> np.ndarray:
+        """Utterance vectors: the mean of each utterance's frames (:func:`pool_frames`; ``normalised``:
+        of its frames normalised one by one, :func:`pool_normalised_frames`) as float32 ``[len(ids), dim]``,
+        read from ``pooled_<layer>.npy`` (``pooled_norm_<layer>.npy``); a store without that file
+        (written before it existed) pools the frames here."""
         ids = list(ids)
-        matrix = self._pooled_matrix(layer)
+        matrix = self._pooled_matrix(layer, normalised)
         if matrix is None:
-            return np.stack([pool_frames(self.get(i, layer)) for i in ids]) if ids else \
+            pool = pool_normalised_frames if normalised else pool_frames
+            return np.stack([pool(self.get(i, layer)) for i in ids]) if ids else \
                 np.zeros((0, self.dim(layer)), np.float32)
         try:
             rows = [self._position[i] for i in ids]
@@ -148,9 +169,10 @@ class FeatureStore:
         return np.asarray(matrix[rows])  # fancy indexing copies only these rows out of the mapping
 
     @property
-    def lacks_pooled(self) -> list[str]:
-        """The layers whose ``pooled_<layer>.npy`` is missing (a store written before they existed)."""
-        return [layer for layer in self.layers if not os.path.isfile(self.pooled_path(layer))]
+    def lacks_pooled(self) -> list[tuple[str, bool]]:
+        """``(layer, normalised)`` of the pooled files that are missing (a store written before they existed)."""
+        return [(layer, normalised) for layer in self.layers for normalised in (False, True)
+                if not os.path.isfile(self.pooled_path(layer, normalised))]
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -188,7 +210,8 @@ class StoreWriter:
     def __init__(self, folder: str, layers: list[str], dtype: str):
         self.folder, self.layers, self.dtype = folder, layers, dtype
         self.files = {name: open(os.path.join(folder, f"{name}.bin"), "wb") for name in layers}
-        self.pooled = {name: open(os.path.join(folder, f"{pooled_file(name)}.raw"), "wb") for name in layers}
+        self.pooled = {(name, prefix): open(os.path.join(folder, f"{file}.raw"), "wb")
+                       for name in layers for file, prefix in pooled_files(name).items()}
         self.offsets = dict.fromkeys(layers, 0)
         self.dims: dict[str, int] = {}
         self.count = 0  # utterances written
@@ -204,7 +227,8 @@ class StoreWriter:
             if self.dims.setdefault(name, a.shape[1]) != a.shape[1]:
                 raise ValueError(f"layer {name}: dimension {a.shape[1]} differs from {self.dims[name]}")
             self.files[name].write(a.tobytes())
-            self.pooled[name].write(pool_frames(a).tobytes())  # from the rounded frames, as a reader pools them
+            for prefix, pool in POOLINGS.items():  # from the rounded frames, as a reader pools them
+                self.pooled[name, prefix].write(pool(a).tobytes())
             row += [self.offsets[name], a.shape[0]]
             self.offsets[name] += a.shape[0]
         self.index_rows.writerow(row)
@@ -221,10 +245,11 @@ class StoreWriter:
             with open(os.path.join(self.folder, "index.csv"), "w", encoding="utf-8") as f:
                 f.write("\n")
         for name in self.layers:
-            path = os.path.join(self.folder, pooled_file(name))
-            _write_npy(path, f"{path}.raw", (self.count, self.dims.get(name, 0)))
+            for file in pooled_files(name):
+                path = os.path.join(self.folder, file)
+                _write_npy(path, f"{path}.raw", (self.count, self.dims.get(name, 0)))
         meta["layers"] = {n: {"dim": self.dims.get(n, 0), "frames": self.offsets[n], "dtype": self.dtype,
-                              "pooled": pooled_file(n)} for n in self.layers}
+                              "pooled": pooled_file(n), "pooled_norm": pooled_file(n, True)} for n in self.layers}
         meta["utterances"] = self.count
         write_json(os.path.join(self.folder, "meta.json"), meta)
 
@@ -237,16 +262,17 @@ def add_pooled(store: FeatureStore) -> FeatureStore:
     if not missing:
         return store
     logger.info("adding the pooled vectors of %s to %s", missing, store.folder)
-    for layer in missing:
-        with atomic_path(store.pooled_path(layer)) as tmp:
+    for layer, normalised in missing:
+        pool = pool_normalised_frames if normalised else pool_frames
+        with atomic_path(store.pooled_path(layer, normalised)) as tmp:
             matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(store), store.dim(layer)))
             for row, utt in enumerate(store.ids):
-                matrix[row] = pool_frames(store.get(utt, layer))
+                matrix[row] = pool(store.get(utt, layer))
             matrix.flush()
             del matrix  # unmapped before the rename
     meta = read_json(os.path.join(store.folder, "meta.json"))
     for layer in store.layers:
-        meta["layers"][layer]["pooled"] = pooled_file(layer)
+        meta["layers"][layer].update(pooled=pooled_file(layer), pooled_norm=pooled_file(layer, True))
     write_json(os.path.join(store.folder, "meta.json"), meta)
     store.close()
     return FeatureStore(store.folder)

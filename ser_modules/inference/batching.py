@@ -14,7 +14,7 @@ from ser_modules.data.features import EGeMAPSFunctionals, minimum_samples
 from ser_modules.inference.asr import AsrModels, TranscriptDecoder
 from ser_modules.inference.loading import FoldModel
 from ser_modules.ser.inputs import collate
-from ser_modules.ser.variants import VariantSpec, forward
+from ser_modules.ser.variants import VariantSpec, forward, pool_layers
 from ser_modules.utils.hparams import stage_values
 
 
@@ -89,7 +89,7 @@ class BatchPredictor:
         context_seqs = iter(seqs[len(wavs):])
         for i, item in enumerate(items):
             seq = seqs[i]
-            item["asr"] = seq.mean(dim=0, keepdim=True) if self.spec.pooled else seq
+            item["asr"] = pool_layers(self.spec, seq) if self.spec.pooled else seq
             if self.spec.type == "iaan":  # a missing context turn is one zero frame, as in training
                 zero = torch.zeros(1, seq.shape[1])
                 prev, other = contexts[i]

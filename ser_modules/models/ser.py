@@ -25,6 +25,12 @@ def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
+def normalise_frames(x: torch.Tensor) -> torch.Tensor:
+    """Each frame of ``x [..., D]`` to zero mean and unit variance over its ``D`` features, no learned
+    scale (s3prl's ``upstream_feature_normalize``); an all-zero (padded) frame stays zero."""
+    return F.layer_norm(x, (x.shape[-1],))
+
+
 def masked_softmax(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Softmax over time of ``scores [B, T]`` with padded frames at zero weight."""
     scores = scores.masked_fill(~length_mask(lengths, scores.shape[1]), float("-inf"))
@@ -156,11 +162,15 @@ class WeightedLayerSum(nn.Module):
     """The SUPERB protocol's upstream read-out: a learned softmax-weighted sum of all ``n_layers``
     layers, then a head (:class:`FineTuneMP` or :class:`FineTuneRNN`) on the sum.
 
-    Input: the layers side by side, ``x [B, T, n_layers * dim]`` (layer k in columns ``k*dim:(k+1)*dim``);
-    mean-pooled inputs (``T = 1``) suit the MP head, since a weighted sum commutes with the mean.
+    Input: the layers side by side, ``x [B, T, n_layers * dim]`` (layer k in columns ``k*dim:(k+1)*dim``).
     ``layer_norm``: each layer of each frame normalised to zero mean and unit variance over its ``dim``
-    features (no learned scale) before the sum, s3prl's ``upstream_feature_normalize``, so layers of very
-    different scales weigh by their weights alone; it acts per frame, so it needs frames, not means.
+    features (:func:`normalise_frames`) before the sum, so layers of very different scales weigh by their
+    weights alone.
+
+    With the MP head the sum commutes with the mean over frames, and the normalisation is a fixed function
+    of each frame, so the model is also a function of the per-layer (normalised) means ``[B, n_layers * dim]``
+    (:meth:`pool`, which stage 4 stores once per utterance): :meth:`forward_pooled` on them equals
+    :meth:`forward` on the frames up to float rounding, at the cost of one vector per utterance.
     """
 
     def __init__(self, n_layers: int, dim: int, head: nn.Module, layer_norm: bool = False):
@@ -177,13 +187,30 @@ class WeightedLayerSum(nn.Module):
         lengths = torch.as_tensor(lengths).reshape(-1)
         return 2 * self.n_layers * self.dim * total(lengths) + self.head.forward_flops(lengths)
 
+    def _layers(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, n_layers * dim]`` -> ``[B, T, n_layers, dim]``, normalised per frame with ``layer_norm``."""
+        layers = x.view(*x.shape[:-1], self.n_layers, self.dim)
+        return normalise_frames(layers) if self.layer_norm else layers
+
+    def _sum(self, layers: torch.Tensor) -> torch.Tensor:
+        return (layers * self.layer_weights()[:, None]).sum(dim=-2)
+
     def combine(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, n_layers * dim]`` -> the weighted sum ``[B, T, dim]``."""
-        b, t, _ = x.shape
-        layers = x.view(b, t, self.n_layers, self.dim)
-        if self.layer_norm:  # a padded (all-zero) frame stays zero
-            layers = F.layer_norm(layers, (self.dim,))
-        return (layers * self.layer_weights()[:, None]).sum(dim=2)
+        return self._sum(self._layers(x))
+
+    def pool(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """What :meth:`forward_pooled` reads: the mean over valid frames of each (normalised) layer,
+        ``[B, T, n_layers * dim] -> [B, n_layers * dim]``; no parameter enters it."""
+        b = x.shape[0]
+        return masked_mean(self._layers(x).reshape(b, x.shape[1], -1), lengths)
+
+    def forward_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, n_classes]`` from :meth:`pool`'s vectors ``[B, n_layers * dim]`` (MP head only)."""
+        if not isinstance(self.head, FineTuneMP):
+            raise TypeError("forward_pooled needs the MP head: a recurrent head reads frames")
+        summed = self._sum(pooled.view(pooled.shape[0], self.n_layers, self.dim))
+        return self.head.classifier(self.head.dropout(summed))
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.head.encode(self.combine(x), lengths)

@@ -93,7 +93,9 @@ class SERDataset(torch.utils.data.Dataset):
         self.egemaps = inputs.egemaps_store() if spec.type == "reference" else None
         self.pooled = {}
         if spec.pooled:  # the masked mean of one frame is the frame itself; weighted: the layers side by side
-            vectors = np.concatenate([self.asr.mean_pooled(n, ids) for n in spec.layers], axis=1)  # [len(ids), D]
+            pooled = [self.asr.mean_pooled(n, ids, normalised=True) if spec.normalised else self.asr.mean_pooled(n, ids)
+                      for n in spec.layers]
+            vectors = np.concatenate(pooled, axis=1)  # [len(ids), n_layers * D]
             self.pooled = dict(zip(ids, torch.from_numpy(vectors).unsqueeze(1)))  # [1, D] each
         if spec.type == "iaan":
             if context is None or not {"prev_same", "prev_other"} <= set(context.columns):
@@ -117,7 +119,8 @@ class SERDataset(torch.utils.data.Dataset):
 
     def length(self, i: int) -> int:
         """Frames of example ``i`` (for length bucketing)."""
-        if self.spec.type in ("rnn", "iaan") or (self.asr is not None and not self.spec.pooled):
+        # a weighted sum's pooled path is bucketed by frames, as its frame path: the same batches, the same training
+        if self.spec.type in ("rnn", "iaan", "weighted") or (self.asr is not None and not self.spec.pooled):
             return self.asr.frames(self.ids[i], self.spec.layers[0])
         if self.hand is not None:
             return self.hand.frames(self.ids[i], "mfcc_pitch")

@@ -19,6 +19,7 @@ from ser_modules.models.ser import (
     LinearSVMReference,
     ProgressiveNet,
     WeightedLayerSum,
+    normalise_frames,
 )
 from ser_modules.utils.fileio import ManifestError
 
@@ -72,10 +73,23 @@ class VariantSpec:
 
     @property
     def pooled(self) -> bool:
-        """Reads one mean-pooled vector per utterance (MP-x, Progressive net-x, weighted with the MP head;
-        not with ``layer_norm``, which normalises every frame before the mean)."""
-        return self.type in ("mp", "progressive") or (self.type == "weighted" and self.options.get("head", "mp") == "mp"
-                                                      and not self.options.get("layer_norm", False))
+        """Reads one mean-pooled vector per utterance (MP-x, Progressive net-x, weighted with the MP head:
+        the mean of each layer, of its normalised frames with ``layer_norm``; :class:`WeightedLayerSum`)."""
+        return self.type in ("mp", "progressive") or (self.type == "weighted" and self.options.get("head", "mp") == "mp")
+
+    @property
+    def normalised(self) -> bool:
+        """A weighted sum that normalises each layer's frames (``layer_norm``) before the sum."""
+        return self.type == "weighted" and bool(self.options.get("layer_norm", False))
+
+
+def pool_layers(spec: VariantSpec, seq: torch.Tensor) -> torch.Tensor:
+    """What a pooled variant reads of one utterance's layers side by side ``[T, n_layers * D]``: the mean of
+    each layer's (normalised, :attr:`VariantSpec.normalised`) frames ``[1, n_layers * D]``, as stage 4 stores it."""
+    if not spec.normalised:
+        return seq.mean(dim=0, keepdim=True)
+    n = len(spec.layers)
+    return normalise_frames(seq.view(seq.shape[0], n, -1)).mean(dim=0).reshape(1, -1)
 
 
 def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float) -> tuple[type, dict]:
@@ -124,6 +138,8 @@ def forward(model: torch.nn.Module, spec: VariantSpec, batch: dict, device) -> t
         return model(*seq("feats"))
     if spec.type == "reference":
         return model(*seq("egemaps"))
+    if spec.type == "weighted" and spec.pooled:  # one vector per layer: the sum and the head, no frames
+        return model.forward_pooled(seq("asr")[0][:, 0])
     if spec.type in ("mp", "rnn", "weighted"):
         return model(*seq("asr"))
     if spec.type == "progressive":

@@ -32,7 +32,8 @@ def main(argv=None) -> None:
     for path, arch in args.upstream:
         name = upstream_name(path, names)
         names.add(name)
-        info = describe_upstream(name, path, args.device, hp["probe_seconds"], args.seed, upstream_arch(path, arch)[1])
+        info = describe_upstream(name, path, args.device, hp["probe_seconds"], args.seed, upstream_arch(path, arch)[1],
+                                 hp.get("whisper_window", "30s"))
         described.append(info)
         bundle = f", bundle {info['arch']['bundle']}" if info["arch"] and info["arch"]["bundle"] else ""
         print(f"stage 2 upstream {name}: {info['model_type']} ({info['kind']}{bundle}), {info['n_layers']} layers + input "
@@ -41,7 +42,8 @@ def main(argv=None) -> None:
     write_text(os.path.join(out, "hyperparams.yaml"), resolved)
     for info in described:  # what load_asr_model rebuilds the upstream from
         write_json(os.path.join(out, info["name"], "model.json"),
-                   {"upstream": {"source": info["source"], "kind": info["kind"], "arch": info["arch"]}, "sha1": info["sha1"],
+                   {"upstream": {"source": info["source"], "kind": info["kind"], "arch": info["arch"],
+                                 "whisper_window": info["whisper_window"]}, "sha1": info["sha1"],
                     "model_name": info["name"]})
     write_json(os.path.join(out, "upstreams.json"), {"upstreams": described})
     log.info("stage 2: %d upstream(s) described in %s", len(described), os.path.join(out, "upstreams.json"))

@@ -69,12 +69,13 @@ class CTCUpstream(nn.Module):
         return self.upstream.forward_layers(wavs, samples, layers)
 
 
-def load_adapted_upstream(source: str, weights: str, symbols: list[str], device: str = "cpu"):
+def load_adapted_upstream(source: str, weights: str, symbols: list[str], device: str = "cpu",
+                          whisper_window: str | None = None):
     """``(CTCUpstream, front end, vocabulary)``: the upstream folder ``source`` with the adapted weights
     ``weights`` (a state dict of :class:`CTCUpstream`); ``symbols`` the vocabulary, blank first."""
     from ser_modules.data.text import CharVocabulary
 
-    upstream, features = load_upstream(source, device)
+    upstream, features = load_upstream(source, device, whisper_window=whisper_window)
     vocab = CharVocabulary(specials=symbols[:1], characters=symbols[1:])
     model = CTCUpstream(upstream, len(vocab))
     try:

@@ -66,12 +66,19 @@ class HFUpstream(FrozenEncoder):
     outputs. Models with ``feat_extract_norm="group"`` (wav2vec2-base, HuBERT Base, WavLM Base+) normalise
     over time and were trained without a mask, and data2vec-audio's stacked positional convolutions
     see the padded frames: those run one utterance at a time, which is exact.
-    Whisper runs one utterance at a time, in consecutive 30 s windows (its own): each is padded to the
-    window as Whisper was trained, encoded alone and cropped to its own frames, and the windows' frames
-    are joined, so an utterance of any length gives :meth:`frames` frames (up to 30 s: one window).
+    Whisper encodes each utterance in consecutive windows of at most 30 s, cropped to its own frames and
+    joined, so an utterance of any length gives :meth:`frames` frames. ``whisper_window`` says what a
+    window is: ``30s``, each padded to 30 s as Whisper was trained (1500 frames encoded whatever the
+    speech; the padded windows of a batch run together, each alone in its attention), or
+    ``utterance``, the encoder on the window's own frames (positional embeddings cut to its length; a
+    batch padded after the shorter ones, whose padded frames no valid frame sees: the convolutions
+    stop at each one's mel frames and the attention masks them). Padding changes the
+    representations, so the two give different (each exact) outputs; docs/benchmarks.md measures both.
     """
 
-    def __init__(self, model: nn.Module, model_type: str):
+    WHISPER_WINDOWS = ("30s", "utterance")
+
+    def __init__(self, model: nn.Module, model_type: str, whisper_window: str = "30s"):
         super().__init__()
         self.model, self.model_type = model.eval(), model_type
         for p in self.model.parameters():
@@ -81,6 +88,9 @@ class HFUpstream(FrozenEncoder):
         n_layers = cfg.encoder_layers if self.whisper else cfg.num_hidden_layers
         self.layer_names = [f"layer{k}" for k in range(n_layers + 1)]
         self.layer_sizes = dict.fromkeys(self.layer_names, int(cfg.d_model if self.whisper else cfg.hidden_size))
+        if whisper_window not in self.WHISPER_WINDOWS:
+            raise ValueError(f"whisper_window must be one of {self.WHISPER_WINDOWS}, got {whisper_window!r}")
+        self.whisper_window = whisper_window
         if self.whisper:
             self.hop, self.win = 320, 400  # 10 ms mel frames, stride-2 convolution: 20 ms per frame
             from transformers import WhisperFeatureExtractor
@@ -90,7 +100,7 @@ class HFUpstream(FrozenEncoder):
             self.hop = int(np.prod(cfg.conv_stride))
             self.win = receptive_field(cfg.conv_kernel, cfg.conv_stride)
         # data2vec-audio's positional convolutions are stacked without re-zeroing padded frames: unbatched too.
-        self.batched = model_type in ("wav2vec2", "hubert", "wavlm") and cfg.feat_extract_norm == "layer"
+        self.batched = self.whisper or (model_type in ("wav2vec2", "hubert", "wavlm") and cfg.feat_extract_norm == "layer")
 
     def frames(self, samples: torch.Tensor) -> torch.Tensor:
         """Output frames of utterances of ``samples`` samples ``[B]``."""
@@ -112,25 +122,61 @@ class HFUpstream(FrozenEncoder):
         return tuple(_pad_cat([o[k][0] for o in outs]) for k in range(len(outs[0])))
 
     def _whisper_states(self, wavs, samples):
-        """All hidden states ``(L+1) x [B, T, D]`` of a padded batch, one utterance at a time (zeros after
-        each one's frames)."""
-        outs = [self._whisper_utterance(wavs[i, : int(n)]) for i, n in enumerate(samples)]
-        return tuple(_pad_cat([o[k] for o in outs]) for k in range(len(outs[0])))
-
-    def _whisper_utterance(self, wav):
-        """Hidden states ``(L+1) x [T, D]`` of one utterance ``wav [S]``, T = ceil(S / 320): its consecutive 30 s
-        windows encoded one by one and joined (a 30 s window is 1500 whole frames, so T adds up)."""
+        """All hidden states ``(L+1) x [B, T, D]`` of a padded batch (zeros after each one's frames): every
+        utterance cut into consecutive 30 s windows, all windows of the batch encoded together."""
         n = self.mel.n_samples
-        starts = range(0, max(len(wav), 1), n)  # an empty utterance is still one (empty) window
-        windows = [self._whisper_window(wav[start : start + n]) for start in starts]
-        return tuple(torch.cat(parts) for parts in zip(*windows))
+        windows, owner = [], []
+        for i, length in enumerate(samples.tolist()):
+            for start in range(0, max(length, 1), n):  # an empty utterance is still one (empty) window
+                windows.append(wavs[i, start : min(start + n, length)])
+                owner.append(i)
+        encode = self._whisper_padded if self.whisper_window == "30s" else self._whisper_unpadded
+        states = encode(windows)  # per window: (L+1) x [T_w, D]
+        per_utt = [[states[w] for w in range(len(windows)) if owner[w] == i] for i in range(len(samples))]
+        joined = [tuple(torch.cat(parts) for parts in zip(*ws)) for ws in per_utt]
+        return tuple(_pad_cat([j[k] for j in joined]) for k in range(len(joined[0])))
 
-    def _whisper_window(self, wav):
-        """Hidden states ``(L+1) x [T, D]`` of at most 30 s ``wav [S]``, T = ceil(S / 320)."""
-        mel = self.mel(wav.cpu().numpy(), sampling_rate=SAMPLE_RATE, return_tensors="pt")  # padded to 30 s, as trained
-        feats = mel.input_features.to(wav.device, self.model.conv1.weight.dtype)
-        t = -(-len(wav) // self.hop)
-        return tuple(s[0, :t] for s in self.model(feats, output_hidden_states=True).hidden_states)
+    def _mel(self, wav: torch.Tensor, pad_to_30s: bool) -> torch.Tensor:
+        """Whisper's log-mel features ``[n_mels, M]`` of at most 30 s ``wav [S]``: padded to 30 s (M = 3000), or
+        on its own ``2 * ceil(S / 320)`` frames, which see zeros after the speech as in a padded window."""
+        if pad_to_30s:
+            feats = self.mel(wav.cpu().numpy(), sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
+        else:
+            t = -(-len(wav) // self.hop)
+            padded = np.zeros(t * self.hop + self.mel.n_fft // 2, dtype=np.float32)  # zeros after: no reflection
+            padded[: len(wav)] = wav.cpu().numpy()
+            feats = self.mel(padded, sampling_rate=SAMPLE_RATE, padding="longest", truncation=False,
+                             return_tensors="pt").input_features[0, :, : 2 * t]
+        return feats.to(self.model.conv1.weight.device, self.model.conv1.weight.dtype)
+
+    def _whisper_padded(self, windows: list[torch.Tensor]) -> list[tuple]:
+        """``(L+1) x [T, D]`` of each window, encoded padded to 30 s (transformers' own forward), cropped."""
+        feats = torch.stack([self._mel(w, True) for w in windows])
+        states = self.model(feats, output_hidden_states=True).hidden_states
+        return [tuple(s[i, : -(-len(w) // self.hop)] for s in states) for i, w in enumerate(windows)]
+
+    def _whisper_unpadded(self, windows: list[torch.Tensor]) -> list[tuple]:
+        """``(L+1) x [T, D]`` of each window on its own frames (:meth:`_mel`), the batch padded after the
+        shorter ones: convolutions stop at each one's mel frames, attention masks the padded frames."""
+        enc = self.model
+        mels = [self._mel(w, False) for w in windows]
+        lengths = torch.tensor([m.shape[1] // 2 for m in mels], device=mels[0].device)  # frames after the stride 2
+        feats = _pad_cat([m.T for m in mels]).transpose(1, 2)  # [B, n_mels, 2 * T_max], zeros after each one
+        x = nn.functional.gelu(enc.conv1(feats))
+        x = x * (torch.arange(x.shape[2], device=x.device)[None] < 2 * lengths[:, None]).unsqueeze(1)  # as if unpadded
+        x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)
+        t = x.shape[1]
+        x = x + enc.embed_positions.weight[:t]
+        padded = torch.arange(t, device=x.device)[None] >= lengths[:, None]
+        mask = torch.zeros(padded.shape, dtype=x.dtype, device=x.device).masked_fill(padded, torch.finfo(x.dtype).min)
+        mask = mask[:, None, None, :]  # [B, 1, 1, T]: no frame attends to a padded one
+        states = [x]
+        for layer in enc.layers:
+            x = layer(x, mask)
+            x = x[0] if isinstance(x, tuple) else x
+            states.append(x)
+        states[-1] = enc.layer_norm(x)  # transformers' last hidden state is after the final layer norm
+        return [tuple(s[i, : int(n)] for s in states) for i, n in enumerate(lengths.tolist())]
 
 
 class TorchaudioUpstream(FrozenEncoder):

@@ -91,10 +91,13 @@ def weight_files(path: str) -> list[str]:
     return [os.path.join(path, n) for n in names]
 
 
-def upstream_digest(path: str, arch: dict | None = None) -> str:
-    """SHA-1 of the configuration and weight files (and a checkpoint's resolved architecture): a store of
-    its layers is keyed by it."""
+def upstream_digest(path: str, arch: dict | None = None, whisper_window: str | None = None) -> str:
+    """SHA-1 of the configuration and weight files (and a checkpoint's resolved architecture, a Whisper's
+    unpadded windows): a store of its layers is keyed by it. The padded 30 s window keeps the weights'
+    digest, so stores written before the window option are reused."""
     digest = file_digest(*weight_files(path))
+    if whisper_window:
+        return key_digest({"weights": digest, "arch": arch, "whisper_window": whisper_window})
     return key_digest({"weights": digest, "arch": arch}) if arch else digest
 
 

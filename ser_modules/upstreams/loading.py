@@ -36,13 +36,13 @@ WHISPER_ENCODER_PREFIXES = ("model.encoder.", "encoder.")  # WhisperForCondition
 WHISPER_IGNORED_PREFIXES = ("model.decoder.", "decoder.", "proj_out.", "projector.", "classifier.", "layer_weights")
 
 
-def load_hf(path: str) -> HFUpstream:
+def load_hf(path: str, whisper_window: str = "30s") -> HFUpstream:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     model_type = read_config(path)["model_type"]
     if model_type == "whisper":
-        return HFUpstream(load_whisper_encoder(path), model_type)
+        return HFUpstream(load_whisper_encoder(path), model_type, whisper_window)
     try:
         model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
@@ -126,16 +126,19 @@ def load_speechbrain(path: str) -> SpeechBrainUpstream:
     return SpeechBrainUpstream(hp["encoder"], feats, hp.get("normalize"), win)
 
 
-def load_upstream(path: str, device: str = "cpu", arch: dict | None = None) -> tuple[nn.Module, WaveformInput]:
+def load_upstream(path: str, device: str = "cpu", arch: dict | None = None,
+                  whisper_window: str | None = None) -> tuple[nn.Module, WaveformInput]:
     """``(upstream in eval mode, its waveform front end)`` from a local folder or checkpoint file (see
-    module doc); ``arch``: a torchaudio checkpoint's resolved architecture (default: from its file name)."""
+    module doc); ``arch``: a torchaudio checkpoint's resolved architecture (default: from its file name);
+    ``whisper_window``: a Whisper's windows, ``30s`` (default) or ``utterance`` (:class:`HFUpstream`)."""
     kind = upstream_kind(path)
+    whisper_window = whisper_window or "30s"
     if kind == "hf":
-        model = load_hf(path)
+        model = load_hf(path, whisper_window)
     elif kind == "speechbrain":
         model = load_speechbrain(path)
     elif kind == "openai-whisper":
-        model = HFUpstream(load_openai_whisper(path), "whisper")
+        model = HFUpstream(load_openai_whisper(path), "whisper", whisper_window)
     else:
         arch = arch or resolve_arch(path, None)
         model = TorchaudioUpstream(build_torchaudio(path, arch), arch)
@@ -143,12 +146,17 @@ def load_upstream(path: str, device: str = "cpu", arch: dict | None = None) -> t
 
 
 def describe_upstream(name: str, path: str, device: str = "cpu", probe_seconds: float = 2.0, seed: int = 0,
-                      arch: dict | None = None) -> dict:
+                      arch: dict | None = None, whisper_window: str = "30s") -> dict:
     """Load an upstream, run it on ``probe_seconds`` of noise and describe it: format (kind), layers,
-    dimensions, frame rate (nominal and measured), parameters, digest; :class:`ManifestError` if its
-    outputs are not finite or their frame counts disagree with the frame rate."""
+    dimensions, frame rate (nominal and measured), parameters, digest (a Whisper read in ``utterance``
+    windows: with the window, since its layers differ from the padded ones); :class:`ManifestError` if
+    its outputs are not finite or their frame counts disagree with the frame rate."""
     kind = upstream_kind(path)
-    model, features = load_upstream(path, device, arch)
+    if whisper_window not in HFUpstream.WHISPER_WINDOWS:
+        raise ManifestError(f"whisper_window: {whisper_window!r} is not a Whisper window; choose one of "
+                            f"{', '.join(HFUpstream.WHISPER_WINDOWS)}")
+    model, features = load_upstream(path, device, arch, whisper_window)
+    window = model.whisper_window if getattr(model, "whisper", False) else None
     arch = getattr(model, "arch", None)  # a torchaudio checkpoint's, resolved by its file name when not given
     samples = int(probe_seconds * SAMPLE_RATE)
     wav = torch.randn(1, samples, generator=torch.Generator().manual_seed(seed)).to(device) * 0.1
@@ -166,4 +174,5 @@ def describe_upstream(name: str, path: str, device: str = "cpu", probe_seconds: 
             "n_layers": len(model.layer_names) - 1, "dims": model.layer_sizes,
             "frame_rate_hz": round(nominal, 3), "measured_frame_rate_hz": round(measured, 3),
             "parameters": int(sum(p.numel() for p in model.parameters())),
-            "min_samples": int(features.win), "sha1": upstream_digest(path, arch), "device": device}
+            "min_samples": int(features.win), "whisper_window": window,
+            "sha1": upstream_digest(path, arch, None if window == "30s" else window), "device": device}
