@@ -217,6 +217,7 @@ class NaNOnRank1Step2(CTCBrain):  # one process meets a non-finite loss: every p
 
 hp = tiny_hparams("ctc_transfer", {data!r}, os.path.join({out!r}, "exp"))
 hp["epoch_counter"].limit = 1
+hp["curves_dir"], hp["curves_every_steps"] = os.path.join({out!r}, "board"), 1
 brain = fit_asr(hp, run_options("cpu", noprogressbar=True), NaNOnRank1Step2)
 torch.save({{"model": hp["model"].state_dict(), "skipped": brain.skipped_batches}},
            os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
@@ -239,6 +240,13 @@ def test_ddp_two_cpu_processes_stay_identical_and_skip_a_non_finite_step_togethe
         assert torch.equal(a[name], b[name]), name
     untrained = tiny_hparams("ctc_transfer", asr_data, tmp_path / "fresh")["model"].state_dict()
     assert any(not torch.equal(a[n], untrained[n]) for n in a)  # the replicas did train
+    # the curves: rank 0's event file only, each optimizer step once
+    from ser_modules.utils.curves import read_curves
+
+    assert len([f for f in os.listdir(tmp_path / "board") if f.startswith("events.")]) == 1
+    curves = read_curves(str(tmp_path / "board"))
+    steps = [s for s, _ in curves["step/loss_train"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(curves["loss/valid"]) == 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def model_state(exp) -> dict:
     return torch.load(exp / "asr" / "model.pt")
 
 
-TRAIN = ["--stop-stage", "2", "asr.batch_size=2", "asr.ckpt_interval_minutes=0"]
+TRAIN = ["--stop-stage", "2", "asr.batch_size=2", "asr.ckpt_interval_minutes=0", "asr.curves_every_steps=1"]
 
 
 @starts("kill_9_runs")
@@ -245,6 +245,20 @@ def test_kill_9_after_a_step_checkpoint_resumes_mid_epoch_and_a_changed_batch_si
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
     assert not [d for d in os.listdir(exp) if d.startswith((".asr.aside-", ".asr.partial"))]
+    # The curves as TensorBoard shows them: the killed and resumed run's steps once each, equal to the uninterrupted
+    # run's (the batch-3 run is a training configuration of its own: a folder of its own)
+    from ser_modules.utils.curves import read_curves
+
+    board = os.path.join(exp.parent / "whole", "tensorboard", "stage2")
+    (model,) = os.listdir(board)
+    (config,) = os.listdir(os.path.join(board, model))
+    assert len(os.listdir(exp / "tensorboard" / "stage2" / model)) == 2
+    uninterrupted = read_curves(os.path.join(board, model, config))
+    interrupted_curves = read_curves(str(exp / "tensorboard" / "stage2" / model / config))
+    assert set(interrupted_curves) == set(uninterrupted) >= {"step/loss_train", "loss/valid", "CER/valid"}
+    for tag, points in uninterrupted.items():
+        assert [s for s, _ in interrupted_curves[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in interrupted_curves[tag]] == pytest.approx([v for _, v in points], rel=1e-5), tag
 
 
 @starts("more_epochs_run")

@@ -362,6 +362,15 @@ stage_data_preparation() {
   fi
 }
 
+# watch_curves STAGE: at the start of a training stage, the line that shows its curves live (utils/curves.py).
+watch_curves() {
+  if $python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorboard') is None)" 2>/dev/null; then
+    log "watch the training curves: tensorboard --logdir $exp_dir/tensorboard/$1"
+  else
+    log "training curves off: pip install tensorboard (or pip install -e '.[tensorboard]'), then tensorboard --logdir $exp_dir/tensorboard"
+  fi
+}
+
 # The stages of every recipe; what each stage does comes from the recipe's conf/*.yaml.
 run_recipe() {
   parse_recipe_options "$@"
@@ -373,16 +382,19 @@ run_recipe() {
     if [ -n "${stage2_module:-}" ]; then  # a recipe's own stage 2 (upstream_probe: describe, no training)
       run_python "$stage2_module" $(common_stage_args) ${upstreams[@]+"${upstreams[@]}"}  # quoted: paths may hold spaces
     else
+      watch_curves stage2
       run_training ser_modules.stages.asr_pretrain $(common_stage_args)
     fi
   fi
   if run_stage 3 "adaptation: $stage3_what"; then
+    watch_curves stage3
     run_python "${stage3_module:-ser_modules.stages.adapt}" $(common_stage_args)
   fi
   if run_stage 4 "representation dump"; then
     run_python ser_modules.stages.dump $(common_stage_args)
   fi
   if run_stage 5 "SER training: $stage5_what"; then
+    watch_curves stage5
     run_python ser_modules.stages.ser_train $(common_stage_args) $(launcher_args)
   fi
   if run_stage 6 "scoring"; then

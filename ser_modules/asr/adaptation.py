@@ -37,6 +37,7 @@ from ser_modules.data.text import normalize_transcript
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.las import ListenAttendSpell
 from ser_modules.models.lowrank import factorize_listener
+from ser_modules.utils.curves import curves_dir
 from ser_modules.utils.fileio import (
     ManifestError,
     StagedOutputs,
@@ -277,7 +278,9 @@ def run_stage(model, hp: dict, part: str, teacher_forcing: float, data: dict[str
     stage_hp = {**hp, "model": model, "checkpointer": checkpointer, "epoch_counter": counter,
                 "lr": stage_lr(hp, part),  # the Brain sets each epoch's lr from it
                 "teacher_forcing": teacher_forcing, "train_csv": data["train"], "valid_csv": data["valid"],
-                "train_logger": FileTrainLogger(os.path.join(out_dir, "train_log.txt")), "lr_decay": 1.0}
+                "train_logger": FileTrainLogger(os.path.join(out_dir, "train_log.txt")), "lr_decay": 1.0,
+                # the fold's curves folder (set by the job), one run per adaptation stage
+                "curves_dir": os.path.join(hp["curves_dir"], os.path.basename(out_dir)) if hp.get("curves_dir") else None}
     logger.info("adaptation stage %s: %d trainable parameters, teacher forcing %.2f, %s", part, trainable,
                 teacher_forcing, out_dir)
     brain = fit_asr(stage_hp, run_opts, brain_class, start_json=start_json if start_error is None else None)
@@ -325,7 +328,8 @@ def adapt_job(job: tuple) -> tuple[str, str, float]:
         factorize_listener(model, rank)
     if hasattr(model, "set_dropout"):
         model.set_dropout(hp["dropout"])
-    fold_hp = {**hp, "vocab": vocab, "features": features}
+    fold_hp = {**hp, "vocab": vocab, "features": features,
+               "curves_dir": curves_dir(os.path.dirname(w["out"]), "stage3", variant, fold)}
     last, valid_error = len(hp["stages"]) - 1, None
     for i, (part, tf) in enumerate(zip(hp["stages"], hp["teacher_forcing"])):
         stage_dir = os.path.join(fold_dir, f"stage{i + 1}_{part}")
@@ -375,7 +379,8 @@ def ctc_job(fold: str) -> tuple[str, float]:
     upstream, features = load_upstream(up["source"], device, up.get("arch"), up.get("whisper_window"))
     seed_all(hp["seed"])  # the head's initial weights
     model = CTCUpstream(upstream, len(vocab)).to(device)
-    fold_hp = {**hp, "features": features, "stages": ["all"]}
+    fold_hp = {**hp, "features": features, "stages": ["all"],
+               "curves_dir": curves_dir(os.path.dirname(w["out"]), "stage3", ADAPTED, fold)}
     record = run_stage(model, fold_hp, "all", 1.0, data, os.path.join(fold_dir, "train"), run_options(device),
                        CTCBrain)
     if not scored(fold_dir, methods):

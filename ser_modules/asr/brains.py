@@ -22,6 +22,7 @@ from speechbrain.utils.metric_stats import ErrorRateStats
 
 from ser_modules.asr.decoding import Transcriber, ctc_greedy
 from ser_modules.data.datasets import absolute_lengths
+from ser_modules.utils.curves import Curves
 from ser_modules.utils.fileio import TrainingDiverged
 from ser_modules.utils.jobs import fault_point
 from ser_modules.utils.seeding import RandomState, seed_all
@@ -115,6 +116,8 @@ class ASRBrain(sb.Brain):
         if self.checkpointer is not None:  # optional: checkpoints written before it existed still load
             self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
         super().on_fit_start()  # recovers the latest checkpoint, if any
+        # the curves' x axis is the optimizer step (restored with the checkpoint): a resumed run continues its curves
+        self.curves = Curves(getattr(self.hparams, "curves_dir", None), resume_step=self.optimizer_step)
 
     def fit_batch(self, batch):
         """SpeechBrain's training step, except that a non-finite loss skips the batch (see class doc)."""
@@ -152,8 +155,18 @@ class ASRBrain(sb.Brain):
             scaled_loss.backward()
         if should_step:
             self.optimizers_step()
+            self.log_step(loss)
         self.on_fit_batch_end(batch, outputs, loss, should_step)
         return loss.detach().cpu()
+
+    def log_step(self, loss: torch.Tensor) -> None:
+        """Every ``curves_every_steps`` optimizer steps (a key; none: per epoch only), the batch's loss and the
+        learning rate on the curves: long epochs show before they end."""
+        every = getattr(self.hparams, "curves_every_steps", None)
+        curves = getattr(self, "curves", None)
+        if every and curves is not None and curves.on and self.optimizer_step % int(every) == 0:
+            curves.log(self.optimizer_step, {"step/loss_train": float(loss.detach()),
+                                             "step/lr": self.optimizer.param_groups[0]["lr"]})
 
     def _save_intra_epoch_ckpt(self):
         super()._save_intra_epoch_ckpt()
@@ -203,6 +216,11 @@ class ASRBrain(sb.Brain):
                 stats_meta={"epoch": epoch, "lr": lr},
                 train_stats={"loss": round(self.train_loss, 4), "skipped_batches": getattr(self, "skipped_batches", 0)},
                 valid_stats=stats)
+            if getattr(self, "curves", None) is not None:
+                self.curves.log(self.optimizer_step, {
+                    "epoch": epoch, "lr": lr, "loss/train": self.train_loss, "loss/valid": stage_loss,
+                    "CER/valid": stats["CER"], "WER/valid": stats["WER"],
+                    "skipped_batches/train": getattr(self, "skipped_batches", 0)})
             key = getattr(self.hparams, "select_on", "CER")  # the validation error rate that picks checkpoints
             self.hparams.epoch_counter.update_metric(stats[key])
             self.checkpointer.save_and_keep_only(meta={"CER": stats["CER"], "WER": stats["WER"], "epoch": epoch},

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ser_modules.utils.fileio import atomic_path  # noqa: E402
@@ -148,4 +149,22 @@ def plot_layer_weights(weights: dict[str, tuple[list[str], np.ndarray]], path: s
     ax.set_ylabel("learned weight")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_curves(panels: list[tuple[str, str, dict]], path: str, title: str) -> str:
+    """Training curves side by side: each panel ``(title, y label, {line label: (epochs, values)})``."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (name, ylabel, lines) in zip(axes[0], panels):
+        for label, (xs, ys) in lines.items():
+            ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.1, label=label)
+        ax.set_title(name, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if 0 < len(lines) <= 12:
+            ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)

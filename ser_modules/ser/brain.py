@@ -22,6 +22,7 @@ from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 from ser_modules.data.datasets import LengthBucketBatchSampler
 from ser_modules.ser.inputs import SERDataset, collate
 from ser_modules.ser.variants import build_model, forward
+from ser_modules.utils.curves import Curves
 from ser_modules.utils.fileio import save_torch
 from ser_modules.utils.jobs import fault_point
 from ser_modules.utils.seeding import seed_all
@@ -118,6 +119,9 @@ class SERBrain(sb.Brain):
             self.hparams.history[:] = state["history"]
             self.best_state, self.best_loss = state["best_state"], state["best_loss"]
             logger.info("resumed %s after epoch %d", path, state["epoch"])
+        # x axis: the epoch; a resumed run continues after the epoch its state holds
+        logdir = getattr(self.hparams, "curves_dir", None)
+        self.curves = Curves(logdir, resume_step=self.hparams.epoch_counter.current if logdir else 0)
 
     def on_stage_start(self, stage, epoch=None):
         self.outputs = []
@@ -140,6 +144,7 @@ class SERBrain(sb.Brain):
         steps = int(epoch) * len(self.hparams.train_sampler)  # optimizer steps so far
         self.hparams.history.append({"epoch": epoch, "steps": steps, "lr": lr, "train_loss": round(self.train_loss, 5),
                                      "valid_loss": round(stage_loss, 5), "valid_UA": round(self.balanced_accuracy(), 4)})
+        self.log_curves(epoch, lr, stage_loss)
         if stage_loss < self.best_loss:
             self.best_loss = stage_loss
             self.best_state = {k: v.detach().clone() for k, v in self.modules.model.state_dict().items()}
@@ -151,6 +156,22 @@ class SERBrain(sb.Brain):
                  "history": self.hparams.history, "best_state": self.best_state, "best_loss": self.best_loss}
         save_torch(state, self.hparams.resume_path)
         fault_point("epoch")
+
+    def log_curves(self, epoch: int, lr: float, valid_loss: float) -> None:
+        """The epoch's scalars on the curves: losses, validation UA, learning rate(s), a weighted sum's weights."""
+        if not getattr(self, "curves", None) or not self.curves.on:
+            return
+        last = self.hparams.history[-1]
+        scalars = {"loss/train": self.train_loss, "loss/valid": valid_loss, "UA/valid": last["valid_UA"], "lr": lr}
+        groups = self.optimizer.param_groups
+        if len(groups) > 1:  # the layer weights' own group
+            scalars["lr/layer_weights"] = groups[1]["lr"]
+        model = self.modules.model
+        if hasattr(model, "layer_weights"):
+            with torch.no_grad():
+                weights = model.layer_weights().tolist()
+            scalars.update({f"layer_weight/{n}": w for n, w in zip(self.hparams.spec.layers, weights)})
+        self.curves.log(epoch, scalars)
 
     def balanced_accuracy(self) -> float:
         from sklearn.metrics import balanced_accuracy_score
@@ -206,7 +227,7 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
                 "max_grad_norm": hp["max_grad_norm"], "noprogressbar": True,
                 "early_stop_patience": hp.get("early_stop_patience"),
                 "early_stop_min_steps": hp.get("early_stop_min_steps"),
-                "resume_path": os.path.join(out_dir, "resume.pt")}
+                "resume_path": os.path.join(out_dir, "resume.pt"), "curves_dir": hp.get("curves_dir")}
     if brain_hp["class_weights"] is not None:
         brain_hp["class_weights"] = brain_hp["class_weights"].to(device)
     # the groups are taken when the Brain builds its optimizer, from the model it has moved to its device

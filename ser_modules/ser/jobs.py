@@ -16,6 +16,7 @@ from ser_modules.ser.metrics import classification_metrics
 from ser_modules.ser.probe import expand_variants
 from ser_modules.ser.training import train_fold_run
 from ser_modules.ser.variants import VariantSpec
+from ser_modules.utils.curves import curves_dir
 from ser_modules.utils.fileio import ManifestError, write_json
 from ser_modules.utils.jobs import worker_state
 
@@ -86,7 +87,8 @@ def train_job(job: tuple) -> tuple:
     fold = w["folds"][fold_index]
     out = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
     started = time.time()
-    frame = train_fold_run(spec, fold, run, w["manifest"], w["classes"], w["inputs"], w["hp"], out, device)
+    hp = {**w["hp"], "curves_dir": curves_dir(os.path.dirname(w["out"]), "stage5", spec.name, fold.name, f"run{run}")}
+    frame = train_fold_run(spec, fold, run, w["manifest"], w["classes"], w["inputs"], hp, out, device)
     return spec.name, fold.name, run, len(frame), time.time() - started, frame.attrs.get("finished_before", False)
 
 

@@ -67,7 +67,8 @@ def main(argv=None) -> None:
     pre_info = read_json(os.path.join(args.exp_dir, "asr", "model.json"))
     # Decoding keys and the experiment's location do not change what adaptation trains.
     training_config = canonical_config(resolved, args.exp_dir, drop=("decoders", "eval_batch_size",
-                                                                      "score_every_stage", "num_workers"))
+                                                                      "score_every_stage", "num_workers",
+                                                                      "curves_every_steps"))
     state = {"hp": hp, "data": data, "device": args.device, "out": out, "pretrained": pretrained,
              "pre_sha": pre_info["sha1"], "training_config": training_config,
              "asr_hparams": os.path.join(args.exp_dir, "asr", "model_hparams.yaml")}

@@ -22,12 +22,13 @@ from ser_modules.asr.evaluation import score_pretrained, update_asr_results
 from ser_modules.asr.saved_models import export_model, model_blocks
 from ser_modules.asr.training import fit_asr, load_best, run_options
 from ser_modules.stages.common import stage_runner, start_stage
+from ser_modules.utils.curves import curves_dir
 from ser_modules.utils.fileio import StagedOutputs, file_digest, read_json, run_main, write_json, write_text
 from ser_modules.utils.hparams import canonical_config, load_stage_hparams
 
 # Keys that do not change what training computes: a change there resumes the run and re-scores.
 EVAL_ONLY_KEYS = ("decoders", "beam_size", "decode_ctc_weight", "eval_batch_size", "num_workers",
-                  "ckpt_interval_minutes", "ckpt_interval_steps", "nonfinite_patience")
+                  "ckpt_interval_minutes", "ckpt_interval_steps", "nonfinite_patience", "curves_every_steps")
 # Keys that only say how long training goes on: raising them continues the same run.
 RESUMABLE_KEYS = ("n_epochs", "patience", "epoch_counter")
 
@@ -36,7 +37,9 @@ def main(argv=None) -> None:
     args, log, out, hparams, resolved = start_stage(__doc__, "stage2_asr", "asr", argv, "asr", data="asr")
     # The run is identified by its configuration and its data.
     data_digest = file_digest(hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"])
-    config_hash = hashlib.sha1((canonical_config(resolved, args.exp_dir) + data_digest).encode()).hexdigest()[:16]
+    # what is drawn is not what is computed: the curves' key never reopens a finished stage 2
+    config_hash = hashlib.sha1((canonical_config(resolved, args.exp_dir, drop=("curves_every_steps",)) + data_digest)
+                               .encode()).hexdigest()[:16]
     # Evaluation-only keys and the epoch limits do not invalidate the training: a change there resumes it.
     training = canonical_config(resolved, args.exp_dir, drop=EVAL_ONLY_KEYS + RESUMABLE_KEYS)
     training_hash = hashlib.sha1((training + data_digest).encode()).hexdigest()[:16]
@@ -56,6 +59,8 @@ def main(argv=None) -> None:
         os.makedirs(hparams["checkpointer"].checkpoints_dir, exist_ok=True)
     if hparams["checkpointer"].list_checkpoints():
         log.info("stage 2 resumes from the latest checkpoint in %s", hparams["checkpointer"].checkpoints_dir)
+    # one curves folder per training configuration: TensorBoard shows runs of different configurations side by side
+    hparams["curves_dir"] = curves_dir(args.exp_dir, "stage2", hparams.get("model_name", "asr"), training_hash)
     write_text(os.path.join(work, "hyperparams.yaml"), resolved)
     model_yaml = os.path.join(work, "model_hparams.yaml")
     write_text(model_yaml, model_blocks(resolved))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from ser_modules.report.curves import curve_figures
 from ser_modules.report.results import (
     print_scores,
     read_report,
@@ -36,6 +37,8 @@ def main(argv=None) -> None:
     elif os.path.isfile(cross_csv):  # the run lists no evaluation corpus now: no stale table beside the results
         os.remove(cross_csv)
     figures = report_figures(report, hp)
+    if hp["curves"]:  # every training's curves, for users without TensorBoard
+        figures += curve_figures(args.exp_dir)
     write_text(os.path.join(args.exp_dir, "RESULTS.md"), results_markdown(report, hp, args.seed))
     print_scores(report.results)
     log.info("stage 6: %s, %s and %d figures written", os.path.join(args.exp_dir, "RESULTS.md"),

@@ -59,7 +59,8 @@ def main(argv=None) -> None:
         return skip_stage(out, f"folds {', '.join(gaps)} of {corpus} have no transcribed training, validation or "
                           "test utterances", [ADAPTED], log)
     # Decoding keys and the experiment's location do not change what adaptation trains.
-    training_config = canonical_config(resolved, args.exp_dir, drop=("decoders", "eval_batch_size", "num_workers"))
+    training_config = canonical_config(resolved, args.exp_dir, drop=("decoders", "eval_batch_size", "num_workers",
+                                                                                    "curves_every_steps"))
     state = {"hp": hp, "data": data, "device": args.device, "out": out, "upstream": up,
              "training_config": training_config}
     nj, state["devices"] = stage_jobs(args)
