@@ -87,8 +87,8 @@ def train_job(job: tuple) -> tuple:
     fold = w["folds"][fold_index]
     out = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
     started = time.time()
-    hp = {**w["hp"], "curves_dir": curves_dir(os.path.dirname(w["out"]), "stage5", spec.name, fold.name, f"run{run}")}
-    frame = train_fold_run(spec, fold, run, w["manifest"], w["classes"], w["inputs"], hp, out, device)
+    board = curves_dir(os.path.dirname(w["out"]), "stage5", spec.name, fold.name, f"run{run}")
+    frame = train_fold_run(spec, fold, run, w["manifest"], w["classes"], w["inputs"], w["hp"], out, device, board)
     return spec.name, fold.name, run, len(frame), time.time() - started, frame.attrs.get("finished_before", False)
 
 

@@ -78,8 +78,11 @@ def remove_resume_state(run_dir: str) -> None:
 
 
 def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFrame, classes: list[str],
-                   inputs: SERInputs, hp: dict, out_dir: str, device: str = "cpu") -> pd.DataFrame:
-    """Train one variant on one fold with seed ``hp['seed'] + run``; write and return test predictions.
+                   inputs: SERInputs, hp: dict, out_dir: str, device: str = "cpu",
+                   curves_dir: str | None = None) -> pd.DataFrame:
+    """Train one variant on one fold with seed ``hp['seed'] + run``; write and return test predictions
+    (and its training curves in ``curves_dir``, which is not part of what the run is: a moved experiment's
+    finished runs stay finished).
 
     A finished run of the same inputs is read back (``frame.attrs["finished_before"]``); otherwise the run trains in a work folder beside
     ``out_dir`` (resuming from its ``resume.pt`` after an interruption) that replaces ``out_dir`` only
@@ -105,7 +108,8 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
         state = model.state_dict()
     else:
         model, test_ids, probs, history, state = train_neural(spec, fold, manifest, label_of, index, inputs, dims,
-                                                              len(classes), hp, seed, out_dir, device)
+                                                              len(classes), {**hp, "curves_dir": curves_dir}, seed,
+                                                              out_dir, device)
     write_json(os.path.join(out_dir, "model.json"), {"variant": {"name": spec.name, "type": spec.type, "asr": spec.asr,
                                                                  "layer": spec.layer, "hidden": spec.hidden, **spec.options},
                                                      "dims": dims, "classes": classes, "dropout": hp["dropout"],
