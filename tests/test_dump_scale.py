@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from ser_modules.models.las import ListenAttendSpell
 from ser_modules.ser.inputs import SERInputs
 from ser_modules.ser.training import train_fold_run
 from ser_modules.ser.variants import VariantSpec
+from ser_modules.utils.curves import read_curves
 from ser_modules.utils.fileio import ManifestError, run_main
 from ser_modules.utils.hparams import load_stage_hparams
 
@@ -128,7 +130,14 @@ def test_weighted_mp_norm_trains_on_pooled_vectors_as_on_frames(turns, asr_store
                                   "layer": "weighted", "layers": ["gru1", "gru2"], "layer_norm": True})
     assert spec.pooled and spec.normalised
     # the same batches on both paths: bucketed by each utterance's frames, whichever the path reads
-    pooled = train_fold_run(spec, fold, 0, turns, ["ang", "neu"], SERInputs(str(stores)), hp, str(tmp / "norm" / "p"))
+    threads = threading.active_count()
+    pooled = train_fold_run(spec, fold, 0, turns, ["ang", "neu"], SERInputs(str(stores)), hp, str(tmp / "norm" / "p"),
+                            curves_dir=str(tmp / "board"))
+    assert threading.active_count() == threads  # the curves' writer (a thread of its own) is closed with the run
+    curves = read_curves(str(tmp / "board"))
+    epochs = json.loads((tmp / "norm" / "p" / "history.json").read_text())
+    assert [s for s, _ in curves["UA/valid"]] == [h["epoch"] for h in epochs]
+    assert {"layer_weight/gru1", "layer_weight/gru2", "loss/train", "loss/valid", "lr"} <= set(curves)
     monkeypatch.setattr(VariantSpec, "pooled", property(lambda self: False))
     frames = train_fold_run(spec, fold, 0, turns, ["ang", "neu"], SERInputs(str(stores)), hp, str(tmp / "norm" / "f"))
     probs = [c for c in pooled.columns if c.startswith("p_")]

@@ -99,6 +99,8 @@ def test_utterance_windows_in_a_padded_batch_equal_each_utterance_alone(unpadded
             assert alone[name].shape == (int(out[name][1][i]), 32)
             torch.testing.assert_close(out[name][0][i, : len(alone[name])], alone[name], atol=1e-5, rtol=0)
             assert not out[name][0][i, len(alone[name]) :].any()  # zeros after each one's frames
+    empty = unpadded.forward_layers(torch.zeros(2, 8000), torch.tensor([8000, 0]), ["layer2"])["layer2"]
+    assert empty[1].tolist() == [25, 0] and empty[0].shape == (2, 25, 32)  # an empty utterance: no frame
     # a 31.3 s utterance: a whole 30 s window (as the padded one encodes it, up to its last frame), then 1.3 s alone
     first, rest = layers_of(unpadded, wavs[2][: 30 * SR]), layers_of(unpadded, wavs[2][30 * SR :])
     for name in unpadded.layer_names:

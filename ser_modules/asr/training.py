@@ -82,8 +82,12 @@ def fit_asr(hparams: dict, run_opts: dict, brain_class=None, start_json: str | N
         brain.evaluate(valid, test_loader_kwargs=dict(valid_kwargs), progressbar=False)  # evaluate edits its kwargs
         brain.start_stats = dict(brain.last_stats)
         write_json(start_json, brain.start_stats)
-    brain.fit(hparams["epoch_counter"], train, valid, train_loader_kwargs=loader_kwargs(sampler, workers),
-              valid_loader_kwargs=valid_kwargs)
+    try:
+        brain.fit(hparams["epoch_counter"], train, valid, train_loader_kwargs=loader_kwargs(sampler, workers),
+                  valid_loader_kwargs=valid_kwargs)
+    finally:  # a writer holds a thread until closed: a worker running many trainings must not keep them all
+        if getattr(brain, "curves", None) is not None:
+            brain.curves.close()
     return brain
 
 

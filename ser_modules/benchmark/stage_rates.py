@@ -333,10 +333,10 @@ def upstream_rates(upstreams: dict[str, tuple], gemm: float, tmp: str, quick: bo
     for name, (model, features) in upstreams.items():
         model, features = model.to(device).eval(), features.to(device)
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:  # the same batches, counted once (not timed)
-            for wavs, samples in _batches(frame.iloc[:UPSTREAM_BATCH], UPSTREAM_BATCH):
+        with torch.no_grad(), counter:  # the dump's own batches (length-sorted buckets), counted once, not timed
+            for wavs, samples in _batches(frame, UPSTREAM_BATCH):
                 model.forward_layers(*features(wavs.to(device), samples.to(device)), model.layer_names)
-        flops_per_second = counter.get_total_flops() / float(durations[:UPSTREAM_BATCH].sum())
+        flops_per_second = counter.get_total_flops() / float(durations.sum())
         synchronize(device)
         started = time.perf_counter()
         dump_asr_layers(model, features, frame, csv, model.layer_names, os.path.join(tmp, "upstream_stores"),

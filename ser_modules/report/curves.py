@@ -64,7 +64,8 @@ def asr_figures(exp_dir: str, plot_dir: str) -> list[str]:
         runs: dict[str, list[dict]] = {}
         for fold_dir in sorted(glob.glob(os.path.join(variant_dir, "*", ""))):
             rows, done = [], 0
-            for log in sorted(glob.glob(os.path.join(fold_dir, "stage*", "train_log.txt"))):
+            # las/ctc adaptation: stage1_*, stage2_*, ...; upstream_probe's CTC head: train/
+            for log in sorted(glob.glob(os.path.join(fold_dir, "*", "train_log.txt"))):
                 stage_rows = parse_train_log(log)
                 rows += [{**r, "epoch": r["epoch"] + done} for r in stage_rows]  # the stages one after another
                 done += len(stage_rows)

@@ -235,7 +235,11 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
                      opt_class=lambda params: torch.optim.Adam(param_groups(model, hp["lr"], hp.get("layer_weights_lr")),
                                                                lr=hp["lr"]),
                      hparams=brain_hp, run_opts={"device": device, "noprogressbar": True})
-    brain.fit(counter, loader(train_set, sampler), loader(valid_set))
+    try:
+        brain.fit(counter, loader(train_set, sampler), loader(valid_set))
+    finally:  # a writer holds a thread until closed: a stage-5 worker runs hundreds of trainings
+        if getattr(brain, "curves", None) is not None:
+            brain.curves.close()
     model.load_state_dict(brain.best_state)  # the lowest validation loss is evaluated
     frame, probs = brain.predict(loader(test_set))
     return model, frame["ID"].tolist(), probs, history, brain.best_state

@@ -119,8 +119,8 @@ class SERDataset(torch.utils.data.Dataset):
 
     def length(self, i: int) -> int:
         """Frames of example ``i`` (for length bucketing)."""
-        # a weighted sum's pooled path is bucketed by frames, as its frame path: the same batches, the same training
-        if self.spec.type in ("rnn", "iaan", "weighted") or (self.asr is not None and not self.spec.pooled):
+        # a normalised weighted sum read frames before it had a pooled path: bucketed by frames, its batches stay the same
+        if self.spec.type in ("rnn", "iaan") or self.spec.normalised or (self.asr is not None and not self.spec.pooled):
             return self.asr.frames(self.ids[i], self.spec.layers[0])
         if self.hand is not None:
             return self.hand.frames(self.ids[i], "mfcc_pitch")

@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     elif os.path.isfile(cross_csv):  # the run lists no evaluation corpus now: no stale table beside the results
         os.remove(cross_csv)
     figures = report_figures(report, hp)
-    if hp["curves"]:  # every training's curves, for users without TensorBoard
+    if hp.get("curves", True):  # every training's curves, for users without TensorBoard
         figures += curve_figures(args.exp_dir)
     write_text(os.path.join(args.exp_dir, "RESULTS.md"), results_markdown(report, hp, args.seed))
     print_scores(report.results)

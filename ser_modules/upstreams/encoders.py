@@ -138,16 +138,20 @@ class HFUpstream(FrozenEncoder):
 
     def _mel(self, wav: torch.Tensor, pad_to_30s: bool) -> torch.Tensor:
         """Whisper's log-mel features ``[n_mels, M]`` of at most 30 s ``wav [S]``: padded to 30 s (M = 3000), or
-        on its own ``2 * ceil(S / 320)`` frames, which see zeros after the speech as in a padded window."""
+        on its own ``2 * ceil(S / 320)`` frames, which see zeros after the speech as in a padded window (but for a
+        window of a full 30 s, whose last frame the padded extractor computes from a reflection)."""
+        t = -(-len(wav) // self.hop)
+        device, dtype = self.model.conv1.weight.device, self.model.conv1.weight.dtype
+        if not t and not pad_to_30s:  # an empty utterance: no frame (the padded window crops to none either)
+            return torch.zeros(self.mel.feature_size, 0, device=device, dtype=dtype)
         if pad_to_30s:
             feats = self.mel(wav.cpu().numpy(), sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
         else:
-            t = -(-len(wav) // self.hop)
             padded = np.zeros(t * self.hop + self.mel.n_fft // 2, dtype=np.float32)  # zeros after: no reflection
             padded[: len(wav)] = wav.cpu().numpy()
             feats = self.mel(padded, sampling_rate=SAMPLE_RATE, padding="longest", truncation=False,
                              return_tensors="pt").input_features[0, :, : 2 * t]
-        return feats.to(self.model.conv1.weight.device, self.model.conv1.weight.dtype)
+        return feats.to(device, dtype)
 
     def _whisper_padded(self, windows: list[torch.Tensor]) -> list[tuple]:
         """``(L+1) x [T, D]`` of each window, encoded padded to 30 s (transformers' own forward), cropped."""
@@ -160,6 +164,9 @@ class HFUpstream(FrozenEncoder):
         shorter ones: convolutions stop at each one's mel frames, attention masks the padded frames."""
         enc = self.model
         mels = [self._mel(w, False) for w in windows]
+        if not any(m.shape[1] for m in mels):  # only empty windows: nothing to encode
+            empty = mels[0].new_zeros(0, self.layer_sizes[self.layer_names[0]])
+            return [(empty,) * len(self.layer_names) for _ in windows]
         lengths = torch.tensor([m.shape[1] // 2 for m in mels], device=mels[0].device)  # frames after the stride 2
         feats = _pad_cat([m.T for m in mels]).transpose(1, 2)  # [B, n_mels, 2 * T_max], zeros after each one
         x = nn.functional.gelu(enc.conv1(feats))
