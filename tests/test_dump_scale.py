@@ -50,8 +50,9 @@ def folder_bytes(folder) -> int:
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
 
 
-def old_mean_pooled(store, layer, ids):
-    """Stage 5's pooling before stage 4 wrote pooled vectors (SERDataset, until this change)."""
+def old_mean_pooled(store, layer, ids, normalised=False):
+    """Stage 5's pooling before stage 4 wrote pooled vectors (SERDataset, until this change): plain means only."""
+    assert not normalised
     return np.stack([store.get(u, layer).mean(axis=0, keepdims=True)[0] for u in ids])
 
 
@@ -89,14 +90,21 @@ def test_pooled_vectors_equal_the_mean_of_the_stored_frames_bit_for_bit(turns, a
         store.mean_pooled("gru1", ["nobody"])
 
 
-def test_mp_trainings_predict_the_same_from_stored_pooled_vectors(turns, asr_store, monkeypatch):
+def ser_training(asr_store, turns, name: str, epochs: int):
+    """``(stores.json, fold, hp)`` of a stage-5 training on the store of ``asr_store`` (the paper config, lr 0.01,
+    batches of 4, ``epochs`` epochs), its files named after ``name``."""
     store, _, tmp = asr_store
-    stores = tmp / "stores.json"
+    stores = tmp / f"stores_{name}.json"
     stores.write_text(json.dumps({"asr": {"pretrained": {"folder": store.folder}}, "handcrafted": None,
                                   "egemaps": None}))
-    fold = speaker_fold(turns)
-    hp, _ = load_stage_hparams(CTC_CONF, "ser", "paper", {"output_folder": str(tmp / "ser")},
-                               ["ser.lr=0.01", "ser.batch_size=4", "ser.max_epochs=3"])
+    hp, _ = load_stage_hparams(CTC_CONF, "ser", "paper", {"output_folder": str(tmp / f"ser_{name}")},
+                               ["ser.lr=0.01", "ser.batch_size=4", f"ser.max_epochs={epochs}"])
+    return stores, speaker_fold(turns), hp
+
+
+def test_mp_trainings_predict_the_same_from_stored_pooled_vectors(turns, asr_store, monkeypatch):
+    tmp = asr_store[2]
+    stores, fold, hp = ser_training(asr_store, turns, "mp", 3)
     specs = [VariantSpec.from_dict({"name": "MP-gru2", "type": "mp", "asr": "pretrained", "layer": "gru2"}),
              VariantSpec.from_dict({"name": "weighted-MP", "type": "weighted", "head": "mp", "asr": "pretrained",
                                     "layer": "gru1", "layers": ["gru1", "gru2"]})]
@@ -119,13 +127,8 @@ def test_mp_trainings_predict_the_same_from_stored_pooled_vectors(turns, asr_sto
 def test_weighted_mp_norm_trains_on_pooled_vectors_as_on_frames(turns, asr_store, monkeypatch):
     """weighted-MP with layer_norm reads one normalised mean per layer and utterance; the same seed on the
     frames (the path before this change) gives the same class probabilities (max abs difference <= 1e-5)."""
-    store, _, tmp = asr_store
-    stores = tmp / "stores_norm.json"
-    stores.write_text(json.dumps({"asr": {"pretrained": {"folder": store.folder}}, "handcrafted": None,
-                                  "egemaps": None}))
-    fold = speaker_fold(turns)
-    hp, _ = load_stage_hparams(CTC_CONF, "ser", "paper", {"output_folder": str(tmp / "ser_norm")},
-                               ["ser.lr=0.01", "ser.batch_size=4", "ser.max_epochs=4"])
+    tmp = asr_store[2]
+    stores, fold, hp = ser_training(asr_store, turns, "norm", 4)
     spec = VariantSpec.from_dict({"name": "weighted-MP-norm", "type": "weighted", "head": "mp", "asr": "pretrained",
                                   "layer": "weighted", "layers": ["gru1", "gru2"], "layer_norm": True})
     assert spec.pooled and spec.normalised

@@ -304,15 +304,15 @@ def base_upstreams() -> dict[str, tuple]:
     return {name: (m.eval(), WaveformInput(m.win)) for name, m in models.items()}
 
 
-def _batches(frame: pd.DataFrame, batch_size: int):
-    """The padded batches stage 4 makes of ``frame`` (length-sorted buckets), as ``(wavs, samples)``."""
-    from ser_modules.data.datasets import LengthBucketBatchSampler, read_utterance
+def _batches(frame: pd.DataFrame, csv: str, batch_size: int):
+    """The padded batches stage 4 makes of ``frame`` (its manifest ``csv``), with the dump's own sampler and
+    loader (:func:`~ser_modules.dump.writing.dump_asr_layers`), as ``(wavs, samples)``."""
+    from ser_modules.data.datasets import LengthBucketBatchSampler, absolute_lengths, make_loader, manifest_dataset
 
     sampler = LengthBucketBatchSampler(frame["duration"].astype(float).tolist(), batch_size, shuffle=False)
-    for idx in sampler:
-        wavs = [read_utterance(frame["wav"].iloc[i]) for i in idx]
-        samples = torch.tensor([len(w) for w in wavs])
-        yield torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), samples
+    for batch in make_loader(manifest_dataset(csv), sampler):
+        wavs, rel = batch.sig
+        yield wavs, absolute_lengths(rel, wavs.shape[1])
 
 
 def upstream_rates(upstreams: dict[str, tuple], gemm: float, tmp: str, quick: bool, device: str = "cpu") -> list[dict]:
@@ -334,7 +334,7 @@ def upstream_rates(upstreams: dict[str, tuple], gemm: float, tmp: str, quick: bo
         model, features = model.to(device).eval(), features.to(device)
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:  # the dump's own batches (length-sorted buckets), counted once, not timed
-            for wavs, samples in _batches(frame, UPSTREAM_BATCH):
+            for wavs, samples in _batches(frame, csv, UPSTREAM_BATCH):
                 model.forward_layers(*features(wavs.to(device), samples.to(device)), model.layer_names)
         flops_per_second = counter.get_total_flops() / float(durations.sum())
         synchronize(device)

@@ -60,17 +60,12 @@ def pool_normalised_frames(frames: np.ndarray) -> np.ndarray:
     return normalise_frames(x).mean(dim=0).numpy()
 
 
-POOLINGS = {"pooled": pool_frames, "pooled_norm": pool_normalised_frames}  # file prefix -> function of the frames
+POOLINGS = {False: pool_frames, True: pool_normalised_frames}  # normalised -> the pooling of a layer's frames
 
 
 def pooled_file(layer: str, normalised: bool = False) -> str:
     """File name of a layer's pooled vectors inside a store (``normalised``: of its normalised frames)."""
     return f"pooled_norm_{layer}.npy" if normalised else f"pooled_{layer}.npy"
-
-
-def pooled_files(layer: str) -> dict[str, str]:
-    """``{file name: pooling prefix}`` of the pooled files of a layer."""
-    return {f"{prefix}_{layer}.npy": prefix for prefix in POOLINGS}
 
 
 class FeatureStore:
@@ -159,8 +154,7 @@ class FeatureStore:
         ids = list(ids)
         matrix = self._pooled_matrix(layer, normalised)
         if matrix is None:
-            pool = pool_normalised_frames if normalised else pool_frames
-            return np.stack([pool(self.get(i, layer)) for i in ids]) if ids else \
+            return np.stack([POOLINGS[normalised](self.get(i, layer)) for i in ids]) if ids else \
                 np.zeros((0, self.dim(layer)), np.float32)
         try:
             rows = [self._position[i] for i in ids]
@@ -171,7 +165,7 @@ class FeatureStore:
     @property
     def lacks_pooled(self) -> list[tuple[str, bool]]:
         """``(layer, normalised)`` of the pooled files that are missing (a store written before they existed)."""
-        return [(layer, normalised) for layer in self.layers for normalised in (False, True)
+        return [(layer, normalised) for layer in self.layers for normalised in POOLINGS
                 if not os.path.isfile(self.pooled_path(layer, normalised))]
 
     def close(self) -> None:
@@ -210,8 +204,8 @@ class StoreWriter:
     def __init__(self, folder: str, layers: list[str], dtype: str):
         self.folder, self.layers, self.dtype = folder, layers, dtype
         self.files = {name: open(os.path.join(folder, f"{name}.bin"), "wb") for name in layers}
-        self.pooled = {(name, prefix): open(os.path.join(folder, f"{file}.raw"), "wb")
-                       for name in layers for file, prefix in pooled_files(name).items()}
+        self.pooled = {(name, norm): open(os.path.join(folder, f"{pooled_file(name, norm)}.raw"), "wb")
+                       for name in layers for norm in POOLINGS}
         self.offsets = dict.fromkeys(layers, 0)
         self.dims: dict[str, int] = {}
         self.count = 0  # utterances written
@@ -227,8 +221,8 @@ class StoreWriter:
             if self.dims.setdefault(name, a.shape[1]) != a.shape[1]:
                 raise ValueError(f"layer {name}: dimension {a.shape[1]} differs from {self.dims[name]}")
             self.files[name].write(a.tobytes())
-            for prefix, pool in POOLINGS.items():  # from the rounded frames, as a reader pools them
-                self.pooled[name, prefix].write(pool(a).tobytes())
+            for norm, pool in POOLINGS.items():  # from the rounded frames, as a reader pools them
+                self.pooled[name, norm].write(pool(a).tobytes())
             row += [self.offsets[name], a.shape[0]]
             self.offsets[name] += a.shape[0]
         self.index_rows.writerow(row)
@@ -245,8 +239,8 @@ class StoreWriter:
             with open(os.path.join(self.folder, "index.csv"), "w", encoding="utf-8") as f:
                 f.write("\n")
         for name in self.layers:
-            for file in pooled_files(name):
-                path = os.path.join(self.folder, file)
+            for norm in POOLINGS:
+                path = os.path.join(self.folder, pooled_file(name, norm))
                 _write_npy(path, f"{path}.raw", (self.count, self.dims.get(name, 0)))
         meta["layers"] = {n: {"dim": self.dims.get(n, 0), "frames": self.offsets[n], "dtype": self.dtype,
                               "pooled": pooled_file(n), "pooled_norm": pooled_file(n, True)} for n in self.layers}
@@ -263,7 +257,7 @@ def add_pooled(store: FeatureStore) -> FeatureStore:
         return store
     logger.info("adding the pooled vectors of %s to %s", missing, store.folder)
     for layer, normalised in missing:
-        pool = pool_normalised_frames if normalised else pool_frames
+        pool = POOLINGS[normalised]
         with atomic_path(store.pooled_path(layer, normalised)) as tmp:
             matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(store), store.dim(layer)))
             for row, utt in enumerate(store.ids):

@@ -169,7 +169,7 @@ class WeightedLayerSum(nn.Module):
 
     With the MP head the sum commutes with the mean over frames, and the normalisation is a fixed function
     of each frame, so the model is also a function of the per-layer (normalised) means ``[B, n_layers * dim]``
-    (:meth:`pool`, which stage 4 stores once per utterance): :meth:`forward_pooled` on them equals
+    (which stage 4 stores once per utterance): :meth:`forward_pooled` on them equals
     :meth:`forward` on the frames up to float rounding, at the cost of one vector per utterance.
     """
 
@@ -187,26 +187,18 @@ class WeightedLayerSum(nn.Module):
         lengths = torch.as_tensor(lengths).reshape(-1)
         return 2 * self.n_layers * self.dim * total(lengths) + self.head.forward_flops(lengths)
 
-    def _layers(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, T, n_layers * dim]`` -> ``[B, T, n_layers, dim]``, normalised per frame with ``layer_norm``."""
-        layers = x.view(*x.shape[:-1], self.n_layers, self.dim)
-        return normalise_frames(layers) if self.layer_norm else layers
 
     def _sum(self, layers: torch.Tensor) -> torch.Tensor:
         return (layers * self.layer_weights()[:, None]).sum(dim=-2)
 
     def combine(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, n_layers * dim]`` -> the weighted sum ``[B, T, dim]``."""
-        return self._sum(self._layers(x))
-
-    def pool(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """What :meth:`forward_pooled` reads: the mean over valid frames of each (normalised) layer,
-        ``[B, T, n_layers * dim] -> [B, n_layers * dim]``; no parameter enters it."""
-        b = x.shape[0]
-        return masked_mean(self._layers(x).reshape(b, x.shape[1], -1), lengths)
+        layers = x.view(*x.shape[:-1], self.n_layers, self.dim)
+        return self._sum(normalise_frames(layers) if self.layer_norm else layers)
 
     def forward_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, n_classes]`` from :meth:`pool`'s vectors ``[B, n_layers * dim]`` (MP head only)."""
+        """Logits ``[B, n_classes]`` from the mean of each (normalised) layer ``[B, n_layers * dim]`` (MP head
+        only; :func:`ser_modules.ser.variants.pool_layers`, stage 4's ``pooled_norm_<layer>.npy``)."""
         if not isinstance(self.head, FineTuneMP):
             raise TypeError("forward_pooled needs the MP head: a recurrent head reads frames")
         summed = self._sum(pooled.view(pooled.shape[0], self.n_layers, self.dim))

@@ -93,9 +93,8 @@ class SERDataset(torch.utils.data.Dataset):
         self.egemaps = inputs.egemaps_store() if spec.type == "reference" else None
         self.pooled = {}
         if spec.pooled:  # the masked mean of one frame is the frame itself; weighted: the layers side by side
-            pooled = [self.asr.mean_pooled(n, ids, normalised=True) if spec.normalised else self.asr.mean_pooled(n, ids)
-                      for n in spec.layers]
-            vectors = np.concatenate(pooled, axis=1)  # [len(ids), n_layers * D]
+            vectors = np.concatenate([self.asr.mean_pooled(n, ids, normalised=spec.normalised) for n in spec.layers],
+                                     axis=1)  # [len(ids), n_layers * D]
             self.pooled = dict(zip(ids, torch.from_numpy(vectors).unsqueeze(1)))  # [1, D] each
         if spec.type == "iaan":
             if context is None or not {"prev_same", "prev_other"} <= set(context.columns):

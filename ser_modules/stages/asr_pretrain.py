@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     if hparams["checkpointer"].list_checkpoints():
         log.info("stage 2 resumes from the latest checkpoint in %s", hparams["checkpointer"].checkpoints_dir)
     # one curves folder per training configuration: TensorBoard shows runs of different configurations side by side
-    hparams["curves_dir"] = curves_dir(args.exp_dir, "stage2", hparams.get("model_name", "asr"), training_hash)
+    hparams["curves_dir"] = curves_dir(args.exp_dir, "stage2", hparams["model_name"], training_hash)
     write_text(os.path.join(work, "hyperparams.yaml"), resolved)
     model_yaml = os.path.join(work, "model_hparams.yaml")
     write_text(model_yaml, model_blocks(resolved))
