@@ -32,7 +32,7 @@ CTC_TINY = [
     "dump.dtype=float32", "dump.augmented_copies=0",
     "ser.variants=[{name: MP-1, type: mp, asr: pretrained, layer: gru1, max_epochs: 2},"
     " {name: baseline-8, type: baseline, hidden: 8, max_epochs: 1}, {name: eGeMAPS-SVM, type: reference, C: [0.1]}]",
-    "score.reference=baseline-8", "score.tsne_layers=[gru1]", "score.loudness_layer=gru1", "score.chance_runs=2",
+    "ser.n_runs=1", "score.reference=baseline-8", "score.tsne_layers=[gru1]", "score.loudness_layer=gru1", "score.chance_runs=2",
 ]
 # One adapted model (fine-tuned, one stage of one epoch per fold) and a probe of it, so that a corpus
 # without transcripts shows what is skipped; IAAN is skipped wherever there are no dialogs.

@@ -1,12 +1,13 @@
 """SER models: masked pooling, gradients only where intended, IAAN masking and missing context,
-overfitting a tiny batch."""
+overfitting a tiny batch, the Progressive net's ablations and the pooled standardisation."""
 
 import pytest
 import torch
 
 from ser_modules.models.ds2 import DeepSpeech2
 from ser_modules.models.ser import (
-    IAAN, BiGRUBaseline, FineTuneMP, FineTuneRNN, FrozenASRLayer, ProgressiveNet, masked_mean, masked_softmax,
+    IAAN, BiGRUBaseline, FineTuneMP, FineTuneRNN, FrozenASRLayer, PooledStandardiser, ProgressiveNet, masked_mean,
+    masked_softmax,
 )
 
 
@@ -128,3 +129,67 @@ def test_each_model_overfits_a_tiny_batch(name):
     model.eval()
     with torch.no_grad():
         assert (run(model).argmax(-1) == labels).all(), name
+
+
+def test_progressive_with_zeroed_asr_input_is_its_baseline_branch():
+    torch.manual_seed(0)
+    prog = ProgressiveNet(5, 6, hidden_size=4, n_classes=3, ablate="asr").eval()
+    feats, fl = torch.randn(2, 9, 5), torch.tensor([9, 6])
+    asr, al = torch.randn(2, 4, 6), torch.tensor([4, 3])
+    with torch.no_grad():
+        out = prog(feats, fl, asr, al)
+        assert torch.equal(out, prog(feats, fl, 100 * torch.randn(2, 4, 6), al))  # the ASR input is ignored
+        # the baseline with the branch's GRUs and the classifier's branch columns gives the same logits
+        base = BiGRUBaseline(5, 4, n_classes=3).eval()
+        base.rnns.load_state_dict(prog.branch.rnns.state_dict())
+        base.classifier.weight.copy_(prog.classifier.weight[:, :8])
+        base.classifier.bias.copy_(prog.classifier.bias)
+        assert torch.allclose(out, base(feats, fl), atol=1e-6)
+    assert prog.classifier.in_features == 8 + 6  # the zeroed half is still there, at zero
+
+
+def test_progressive_without_branch_is_fine_tuning_mp():
+    torch.manual_seed(0)
+    prog = ProgressiveNet(5, 6, hidden_size=4, n_classes=3, ablate="branch").eval()
+    assert prog.branch is None and prog.classifier.in_features == 6
+    asr, al = torch.randn(2, 4, 6), torch.tensor([4, 3])
+    mp = FineTuneMP(6, 3).eval()
+    mp.classifier.load_state_dict(prog.classifier.state_dict())
+    with torch.no_grad():
+        out = prog(torch.randn(2, 9, 5), torch.tensor([9, 6]), asr, al)
+        assert torch.equal(out, prog(torch.randn(2, 3, 5), torch.tensor([3, 1]), asr, al))  # no handcrafted input
+        assert torch.allclose(out, mp(asr, al), atol=1e-6)
+    assert prog.forward_flops([9, 6], [4, 3]) == mp.forward_flops([4, 3])
+    with pytest.raises(ValueError, match="ablate must be one of"):
+        ProgressiveNet(5, 6, ablate="classifier")
+
+
+def test_pooled_standardiser_against_a_hand_computation():
+    vectors = torch.tensor([[1.0, 10.0, 3.0], [3.0, 10.0, 5.0], [5.0, 10.0, 10.0]])
+    norm = PooledStandardiser(3)
+    x = torch.tensor([[2.0, 11.0, 6.0]])
+    assert torch.equal(norm(x), x)  # the identity until fitted
+    norm.fit(vectors)
+    mean = [3.0, 10.0, 6.0]
+    std = [(8 / 3) ** 0.5, 1e-5, (38 / 3) ** 0.5]  # population std; a constant dimension is divided by eps
+    expected = [[(2 - mean[0]) / std[0], (11 - mean[1]) / std[1], 0.0]]
+    assert torch.allclose(norm(x), torch.tensor(expected), rtol=1e-6)
+    assert torch.allclose(norm(vectors).std(dim=0, unbiased=False)[[0, 2]], torch.ones(2))
+    assert set(dict(norm.named_buffers())) == {"mean", "std"} and not list(norm.parameters())  # saved, not trained
+
+
+@pytest.mark.parametrize("make", [lambda: FineTuneMP(6, 3, asr_norm="train"),
+                                  lambda: ProgressiveNet(5, 6, hidden_size=4, n_classes=3, asr_norm="train",
+                                                         ablate="branch")])
+def test_asr_norm_standardises_the_pooled_vector(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    asr, al = torch.randn(4, 5, 6) * 0.05 + 3, torch.tensor([5, 4, 3, 2])
+    pooled = masked_mean(asr, al)
+    model.asr_norm.fit(pooled)
+    raw = FineTuneMP(6, 3).eval()
+    raw.classifier.load_state_dict(model.classifier.state_dict())
+    with torch.no_grad():
+        out = model(torch.randn(4, 3, 5), al, asr, al) if isinstance(model, ProgressiveNet) else model(asr, al)
+        z = (pooled - pooled.mean(0)) / pooled.std(0, unbiased=False)
+        assert torch.allclose(out, raw.classifier(z), atol=1e-5)

@@ -1,13 +1,14 @@
 """Stage-5 training rules on the tiny demo corpus: early stopping on the validation loss, held off for a
-minimum number of optimizer steps."""
+minimum number of optimizer steps; the pooled standardisation fitted on the training speakers only."""
 
 import json
 import os
 
 import numpy as np
 import pytest
+import torch
 
-from ser_modules.data.features import HandcraftedFeatures
+from ser_modules.data.features import MFCC, HandcraftedFeatures
 from ser_modules.data.folds import Fold
 from ser_modules.dump.writing import dump_features
 from ser_modules.ser.inputs import SERInputs
@@ -16,6 +17,18 @@ from ser_modules.ser.variants import VariantSpec
 from ser_modules.utils.hparams import load_stage_hparams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class UnnormalisedMFCC(torch.nn.Module):
+    config = {"n_mfcc": 13}
+
+    def __init__(self):
+        super().__init__()
+        self.mfcc = MFCC(16000, n_mfcc=13, delta_order=0, normalize=False)
+
+    def forward(self, wav):
+        feats, frames = self.mfcc(wav.reshape(1, -1), torch.tensor([wav.numel()]))
+        return feats[0, : int(frames[0])]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +41,10 @@ def corpus(tiny_demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ser_training")
     store = dump_features(turns, str(tmp), HandcraftedFeatures(), "handcrafted", "mfcc_pitch", "float32")
     stores = tmp / "stores.json"
-    stores.write_text(json.dumps({"asr": {}, "handcrafted": {"folder": store.folder}, "egemaps": None}))
+    # MFCCs without normalisation stand in for an ASR layer: utterance means that differ, as a layer's do
+    asr = dump_features(turns, str(tmp), UnnormalisedMFCC(), "asr", "layer1", "float32")
+    stores.write_text(json.dumps({"asr": {"pretrained": {"folder": asr.folder}}, "handcrafted": {"folder": store.folder},
+                                  "egemaps": None}))
     speakers = sorted(turns["speaker"].unique())
     ids = lambda spk: turns.loc[turns["speaker"].isin(spk), "ID"].tolist()  # noqa: E731
     fold = Fold(name="f1", test_speakers=[speakers[0]], valid_speakers=[speakers[1]], train=ids(speakers[2:]),
@@ -36,11 +52,14 @@ def corpus(tiny_demo, tmp_path_factory):
     return turns, SERInputs(str(stores)), fold, tmp
 
 
-def train(corpus, name, *overrides):
+BASELINE = {"name": "baseline-8", "type": "baseline", "hidden": 8, "frame_stack": 4}
+
+
+def train(corpus, name, *overrides, variant=BASELINE):
     turns, inputs, fold, tmp = corpus
     hp, _ = load_stage_hparams(os.path.join(REPO, "recipes", "ctc_transfer", "conf"), "ser", "paper",
                                {"output_folder": str(tmp / name)}, ["ser.lr=0.05", "ser.batch_size=4", *overrides])
-    spec = VariantSpec.from_dict({"name": "baseline-8", "type": "baseline", "hidden": 8, "frame_stack": 4})
+    spec = VariantSpec.from_dict(variant)
     train_fold_run(spec, fold, 0, turns, ["ang", "neu"], inputs, hp, str(tmp / name))
     return json.loads((tmp / name / "history.json").read_text())
 
@@ -68,3 +87,33 @@ def test_the_minimum_steps_hold_off_early_stopping(corpus):
     assert held[-1]["steps"] >= min_steps and len(held) >= len(history) + 3
     best = int(np.argmin([h["valid_loss"] for h in held]))
     assert len(held) == 25 or len(held) - (best + 1) >= 3  # where it stopped, the patience rule held
+
+
+@pytest.mark.parametrize("variant", [
+    {"name": "MP-norm", "type": "mp", "asr": "pretrained", "layer": "layer1", "asr_norm": "train"},
+    {"name": "P-norm", "type": "progressive", "asr": "pretrained", "layer": "layer1", "hidden": 4, "frame_stack": 4,
+     "asr_norm": "train"},
+])
+def test_asr_norm_statistics_come_from_the_training_speakers(corpus, variant):
+    turns, inputs, fold, tmp = corpus
+    train(corpus, variant["name"], "ser.max_epochs=1", variant=variant)
+    state = torch.load(tmp / variant["name"] / "model.pt")
+    store = inputs.asr_store("pretrained", fold.name)
+    pooled = np.stack([store.get(i, "layer1").mean(axis=0) for i in fold.train])  # by hand, from the frames
+    assert np.allclose(state["asr_norm.mean"].numpy(), pooled.mean(axis=0), rtol=1e-5, atol=1e-5)
+    assert np.allclose(state["asr_norm.std"].numpy(), pooled.std(axis=0), rtol=1e-4)  # population std
+    everyone = np.stack([store.get(i, "layer1").mean(axis=0) for i in fold.train + fold.valid + fold.test])
+    assert not np.allclose(state["asr_norm.mean"].numpy(), everyone.mean(axis=0), rtol=1e-3)  # not the others' stats
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({"name": "w", "type": "weighted", "asr": "a", "layer": "l", "layers": ["l"], "asr_norm": "train"}, "asr_norm"),
+    ({"name": "m", "type": "mp", "asr": "a", "layer": "l", "asr_norm": "fold"}, "asr_norm"),
+    ({"name": "m", "type": "mp", "asr": "a", "layer": "l", "ablate": "asr"}, "ablate"),
+    ({"name": "p", "type": "progressive", "asr": "a", "layer": "l", "ablate": "both"}, "ablate"),
+])
+def test_progressive_keys_refused_where_they_mean_nothing(variant, message):
+    from ser_modules.utils.fileio import ManifestError
+
+    with pytest.raises(ManifestError, match=f"variant '{variant['name']}': {message}"):
+        VariantSpec.from_dict(variant)

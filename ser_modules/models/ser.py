@@ -111,12 +111,37 @@ class BiGRUBaseline(nn.Module):
         return self.classifier(self.dropout(self.encode(x, lengths)))
 
 
+class PooledStandardiser(nn.Module):
+    """Per-dimension standardisation of pooled vectors ``[B, D]``: ``(x - mean) / std`` with fixed
+    statistics (buffers, so inference and exports apply them) that :meth:`fit` takes from the
+    training fold's vectors; before :meth:`fit` it is the identity."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = float(eps)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, vectors: torch.Tensor) -> None:
+        """Statistics of ``vectors [N, D]`` (population std, a constant dimension divided by ``eps``)."""
+        self.mean.copy_(vectors.mean(dim=0))
+        self.std.copy_(vectors.std(dim=0, unbiased=False).clamp(min=self.eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class FineTuneMP(nn.Module):
     """Fine-tuning MP-x: mean of ASR layer x over valid frames -> dropout -> softmax layer.
     Only the classifier trains (the ASR layer is frozen or precomputed)."""
 
-    def __init__(self, input_size: int, n_classes: int = 4, dropout: float = 0.25):
+    def __init__(self, input_size: int, n_classes: int = 4, dropout: float = 0.25, asr_norm: str = "none"):
         super().__init__()
+        if asr_norm not in ("none", "train"):
+            raise ValueError(f"asr_norm must be 'none' or 'train', got {asr_norm!r}")
+        # train: the pooled vector standardised with the training fold's statistics, as in ProgressiveNet
+        self.asr_norm = PooledStandardiser(input_size) if asr_norm == "train" else None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(input_size, n_classes)
 
@@ -126,7 +151,8 @@ class FineTuneMP(nn.Module):
         return linear_flops(self.classifier.in_features, self.classifier.out_features, n)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return masked_mean(x, lengths)
+        pooled = masked_mean(x, lengths)
+        return self.asr_norm(pooled) if self.asr_norm is not None else pooled
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.encode(x, lengths)))
@@ -211,27 +237,55 @@ class WeightedLayerSum(nn.Module):
         return self.head(self.combine(x), lengths)
 
 
+PROGRESSIVE_ABLATIONS = (None, "asr", "branch")
+
+
 class ProgressiveNet(nn.Module):
     """Progressive net-x: the baseline branch (trained from scratch on handcrafted features) beside
-    the frozen ASR layer x; both pooled vectors concatenated into the classifier."""
+    the frozen ASR layer x; both pooled vectors concatenated into the classifier.
+
+    ``asr_norm``: ``none`` (the paper) or ``train`` (the pooled ASR vector standardised per dimension
+    with the training fold's statistics, :class:`PooledStandardiser`, fitted by stage 5 before training).
+    ``ablate`` (measurements of issue 43): ``asr`` feeds zeros in place of the ASR vector (the model is the
+    baseline), ``branch`` drops the branch (the model is Fine-tuning MP-x).
+    """
 
     def __init__(self, handcrafted_size: int = 27, asr_size: int = 800, hidden_size: int = 96, num_layers: int = 2,
-                 n_classes: int = 4, dropout: float = 0.25, frame_stack: int = 1):
+                 n_classes: int = 4, dropout: float = 0.25, frame_stack: int = 1, asr_norm: str = "none",
+                 ablate: str | None = None):
         super().__init__()
-        self.branch = BiGRUBaseline(handcrafted_size, hidden_size, num_layers, n_classes, dropout, frame_stack)
-        self.branch.classifier = nn.Identity()  # the shared classifier below replaces it
+        if ablate not in PROGRESSIVE_ABLATIONS:
+            raise ValueError(f"ablate must be one of {PROGRESSIVE_ABLATIONS}, got {ablate!r}")
+        if asr_norm not in ("none", "train"):
+            raise ValueError(f"asr_norm must be 'none' or 'train', got {asr_norm!r}")
+        self.ablate, self.asr_size = ablate, int(asr_size)
+        self.branch = None
+        branch_size = 0
+        if ablate != "branch":
+            self.branch = BiGRUBaseline(handcrafted_size, hidden_size, num_layers, n_classes, dropout, frame_stack)
+            self.branch.classifier = nn.Identity()  # the shared classifier below replaces it
+            branch_size = self.branch.output_size
+        self.asr_norm = PooledStandardiser(self.asr_size) if asr_norm == "train" else None
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.branch.output_size + asr_size, n_classes)
+        self.classifier = nn.Linear(branch_size + self.asr_size, n_classes)
 
     def forward_flops(self, feat_lengths, asr_lengths) -> int:
         """Forward FLOPs: the handcrafted branch over ``feat_lengths`` frames and the classifier
         (the ASR layer is precomputed or frozen and is not part of this model's work)."""
         n = len(torch.as_tensor(feat_lengths).reshape(-1))
-        return self.branch.forward_flops(feat_lengths) + linear_flops(self.classifier.in_features,
-                                                                      self.classifier.out_features, n)
+        branch = self.branch.forward_flops(feat_lengths) if self.branch is not None else 0
+        return branch + linear_flops(self.classifier.in_features, self.classifier.out_features, n)
+
+    def pooled_asr(self, asr: torch.Tensor, asr_lengths: torch.Tensor) -> torch.Tensor:
+        """The ASR half of the classifier's input ``[B, asr_size]``: the (standardised) mean, or zeros."""
+        if self.ablate == "asr":
+            return asr.new_zeros(asr.shape[0], self.asr_size)
+        pooled = masked_mean(asr, asr_lengths)
+        return self.asr_norm(pooled) if self.asr_norm is not None else pooled
 
     def encode(self, feats, feat_lengths, asr, asr_lengths) -> torch.Tensor:
-        return torch.cat([self.branch.encode(feats, feat_lengths), masked_mean(asr, asr_lengths)], dim=-1)
+        parts = [self.branch.encode(feats, feat_lengths)] if self.branch is not None else []
+        return torch.cat(parts + [self.pooled_asr(asr, asr_lengths)], dim=-1)
 
     def forward(self, feats, feat_lengths, asr, asr_lengths) -> torch.Tensor:
         return self.classifier(self.dropout(self.encode(feats, feat_lengths, asr, asr_lengths)))

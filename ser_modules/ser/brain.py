@@ -21,7 +21,7 @@ from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 
 from ser_modules.data.datasets import LengthBucketBatchSampler
 from ser_modules.ser.inputs import SERDataset, collate
-from ser_modules.ser.variants import build_model, forward
+from ser_modules.ser.variants import build_model, fit_input_statistics, forward
 from ser_modules.utils.curves import Curves
 from ser_modules.utils.fileio import save_torch
 from ser_modules.utils.jobs import fault_point
@@ -210,6 +210,8 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
 
     train_set, valid_set, test_set = dataset(fold.train, True), dataset(fold.valid, False), dataset(fold.test, False)
     model = build_model(spec, dims, n_classes, hp["dropout"])
+    if train_set.pooled:  # asr_norm: train standardises with the training utterances' statistics
+        fit_input_statistics(model, torch.cat([train_set.pooled[i] for i in train_set.ids]))
     sampler = LengthBucketBatchSampler([train_set.length(i) for i in range(len(train_set))], hp["batch_size"],
                                        sortagrad_epochs=hp["sortagrad_epochs"], seed=seed)
 

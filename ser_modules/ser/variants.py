@@ -16,7 +16,9 @@ from ser_modules.models.ser import (
     BiGRUBaseline,
     FineTuneMP,
     FineTuneRNN,
+    PROGRESSIVE_ABLATIONS,
     LinearSVMReference,
+    PooledStandardiser,
     ProgressiveNet,
     WeightedLayerSum,
     normalise_frames,
@@ -29,7 +31,7 @@ MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference", "wei
 NO_ASR_TYPES = ("baseline", "reference")
 
 
-VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr", "layer_weights_lr", "early_stop_patience",
+VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr", "layer_weights_lr", "dropout", "early_stop_patience",
                          "early_stop_min_steps")
 
 
@@ -57,6 +59,13 @@ class VariantSpec:
         if spec["type"] == "weighted" and spec.get("head", "mp") not in ("mp", "rnn"):
             raise ManifestError(f"variant {spec.get('name')!r}: a weighted variant's head must be mp or rnn, got "
                                 f"{spec.get('head')!r}")
+        if spec.get("asr_norm", "none") not in ("none", "train") or ("asr_norm" in spec and spec["type"] not in
+                                                                      ("mp", "progressive")):
+            raise ManifestError(f"variant {spec.get('name')!r}: asr_norm (none or train) is a key of mp and progressive "
+                                f"variants, got {spec.get('asr_norm')!r} on type {spec['type']}")
+        if "ablate" in spec and (spec["type"] != "progressive" or spec["ablate"] not in PROGRESSIVE_ABLATIONS):
+            raise ManifestError(f"variant {spec.get('name')!r}: ablate (asr or branch) is a key of progressive variants, "
+                                f"got {spec.get('ablate')!r} on type {spec['type']}")
         known = {k: spec.pop(k) for k in ("name", "type", "asr", "layer", "hidden") if k in spec}
         return cls(**known, options=spec)
 
@@ -101,7 +110,8 @@ def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dro
                                    num_layers=o.get("num_layers", 2), n_classes=n_classes, dropout=dropout,
                                    frame_stack=o.get("frame_stack", 1))
     if spec.type == "mp":
-        return FineTuneMP, dict(input_size=dims["asr"], n_classes=n_classes, dropout=dropout)
+        return FineTuneMP, dict(input_size=dims["asr"], n_classes=n_classes, dropout=dropout,
+                                asr_norm=o.get("asr_norm", "none"))
     if spec.type == "rnn":
         return FineTuneRNN, dict(input_size=dims["asr"], hidden_size=spec.hidden,
                                  bidirectional=o.get("bidirectional", True), n_classes=n_classes, dropout=dropout,
@@ -109,7 +119,8 @@ def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dro
     if spec.type == "progressive":
         return ProgressiveNet, dict(handcrafted_size=dims["handcrafted"], asr_size=dims["asr"], hidden_size=spec.hidden,
                                     num_layers=o.get("num_layers", 2), n_classes=n_classes, dropout=dropout,
-                                    frame_stack=o.get("frame_stack", 1))
+                                    frame_stack=o.get("frame_stack", 1), asr_norm=o.get("asr_norm", "none"),
+                                    ablate=o.get("ablate"))
     if spec.type == "reference":
         return LinearSVMReference, dict(input_size=dims["egemaps"], n_classes=n_classes)
     if spec.type == "weighted":
@@ -119,6 +130,14 @@ def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dro
                                       layer_norm=bool(o.get("layer_norm", False)))
     return IAAN, dict(input_size=dims["asr"], hidden_size=spec.hidden, attention_size=o.get("attention_size", 16),
                       mlp_size=o.get("mlp_size", 64), n_classes=n_classes, dropout=dropout)
+
+
+def fit_input_statistics(model: torch.nn.Module, pooled: torch.Tensor) -> None:
+    """Fit every :class:`PooledStandardiser` of ``model`` (``asr_norm: train``) on the training fold's pooled
+    ASR vectors ``[N, D]``; nothing else in a model learns before training."""
+    for module in model.modules():
+        if isinstance(module, PooledStandardiser):
+            module.fit(pooled)
 
 
 def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float) -> torch.nn.Module:
