@@ -117,3 +117,35 @@ def test_progressive_keys_refused_where_they_mean_nothing(variant, message):
 
     with pytest.raises(ManifestError, match=f"variant '{variant['name']}': {message}"):
         VariantSpec.from_dict(variant)
+
+
+def test_a_variant_sets_its_own_number_of_runs(tmp_path):
+    import logging
+
+    from ser_modules.report.results import variant_rows
+    from ser_modules.ser.jobs import training_jobs
+    from ser_modules.ser.variants import planned_pairs
+    from ser_modules.utils.fileio import ManifestError
+
+    variants = [{"name": "MP-1", "type": "mp", "asr": "a", "layer": "l", "n_runs": 3},
+                {"name": "RNN-1", "type": "rnn", "asr": "a", "layer": "l"}]
+    jobs = training_jobs(variants, 2, 1)
+    assert sorted((v["name"], f, r) for v, f, r in jobs) == sorted(
+        [("MP-1", f, r) for f in range(2) for r in range(3)] + [("RNN-1", f, 0) for f in range(2)])
+    planned = planned_pairs(variants, 2, 1)
+    assert planned == {"MP-1": 6, "RNN-1": 2}
+    # Stage 6 wants each variant's own runs: MP-1 with 2 of its 3 runs per fold is refused, RNN-1's one is enough.
+    for name, runs in (("MP-1", 2), ("RNN-1", 1)):
+        for fold in ("f1", "f2"):
+            for run in range(runs):
+                folder = tmp_path / name / fold / f"run{run}"
+                folder.mkdir(parents=True)
+                folder.joinpath("predictions.csv").write_text(
+                    f"ID,fold,run,true,predicted,p_ang,p_neu\nu1,{fold},{run},ang,ang,0.9,0.1\nu2,{fold},{run},neu,ang,0.6,0.4\n")
+    hp = {"lr": 0.1, "variants": variants}
+    with pytest.raises(ManifestError, match="MP-1: predictions of 4 of the 6 planned"):
+        variant_rows(str(tmp_path), variants, ["ang", "neu"], "RNN-1", hp, logging.getLogger(), planned)
+    rows, _, _ = variant_rows(str(tmp_path), variants, ["ang", "neu"], "RNN-1", hp, logging.getLogger(), planned,
+                              allow_incomplete=True)
+    assert rows.set_index("model")["complete"].to_dict() == {"MP-1": False, "RNN-1": True}
+    assert rows.set_index("model")["runs"].to_dict() == {"MP-1": 2, "RNN-1": 1}

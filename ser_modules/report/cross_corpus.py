@@ -82,10 +82,10 @@ def load_eval_predictions(exp_dir: str, name: str, variant: str, manifest: pd.Da
 
 
 def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, classes: list[str], data_dir: str,
-                      planned: int, allow_incomplete: bool = False, log=logger) -> pd.DataFrame:
+                      planned: dict[str, int] | int, allow_incomplete: bool = False, log=logger) -> pd.DataFrame:
     """``cross_corpus.csv``: one row per (evaluation corpus, variant) with the within-corpus UA, the
     evaluation corpus's metrics and the drop of UA (within minus mean over fold models). Predictions of
-    fewer than ``planned`` (fold, run) models, or stale ones, are refused (:class:`ManifestError`: rerun
+    fewer than ``planned`` (fold, run) models (per variant name, or one number for all), or stale ones, are refused (:class:`ManifestError`: rerun
     stage 5), or with ``allow_incomplete`` scored from what is there and flagged (``complete`` False)."""
     rows = []
     for corpus in corpora:
@@ -93,10 +93,11 @@ def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, 
         for _, r in results.iterrows():
             preds, stale = load_eval_predictions(exp_dir, corpus["name"], r["model"], manifest)
             models = preds.groupby(["fold", "run"]).ngroups if len(preds) else 0
-            if stale or models < planned:
+            wanted = planned.get(r["model"], 0) if isinstance(planned, dict) else planned
+            if stale or models < wanted:
                 problem = (f"{os.path.join(exp_dir, 'cross', corpus['name'], r['model'])}: "
                            + (f"{len(stale)} stale prediction file(s) (the saved model or the corpus changed since), "
-                              f"e.g. {stale[0]}" if stale else f"predictions of {models} of the {planned} fold models"))
+                              f"e.g. {stale[0]}" if stale else f"predictions of {models} of the {wanted} fold models"))
                 if not allow_incomplete:
                     raise ManifestError(f"{problem}: rerun stage 5 (it scores what is missing or stale), or score it "
                                         "marked as incomplete with score.allow_incomplete=True")
@@ -108,7 +109,7 @@ def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, 
                          "within_UA_mean": r["UA_mean"], "within_UA_std": r["UA_std"],
                          **{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()},
                          "UA_drop": round(float(r["UA_mean"]) - s["UA_mean"], 4),
-                         "complete": not stale and models >= planned})
+                         "complete": not stale and models >= wanted})
     return pd.DataFrame(rows)
 
 

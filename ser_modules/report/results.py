@@ -37,15 +37,15 @@ from ser_modules.ser.metrics import (
     summarize,
 )
 from ser_modules.ser.probe import expand_variants, layer_index, resolve_reference
-from ser_modules.ser.variants import VariantSpec
+from ser_modules.ser.variants import VariantSpec, planned_pairs
 from ser_modules.utils.environment import environment
 from ser_modules.utils.fileio import ManifestError, read_json, read_manifest, read_optional_json
 
 
 def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], reference: str, hp_ser: dict, log,
-                 planned: int = 0, allow_incomplete: bool = False) -> tuple:
-    """Result rows of the trained variants. A variant with predictions of fewer than ``planned``
-    (fold, run) pairs is refused (:class:`ManifestError`), or with ``allow_incomplete`` scored and
+                 planned: dict[str, int] | None = None, allow_incomplete: bool = False) -> tuple:
+    """Result rows of the trained variants. A variant with predictions of fewer than its ``planned``
+    (fold, run) pairs (:func:`~ser_modules.ser.variants.planned_pairs`) is refused (:class:`ManifestError`), or with ``allow_incomplete`` scored and
     flagged (``complete`` False)."""
     scores, rows, preds = {}, [], {}
     for v in variants:
@@ -56,8 +56,9 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
             log.warning("%s", err)
             continue
         scores[spec.name] = per_fold_run(preds[spec.name], classes)
-        if len(scores[spec.name]) < planned:
-            message = (f"{os.path.join(ser_dir, spec.name)}: predictions of {len(scores[spec.name])} of the {planned} "
+        wanted = (planned or {}).get(spec.name, 0)
+        if len(scores[spec.name]) < wanted:
+            message = (f"{os.path.join(ser_dir, spec.name)}: predictions of {len(scores[spec.name])} of the {wanted} "
                        "planned (fold, run) pairs")
             if not allow_incomplete:
                 raise ManifestError(f"{message}: finish stage 5, or score it marked as incomplete with "
@@ -73,7 +74,7 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
         tests = paired_tests(scores[spec.name], scores[reference]) if reference in scores and spec.name != reference else {}
         rows.append({"model": spec.name, "type": spec.type, "asr": spec.asr or "", "layer": spec.layer or "",
                      **{k: round(v_, 4) for k, v_ in s.items() if k not in ("folds", "runs")},
-                     "folds": s["folds"], "runs": s["runs"], "complete": len(scores[spec.name]) >= planned,
+                     "folds": s["folds"], "runs": s["runs"], "complete": len(scores[spec.name]) >= (planned or {}).get(spec.name, 0),
                      "p_ttest_UA": tests.get("p_ttest", np.nan),
                      "p_wilcoxon_UA": tests.get("p_wilcoxon", np.nan), "config": config_json(v, hp_ser)})
     return pd.DataFrame(rows), scores, preds
@@ -273,7 +274,8 @@ def score_variants(rep: Report, hp: dict, hp_ser: dict, log) -> pd.DataFrame:
     rep.trained = [v for v in variants if VariantSpec.from_dict(v).name not in rep.skipped]
     rep.reference = resolve_reference(hp["reference"], [v["name"] for v in rep.trained])
     rep.results, _, rep.preds = variant_rows(ser_dir, rep.trained, rep.classes, rep.reference, hp_ser, log,
-                                             len(rep.folds) * hp_ser["n_runs"], hp.get("allow_incomplete", False))
+                                             planned_pairs(rep.trained, len(rep.folds), hp_ser["n_runs"]),
+                                             hp.get("allow_incomplete", False))
     rep.results.insert(4, "protocol", f"{rep.protocol}/{rep.scheme}")
     return rep.results
 
@@ -282,7 +284,8 @@ def score_cross_corpus(rep: Report, data_dir: str, hp: dict, hp_ser: dict, log) 
     """The rows of ``cross_corpus.csv``: the trained variants on each evaluation corpus (empty without one)."""
     rep.eval_corpora = listed_eval_corpora(data_dir)
     rep.cross = cross_corpus_rows(rep.exp_dir, rep.eval_corpora, rep.results, rep.classes, data_dir,
-                                  len(rep.folds) * hp_ser["n_runs"], hp.get("allow_incomplete", False), log) \
+                                  planned_pairs(rep.trained, len(rep.folds), hp_ser["n_runs"]),
+                                  hp.get("allow_incomplete", False), log) \
         if len(rep.results) and rep.eval_corpora else pd.DataFrame()
     return rep.cross
 

@@ -45,21 +45,21 @@ def eval_job(job: tuple) -> tuple:
     """Score every saved (fold, run) model of one variant on one evaluation corpus; returns ``(corpus,
     variant, models scored, of which finished before)``."""
     from ser_modules.ser.training import predict_saved_run
-    from ser_modules.ser.variants import VariantSpec
+    from ser_modules.ser.variants import VariantSpec, variant_runs
     from ser_modules.utils.jobs import worker_state
 
     spec_dict, name = job
     w = worker_state()
     spec = VariantSpec.from_dict(spec_dict)
-    before = 0
+    before, n_runs = 0, variant_runs(spec, w["n_runs"])
     for fold in w["folds"]:
-        for run in range(w["n_runs"]):
+        for run in range(n_runs):
             run_dir = os.path.join(w["out"], spec.name, fold.name, f"run{run}")
             out = os.path.join(w["cross"], name, spec.name, fold.name, f"run{run}")
             frame = predict_saved_run(spec, fold.name, run, run_dir, w["eval_manifests"][name], w["classes"],
                                       w["eval_inputs"][name], out, w["device"])
             before += bool(frame.attrs.get("finished_before", False))
-    return name, spec.name, len(w["folds"]) * w["n_runs"], before
+    return name, spec.name, len(w["folds"]) * n_runs, before
 
 
 def log_eval_jobs(results, log) -> None:

@@ -15,7 +15,7 @@ from ser_modules.ser.inputs import SERInputs
 from ser_modules.ser.metrics import classification_metrics
 from ser_modules.ser.probe import expand_variants
 from ser_modules.ser.training import train_fold_run
-from ser_modules.ser.variants import VariantSpec
+from ser_modules.ser.variants import VariantSpec, variant_runs
 from ser_modules.utils.curves import curves_dir
 from ser_modules.utils.fileio import ManifestError, write_json
 from ser_modules.utils.jobs import worker_state
@@ -67,10 +67,10 @@ def trainable_variants(variants: list[dict], exp_dir: str, manifest: pd.DataFram
 
 
 def training_jobs(variants: list[dict], n_folds: int, n_runs: int) -> list[tuple]:
-    """The ``(variant, fold index, run)`` jobs, longest first: the last ones to finish are then the
-    short ones, and the workers end together."""
+    """The ``(variant, fold index, run)`` jobs (``n_runs`` per fold, or a variant's own, :func:`variant_runs`),
+    longest first: the last ones to finish are then the short ones, and the workers end together."""
     ordered = sorted(variants, key=lambda v: COST_RANK.get(v["type"], len(COST_RANK)))
-    return [(v, f, r) for v in ordered for f in range(n_folds) for r in range(n_runs)]
+    return [(v, f, r) for v in ordered for f in range(n_folds) for r in range(variant_runs(v, n_runs))]
 
 
 def open_stores(state: dict) -> None:
@@ -107,9 +107,10 @@ def log_trainings(results, n_jobs: int, log) -> None:
 def variant_metrics(out: str, variants: list[dict], folds, n_runs: int, classes: list[str]) -> dict[str, dict]:
     """Write each variant's ``metrics.json`` (per fold and run, and the mean) and print its mean;
     returns ``{variant: mean UA, WA, F1}``."""
-    summary = {}
+    summary, config_runs = {}, n_runs
     for v in variants:
         spec = VariantSpec.from_dict(v)
+        n_runs = variant_runs(v, config_runs)
         frames = [pd.read_csv(os.path.join(out, spec.name, f.name, f"run{r}", "predictions.csv"), keep_default_na=False)
                   for f in folds for r in range(n_runs)]
         per_run = [classification_metrics(fr["true"], fr["predicted"], classes) for fr in frames]

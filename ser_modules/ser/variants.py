@@ -92,6 +92,18 @@ class VariantSpec:
         return self.type == "weighted" and bool(self.options.get("layer_norm", False))
 
 
+def variant_runs(spec: "VariantSpec | dict", n_runs: int) -> int:
+    """Runs (seeds) per fold of a variant: its own ``n_runs`` key, else the config's ``n_runs`` (the demo
+    repeats cheap variants more often than the recurrent ones)."""
+    options = spec.options if isinstance(spec, VariantSpec) else spec
+    return int(options.get("n_runs", n_runs))
+
+
+def planned_pairs(variants: list[dict], n_folds: int, n_runs: int) -> dict[str, int]:
+    """``{variant name: (fold, run) pairs planned}`` (:func:`variant_runs` per fold)."""
+    return {v["name"]: n_folds * variant_runs(v, n_runs) for v in variants}
+
+
 def pool_layers(spec: VariantSpec, seq: torch.Tensor) -> torch.Tensor:
     """What a pooled variant reads of one utterance's layers side by side ``[T, n_layers * D]``: the mean of
     each layer's (normalised, :attr:`VariantSpec.normalised`) frames ``[1, n_layers * D]``, as stage 4 stores it."""

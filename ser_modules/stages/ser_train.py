@@ -27,6 +27,7 @@ from ser_modules.ser.jobs import (
     training_jobs,
     variant_metrics,
 )
+from ser_modules.ser.variants import planned_pairs
 from ser_modules.stages.common import stage_jobs, stage_parser, start_stage
 from ser_modules.utils.fileio import ManifestError, read_json, read_manifest, run_main, write_json
 from ser_modules.utils.jobs import run_jobs, submit_jobs
@@ -70,8 +71,9 @@ def main(argv=None) -> None:
                            args.slurm_partition, args.slurm_time, args.slurm_gres, name)
 
     if args.launcher == "pool":
-        log.info("stage 5: %d variants x %d folds x %d runs = %d trainings, classes %s, %d job(s) in parallel on %s",
-                 len(variants), len(folds), hp["n_runs"], len(jobs), classes, min(nj, len(jobs)), ", ".join(devices))
+        log.info("stage 5: %d variants x %d folds x %d runs (or a variant's own n_runs) = %d trainings, classes %s, "
+                 "%d job(s) in parallel on %s", len(variants), len(folds), hp["n_runs"], len(jobs), classes,
+                 min(nj, len(jobs)), ", ".join(devices))
     else:
         log.info("stage 5: %d trainings as %s jobs (partition %s, %d min, gres %s), classes %s", len(jobs),
                  args.launcher, args.slurm_partition or "default", args.slurm_time, args.slurm_gres or "none", classes)
@@ -88,7 +90,8 @@ def main(argv=None) -> None:
         state = {**state, "cross": os.path.join(args.exp_dir, "cross"), "eval_stores": eval_stores(args.exp_dir, corpora),
                  "eval_manifests": {n: eval_manifest(args.data_dir, n) for n in corpora}, "n_runs": hp["n_runs"]}
         log.info("stage 5: scoring %d saved models on evaluation corpora %s (%d jobs)",
-                 len(jobs) * len(folds) * hp["n_runs"], ", ".join(corpora), len(jobs))
+                 sum(planned_pairs(variants, len(folds), hp["n_runs"]).values()) * len(corpora), ", ".join(corpora),
+                 len(jobs))
         # as the trainings: the pool here, or cluster jobs (never on a GPU-less login node)
         results = launch(eval_job, jobs, state, open_eval_inputs, "cross-corpus", "ser-stage5-cross")
         log_eval_jobs(results, log)
