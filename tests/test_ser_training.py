@@ -111,6 +111,7 @@ def test_asr_norm_statistics_come_from_the_training_speakers(corpus, variant):
     ({"name": "m", "type": "mp", "asr": "a", "layer": "l", "asr_norm": "fold"}, "asr_norm"),
     ({"name": "m", "type": "mp", "asr": "a", "layer": "l", "ablate": "asr"}, "ablate"),
     ({"name": "p", "type": "progressive", "asr": "a", "layer": "l", "ablate": "both"}, "ablate"),
+    ({"name": "m", "type": "mp", "asr": "a", "layer": "l", "n_runs": 0}, "n_runs"),
 ])
 def test_progressive_keys_refused_where_they_mean_nothing(variant, message):
     from ser_modules.utils.fileio import ManifestError
@@ -135,17 +136,30 @@ def test_a_variant_sets_its_own_number_of_runs(tmp_path):
     planned = planned_pairs(variants, 2, 1)
     assert planned == {"MP-1": 6, "RNN-1": 2}
     # Stage 6 wants each variant's own runs: MP-1 with 2 of its 3 runs per fold is refused, RNN-1's one is enough.
-    for name, runs in (("MP-1", 2), ("RNN-1", 1)):
+    # RNN-1 also has a second run of an earlier n_runs: 2, which stays on disk and is not scored
+    for name, runs in (("MP-1", 2), ("RNN-1", 2)):
         for fold in ("f1", "f2"):
             for run in range(runs):
                 folder = tmp_path / name / fold / f"run{run}"
                 folder.mkdir(parents=True)
                 folder.joinpath("predictions.csv").write_text(
                     f"ID,fold,run,true,predicted,p_ang,p_neu\nu1,{fold},{run},ang,ang,0.9,0.1\nu2,{fold},{run},neu,ang,0.6,0.4\n")
-    hp = {"lr": 0.1, "variants": variants}
+    hp = {"lr": 0.1, "n_runs": 1, "variants": variants}
     with pytest.raises(ManifestError, match="MP-1: predictions of 4 of the 6 planned"):
         variant_rows(str(tmp_path), variants, ["ang", "neu"], "RNN-1", hp, logging.getLogger(), planned)
     rows, _, _ = variant_rows(str(tmp_path), variants, ["ang", "neu"], "RNN-1", hp, logging.getLogger(), planned,
                               allow_incomplete=True)
     assert rows.set_index("model")["complete"].to_dict() == {"MP-1": False, "RNN-1": True}
     assert rows.set_index("model")["runs"].to_dict() == {"MP-1": 2, "RNN-1": 1}
+
+
+def test_a_variants_own_runs_do_not_change_what_its_runs_are(corpus):
+    # run0 of a variant given n_runs: 3 is the run0 it had with one run: read back, not retrained
+    variant = {"name": "MP-runs", "type": "mp", "asr": "pretrained", "layer": "layer1"}
+    turns, inputs, fold, tmp = corpus
+    train(corpus, "MP-runs", "ser.max_epochs=1", variant=variant)
+    hp, _ = load_stage_hparams(os.path.join(REPO, "recipes", "ctc_transfer", "conf"), "ser", "paper",
+                               {"output_folder": str(tmp / "MP-runs")}, ["ser.lr=0.05", "ser.batch_size=4", "ser.max_epochs=1"])
+    frame = train_fold_run(VariantSpec.from_dict({**variant, "n_runs": 3}), fold, 0, turns, ["ang", "neu"], inputs, hp,
+                           str(tmp / "MP-runs"))
+    assert frame.attrs.get("finished_before") is True

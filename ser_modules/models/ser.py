@@ -114,7 +114,9 @@ class BiGRUBaseline(nn.Module):
 class PooledStandardiser(nn.Module):
     """Per-dimension standardisation of pooled vectors ``[B, D]``: ``(x - mean) / std`` with fixed
     statistics (buffers, so inference and exports apply them) that :meth:`fit` takes from the
-    training fold's vectors; before :meth:`fit` it is the identity."""
+    training fold's vectors; before :meth:`fit` it is the identity. A dimension constant over the
+    training vectors (std below ``eps``) is only centred (std 1, as scikit-learn's StandardScaler):
+    dividing by ``eps`` would turn a tiny deviation on other speech into a huge input."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -124,9 +126,10 @@ class PooledStandardiser(nn.Module):
 
     @torch.no_grad()
     def fit(self, vectors: torch.Tensor) -> None:
-        """Statistics of ``vectors [N, D]`` (population std, a constant dimension divided by ``eps``)."""
+        """Statistics of ``vectors [N, D]`` (population std; 1 for a dimension constant within ``eps``)."""
+        std = vectors.std(dim=0, unbiased=False)
         self.mean.copy_(vectors.mean(dim=0))
-        self.std.copy_(vectors.std(dim=0, unbiased=False).clamp(min=self.eps))
+        self.std.copy_(torch.where(std < self.eps, torch.ones_like(std), std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -247,7 +250,8 @@ class ProgressiveNet(nn.Module):
     ``asr_norm``: ``none`` (the paper) or ``train`` (the pooled ASR vector standardised per dimension
     with the training fold's statistics, :class:`PooledStandardiser`, fitted by stage 5 before training).
     ``ablate`` (measurements of issue 43): ``asr`` feeds zeros in place of the ASR vector (the model is the
-    baseline), ``branch`` drops the branch (the model is Fine-tuning MP-x).
+    baseline), ``branch`` drops the branch (the model is Fine-tuning MP-x; it still reads the handcrafted
+    features and is batched by their frames, as the Progressive net is, so that only the branch differs).
     """
 
     def __init__(self, handcrafted_size: int = 27, asr_size: int = 800, hidden_size: int = 96, num_layers: int = 2,

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ser_modules.data.eval_corpora import eval_manifest
+from ser_modules.ser.metrics import kept_run
 from ser_modules.utils.fileio import ManifestError
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,9 @@ def score_eval_corpus(predictions: pd.DataFrame, classes: list[str]) -> dict:
     return out
 
 
-def load_eval_predictions(exp_dir: str, name: str, variant: str, manifest: pd.DataFrame) -> tuple[pd.DataFrame, list]:
-    """The predictions stage 5 wrote of a variant's saved models on evaluation corpus ``name``, and the
+def load_eval_predictions(exp_dir: str, name: str, variant: str, manifest: pd.DataFrame,
+                          runs: int | None = None) -> tuple[pd.DataFrame, list]:
+    """The predictions stage 5 wrote of a variant's saved models (its first ``runs`` per fold) on evaluation corpus ``name``, and the
     ones that are stale (the saved model or the corpus's utterances and labels changed since they were
     written): ``(frame, [stale file, ...])``; an empty frame when there are none."""
     from ser_modules.ser.training import labels_digest
@@ -71,7 +73,7 @@ def load_eval_predictions(exp_dir: str, name: str, variant: str, manifest: pd.Da
     for fold in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         for run in sorted(os.listdir(os.path.join(folder, fold))) if not fold.startswith(".") else []:
             path = os.path.join(folder, fold, run, "predictions.csv")
-            if run.startswith(".") or not os.path.isfile(path):
+            if run.startswith(".") or not kept_run(run, runs) or not os.path.isfile(path):
                 continue
             inputs = read_optional_json(os.path.join(folder, fold, run, "inputs.json"))
             model = os.path.join(exp_dir, "ser", variant, fold, run, "model.pt")
@@ -82,7 +84,8 @@ def load_eval_predictions(exp_dir: str, name: str, variant: str, manifest: pd.Da
 
 
 def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, classes: list[str], data_dir: str,
-                      planned: dict[str, int] | int, allow_incomplete: bool = False, log=logger) -> pd.DataFrame:
+                      planned: dict[str, int] | int, allow_incomplete: bool = False, log=logger,
+                      runs: dict[str, int] | None = None) -> pd.DataFrame:
     """``cross_corpus.csv``: one row per (evaluation corpus, variant) with the within-corpus UA, the
     evaluation corpus's metrics and the drop of UA (within minus mean over fold models). Predictions of
     fewer than ``planned`` (fold, run) models (per variant name, or one number for all), or stale ones, are refused (:class:`ManifestError`: rerun
@@ -91,7 +94,7 @@ def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, 
     for corpus in corpora:
         manifest = eval_manifest(data_dir, corpus["name"])
         for _, r in results.iterrows():
-            preds, stale = load_eval_predictions(exp_dir, corpus["name"], r["model"], manifest)
+            preds, stale = load_eval_predictions(exp_dir, corpus["name"], r["model"], manifest, (runs or {}).get(r["model"]))
             models = preds.groupby(["fold", "run"]).ngroups if len(preds) else 0
             wanted = planned.get(r["model"], 0) if isinstance(planned, dict) else planned
             if stale or models < wanted:
@@ -170,7 +173,7 @@ def corpus_notes(corpora: list[dict], prepared: dict, variants: list[dict]) -> l
 
 
 def cross_corpus_figures(exp_dir: str, corpora: list[dict], rows: pd.DataFrame, classes: list[str],
-                         plot_dir: str) -> list[str]:
+                         plot_dir: str, runs: dict[str, int] | None = None) -> list[str]:
     """Per evaluation corpus, the row-normalised confusion matrix of the fold ensemble of the variant
     best within the corpus (``plots/cross_confusion_<corpus>.png``)."""
     from ser_modules.report import plots
@@ -185,7 +188,8 @@ def cross_corpus_figures(exp_dir: str, corpora: list[dict], rows: pd.DataFrame, 
         if not len(group):
             continue
         best = group.sort_values("within_UA_mean", ascending=False).iloc[0]["model"]
-        ensemble = fold_ensemble(load_predictions(os.path.join(exp_dir, "cross", corpus["name"]), best), classes)
+        ensemble = fold_ensemble(load_predictions(os.path.join(exp_dir, "cross", corpus["name"]), best,
+                                                  (runs or {}).get(best)), classes)
         matrix = normalized_confusion(ensemble["true"], ensemble["predicted"], classes)
         paths.append(plots.plot_confusion(matrix, classes, f"{best} on {corpus['name']} (fold ensemble)",
                                           os.path.join(plot_dir, f"cross_confusion_{corpus['name']}.png")))

@@ -37,7 +37,7 @@ from ser_modules.ser.metrics import (
     summarize,
 )
 from ser_modules.ser.probe import expand_variants, layer_index, resolve_reference
-from ser_modules.ser.variants import VariantSpec, planned_pairs
+from ser_modules.ser.variants import VariantSpec, planned_pairs, variant_runs
 from ser_modules.utils.environment import environment
 from ser_modules.utils.fileio import ManifestError, read_json, read_manifest, read_optional_json
 
@@ -51,7 +51,7 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
     for v in variants:
         spec = VariantSpec.from_dict(v)
         try:
-            preds[spec.name] = load_predictions(ser_dir, spec.name)
+            preds[spec.name] = load_predictions(ser_dir, spec.name, variant_runs(v, hp_ser["n_runs"]))
         except Exception as err:  # a variant not trained (yet): reported, the others still scored
             log.warning("%s", err)
             continue
@@ -240,6 +240,7 @@ class Report:
     skipped: dict = field(default_factory=dict)  # variants stage 5 did not train, with the reason
     upstreams: list[dict] = field(default_factory=list)
     trained: list[dict] = field(default_factory=list)
+    runs: dict = field(default_factory=dict)  # runs per fold of each trained variant (its own n_runs or the config's)
     reference: str = ""
     results: pd.DataFrame = field(default_factory=pd.DataFrame)
     preds: dict = field(default_factory=dict)
@@ -273,6 +274,7 @@ def score_variants(rep: Report, hp: dict, hp_ser: dict, log) -> pd.DataFrame:
     variants = expand_variants(hp_ser["variants"], rep.upstreams, adapted_upstream_entry(rep.exp_dir))
     rep.trained = [v for v in variants if VariantSpec.from_dict(v).name not in rep.skipped]
     rep.reference = resolve_reference(hp["reference"], [v["name"] for v in rep.trained])
+    rep.runs = {v["name"]: variant_runs(v, hp_ser["n_runs"]) for v in rep.trained}
     rep.results, _, rep.preds = variant_rows(ser_dir, rep.trained, rep.classes, rep.reference, hp_ser, log,
                                              planned_pairs(rep.trained, len(rep.folds), hp_ser["n_runs"]),
                                              hp.get("allow_incomplete", False))
@@ -285,7 +287,7 @@ def score_cross_corpus(rep: Report, data_dir: str, hp: dict, hp_ser: dict, log) 
     rep.eval_corpora = listed_eval_corpora(data_dir)
     rep.cross = cross_corpus_rows(rep.exp_dir, rep.eval_corpora, rep.results, rep.classes, data_dir,
                                   planned_pairs(rep.trained, len(rep.folds), hp_ser["n_runs"]),
-                                  hp.get("allow_incomplete", False), log) \
+                                  hp.get("allow_incomplete", False), log, rep.runs) \
         if len(rep.results) and rep.eval_corpora else pd.DataFrame()
     return rep.cross
 
@@ -301,7 +303,8 @@ def report_figures(rep: Report, hp: dict) -> list[str]:
                                                 f"{name} ({len(mats)} folds x runs)",
                                                 os.path.join(plot_dir, f"confusion_{name}.png")))
     if len(rep.cross) or os.path.isdir(plot_dir):  # per evaluation corpus: the best variant's fold ensemble
-        rep.figures += cross_corpus_figures(rep.exp_dir, rep.eval_corpora, rep.cross, rep.classes, plot_dir)
+        rep.figures += cross_corpus_figures(rep.exp_dir, rep.eval_corpora, rep.cross, rep.classes, plot_dir,
+                                            rep.runs)
     # UA per layer, one line per model family reading the ASR (Yeh Table 2 / Lakomkin Table 1).
     series = {}
     per_layer = results[(results["layer"] != "") & (results["type"] != "weighted")] if len(results) else results

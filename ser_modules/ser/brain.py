@@ -210,7 +210,7 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
 
     train_set, valid_set, test_set = dataset(fold.train, True), dataset(fold.valid, False), dataset(fold.test, False)
     model = build_model(spec, dims, n_classes, hp["dropout"])
-    if train_set.pooled:  # asr_norm: train standardises with the training utterances' statistics
+    if spec.options.get("asr_norm", "none") == "train":  # standardised with the training utterances' statistics
         fit_input_statistics(model, torch.cat([train_set.pooled[i] for i in train_set.ids]))
     sampler = LengthBucketBatchSampler([train_set.length(i) for i in range(len(train_set))], hp["batch_size"],
                                        sortagrad_epochs=hp["sortagrad_epochs"], seed=seed)

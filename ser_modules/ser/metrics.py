@@ -37,16 +37,25 @@ def normalized_confusion(true, predicted, classes: list[str]) -> np.ndarray:
     return cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
 
 
-def load_predictions(ser_dir: str, variant: str) -> pd.DataFrame:
-    """All finished ``predictions.csv`` of a variant (columns ID, fold, run, true, predicted, p_*);
-    work folders of unfinished runs (hidden names) are not read."""
+def kept_run(folder_name: str, runs: int | None) -> bool:
+    """Whether run folder ``run<k>`` is one of the first ``runs`` (None: all): the runs of a larger
+    ``n_runs`` before stay on disk but are not scored."""
+    if runs is None:
+        return True
+    digits = folder_name[3:] if folder_name.startswith("run") else ""
+    return digits.isdigit() and int(digits) < runs
+
+
+def load_predictions(ser_dir: str, variant: str, runs: int | None = None) -> pd.DataFrame:
+    """All finished ``predictions.csv`` of a variant (columns ID, fold, run, true, predicted, p_*), of its
+    first ``runs`` runs per fold (:func:`kept_run`); work folders of unfinished runs (hidden names) are not read."""
     folder = os.path.join(ser_dir, variant)
     frames = []
     for fold in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         fdir = os.path.join(folder, fold)
         if not os.path.isdir(fdir) or fold.startswith("."):
             continue
-        for run in sorted(r for r in os.listdir(fdir) if not r.startswith(".")):
+        for run in sorted(r for r in os.listdir(fdir) if not r.startswith(".") and kept_run(r, runs)):
             path = os.path.join(fdir, run, "predictions.csv")
             if os.path.isfile(path):
                 frames.append(pd.read_csv(path, keep_default_na=False, dtype={"ID": str, "fold": str}))

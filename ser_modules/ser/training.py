@@ -33,6 +33,12 @@ def store_identity(store: FeatureStore) -> str:
     return "/".join(os.path.normpath(store.folder).split(os.sep)[-2:])
 
 
+def variant_identity(spec: VariantSpec) -> dict:
+    """What a run of ``spec`` is trained from: its fields without its own ``n_runs`` (how many seeds run
+    beside it), so that raising a variant's runs keeps those it has."""
+    return {**vars(spec), "options": {k: v for k, v in spec.options.items() if k != "n_runs"}}
+
+
 def run_key(spec: VariantSpec, fold: Fold, run: int, classes: list[str], inputs: SERInputs, hp: dict) -> dict:
     """What a (variant, fold, run) result is computed from: no paths, so a moved experiment is the same."""
     stores = [inputs.asr_store(spec.asr, fold.name)] if spec.asr else []
@@ -43,7 +49,7 @@ def run_key(spec: VariantSpec, fold: Fold, run: int, classes: list[str], inputs:
     # a weighted sum's own key does not change other variants: they keep their finished runs
     skip = {"output_folder"} | ({"layer_weights_lr"} if spec.type != "weighted" else set())
     hparams = {k: v for k, v in hp.items() if isinstance(v, (int, float, str)) and k not in skip}
-    return {"variant": vars(spec), "hparams": hparams, "fold": [fold.train, fold.valid, fold.test],
+    return {"variant": variant_identity(spec), "hparams": hparams, "fold": [fold.train, fold.valid, fold.test],
             "stores": [store_identity(st) for st in stores], "classes": classes, "run": run}
 
 
@@ -154,7 +160,8 @@ def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, mani
     stores += [inputs.egemaps_store()] if spec.type == "reference" else []
     ids = manifest["ID"].astype(str).tolist()
     labels = manifest["emotion"].astype(str).tolist()
-    staged = StagedOutputs(out_dir, {"model": file_digest(model_path), "variant": vars(spec), "fold": fold, "run": run,
+    staged = StagedOutputs(out_dir, {"model": file_digest(model_path), "variant": variant_identity(spec), "fold": fold,
+                                     "run": run,
                                      "stores": [store_identity(st) for st in stores], "utterances": labels_digest(ids, labels),
                                      "classes": classes})
     finished = finished_predictions(staged)
