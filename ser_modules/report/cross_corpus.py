@@ -61,8 +61,8 @@ def score_eval_corpus(predictions: pd.DataFrame, classes: list[str]) -> dict:
 
 def load_eval_predictions(exp_dir: str, name: str, variant: str, manifest: pd.DataFrame,
                           runs: int | None = None) -> tuple[pd.DataFrame, list]:
-    """The predictions stage 5 wrote of a variant's saved models (its first ``runs`` per fold) on evaluation corpus ``name``, and the
-    ones that are stale (the saved model or the corpus's utterances and labels changed since they were
+    """The predictions stage 5 wrote of a variant's saved models (its first ``runs`` per fold) on evaluation
+    corpus ``name``, and the ones that are stale (the saved model or the corpus's utterances and labels changed since they were
     written): ``(frame, [stale file, ...])``; an empty frame when there are none."""
     from ser_modules.ser.training import labels_digest
     from ser_modules.utils.fileio import file_digest, read_optional_json
@@ -87,14 +87,16 @@ def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, 
                       planned: dict[str, int] | int, allow_incomplete: bool = False, log=logger,
                       runs: dict[str, int] | None = None) -> pd.DataFrame:
     """``cross_corpus.csv``: one row per (evaluation corpus, variant) with the within-corpus UA, the
-    evaluation corpus's metrics and the drop of UA (within minus mean over fold models). Predictions of
-    fewer than ``planned`` (fold, run) models (per variant name, or one number for all), or stale ones, are refused (:class:`ManifestError`: rerun
-    stage 5), or with ``allow_incomplete`` scored from what is there and flagged (``complete`` False)."""
+    evaluation corpus's metrics and the drop of UA (within minus mean over fold models), of each variant's
+    first ``runs`` runs per fold. Predictions of fewer than ``planned`` (fold, run) models (per variant name,
+    or one number for all), or stale ones, are refused (:class:`ManifestError`: rerun stage 5), or with
+    ``allow_incomplete`` scored from what is there and flagged (``complete`` False)."""
     rows = []
     for corpus in corpora:
         manifest = eval_manifest(data_dir, corpus["name"])
         for _, r in results.iterrows():
-            preds, stale = load_eval_predictions(exp_dir, corpus["name"], r["model"], manifest, (runs or {}).get(r["model"]))
+            preds, stale = load_eval_predictions(exp_dir, corpus["name"], r["model"], manifest,
+                                                 (runs or {}).get(r["model"]))
             models = preds.groupby(["fold", "run"]).ngroups if len(preds) else 0
             wanted = planned.get(r["model"], 0) if isinstance(planned, dict) else planned
             if stale or models < wanted:

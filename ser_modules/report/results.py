@@ -44,9 +44,10 @@ from ser_modules.utils.fileio import ManifestError, read_json, read_manifest, re
 
 def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], reference: str, hp_ser: dict, log,
                  planned: dict[str, int] | None = None, allow_incomplete: bool = False) -> tuple:
-    """Result rows of the trained variants. A variant with predictions of fewer than its ``planned``
-    (fold, run) pairs (:func:`~ser_modules.ser.variants.planned_pairs`) is refused (:class:`ManifestError`), or with ``allow_incomplete`` scored and
-    flagged (``complete`` False)."""
+    """Result rows of the trained variants, each from its first ``n_runs`` runs per fold (its own or the
+    config's). A variant with predictions of fewer than its ``planned`` (fold, run) pairs
+    (:func:`~ser_modules.ser.variants.planned_pairs`) is refused (:class:`ManifestError`), or with
+    ``allow_incomplete`` scored and flagged (``complete`` False)."""
     scores, rows, preds = {}, [], {}
     for v in variants:
         spec = VariantSpec.from_dict(v)
@@ -74,7 +75,8 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
         tests = paired_tests(scores[spec.name], scores[reference]) if reference in scores and spec.name != reference else {}
         rows.append({"model": spec.name, "type": spec.type, "asr": spec.asr or "", "layer": spec.layer or "",
                      **{k: round(v_, 4) for k, v_ in s.items() if k not in ("folds", "runs")},
-                     "folds": s["folds"], "runs": s["runs"], "complete": len(scores[spec.name]) >= (planned or {}).get(spec.name, 0),
+                     "folds": s["folds"], "runs": s["runs"],
+                     "complete": len(scores[spec.name]) >= (planned or {}).get(spec.name, 0),
                      "p_ttest_UA": tests.get("p_ttest", np.nan),
                      "p_wilcoxon_UA": tests.get("p_wilcoxon", np.nan), "config": config_json(v, hp_ser)})
     return pd.DataFrame(rows), scores, preds

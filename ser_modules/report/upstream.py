@@ -23,18 +23,20 @@ def upstream_table(upstreams: list[dict]):
                          for u in upstreams])
 
 
-def learned_layer_weights(ser_dir: str, variant: dict) -> tuple[list[str], "np.ndarray"]:
+def learned_layer_weights(ser_dir: str, variant: dict, runs: int | None = None) -> tuple[list[str], "np.ndarray"]:
     """``(layers, weights [folds x runs, layers])``: a weighted variant's learned layer weights, one row
-    per run (``layer_weights.json`` written by stage 5 beside each run's model), folds in name order."""
+    per run (``layer_weights.json`` written by stage 5 beside each run's model; its first ``runs`` per fold,
+    :func:`~ser_modules.ser.metrics.kept_run`), folds in name order."""
     import glob
     import os
 
     import numpy as np
 
+    from ser_modules.ser.metrics import kept_run
     from ser_modules.utils.fileio import read_json
 
-    runs = [read_json(p) for p in sorted(glob.glob(os.path.join(ser_dir, variant["name"], "*", "run*",
-                                                                "layer_weights.json")))]
+    paths = sorted(glob.glob(os.path.join(ser_dir, variant["name"], "*", "run*", "layer_weights.json")))
+    runs = [read_json(p) for p in paths if kept_run(os.path.basename(os.path.dirname(p)), runs)]
     if not runs:
         raise ManifestError(f"{os.path.join(ser_dir, variant['name'])}: no layer_weights.json (rerun stage 5)")
     layers = list(runs[0])
@@ -81,7 +83,8 @@ def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_di
                                                    lines=lines, title=f"{up['name']} ({up['model_type']})"))
         curves = {}
         for name in weighted["model"]:
-            layers, values = learned_layer_weights(ser_dir, by_name[name])
+            runs = int(weighted.set_index("model").at[name, "runs"])  # the runs stage 6 scored
+            layers, values = learned_layer_weights(ser_dir, by_name[name], runs)
             curves[name] = (layers, values)
             entropy = weight_entropy(values)
             rows.append({"model": name, **{n: f"{m:.3f}" for n, m in zip(layers, values.mean(axis=0))},

@@ -64,7 +64,8 @@ class VariantSpec:
             raise ManifestError(f"variant {spec.get('name')!r}: asr_norm (none or train) is a key of mp and progressive "
                                 f"variants, got {spec.get('asr_norm')!r} on type {spec['type']}")
         if "n_runs" in spec and not (isinstance(spec["n_runs"], int) and spec["n_runs"] >= 1):
-            raise ManifestError(f"variant {spec.get('name')!r}: n_runs must be a whole number >= 1, got {spec['n_runs']!r}")
+            raise ManifestError(f"variant {spec.get('name')!r}: n_runs must be a whole number >= 1, "
+                                f"got {spec['n_runs']!r}")
         if "ablate" in spec and (spec["type"] != "progressive" or spec["ablate"] not in PROGRESSIVE_ABLATIONS):
             raise ManifestError(f"variant {spec.get('name')!r}: ablate (asr or branch) is a key of progressive variants, "
                                 f"got {spec.get('ablate')!r} on type {spec['type']}")
