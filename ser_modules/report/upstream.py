@@ -83,7 +83,8 @@ def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_di
                                                    lines=lines, title=f"{up['name']} ({up['model_type']})"))
         curves = {}
         for name in weighted["model"]:
-            runs = int(weighted.set_index("model").at[name, "runs"])  # the runs stage 6 scored
+            # the runs stage 6 scored (a table without the column: every run on disk)
+            runs = int(weighted.set_index("model").at[name, "runs"]) if "runs" in weighted.columns else None
             layers, values = learned_layer_weights(ser_dir, by_name[name], runs)
             curves[name] = (layers, values)
             entropy = weight_entropy(values)
