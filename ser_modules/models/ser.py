@@ -135,16 +135,22 @@ class PooledStandardiser(nn.Module):
         return (x - self.mean) / self.std
 
 
+def pooled_norm(asr_norm: str, dim: int) -> nn.Module:
+    """The pooled ASR vector's normalisation of ``asr_norm``: ``train`` (:class:`PooledStandardiser`) or
+    ``none`` (the identity, the paper's input)."""
+    if asr_norm not in ("none", "train"):
+        raise ValueError(f"asr_norm must be 'none' or 'train', got {asr_norm!r}")
+    return PooledStandardiser(dim) if asr_norm == "train" else nn.Identity()
+
+
 class FineTuneMP(nn.Module):
     """Fine-tuning MP-x: mean of ASR layer x over valid frames -> dropout -> softmax layer.
     Only the classifier trains (the ASR layer is frozen or precomputed)."""
 
     def __init__(self, input_size: int, n_classes: int = 4, dropout: float = 0.25, asr_norm: str = "none"):
         super().__init__()
-        if asr_norm not in ("none", "train"):
-            raise ValueError(f"asr_norm must be 'none' or 'train', got {asr_norm!r}")
         # train: the pooled vector standardised with the training fold's statistics, as in ProgressiveNet
-        self.asr_norm = PooledStandardiser(input_size) if asr_norm == "train" else None
+        self.asr_norm = pooled_norm(asr_norm, input_size)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(input_size, n_classes)
 
@@ -154,8 +160,7 @@ class FineTuneMP(nn.Module):
         return linear_flops(self.classifier.in_features, self.classifier.out_features, n)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        pooled = masked_mean(x, lengths)
-        return self.asr_norm(pooled) if self.asr_norm is not None else pooled
+        return self.asr_norm(masked_mean(x, lengths))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.encode(x, lengths)))
@@ -260,8 +265,6 @@ class ProgressiveNet(nn.Module):
         super().__init__()
         if ablate not in PROGRESSIVE_ABLATIONS:
             raise ValueError(f"ablate must be one of {PROGRESSIVE_ABLATIONS}, got {ablate!r}")
-        if asr_norm not in ("none", "train"):
-            raise ValueError(f"asr_norm must be 'none' or 'train', got {asr_norm!r}")
         self.ablate, self.asr_size = ablate, int(asr_size)
         self.branch = None
         branch_size = 0
@@ -269,7 +272,7 @@ class ProgressiveNet(nn.Module):
             self.branch = BiGRUBaseline(handcrafted_size, hidden_size, num_layers, n_classes, dropout, frame_stack)
             self.branch.classifier = nn.Identity()  # the shared classifier below replaces it
             branch_size = self.branch.output_size
-        self.asr_norm = PooledStandardiser(self.asr_size) if asr_norm == "train" else None
+        self.asr_norm = pooled_norm(asr_norm, self.asr_size)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(branch_size + self.asr_size, n_classes)
 
@@ -284,8 +287,7 @@ class ProgressiveNet(nn.Module):
         """The ASR half of the classifier's input ``[B, asr_size]``: the (standardised) mean, or zeros."""
         if self.ablate == "asr":
             return asr.new_zeros(asr.shape[0], self.asr_size)
-        pooled = masked_mean(asr, asr_lengths)
-        return self.asr_norm(pooled) if self.asr_norm is not None else pooled
+        return self.asr_norm(masked_mean(asr, asr_lengths))
 
     def encode(self, feats, feat_lengths, asr, asr_lengths) -> torch.Tensor:
         parts = [self.branch.encode(feats, feat_lengths)] if self.branch is not None else []
