@@ -46,7 +46,7 @@ import demo_lexicon  # noqa: E402
 
 logger = logging.getLogger("make_demo_corpus")
 
-GENERATOR_VERSION = 8
+GENERATOR_VERSION = 9  # 9: arousal and dominance ratings follow each utterance's prosody
 SAMPLE_RATE = 16000
 
 # (female voice, male voice) per session; none of them reads the ASR corpus.
@@ -139,6 +139,10 @@ VAD_PROTOTYPE = {
     "neu": (3.0, 2.5, 2.8), "hap": (4.0, 3.2, 3.0), "exc": (4.2, 4.0, 3.4), "ang": (1.8, 4.0, 4.0),
     "sad": (1.8, 2.0, 2.0), "fru": (2.0, 3.3, 3.0), "sur": (3.5, 3.8, 2.8),
 }
+# How far a rater's arousal / dominance moves per standard deviation of an utterance's prosody jitter (rate,
+# pitch range, volume, vocal effort for arousal; volume and effort for dominance): within a class, a faster,
+# wider, louder, more effortful rendering is heard as more aroused. Valence has no prosodic cue here.
+AROUSAL_PER_JITTER_SD, DOMINANCE_PER_JITTER_SD = 0.3, 0.3
 SPECIAL_TOKENS = ["[LAUGHTER]", "[BREATHING]"]
 QUESTION_WORDS = {"did", "where", "why", "what", "how", "are", "do"}
 
@@ -362,7 +366,8 @@ def _written(text: str, rng: np.random.Generator) -> str:
 
 
 def _evaluate(rng: np.random.Generator, emotion: str, evaluators: list[str]):
-    """Three evaluators' categorical votes (sometimes several labels) and dimensional ratings."""
+    """Three evaluators' categorical votes (sometimes several labels) and the noise of their dimensional
+    ratings ``(evaluator, v, a, d)``; :func:`_ratings` adds what the utterance sounds like."""
     votes, vad = [], []
     for ev in evaluators:
         primary = emotion if rng.random() < 0.78 else str(rng.choice(CONFUSIONS[emotion]))
@@ -372,9 +377,22 @@ def _evaluate(rng: np.random.Generator, emotion: str, evaluators: list[str]):
             if extra != primary:
                 labels.append(extra)
         votes.append((ev, labels))
-        v, a, d = (int(np.clip(round(p + rng.normal(0, 0.6)), 1, 5)) for p in VAD_PROTOTYPE[emotion])
-        vad.append((ev, v, a, d))
+        vad.append((ev, *(rng.normal(0, 0.6) for _ in VAD_PROTOTYPE[emotion])))
     return votes, vad
+
+
+def _perceived_vad(emotion: str, rendered: tuple, base: tuple, prosody: dict) -> tuple[float, float, float]:
+    """Valence, arousal, dominance (1-5) a rater hears in one rendering: the emotion's prototype, arousal and
+    dominance moved by how far the utterance's prosody ``rendered`` (rate, pitch, range, volume, effort) lies
+    from its emotion's setting for the speaker (``base`` + offsets), in jitter standard deviations."""
+    z = [(r - b - o) / s for r, b, o, s in zip(rendered, base, prosody[emotion], PROSODY_JITTER)]
+    v, a, d = VAD_PROTOTYPE[emotion]
+    return v, a + AROUSAL_PER_JITTER_SD * (z[0] + z[2] + z[3] + z[4]), d + DOMINANCE_PER_JITTER_SD * (z[3] + z[4])
+
+
+def _ratings(noise: list, perceived: tuple) -> list:
+    """Each evaluator's integer ratings (1-5): what they hear plus their own noise."""
+    return [(ev, *(int(np.clip(round(p + n), 1, 5)) for p, n in zip(perceived, offsets))) for ev, *offsets in noise]
 
 
 def consensus_code(votes: list) -> str:
@@ -426,12 +444,14 @@ def plan_emotion_corpus(cfg: DemoConfig, root: str, rng: np.random.Generator):
                 utt = f"{name}_{gender}{counters[gender]:03d}"
                 counters[gender] += 1
                 text = lines[t]
-                votes, vad = _evaluate(rng, emotion, evaluators)
+                votes, rating_noise = _evaluate(rng, emotion, evaluators)
                 self_votes = []
                 if kind == "impro" and rng.random() < 0.5:
                     self_votes = [(f"{gender}1", [emotion if rng.random() < 0.7 else str(rng.choice(CONFUSIONS[emotion]))])]
-                turn = Turn(utt, name, gender, emotion, text, _written(text, rng), votes, vad, self_votes)
+                turn = Turn(utt, name, gender, emotion, text, _written(text, rng), votes, [], self_votes)
                 rate, pitch, prange, volume, effort = _jittered(rng, emotion, speaker_base[gender], style.prosody)
+                turn.vad = _ratings(rating_noise, _perceived_vad(emotion, (rate, pitch, prange, volume, effort),
+                                                                 speaker_base[gender], style.prosody))
                 voice = female_voice if gender == "F" else male_voice
                 path = os.path.join(root, f"Session{s}", "sentences", "wav", name, f"{utt}.wav")
                 gap = int(np.clip(round(style.word_gap[emotion] + gap_rng.normal(0, WORD_GAP_JITTER)), 0, 40))

@@ -6,7 +6,9 @@ CSV's folder), ``speaker`` and ``label``, and optionally ``transcript`` (the wor
 them stage 3 scores no WER and adapts no ASR model), ``language`` (a code such as ``en`` or ``de``;
 empty: unknown), ``group`` (e.g. a recording session; becomes the manifest's ``session``, the
 speaker where empty), ``gender``
-(F/M, female/male or empty; when every speaker has one the folds are gender-interleaved) and
+(F/M, female/male or empty; when every speaker has one the folds are gender-interleaved),
+``arousal``, ``valence``, ``dominance`` (numbers on the corpus's own scale, for dimensional variants; a
+variant that predicts an attribute needs it on every row) and
 ``ID`` (default: the audio file name without extension, which must then be unique). Labels are
 kept as written; map them with ``--label-map``. Any bad row is an error naming the CSV line.
 
@@ -19,6 +21,7 @@ Usage: ``python local/prepare_csv.py --root corpus.csv --out data/emotion [--lab
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 
@@ -36,6 +39,7 @@ logger = logging.getLogger("prepare_csv")
 DEFAULT_K = 1
 REQUIRED = ("path", "speaker", "label")
 GENDERS = {"": "", "f": "F", "female": "F", "m": "M", "male": "M"}
+ATTRIBUTE_COLUMNS = ("arousal", "valence", "dominance")
 
 
 def _duration(csv_path: str, line: int, audio: str) -> float:
@@ -58,11 +62,19 @@ def _row(csv_path: str, line: int, record: dict) -> dict:
     gender = record.get("gender", "")
     if gender.lower() not in GENDERS:
         raise ManifestError(f"{csv_path}:{line}: gender {gender!r} is not F, M, female, male or empty")
+    for attribute in ATTRIBUTE_COLUMNS:
+        value = record.get(attribute, "")
+        try:
+            if value and not math.isfinite(float(value)):
+                raise ValueError(value)
+        except ValueError:
+            raise ManifestError(f"{csv_path}:{line}: {attribute} {value!r} is not a number") from None
     return {"ID": record.get("ID") or os.path.splitext(os.path.basename(audio))[0],
             "wav": os.path.abspath(audio), "duration": _duration(csv_path, line, audio),
             "speaker": record["speaker"], "gender": GENDERS[gender.lower()], "label": record["label"],
             "transcript": record.get("transcript", ""), "language": record.get("language", ""),
-            "session": record.get("group") or record["speaker"]}
+            "session": record.get("group") or record["speaker"],
+            **{a: record.get(a, "") for a in ATTRIBUTE_COLUMNS}}
 
 
 def read_csv(root: str) -> pd.DataFrame:
@@ -100,7 +112,8 @@ def prepare_csv(root: str, out: str, label_map: dict[str, str] | None = None, k:
 
 def main(argv=None) -> None:
     speaker_fold_main(argv, prepare_csv, __doc__.split("\n\n")[0], DEFAULT_K,
-                      "the CSV file (columns path, speaker, label[, transcript, language, group, gender, ID])")
+                      "the CSV file (columns path, speaker, label[, transcript, language, group, gender, arousal, "
+                      "valence, dominance, ID])")
 
 
 if __name__ == "__main__":

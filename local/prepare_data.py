@@ -30,7 +30,7 @@ from ser_modules.utils.fileio import ManifestError, cpu_count, run_main, setup_l
 
 logger = logging.getLogger("prepare_data")
 
-EMOTION_CORPORA = ("demo", "iemocap", "ravdess", "crema-d", "emodb", "csv")
+EMOTION_CORPORA = ("demo", "iemocap", "ravdess", "crema-d", "emodb", "msp-podcast", "csv")
 ASR_CORPORA = ("demo", "librispeech", "tedlium", "voxforge")
 ASR_LANGUAGE = "en"  # every ASR corpus above is English
 # Speaker-fold corpora: module in local/ and its default k for leave-k-speakers-out.
@@ -38,6 +38,7 @@ SPEAKER_FOLD_PREPARERS = {
     "ravdess": ("prepare_ravdess", "prepare_ravdess"),
     "crema-d": ("prepare_cremad", "prepare_cremad"),
     "emodb": ("prepare_emodb", "prepare_emodb"),
+    "msp-podcast": ("prepare_msp_podcast", "prepare_msp_podcast"),
     "csv": ("prepare_csv", "prepare_csv"),
 }
 

@@ -92,7 +92,7 @@ def ctc_options(root) -> list[str]:
     from corpus_fixtures import write_csv_corpus, write_ravdess
 
     return CTC_TINY + ["--eval-corpus", "ravdess", "--eval-root", write_ravdess(str(root / "ravdess")),
-                       "--eval-corpus", "csv", "--eval-root", write_csv_corpus(str(root / "csvcorpus")),
+                       "--eval-corpus", "csv", "--eval-root", write_csv_corpus(str(root / "csvcorpus"), attributes=True),
                        "--eval-label-map", "happy:hap,sad:sad"]
 
 

@@ -143,9 +143,10 @@ def write_cremad(root) -> str:
 # Generic CSV: relative and absolute paths, a FLAC file elsewhere, partial transcripts, groups
 
 
-def write_csv_corpus(folder, transcripts: bool = True) -> str:
+def write_csv_corpus(folder, transcripts: bool = True, attributes: bool = False) -> str:
     """``<folder>/mycorpus/list.csv`` listing 6 files of 4 speakers (one file in ``<folder>/elsewhere``);
-    ``transcripts=False`` leaves out the transcript column. Returns the CSV path."""
+    ``transcripts=False`` leaves out the transcript column, ``attributes=True`` adds arousal, valence and
+    dominance columns (1-5). Returns the CSV path."""
     corpus = os.path.join(folder, "mycorpus")
     for name in ("a1", "a2", "b1", "c1", "c2"):
         write_wav(os.path.join(corpus, "audio", f"{name}.wav"), 0.2 if name == "c2" else 0.1)
@@ -160,6 +161,9 @@ def write_csv_corpus(folder, transcripts: bool = True) -> str:
             (elsewhere, "dave", "sad", "far away", "s3")]
     if not transcripts:
         rows = [r[:3] + r[4:] for r in rows]
+    if attributes:
+        rows = [rows[0] + ("arousal", "valence", "dominance")] + [
+            r + (f"{1.5 + 0.5 * i:g}", f"{4.5 - 0.5 * i:g}", f"{2 + 0.25 * i:g}") for i, r in enumerate(rows[1:])]
     path = os.path.join(corpus, "list.csv")
     with open(path, "w") as f:
         f.write("".join(",".join(r) + "\n" for r in rows))

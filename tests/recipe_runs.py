@@ -14,7 +14,8 @@ CTC_TINY = [
     "dump.dtype=float32", "dump.augmented_copies=1",
     "ser.variants=[{name: MP-2, type: mp, asr: pretrained, layer: gru1, max_epochs: 3, asr_norm: train},"
     " {name: baseline-8, type: baseline, hidden: 8, max_epochs: 2},"
-    " {name: Progressive-1, type: progressive, asr: pretrained, layer: gru1, hidden: 8, max_epochs: 2, asr_norm: train}]",
+    " {name: Progressive-1, type: progressive, asr: pretrained, layer: gru1, hidden: 8, max_epochs: 2, asr_norm: train},"
+    " {name: MP-2-dim, type: mp, asr: pretrained, layer: gru1, max_epochs: 3, asr_norm: train, task: multitask}]",
     "ser.n_runs=1", "score.reference=baseline-8", "score.tsne_layers=[gru1]", "score.loudness_layer=gru1", "score.chance_runs=2",
 ]
 # Stage 3 decodes greedily: the demo's joint CTC/attention search of an untrained tiny LAS runs every

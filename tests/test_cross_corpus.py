@@ -58,7 +58,7 @@ def ctc_cross(ctc_exp):
 
 def test_evaluation_corpora_are_prepared_mapped_and_counted(ctc_cross):
     exp, proc, classes = ctc_cross
-    assert "scoring 12 saved models on evaluation corpora ravdess, csv" in proc.stderr  # 3 variants x 2 folds x 2
+    assert "scoring 16 saved models on evaluation corpora ravdess, csv" in proc.stderr  # 4 variants x 2 folds x 2
     rav = pd.read_json(exp / "data" / "eval" / "ravdess" / "summary.json", typ="series")
     # RAVDESS fixture: neutral 2, calm 1 -> neu; happy 2; sad 2; angry 2; fearful, disgust, surprised dropped
     want = {"neu": 3, "hap": 2, "sad": 2, "ang": 2}
@@ -79,7 +79,8 @@ def test_evaluation_corpora_are_prepared_mapped_and_counted(ctc_cross):
 def test_cross_corpus_scores_equal_a_hand_computation(ctc_cross):
     exp, _, classes = ctc_cross
     rows = pd.read_csv(exp / "cross_corpus.csv")
-    assert set(rows["model"]) == {"MP-2", "baseline-8", "Progressive-1"} and set(rows["corpus"]) == {"ravdess", "csv"}
+    assert set(rows["model"]) == {"MP-2", "baseline-8", "Progressive-1", "MP-2-dim"}
+    assert set(rows["corpus"]) == {"ravdess", "csv"}
     within = pd.read_csv(exp / "results.csv").set_index("model")
     for (corpus, model), row in rows.set_index(["corpus", "model"]).iterrows():
         folder = exp / "cross" / corpus / model
@@ -93,8 +94,25 @@ def test_cross_corpus_scores_equal_a_hand_computation(ctc_cross):
         probs = sum(f.sort_values("ID")[[f"p_{c}" for c in classes]].to_numpy() for f in frames) / len(frames)
         truth = frames[0].sort_values("ID")["true"].tolist()
         assert row["ensemble_UA"] == pytest.approx(hand_ua(truth, [classes[i] for i in probs.argmax(1)]), abs=1e-4)
+    # the multitask variant's attributes where the corpus carries them (the CSV list), by formula
+    from ser_modules.ser.dimensional import concordance_correlation
+
+    indexed = rows.set_index(["corpus", "model"])
+    assert indexed.loc[("ravdess", "MP-2-dim")][["CCC_arousal_mean", "CCC_valence_mean"]].isna().all()
+    folder = exp / "cross" / "csv" / "MP-2-dim"
+    frames = [pd.read_csv(folder / fold / "run0" / "predictions.csv") for fold in sorted(os.listdir(folder))
+              if not fold.startswith(".")]
+    manifest = pd.read_csv(exp / "data" / "eval" / "csv" / "manifest.csv").set_index("ID")
+    for attribute in ("arousal", "valence", "dominance"):
+        for f in frames:  # the CSV list's values, and CCC per fold model
+            np.testing.assert_allclose(f[f"true_{attribute}"], manifest.loc[f["ID"], attribute].astype(float))
+        ccc = [concordance_correlation(f[f"true_{attribute}"], f[f"pred_{attribute}"]) for f in frames]
+        row = indexed.loc[("csv", "MP-2-dim")]
+        assert row[f"CCC_{attribute}_mean"] == pytest.approx(np.mean(ccc), abs=1e-4)
+        assert row[f"CCC_{attribute}_drop"] == pytest.approx(within.loc["MP-2-dim", f"CCC_{attribute}_mean"]
+                                                             - np.mean(ccc), abs=2e-4)
     text = (exp / "RESULTS.md").read_text()
-    assert "## Cross-corpus evaluation" in text and "ravdess UA drop" in text
+    assert "## Cross-corpus evaluation" in text and "ravdess UA drop" in text and "csv CCC arousal" in text
     assert f"no utterance of training class(es) {classes[0]}" in text
     assert (exp / "plots" / "cross_confusion_ravdess.png").is_file()
     assert (exp / "plots" / "cross_confusion_csv.png").is_file()

@@ -158,7 +158,7 @@ def plan_digest(cfg) -> str:
 def test_default_style_plans_the_corpus_it_planned_before_styles():
     # digest of the generator at commit 31e8dd8, before the second (other-style) demo corpus existed
     assert plan_digest(DemoConfig()) == "b42d5862767642138be9b04025aa659022bfc9a1"
-    assert DemoConfig().key() == {"generator_version": 8, "seed": 0, "sessions": 5, "dialogs_per_session": 6,
+    assert DemoConfig().key() == {"generator_version": 9, "seed": 0, "sessions": 5, "dialogs_per_session": 6,
                                   "turns_per_dialog": 28, "asr_train_minutes": 60.0, "asr_eval_minutes": 6.0}
 
 

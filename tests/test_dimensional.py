@@ -63,8 +63,92 @@ def test_target_scaler_uses_training_statistics_and_inverts():
     scaler = TargetScaler.fit(train)
     assert np.allclose(scaler.mean, [3.0, 5.0, 3.0])
     assert np.allclose(scaler.std, [np.sqrt(8 / 3), 1.0, np.sqrt(2 / 3)])  # a constant attribute keeps std 1
-    other = np.array([[2.0, 4.0, 1.0]])
-    assert np.allclose(scaler.inverse(scaler.transform(other)), other)
+    inside = np.array([[2.0, 5.0, 3.5]])
+    assert np.allclose(scaler.inverse(scaler.transform(inside)), inside)
+    # predictions return clipped to the training targets' range (a rating scale is bounded)
+    assert np.allclose(scaler.inverse(scaler.transform(np.array([[9.0, 4.0, 1.0]]))), [[5.0, 5.0, 2.0]])
+    restored = TargetScaler(**scaler.state_dict())  # as model.json keeps it
+    assert np.allclose(restored.inverse([[10.0, 0.0, -10.0]]), [[5.0, 5.0, 2.0]])
+    assert np.allclose(TargetScaler([3.0], [2.0]).inverse([[10.0]]), [[23.0]])  # no bounds: not clipped
     assert np.allclose(scaler.transform(train).mean(axis=0), 0.0)
     with pytest.raises(ValueError, match=r"\[N, attributes\]"):
         TargetScaler.fit(np.zeros(3))
+
+
+def _write_attribute_predictions(folder, name, rng, noise, folds=("f1", "f2", "f3"), runs=2, classes=False):
+    import pandas as pd
+
+    for fold in folds:
+        for run in range(runs):
+            true = rng.uniform(1, 5, size=(30, 2))
+            frame = pd.DataFrame({"ID": [f"{fold}_{i}" for i in range(30)], "fold": fold, "run": run, "true": "ang"})
+            if classes:
+                frame["predicted"], frame["p_ang"], frame["p_neu"] = "ang", 0.7, 0.3
+            for j, a in enumerate(("arousal", "valence")):
+                frame[f"true_{a}"] = true[:, j]
+                frame[f"pred_{a}"] = true[:, j] + rng.normal(0, noise[j], size=30)
+            path = folder / name / fold / f"run{run}"
+            path.mkdir(parents=True)
+            frame.to_csv(path / "predictions.csv", index=False)
+
+
+def test_stage6_scores_attributes_by_ccc_with_p_values_against_the_attribute_reference(tmp_path):
+    import logging
+
+    from ser_modules.report.results import attribute_table, resolve_attribute_reference, variant_rows
+    from ser_modules.ser.metrics import per_fold_run_attributes
+
+    rng = np.random.default_rng(0)
+    _write_attribute_predictions(tmp_path, "good", rng, (0.3, 0.6))
+    _write_attribute_predictions(tmp_path, "poor", rng, (1.5, 2.0))
+    _write_attribute_predictions(tmp_path, "multi", rng, (0.5, 0.5), classes=True)
+    variants = [{"name": "poor", "type": "baseline", "task": "dimensional"},
+                {"name": "good", "type": "mp", "asr": "a", "layer": "l", "task": "dimensional"},
+                {"name": "multi", "type": "mp", "asr": "a", "layer": "l", "task": "multitask"}]
+    reference = resolve_attribute_reference(None, "baseline-cat", variants + [{"name": "baseline-cat", "type": "baseline"}])
+    assert reference == "poor"  # the categorical reference's type
+    assert resolve_attribute_reference("good", "baseline-cat", variants) == "good"
+    assert resolve_attribute_reference("eGeMAPS-ridge", "baseline-cat", variants) == "poor"  # not trained: automatic
+    rows, _, preds = variant_rows(str(tmp_path), variants, ["ang", "neu"], "multi", {"n_runs": 2}, logging.getLogger(),
+                                  {"poor": 6, "good": 6, "multi": 6}, attribute_reference=reference)
+    rows = rows.set_index("model")
+    # CCC per (fold, run) by formula, then mean +/- std over the 6 pairs
+    per_pair = per_fold_run_attributes(preds["good"])
+    by_hand = [concordance_correlation(g["true_arousal"], g["pred_arousal"]) for _, g in preds["good"].groupby(["fold", "run"])]
+    np.testing.assert_allclose(per_pair["CCC_arousal"], by_hand)
+    assert rows.at["good", "CCC_arousal_mean"] == pytest.approx(np.mean(by_hand), abs=1e-4)
+    assert rows.at["good", "CCC_arousal_std"] == pytest.approx(np.std(by_hand, ddof=1), abs=1e-4)
+    # p-values of the CCC against the reference, none for the reference itself; UA only where classes are
+    assert rows.at["good", "p_ttest_CCC_arousal"] < 0.001 and np.isnan(rows.at["poor", "p_ttest_CCC_arousal"])
+    assert np.isnan(rows.at["good", "UA_mean"]) and rows.at["multi", "UA_mean"] == pytest.approx(1.0)
+    table = attribute_table(rows.reset_index(), None)
+    assert table["Model"].tolist() == ["poor", "good", "multi"]
+    assert table.iloc[1]["CCC arousal"].startswith("**")  # the best arousal CCC in bold
+    assert table.iloc[0]["p arousal"] == "–"
+
+
+def test_the_mean_predictor_row_has_ccc_zero_and_the_test_spread_as_rmse():
+    import pandas as pd
+
+    from ser_modules.data.folds import Fold
+    from ser_modules.ser.metrics import mean_predictor_scores
+
+    manifest = pd.DataFrame({"ID": list("abcdef"), "arousal": ["1", "2", "3", "5", "4", "2"]})
+    fold = Fold(name="f1", test_speakers=["x"], valid_speakers=["y"], train=["a", "b", "c"], valid=["d"], test=["e", "f"])
+    row = mean_predictor_scores(manifest, [fold], ["arousal"]).iloc[0]
+    assert row["CCC_arousal"] == 0.0
+    assert row["RMSE_arousal"] == pytest.approx(np.sqrt(((4 - 2) ** 2 + (2 - 2) ** 2) / 2))  # training mean 2
+
+
+def test_attribute_values_refuse_a_missing_value_naming_the_utterance():
+    import pandas as pd
+
+    from ser_modules.ser.dimensional import attribute_values
+    from ser_modules.utils.fileio import ManifestError
+
+    manifest = pd.DataFrame({"ID": ["u1", "u2"], "arousal": ["3.5", ""], "valence": [1, 2]})
+    assert attribute_values(manifest, ["valence"])["u2"].tolist() == [2.0]
+    with pytest.raises(ManifestError, match=r"corpus.csv: utterance u2: arousal '' is not a number \(1 of 2"):
+        attribute_values(manifest, ["arousal"], "corpus.csv")
+    with pytest.raises(ManifestError, match="no dominance column"):
+        attribute_values(manifest, ["dominance"])

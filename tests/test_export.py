@@ -235,3 +235,29 @@ def test_an_unlisted_file_or_a_deleted_manifest_is_refused(ctc_export, tmp_path)
         EmotionRecognizer.load(str(folder), device="cpu")
     assert oct(os.stat(ctc_export).st_mode & 0o777) == "0o755"
     assert oct(os.stat(ctc_export / "hyperparams.yaml").st_mode & 0o777) == "0o644"
+
+
+def test_an_exported_multitask_model_returns_the_attributes_in_their_scale_as_the_experiment(ctc_exp, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(ctc_exp[0], exp)
+    variant, attributes = "MP-2-dim", ["arousal", "valence", "dominance"]
+    manifest = pd.read_csv(exp / "data" / "emotion" / "lakomkin2018" / "manifest.csv", keep_default_na=False)
+    wav = dict(zip(manifest["ID"], manifest["wav"]))
+    # one fold's model on its test utterances answers as stage 5 scored them, in the attributes' original scale
+    fold = sorted(os.listdir(exp / "ser" / variant))[0]
+    stage5 = pd.read_csv(exp / "ser" / variant / fold / "run0" / "predictions.csv")
+    one = EmotionRecognizer.from_experiment(str(exp), variant, fold=fold, device="cpu")
+    assert one.attributes == attributes and one.classes == sorted(manifest["emotion"].unique())
+    rows = pd.DataFrame(one.predict_files([wav[i] for i in stage5["ID"]]))
+    np.testing.assert_allclose(rows[attributes].to_numpy(), stage5[[f"pred_{a}" for a in attributes]].to_numpy(),
+                               atol=1e-3)
+    assert rows["emotion"].tolist() == stage5["predicted"].tolist()
+    # the export (every fold) answers as the experiment
+    files = files_of(exp, "lakomkin2018")
+    want = pd.DataFrame(EmotionRecognizer.from_experiment(str(exp), variant, device="cpu").predict_files(files))
+    export_variant(str(exp), str(tmp_path / "export"), variant)
+    shutil.rmtree(exp)
+    got = pd.DataFrame(EmotionRecognizer.from_pretrained(str(tmp_path / "export"), device="cpu").predict_files(files))
+    columns = attributes + [c for c in want.columns if c.startswith("p_")]
+    np.testing.assert_allclose(got[columns].to_numpy(float), want[columns].to_numpy(float), atol=1e-6)
+    assert want[attributes].std().min() > 0  # not one constant answer

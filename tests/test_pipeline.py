@@ -20,15 +20,18 @@ from ser_modules.inference.recognizer import EmotionRecognizer
 def test_ctc_recipe_writes_every_stage_output(ctc_exp):
     exp, proc = ctc_exp
     for path in ("asr/model.pt", "asr_results.csv", "RESULTS.md", "results.csv", "plots/confusion_MP-2.png",
-                 "plots/tsne_pretrained_gru1.png", "plots/loudness_gru1.png", "plots/ua_per_layer.png"):
+                 "plots/tsne_pretrained_gru1.png", "plots/loudness_gru1.png", "plots/ua_per_layer.png",
+                 "plots/attributes_MP-2-dim.png"):
         assert (exp / path).is_file(), path
     results = pd.read_csv(exp / "results.csv")
-    assert results["model"].tolist() == ["MP-2", "baseline-8", "Progressive-1"]
+    assert results["model"].tolist() == ["MP-2", "baseline-8", "Progressive-1", "MP-2-dim"]
+    assert results[["CCC_arousal_mean", "CCC_valence_mean", "CCC_dominance_mean"]].notna().sum().tolist() == [1, 1, 1]
     asr = pd.read_csv(exp / "asr_results.csv")
     assert set(asr["split"]) == {"dev", "test", "test:loso"}
     assert "x real time" in proc.stdout  # stage 4 throughput
     text = (exp / "RESULTS.md").read_text()
-    for needle in ("## Environment", "git_commit", "Most frequent class", "p (Wilcoxon)", "## Configurations"):
+    for needle in ("## Environment", "git_commit", "Most frequent class", "p (Wilcoxon)", "## Configurations",
+                   "## Dimensional emotion", "| Mean predictor | 0.000 ± 0.000"):
         assert needle in text
 
 
@@ -197,7 +200,7 @@ def test_compare_results(ctc_exp, las_exp, tmp_path):
     from compare_results import compare, main as compare_main
 
     md, csv = compare([str(ctc_exp[0]), str(las_exp[0])])
-    assert md["model"].tolist()[:3] == ["MP-2", "baseline-8", "Progressive-1"] and len(md) == 5
+    assert md["model"].tolist()[:4] == ["MP-2", "baseline-8", "Progressive-1", "MP-2-dim"] and len(md) == 6
     ua_cols = [c for c in csv.columns if c.endswith(" UA")]
     assert len(ua_cols) == 2
     for col in ua_cols:

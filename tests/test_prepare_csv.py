@@ -22,7 +22,8 @@ def test_read_csv_rows(corpus):
     assert list(frame.index) == ["a1", "a2", "b1", "c1", "c2", "d1"]
     assert frame.loc["a1"].to_dict() == {
         "wav": str(corpus.parent / "audio" / "a1.wav"), "duration": 0.1, "speaker": "alice", "gender": "",
-        "label": "happy", "transcript": "hello there", "language": "", "session": "s1"}
+        "label": "happy", "transcript": "hello there", "language": "", "session": "s1", "arousal": "", "valence": "",
+        "dominance": ""}
     assert frame.loc["d1", "wav"] == str(corpus.parent.parent / "elsewhere" / "d1.flac")
     assert frame.loc["d1", "duration"] == 0.3 and frame.loc["c2", "duration"] == 0.2
     assert frame["session"].to_dict() == {"a1": "s1", "a2": "s1", "b1": "bob", "c1": "s2", "c2": "s2", "d1": "s3"}
@@ -95,3 +96,19 @@ def test_without_transcript_column_and_with_a_language_column(tmp_path):
     summary = prepare_csv.prepare_csv(csv, str(tmp_path / "out"))
     assert summary["language"] == "fr"
     assert (read_manifest(str(tmp_path / "out" / "default" / "manifest.csv"))["language"] == "fr").all()
+
+
+def test_attribute_columns_reach_the_manifest_and_bad_values_name_the_line(tmp_path):
+    for name in ("a", "b", "c", "d"):
+        for i in range(2):
+            write(tmp_path / f"{name}{i}.wav")
+    csv = tmp_path / "attrs.csv"
+    lines = ["path,speaker,label,arousal,valence"] + [
+        f"{name}{i}.wav,{name},{'pos' if i else 'neg'},{1.5 + i},{-0.25 * i}" for name in "abcd" for i in range(2)]
+    csv.write_text("\n".join(lines) + "\n")
+    prepare_csv.prepare_csv(str(csv), str(tmp_path / "out"))
+    manifest = read_manifest(str(tmp_path / "out" / "default" / "manifest.csv")).set_index("ID")
+    assert manifest.loc["b1", ["arousal", "valence", "dominance"]].tolist() == [2.5, -0.25, ""]
+    csv.write_text("\n".join(lines[:3] + ["c0.wav,c,neg,loud,0"]) + "\n")
+    with pytest.raises(ManifestError, match=re.escape(f"{csv}:4: arousal 'loud' is not a number")):
+        prepare_csv.read_csv(str(csv))

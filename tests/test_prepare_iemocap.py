@@ -203,3 +203,28 @@ def test_summary_json(corpus, tmp_path):
     assert summary["protocols"]["lakomkin2018_strict"]["fold_schemes"] == ["loso", "lospk"]
     assert summary["protocols"]["standard"]["fold_schemes"] == ["loso", "lospk"]
     assert summary["language"] == "en"
+
+
+def test_manifest_attributes_are_the_evaluation_lines_valence_activation_dominance(corpus, tmp_path):
+    import glob
+    import re
+
+    # every turn its own ratings, each of V, A, D different, so that a swapped column shows
+    for n, path in enumerate(sorted(glob.glob(str(corpus / "Session*" / "dialog" / "EmoEvaluation" / "*.txt")))):
+        text, count = open(path, encoding="utf-8").read(), iter(range(1000))
+        text = re.sub(r"\[2\.5000, 2\.5000, 2\.5000\]", lambda _: (lambda i: f"[{1 + 0.25 * i:.4f}, {2 + 0.5 * n:.4f}, "
+                                                                         f"{4.5 - 0.125 * i:.4f}]")(next(count)), text)
+        open(path, "w", encoding="utf-8").write(text)
+    prepare(str(corpus), str(tmp_path / "data"))
+    manifest = pd.read_csv(tmp_path / "data" / "standard" / "manifest.csv", keep_default_na=False)
+    # Straight from the files: "[start - end]<TAB>turn<TAB>label<TAB>[V, A, D]"; A is IEMOCAP's activation.
+    lines = {}
+    for path in glob.glob(str(corpus / "Session*" / "dialog" / "EmoEvaluation" / "*.txt")):
+        for line in open(path, encoding="utf-8"):
+            m = re.match(r"^\[[\d.]+ - [\d.]+\]\s+(\S+)\s+\S+\s+\[([\d.]+), ([\d.]+), ([\d.]+)\]", line)
+            if m:
+                lines[m.group(1)] = tuple(float(x) for x in m.groups()[1:])
+    assert len(manifest) and set(manifest["ID"]) <= set(lines)
+    for _, row in manifest.iterrows():
+        assert (row["valence"], row["arousal"], row["dominance"]) == lines[row["ID"]]
+    assert manifest["arousal"].nunique() > 1 and manifest["valence"].nunique() > 4  # not one constant per column

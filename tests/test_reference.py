@@ -102,3 +102,29 @@ def test_reference_needs_the_egemaps_store(tmp_path):
     with pytest.raises(Exception, match="egemaps: True"):
         SERInputs(str(stores)).egemaps_store()
     assert VariantSpec.from_dict({"name": "r", "type": "reference"}).asr is None
+
+
+def test_ridge_reference_agrees_with_a_direct_sklearn_fit_in_the_attributes_scale(corpus):
+    from sklearn.linear_model import Ridge
+
+    turns, inputs, fold, tmp = corpus
+    spec = VariantSpec.from_dict({"name": "eGeMAPS-ridge", "type": "reference", "task": "multitask", "C": 0.1,
+                                  "alpha": [1.0, 100.0]})
+    hp = {"seed": 1, "dropout": 0.0, "attributes": ["arousal", "valence"]}
+    frame = train_fold_run(spec, fold, 0, turns, ["ang", "neu"], inputs, hp, str(tmp / "ridge"))
+    history = json.loads((tmp / "ridge" / "history.json").read_text())
+    alpha = history[-1]["chosen_alpha"]
+    assert alpha in (1.0, 100.0) and history[-1]["chosen_C"] == 0.1
+    # Directly: scaler on train + valid, targets standardised with the training speakers' statistics.
+    store = inputs.egemaps_store()
+    x = lambda ids: np.stack([store.get(i, "egemaps")[0] for i in ids]).astype(np.float64)  # noqa: E731
+    y = turns.set_index("ID")[["arousal", "valence"]].astype(float)
+    mean, std = y.loc[fold.train].mean().to_numpy(), y.loc[fold.train].std(ddof=0).to_numpy()
+    fit_ids = fold.train + fold.valid
+    scaler = StandardScaler().fit(x(fit_ids))
+    ridge = Ridge(alpha=alpha).fit(scaler.transform(x(fit_ids)), (y.loc[fit_ids].to_numpy() - mean) / std)
+    expected = ridge.predict(scaler.transform(x(frame["ID"]))) * std + mean
+    expected = np.clip(expected, y.loc[fold.train].min().to_numpy(), y.loc[fold.train].max().to_numpy())
+    np.testing.assert_allclose(frame[["pred_arousal", "pred_valence"]], expected, atol=1e-4)
+    np.testing.assert_allclose(frame["true_valence"], y.loc[frame["ID"], "valence"], atol=1e-6)
+    assert {"predicted", "p_ang", "p_neu"} <= set(frame.columns)  # the SVM's rows beside the ridge's

@@ -4,7 +4,8 @@ F1 (mean +/- std over folds x runs), the best value of each column marked (bold 
 trailing ``*`` in CSV).
 
 Usage: ``python utils/compare_results.py EXP_DIR [EXP_DIR ...] [--out comparison] [--metrics UA WA F1]``
-writes ``comparison.md`` and ``comparison.csv`` (and prints the Markdown table).
+writes ``comparison.md`` and ``comparison.csv`` (and prints the Markdown table); ``--metrics CCC_arousal
+CCC_valence`` compares the dimensional rows (empty where a model has no value of a metric).
 """
 
 from __future__ import annotations
@@ -46,10 +47,14 @@ def compare(exp_dirs: list[str], metrics=("UA", "WA", "F1")) -> tuple[pd.DataFra
         models += [m for m in t.index if m not in models]
     md = pd.DataFrame({"model": models})
     csv = pd.DataFrame({"model": models})
+    def cell(t, x, column):  # a model the experiment lacks, or a metric it has no value of (UA of a dimensional row)
+        value = t.at[x, column] if x in t.index and column in t.columns else ""
+        return None if value == "" else float(value)
+
     for name, t in tables.items():
         for m in metrics:
-            means = [t.at[x, f"{m}_mean"] if x in t.index else None for x in models]
-            stds = [t.at[x, f"{m}_std"] if x in t.index else None for x in models]
+            means = [cell(t, x, f"{m}_mean") for x in models]
+            stds = [cell(t, x, f"{m}_std") for x in models]
             valid = [v for v in means if v is not None]
             best = max(valid) if valid else None
             col = f"{name} {m}"

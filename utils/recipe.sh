@@ -49,7 +49,7 @@ Stages (the same numbers in every recipe):
 Options:
   --stage N                first stage to run (default 1)
   --stop-stage M           last stage to run (default 6)
-  --emotion-corpus C       demo | iemocap | ravdess | crema-d | emodb | csv (default demo)
+  --emotion-corpus C       demo | iemocap | ravdess | crema-d | emodb | msp-podcast | csv (default demo)
   --emotion-root DIR       the emotion corpus as distributed (a CSV file for csv)
   --asr-corpus C           demo | librispeech | tedlium | voxforge; repeat or comma-separate for
                            several (default demo)
@@ -62,8 +62,9 @@ Options:
   --size demo|paper        hparams size: conf/*.yaml are the paper's, conf/demo/*.yaml shrink
                            sizes and epochs (default: demo when both corpora are demo, else paper)
   --protocol P             label protocol (default ${protocol}; other corpora: default (--label-map or every label),
-                           full (every label), iemocap4 (the four IEMOCAP classes); --folds emobox: EmoBox's)
-  --folds S                fold scheme: loso | lospk (IEMOCAP), lkso (others), emobox (EmoBox's published
+                           full (every label), iemocap4 (the four IEMOCAP classes); msp-podcast: full (its
+                           8 challenge classes), iemocap4, attributes (every turn); --folds emobox: EmoBox's)
+  --folds S                fold scheme: loso | lospk (IEMOCAP), lkso (others), official (msp-podcast), emobox (EmoBox's published
                            folds and classes, with --emobox-dir) (default ${paper_fold_scheme}${demo_fold_scheme:+; demo size: $demo_fold_scheme})
   --emobox-dir DIR         a checkout of github.com/emo-box/EmoBox (or its data/ folder), for --folds emobox
   --label-map M            map corpus labels to classes: iemocap4, 'a:b,c:d' or a JSON file
@@ -154,7 +155,7 @@ parse_recipe_options() {
     esac
   done
   [ ${#asr_corpora[@]} -gt 0 ] || asr_corpora=(demo)
-  case "$emotion_corpus" in demo|iemocap|ravdess|crema-d|emodb|csv) ;;
+  case "$emotion_corpus" in demo|iemocap|ravdess|crema-d|emodb|msp-podcast|csv) ;;
     *) echo "$0: unknown --emotion-corpus '$emotion_corpus'" >&2; exit 2 ;; esac
   if [ "$emotion_corpus" != demo ] && [ -z "$emotion_root" ]; then
     echo "$0: --emotion-root is required for --emotion-corpus $emotion_corpus" >&2; exit 2

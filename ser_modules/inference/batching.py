@@ -13,6 +13,7 @@ import torch
 from ser_modules.data.features import EGeMAPSFunctionals, minimum_samples
 from ser_modules.inference.asr import AsrModels, TranscriptDecoder
 from ser_modules.inference.loading import FoldModel
+from ser_modules.ser.dimensional import output_sizes
 from ser_modules.ser.inputs import collate
 from ser_modules.ser.variants import VariantSpec, forward, pool_layers
 from ser_modules.utils.hparams import stage_values
@@ -45,9 +46,10 @@ class BatchPredictor:
     @torch.no_grad()
     def predict(self, wavs: list[torch.Tensor], contexts: list[tuple] | None = None,
                 transcripts: bool = True) -> tuple[np.ndarray, list[str]]:
-        """Class probabilities ``[N, n_classes]`` (fold models averaged) and transcripts ("" without
-        ``transcripts`` or a transcript model) of a batch; ``contexts``: per signal, the signals of its
-        dialog context turns (IAAN) or ``(None, None)``."""
+        """Class probabilities ``[N, n_classes]`` then, for a variant with attributes, their values in the
+        original scale (``[N, C + A]``; ``C`` 0 for a dimensional variant), fold models averaged, and transcripts
+        ("" without ``transcripts`` or a transcript model) of a batch; ``contexts``: per signal, the signals
+        of its dialog context turns (IAAN) or ``(None, None)``."""
         transcriber = self.transcript.active() if transcripts else None
         probs, batches, decoded = [], {}, None
         for fold in self.folds:
@@ -55,10 +57,19 @@ class BatchPredictor:
                 decode = transcriber is not None and fold.asr_path == self.transcript.path
                 batches[fold.asr_path], out = self.inputs(wavs, fold, contexts, decode)
                 decoded = out if decode else decoded
-            logits = forward(fold.ser, self.spec, batches[fold.asr_path], self.device)
-            probs.append(logits.float().softmax(-1).cpu().numpy())
+            outputs = forward(fold.ser, self.spec, batches[fold.asr_path], self.device).float()
+            probs.append(self.fold_outputs(fold, outputs))
         texts = self.transcript.texts(transcriber, wavs, decoded) if transcriber is not None else [""] * len(wavs)
         return np.mean(probs, axis=0), texts
+
+    def fold_outputs(self, fold: FoldModel, outputs: torch.Tensor) -> np.ndarray:
+        """One fold model's last-layer ``outputs [N, C + A]`` as class probabilities (softmax) then attribute
+        values in their original scale (the fold's training statistics)."""
+        n_cls = output_sizes(self.spec.task, outputs.shape[1] - len(fold.attributes), len(fold.attributes))[0]
+        parts = [outputs[:, :n_cls].softmax(-1).cpu().numpy()] if n_cls else []
+        if fold.attributes:
+            parts.append(fold.scaler.inverse(outputs[:, n_cls:].cpu().numpy()))
+        return np.concatenate(parts, axis=1)
 
     @torch.no_grad()
     def inputs(self, wavs: list[torch.Tensor], fold: FoldModel, contexts: list[tuple] | None = None,

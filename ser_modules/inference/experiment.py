@@ -42,6 +42,6 @@ def best_variant(exp_dir: str) -> str:
     if os.path.isfile(path):
         results = pd.read_csv(path)
         if len(results):
-            return str(results.sort_values("UA_mean", ascending=False)["model"].iloc[0])
+            return str(results.sort_values("UA_mean", ascending=False)["model"].iloc[0])  # (attribute-only rows: NaN, last)
     summary = read_json(os.path.join(exp_dir, "ser", "summary.json"))
-    return max(summary["variants"], key=lambda v: summary["variants"][v]["UA"])
+    return max((v for v in summary["variants"] if "UA" in summary["variants"][v]), key=lambda v: summary["variants"][v]["UA"])

@@ -224,7 +224,8 @@ def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_wei
         copier.copy(os.path.join(run_dir, "model.pt"))
         info = read_json(os.path.join(run_dir, "model.json"))
         spec, classes, spec_dict = VariantSpec.from_dict(info["variant"]), info["classes"], info["variant"]
-        blueprints[name] = model_blueprint(spec, info["dims"], len(classes), info["dropout"])
+        blueprints[name] = model_blueprint(spec, info["dims"], len(classes), info["dropout"],
+                                           len(info.get("attributes") or []))
         weights[name] = os.path.relpath(os.path.join(run_dir, "model.pt"), exp_dir)
         if spec.asr:
             copier.asr_model(asr_model_path(exp_dir, spec.asr, name))
@@ -255,6 +256,7 @@ def _export(exp_dir, out_dir, work, variant, row, vdir, names, run, upstream_wei
     env = _environment(results_md)
     config = {"format": EXPORT_FORMAT, "export_id": uuid.uuid4().hex, "variant": variant, "spec": spec_dict, "type": spec.type, "asr": spec.asr or None,
               "layers": list(spec.layers) if spec.asr else [], "classes": classes, "folds": names, "run": run,
+              "task": spec.task, "attributes": list(info.get("attributes") or []),
               "decoding": keys, "dtype": dtype, "config": _json_cell(row.get("config")), "git_commit": environment()["git_commit"],
               "trained_with": env}
     copier.write("hyperparams.yaml", hyperparams_yaml(config, blueprints, weights))

@@ -124,11 +124,13 @@ class SpeechEmotionRecognizer(Pretrained):
         if row["status"] != "ok":
             raise RuntimeError(row["error"])
         classes = self.recognizer.classes
-        return {"emotion": row["emotion"], "probabilities": {c: float(row[f"p_{c}"]) for c in classes},
+        return {"emotion": row.get("emotion", ""), "probabilities": {c: float(row[f"p_{c}"]) for c in classes},
+                "attributes": {a: float(row[a]) for a in self.recognizer.attributes},
                 "transcript": row.get("transcript", "")}
 
     def classify_batch(self, wavs, wav_lens=None):
-        """Class probabilities [N, n_classes] of 16 kHz mono signals ``wavs [N, S]`` (relative lengths)."""
+        """Class probabilities [N, n_classes] (then attribute values, for a variant with attributes) of 16 kHz
+        mono signals ``wavs [N, S]`` (relative lengths)."""
         signals = [w[: int(round(float(r) * wavs.shape[1]))] if wav_lens is not None else w
                    for w, r in zip(wavs.cpu(), wav_lens if wav_lens is not None else [1.0] * len(wavs))]
         return self.recognizer.predict_signals(signals)

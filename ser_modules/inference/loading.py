@@ -5,7 +5,7 @@ upstream model each one reads, and the baseline's feature extractor, from an exp
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -13,6 +13,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from ser_modules.asr.saved_models import asr_model_path, check_upstream_source
 from ser_modules.inference.experiment import best_variant
+from ser_modules.ser.dimensional import TargetScaler, saved_task
 from ser_modules.ser.variants import VariantSpec, build_model
 from ser_modules.utils.fileio import ManifestError, read_json
 from ser_modules.utils.jobs import resolve_device
@@ -20,11 +21,14 @@ from ser_modules.utils.jobs import resolve_device
 
 @dataclass
 class FoldModel:
-    """One fold's trained SER model and the ASR model whose layer it reads."""
+    """One fold's trained SER model and the ASR model whose layer it reads; for a variant that predicts
+    attributes, their names and the training fold's scaler that returns them to the original scale."""
 
     fold: str
     ser: torch.nn.Module
     asr_path: str | None
+    attributes: list[str] = field(default_factory=list)
+    scaler: TargetScaler | None = None
 
 
 class TrainedVariant(NamedTuple):
@@ -57,8 +61,8 @@ def load_experiment(exp_dir: str, variant: str | None = None, fold: str | None =
     variant, vdir = _variant_folder(exp_dir, variant)
     models, spec, classes = [], None, None
     for name in [fold] if fold else _fold_folders(vdir):
-        spec, classes, model = _trained_run(os.path.join(vdir, name, f"run{run}"), name, run)
-        models.append(fold_model(exp_dir, spec, name, model, device))
+        spec, classes, model, info = _trained_run(os.path.join(vdir, name, f"run{run}"), name, run)
+        models.append(fold_model(exp_dir, spec, name, model, device, info))
     return _trained_variant(exp_dir, variant, models, spec, classes, device)
 
 
@@ -80,16 +84,16 @@ def _fold_folders(vdir: str) -> list[str]:
     return sorted(f for f in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, f)) and not f.startswith("."))
 
 
-def _trained_run(run_dir: str, fold: str, run: int) -> tuple[VariantSpec, list[str], torch.nn.Module]:
-    """``(spec, classes, model with its weights)`` of one fold's run as stage 5 saved it."""
+def _trained_run(run_dir: str, fold: str, run: int) -> tuple[VariantSpec, list[str], torch.nn.Module, dict]:
+    """``(spec, classes, model with its weights, model.json)`` of one fold's run as stage 5 saved it."""
     info_path = os.path.join(run_dir, "model.json")
     if not os.path.isfile(info_path):
         raise ManifestError(f"{run_dir}: no trained model (model.json); is fold {fold!r} run {run} trained?")
     info = read_json(info_path)
     spec, classes = VariantSpec.from_dict(info["variant"]), info["classes"]
-    model = build_model(spec, info["dims"], len(classes), info["dropout"])
+    model = build_model(spec, info["dims"], len(classes), info["dropout"], len(info.get("attributes") or []))
     model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu"))
-    return spec, classes, model
+    return spec, classes, model, info
 
 
 def load_export(folder: str, fold: str | None = None, device: str = "auto",
@@ -106,7 +110,9 @@ def load_export(folder: str, fold: str | None = None, device: str = "auto",
     hparams = export_hparams(folder)
     _check_export(folder, hparams, export_id, run, fold)
     spec = VariantSpec.from_dict(hparams["spec"])
-    models = [fold_model(folder, spec, name, _exported_model(folder, hparams, name, ser_models), device)
+    models = [fold_model(folder, spec, name, _exported_model(folder, hparams, name, ser_models), device,
+                         read_json(os.path.join(folder, "ser", hparams["variant"], name, f"run{hparams['run']}",
+                                                "model.json")))
               for name in ([fold] if fold else hparams["folds"])]
     return _trained_variant(folder, hparams["variant"], models, spec, hparams["classes"], device)
 
@@ -142,14 +148,17 @@ def _trained_variant(root: str, variant: str, models: list[FoldModel], spec: Var
     return TrainedVariant(root, variant, models, spec, classes, handcrafted, device)
 
 
-def fold_model(exp_dir: str, spec: VariantSpec, fold: str, model: torch.nn.Module, device: str) -> FoldModel:
+def fold_model(exp_dir: str, spec: VariantSpec, fold: str, model: torch.nn.Module, device: str,
+               info: dict | None = None) -> FoldModel:
     """``model`` on ``device`` for inference, with the ASR model it reads (an upstream, the pretrained ASR
-    or the fold's adapted one); a moved or deleted upstream folder is one line here, not at the first file."""
+    or the fold's adapted one) and the attributes and their scaler of its ``model.json`` ``info``; a moved
+    or deleted upstream folder is one line here, not at the first file."""
     asr_path = None
     if spec.asr:
         asr_path = asr_model_path(exp_dir, spec.asr, fold)
         check_upstream_source(asr_path)
-    return FoldModel(fold, model.to(device).eval(), asr_path)
+    attributes, scaler = saved_task(info or {})
+    return FoldModel(fold, model.to(device).eval(), asr_path, attributes, scaler)
 
 
 def load_handcrafted(exp_dir: str) -> torch.nn.Module:

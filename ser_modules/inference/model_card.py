@@ -26,6 +26,23 @@ def results_table(results: pd.DataFrame, variant: str) -> str:
     return "\n".join(lines)
 
 
+def attribute_results_table(results: pd.DataFrame, variant: str, attributes: list[str]) -> str:
+    """The variant's CCC per attribute (mean ± std over folds x runs) with the handcrafted and classical rows
+    that predict attributes beside it."""
+    columns = [f"CCC_{a}_mean" for a in attributes]
+    if not attributes or not set(columns) <= set(results.columns):
+        return ""
+    rows = results[(results["model"] == variant) | (results["type"].isin(["baseline", "reference"])
+                                                    & results[columns].notna().all(axis=1))]
+    lines = ["| model | type | " + " | ".join(f"CCC {a}" for a in attributes) + " | folds x runs |",
+             "|---|---|" + "---|" * len(attributes) + "---|"]
+    for _, r in rows.iterrows():
+        name = f"**{r['model']}** (this model)" if r["model"] == variant else r["model"]
+        lines.append(f"| {name} | {r['type']} | " + " | ".join(_score(r, f"CCC_{a}") for a in attributes)
+                     + f" | {int(r['folds'])} x {int(r['runs'])} |")
+    return "\n".join(lines)
+
+
 def model_card(exp_dir: str, config: dict, row: pd.Series) -> str:
     """Markdown with a YAML header (``tags``, ``datasets``, ``metrics``, ``model-index``) for ``config``
     (the export's) and its ``results.csv`` row."""
@@ -40,6 +57,13 @@ def model_card(exp_dir: str, config: dict, row: pd.Series) -> str:
     asr_hours = asr_data.get("train", {}).get("hours")
     digest = key_digest(config.get("config"))
     env = config.get("trained_with", {})
+    attributes = list(config.get("attributes") or [])
+    has_classes = config.get("task", "categorical") != "dimensional"
+    metrics = [{"type": "unweighted-accuracy", "value": round(float(row["UA_mean"]), 4)},
+               {"type": "weighted-accuracy", "value": round(float(row["WA_mean"]), 4)},
+               {"type": "f1", "value": round(float(row["F1_mean"]), 4)}] if has_classes else []
+    metrics += [{"type": f"ccc-{a}", "value": round(float(row[f"CCC_{a}_mean"]), 4)} for a in attributes
+                if f"CCC_{a}_mean" in row]
     header = {
         "language": [language],
         "license": "other",
@@ -47,13 +71,11 @@ def model_card(exp_dir: str, config: dict, row: pd.Series) -> str:
         "tags": ["speech-emotion-recognition", "audio-classification", "speechbrain", "ser_modules",
                  f"ser-{config['type']}"],
         "datasets": [corpus] + asr_corpora,
-        "metrics": ["unweighted-accuracy", "weighted-accuracy", "f1"],
+        "metrics": [m["type"] for m in metrics],
         "model-index": [{"name": config["variant"], "results": [{
             "task": {"type": "audio-classification", "name": "Speech emotion recognition"},
             "dataset": {"name": corpus, "type": corpus, "split": protocol},
-            "metrics": [{"type": "unweighted-accuracy", "value": round(float(row["UA_mean"]), 4)},
-                        {"type": "weighted-accuracy", "value": round(float(row["WA_mean"]), 4)},
-                        {"type": "f1", "value": round(float(row["F1_mean"]), 4)}]}]}],
+            "metrics": metrics}]}],
     }
     import yaml
 
@@ -68,12 +90,16 @@ def model_card(exp_dir: str, config: dict, row: pd.Series) -> str:
     transcripts = ("transcripts from the experiment's ASR model, decoded with "
                    + ", ".join(f"{k} {v}" for k, v in config.get("decoding", {}).items()))
     folds = ", ".join(config["folds"])
+    outputs = "; ".join(([f"Classes: {', '.join(config['classes'])}"] if has_classes else [])
+                        + ([f"attributes: {', '.join(attributes)} (in the corpus's rating scale)"] if attributes else []))
+    limits = (f"Attributes ({', '.join(attributes)}) on {corpus}'s rating scale" if attributes else
+              "Categorical classes only; no arousal/valence") + "."
     return f"""---
 {front}---
 
 # {config['variant']}: speech emotion recognition on {corpus}
 
-A `{config['type']}` model that {front_end}. Classes: {', '.join(config['classes'])}. Exported by
+A `{config['type']}` model that {front_end}. {outputs}. Exported by
 `python -m ser_modules.export` from an experiment of this toolkit; {transcripts}.
 
 ## Use
@@ -81,7 +107,7 @@ A `{config['type']}` model that {front_end}. Classes: {', '.join(config['classes
 ```python
 from ser_modules.infer import EmotionRecognizer
 rec = EmotionRecognizer.from_pretrained("path/to/this/folder")
-rows = rec.predict_files(["a.wav"])  # emotion, class probabilities, transcript
+rows = rec.predict_files(["a.wav"])  # {'emotion, class probabilities, ' if has_classes else ''}{'attributes, ' if attributes else ''}transcript
 ```
 
 ```python
@@ -99,7 +125,8 @@ checked against `manifest.json` when the folder loads.
 {corpus}, protocol `{protocol}` (leave-sessions/speakers-out folds; each fold's model tested on speakers
 it never heard). Mean ± std over folds x runs, as stage 6 of the experiment scored them:
 
-{results_table(results, config['variant'])}
+{results_table(results, config['variant']) if has_classes else ''}
+{attribute_results_table(results, config['variant'], attributes)}
 
 The model is the ensemble of the fold models {folds} (their class probabilities averaged).
 Each fold model was trained on the other folds, so on the {corpus} recordings themselves the ensemble
@@ -117,6 +144,5 @@ has heard their speakers: use the table above, not a rerun on those files, for h
 
 For research on speech emotion recognition. Trained on {'a small synthetic demo corpus (espeak-ng voices): a pipeline check, not a usable emotion model' if corpus == 'demo' else 'acted or elicited emotional speech of one corpus'}:
 expect lower accuracy on spontaneous speech, other languages than {language}, other recording
-conditions and other label sets. Four categorical classes only; no arousal/valence. Do not use it to
-make decisions about people.
+conditions and other label sets. {limits} Do not use it to make decisions about people.
 """

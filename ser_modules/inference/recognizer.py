@@ -51,7 +51,9 @@ class EmotionRecognizer:
                  handcrafted: torch.nn.Module | None, device: str = "cpu", decoder: str = "greedy",
                  max_seconds: float = 30.0, long: str = "split", context: str | pd.DataFrame | None = None,
                  beam_size: int | None = None, ctc_weight: float | None = None):
-        self.exp_dir, self.variant, self.folds, self.spec, self.classes = exp_dir, variant, folds, spec, classes
+        self.exp_dir, self.variant, self.folds, self.spec = exp_dir, variant, folds, spec
+        self.classes = classes if spec.predicts_classes else []  # a dimensional variant has no class outputs
+        self.attributes = list(folds[0].attributes)  # its attribute outputs, in their original scale
         self.handcrafted, self.device = handcrafted, resolve_device(device or "auto")
         self.planner = WindowPlanner(max_seconds, long, self.min_samples)
         self.dialog = DialogContext(context, spec.type == "iaan")
@@ -96,7 +98,8 @@ class EmotionRecognizer:
     # -- signals --------------------------------------------------------------------------------
 
     def predict_signals(self, wavs: list[torch.Tensor], contexts: list[tuple] | None = None) -> np.ndarray:
-        """Class probabilities ``[N, n_classes]`` of 16 kHz mono signals (fold models averaged);
+        """Class probabilities ``[N, n_classes]`` of 16 kHz mono signals (fold models averaged), followed by the
+        :attr:`attributes` in their original scale for a variant that predicts them (``[N, C + A]``);
         ``contexts``: per signal, the signals of its dialog context turns (IAAN) or ``(None, None)``."""
         return self.batches.predict(wavs, contexts, transcripts=False)[0]
 
@@ -144,10 +147,10 @@ class EmotionRecognizer:
         return self.dialog(path, self.max_seconds)
 
     def predict_files(self, paths: list[str], batch_size: int = 8, progress: bool = False) -> list[dict]:
-        """One result row per file, in the order given: emotion, class probabilities, transcript, or the
-        error (and for IAAN, the dialog context used); windows stream through batches of at most
+        """One result row per file, in the order given: emotion, class probabilities, attribute values (a
+        variant with attributes), transcript, or the error (and for IAAN, the dialog context used); windows stream through batches of at most
         ``batch_size`` (:class:`~ser_modules.inference.streaming.WindowStream`)."""
-        rows = ResultRows(self.classes, self.spec.type == "iaan")
+        rows = ResultRows(self.classes, self.spec.type == "iaan", self.attributes)
         stream = WindowStream(self.planner, self.dialog_context, self.batches.predict, rows, batch_size)
         started = time.time()
         stream.run(paths, progress)

@@ -45,31 +45,36 @@ class FileState:
 
 
 class ResultRows:
-    """The result rows of one run over files: a file's row (emotion, class probabilities, transcript and,
-    for IAAN, the dialog context used) once its last window is done, or its error; and the audio heard."""
+    """The result rows of one run over files: a file's row (emotion, class probabilities, attribute values,
+    transcript and, for IAAN, the dialog context used) once its last window is done, or its error; and the
+    audio heard. A file's output vector holds the ``classes``' probabilities then the ``attributes``."""
 
-    def __init__(self, classes: list[str], iaan: bool):
-        self.classes, self.iaan = classes, iaan
+    def __init__(self, classes: list[str], iaan: bool, attributes: list[str] = ()):
+        self.classes, self.iaan, self.attributes = classes, iaan, list(attributes)
         self.rows: list[dict] = []
         self.audio_seconds = 0.0
 
     def error(self, path: str, message: str) -> None:
         """The error row of a file that could not be read (or gave no usable probabilities)."""
         self.rows.append({"file": path, "status": "error", "error": message, "duration": "", "windows": 0,
-                          "emotion": "", **{f"p_{c}": "" for c in self.classes}, "transcript": "",
-                          **({"context": ""} if self.iaan else {})})
+                          **({"emotion": ""} if self.classes else {}), **{f"p_{c}": "" for c in self.classes},
+                          **{a: "" for a in self.attributes}, "transcript": "", **({"context": ""} if self.iaan else {})})
 
     def finish(self, state: FileState) -> None:
-        """The row of a file whose windows are all done: probabilities averaged weighted by duration."""
+        """The row of a file whose windows are all done: probabilities (and attributes) averaged weighted by
+        duration."""
         p = state.weighted / float(state.samples)
         if not np.isfinite(p).all():  # never an emotion without probabilities
-            self.error(state.path, f"{state.path}: the model gave non-finite class probabilities")
+            self.error(state.path, f"{state.path}: the model gave non-finite "
+                                   f"{'class probabilities' if self.classes else 'attribute values'}")
             return
         seconds = state.samples / TARGET_SAMPLE_RATE
         self.audio_seconds += seconds
+        n = len(self.classes)
         self.rows.append({"file": state.path, "status": "ok", "error": "", "duration": round(seconds, 3),
-                          "windows": state.windows, "emotion": self.classes[int(p.argmax())],
+                          "windows": state.windows, **({"emotion": self.classes[int(p[:n].argmax())]} if n else {}),
                           **{f"p_{c}": round(float(v), 6) for c, v in zip(self.classes, p)},
+                          **{a: round(float(v), 6) for a, v in zip(self.attributes, p[n:])},
                           "transcript": " ".join(state.texts), **({"context": state.note} if self.iaan else {})})
 
     def ordered(self, paths: list[str]) -> list[dict]:

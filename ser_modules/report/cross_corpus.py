@@ -91,10 +91,17 @@ def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, 
     first ``runs`` runs per fold. Predictions of fewer than ``planned`` (fold, run) models (per variant name,
     or one number for all), or stale ones, are refused (:class:`ManifestError`: rerun stage 5), or with
     ``allow_incomplete`` scored from what is there and flagged (``complete`` False)."""
+    from ser_modules.ser.dimensional import concordance_correlation, has_attributes
+
     rows = []
     for corpus in corpora:
         manifest = eval_manifest(data_dir, corpus["name"])
         for _, r in results.iterrows():
+            has_classes = not pd.isna(r["UA_mean"])
+            attributes = [c[4:-5] for c in r.index if c.startswith("CCC_") and c.endswith("_mean") and not pd.isna(r[c])]
+            attributes = attributes if attributes and has_attributes(manifest, attributes) else []
+            if not has_classes and not attributes:
+                continue  # attributes only, and this corpus carries none of them
             preds, stale = load_eval_predictions(exp_dir, corpus["name"], r["model"], manifest,
                                                  (runs or {}).get(r["model"]))
             models = preds.groupby(["fold", "run"]).ngroups if len(preds) else 0
@@ -109,34 +116,48 @@ def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, 
                 log.warning("%s: scored and marked as incomplete (score.allow_incomplete)", problem)
             if not models:
                 continue
-            s = score_eval_corpus(preds, classes)
-            rows.append({"corpus": corpus["name"], "model": r["model"], "type": r["type"],
-                         "within_UA_mean": r["UA_mean"], "within_UA_std": r["UA_std"],
-                         **{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()},
-                         "UA_drop": round(float(r["UA_mean"]) - s["UA_mean"], 4),
-                         "complete": not stale and models >= wanted})
+            row = {"corpus": corpus["name"], "model": r["model"], "type": r["type"],
+                   "within_UA_mean": r["UA_mean"], "within_UA_std": r["UA_std"]}
+            if has_classes:
+                s = score_eval_corpus(preds, classes)
+                row.update({**{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()},
+                            "UA_drop": round(float(r["UA_mean"]) - s["UA_mean"], 4)})
+            for a in [a for a in attributes if f"pred_{a}" in preds.columns]:
+                ccc = [concordance_correlation(g[f"true_{a}"].astype(float), g[f"pred_{a}"].astype(float))
+                       for _, g in preds.groupby(["fold", "run"])]
+                row.update({f"within_CCC_{a}_mean": r[f"CCC_{a}_mean"], f"CCC_{a}_mean": round(float(np.mean(ccc)), 4),
+                            f"CCC_{a}_std": round(float(np.std(ccc, ddof=1)) if len(ccc) > 1 else 0.0, 4),
+                            f"CCC_{a}_drop": round(float(r[f"CCC_{a}_mean"]) - float(np.mean(ccc)), 4)})
+            rows.append({**row, "complete": not stale and models >= wanted})
     return pd.DataFrame(rows)
 
 
 def cross_corpus_table(rows: pd.DataFrame, corpora: list[dict]) -> pd.DataFrame:
     """The RESULTS.md table: a row per variant, within-corpus UA, then per evaluation corpus UA, WA, F1
-    (mean ± std over fold models), the fold ensemble's UA and the drop from within-corpus UA."""
+    (mean ± std over fold models), the fold ensemble's UA and the drop from within-corpus UA; for variants
+    with attributes, where the corpus carries them, the CCC of each (mean ± std) and its drop."""
     from ser_modules.report.formatting import fmt
 
     table = []
     for model, group in rows.groupby("model", sort=False):
         first = group.iloc[0]
         name = model if group["complete"].all() else f"**{model} (incomplete)**"
-        line = {"Model": name, "within-corpus UA": fmt(first["within_UA_mean"], first["within_UA_std"])}
+        line = {"Model": name, "within-corpus UA": "–" if pd.isna(first["within_UA_mean"]) else
+                fmt(first["within_UA_mean"], first["within_UA_std"])}
         for corpus in corpora:
             r = group[group["corpus"] == corpus["name"]]
             if not len(r):
                 continue
             r = r.iloc[0]
             name = corpus["name"]
-            line.update({f"{name} UA": fmt(r["UA_mean"], r["UA_std"]), f"{name} WA": fmt(r["WA_mean"], r["WA_std"]),
-                         f"{name} F1": fmt(r["F1_mean"], r["F1_std"]), f"{name} ensemble UA": f"{r['ensemble_UA']:.3f}",
-                         f"{name} UA drop": f"{r['UA_drop']:+.3f}"})
+            if not pd.isna(r.get("UA_mean", np.nan)):
+                line.update({f"{name} UA": fmt(r["UA_mean"], r["UA_std"]), f"{name} WA": fmt(r["WA_mean"], r["WA_std"]),
+                             f"{name} F1": fmt(r["F1_mean"], r["F1_std"]),
+                             f"{name} ensemble UA": f"{r['ensemble_UA']:.3f}", f"{name} UA drop": f"{r['UA_drop']:+.3f}"})
+            for column in [c for c in r.index if c.startswith("CCC_") and c.endswith("_mean") and not pd.isna(r[c])]:
+                a = column[4:-5]
+                line.update({f"{name} CCC {a}": fmt(r[column], r[f"CCC_{a}_std"]),
+                             f"{name} CCC {a} drop": f"{r[f'CCC_{a}_drop']:+.3f}"})
         table.append(line)
     return pd.DataFrame(table).fillna("")
 
@@ -186,7 +207,7 @@ def cross_corpus_figures(exp_dir: str, corpora: list[dict], rows: pd.DataFrame, 
         if name.startswith("cross_confusion_") and name not in listed:
             os.remove(os.path.join(plot_dir, name))
     for corpus in corpora:
-        group = rows[rows["corpus"] == corpus["name"]] if len(rows) else rows
+        group = rows[(rows["corpus"] == corpus["name"]) & rows["within_UA_mean"].notna()] if len(rows) else rows
         if not len(group):
             continue
         best = group.sort_values("within_UA_mean", ascending=False).iloc[0]["model"]

@@ -80,7 +80,8 @@ def asr_figures(exp_dir: str, plot_dir: str) -> list[str]:
 
 
 def ser_figures(exp_dir: str, plot_dir: str) -> list[str]:
-    """One figure per stage-5 variant: train and valid loss, validation UA, per fold and run."""
+    """One figure per stage-5 variant: train and valid loss, validation UA and/or CCC (mean over attributes),
+    per fold and run."""
     paths = []
     for variant_dir in sorted(glob.glob(os.path.join(exp_dir, "ser", "*", ""))):
         variant = os.path.basename(os.path.normpath(variant_dir))
@@ -92,9 +93,10 @@ def ser_figures(exp_dir: str, plot_dir: str) -> list[str]:
                 run_dir = os.path.dirname(path)
                 runs[f"{os.path.basename(os.path.dirname(run_dir))} {os.path.basename(run_dir)}"] = rows
         if runs:
+            metrics = [(f"validation {m}", m, _lines(runs, f"valid_{m}")) for m in ("UA", "CCC")]
             paths.append(plots.plot_curves([("training loss", "loss", _lines(runs, "train_loss")),
                                             ("validation loss", "loss", _lines(runs, "valid_loss")),
-                                            ("validation UA", "UA", _lines(runs, "valid_UA"))],
+                                            *[panel for panel in metrics if panel[2]]],
                                            os.path.join(plot_dir, f"stage5_{variant}.png"), f"stage 5: {variant}"))
     return paths
 

@@ -42,6 +42,25 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], title: str, path: str
     return _save(fig, path)
 
 
+def plot_attribute_scatter(predictions, attributes: list[str], title: str, path: str) -> str:
+    """Predicted vs true value of each attribute, one panel each, every (fold, run)'s test utterances (the
+    diagonal is a perfect prediction), the pooled CCC in the panel's title."""
+    from ser_modules.ser.dimensional import concordance_correlation
+
+    fig, axes = plt.subplots(1, len(attributes), figsize=(3.4 * len(attributes), 3.3), squeeze=False)
+    for ax, a in zip(axes[0], attributes):
+        true, pred = predictions[f"true_{a}"].astype(float), predictions[f"pred_{a}"].astype(float)
+        ax.scatter(true, pred, s=6, alpha=0.35, color="tab:blue", edgecolors="none")
+        low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        ax.plot([low, high], [low, high], color="grey", lw=0.8, ls="--")
+        ax.set_xlabel(f"true {a}")
+        ax.set_ylabel(f"predicted {a}")
+        ax.set_title(f"{a}: CCC {concordance_correlation(true, pred):.3f} (pooled)", fontsize=9)
+    fig.suptitle(f"{title} ({predictions.groupby(['fold', 'run']).ngroups} folds x runs)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_tsne(points: np.ndarray, labels: list[str], title: str, path: str) -> str:
     """2-D embedding coloured by emotion (anger red, sadness blue, neutral cyan, happiness green)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.2))

@@ -31,10 +31,14 @@ from ser_modules.ser.metrics import (
     METRICS,
     chance_scores,
     load_predictions,
+    mean_predictor_scores,
     normalized_confusion,
     paired_tests,
     per_fold_run,
+    per_fold_run_attributes,
+    predicted_attributes,
     summarize,
+    summarize_attributes,
 )
 from ser_modules.ser.probe import expand_variants, layer_index, resolve_reference
 from ser_modules.ser.variants import VariantSpec, planned_pairs, variant_runs
@@ -43,12 +47,15 @@ from ser_modules.utils.fileio import ManifestError, read_json, read_manifest, re
 
 
 def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], reference: str, hp_ser: dict, log,
-                 planned: dict[str, int] | None = None, allow_incomplete: bool = False) -> tuple:
+                 planned: dict[str, int] | None = None, allow_incomplete: bool = False,
+                 attribute_reference: str | None = None) -> tuple:
     """Result rows of the trained variants, each from its first ``n_runs`` runs per fold (its own or the
     config's). A variant with predictions of fewer than its ``planned`` (fold, run) pairs
     (:func:`~ser_modules.ser.variants.planned_pairs`) is refused (:class:`ManifestError`), or with
-    ``allow_incomplete`` scored and flagged (``complete`` False)."""
-    scores, rows, preds = {}, [], {}
+    ``allow_incomplete`` scored and flagged (``complete`` False). Class metrics (UA, WA, F1; p-values
+    against ``reference``) of variants with classes, attribute metrics (``CCC_<attribute>``, r, RMSE; p-values
+    against ``attribute_reference``) of variants with attributes; NaN where a variant has none."""
+    scores, attribute_scores, rows, preds = {}, {}, [], {}
     for v in variants:
         spec = VariantSpec.from_dict(v)
         try:
@@ -56,34 +63,74 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
         except Exception as err:  # a variant not trained (yet): reported, the others still scored
             log.warning("%s", err)
             continue
-        scores[spec.name] = per_fold_run(preds[spec.name], classes)
+        if spec.predicts_classes:
+            scores[spec.name] = per_fold_run(preds[spec.name], classes)
+        if predicted_attributes(preds[spec.name]):
+            attribute_scores[spec.name] = per_fold_run_attributes(preds[spec.name])
+        pairs = preds[spec.name].groupby(["fold", "run"]).ngroups
         wanted = (planned or {}).get(spec.name, 0)
-        if len(scores[spec.name]) < wanted:
-            message = (f"{os.path.join(ser_dir, spec.name)}: predictions of {len(scores[spec.name])} of the {wanted} "
+        if pairs < wanted:
+            message = (f"{os.path.join(ser_dir, spec.name)}: predictions of {pairs} of the {wanted} "
                        "planned (fold, run) pairs")
             if not allow_incomplete:
                 raise ManifestError(f"{message}: finish stage 5, or score it marked as incomplete with "
                                     "score.allow_incomplete=True")
             log.warning("%s: scored and marked as incomplete (score.allow_incomplete)", message)
-    if reference not in scores:
+    if reference not in scores and scores:
         log.warning("reference model %r has no predictions: no significance tests", reference)
     for v in variants:
         spec = VariantSpec.from_dict(v)
-        if spec.name not in scores:
+        if spec.name not in preds:
             continue
-        s = summarize(scores[spec.name])
-        tests = paired_tests(scores[spec.name], scores[reference]) if reference in scores and spec.name != reference else {}
-        rows.append({"model": spec.name, "type": spec.type, "asr": spec.asr or "", "layer": spec.layer or "",
-                     **{k: round(v_, 4) for k, v_ in s.items() if k not in ("folds", "runs")},
-                     "folds": s["folds"], "runs": s["runs"],
-                     "complete": len(scores[spec.name]) >= (planned or {}).get(spec.name, 0),
-                     "p_ttest_UA": tests.get("p_ttest", np.nan),
-                     "p_wilcoxon_UA": tests.get("p_wilcoxon", np.nan), "config": config_json(v, hp_ser)})
+        row = {"model": spec.name, "type": spec.type, "asr": spec.asr or "", "layer": spec.layer or ""}
+        if spec.name in scores:
+            s = summarize(scores[spec.name])
+            tests = paired_tests(scores[spec.name], scores[reference]) if reference in scores and spec.name != reference \
+                else {}
+            row.update({k: round(v_, 4) for k, v_ in s.items() if k not in ("folds", "runs")})
+        else:
+            s, tests = summarize_attributes(attribute_scores[spec.name]), {}
+            row.update({f"{m}_{x}": np.nan for m in METRICS for x in ("mean", "std")})
+        pairs = preds[spec.name].groupby(["fold", "run"]).ngroups
+        row.update({"folds": s["folds"], "runs": s["runs"], "complete": pairs >= (planned or {}).get(spec.name, 0),
+                    "p_ttest_UA": tests.get("p_ttest", np.nan), "p_wilcoxon_UA": tests.get("p_wilcoxon", np.nan),
+                    "config": config_json(v, hp_ser)})
+        if spec.name in attribute_scores:
+            a = attribute_scores[spec.name]
+            row.update({k: round(x, 4) for k, x in summarize_attributes(a).items() if k not in ("folds", "runs")})
+            for attribute in predicted_attributes(preds[spec.name]):
+                ref = attribute_scores.get(attribute_reference or "")
+                metric = f"CCC_{attribute}"
+                test = paired_tests(a, ref, metric) if ref is not None and metric in ref and \
+                    spec.name != attribute_reference else {}
+                row[f"p_ttest_{metric}"] = test.get("p_ttest", np.nan)
+        rows.append(row)
     return pd.DataFrame(rows), scores, preds
+
+
+def resolve_attribute_reference(name: str | None, reference: str, variants: list[dict]) -> str | None:
+    """The row the attribute p-values compare against: ``name`` (conf/score.yaml ``attribute_reference``)
+    when it is a variant with attributes, else the categorical reference when it predicts attributes, else
+    the first variant with attributes of the reference's type, else the first variant with attributes
+    (None without any: a configuration whose variants were overridden has no attribute table)."""
+    specs = [VariantSpec.from_dict(v) for v in variants]
+    names = [s.name for s in specs if s.predicts_attributes]
+    if name in names:
+        return name
+    if reference in names:
+        return reference
+    ref_type = next((s.type for s in specs if s.name == reference), None)
+    same = [s.name for s in specs if s.predicts_attributes and s.type == ref_type]
+    return (same or names or [None])[0]
 
 
 FAMILIES = {"baseline": "Baseline", "mp": "Fine-tuning MP", "rnn": "Fine-tuning RNN", "progressive": "Progressive net",
             "iaan": "IAAN", "weighted": "Weighted layer sum (SUPERB)", "reference": "Classical reference"}
+
+
+def class_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The result rows with class metrics (not those of variants that predict attributes only)."""
+    return results[results["UA_mean"].notna()] if len(results) else results
 
 
 def family_table(results: pd.DataFrame, chance: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -95,6 +142,7 @@ def family_table(results: pd.DataFrame, chance: dict[str, pd.DataFrame]) -> pd.D
         rows.append({"Family": "Chance" if not rows else "", "Model": name,
                      **{m: fmt(s[f"{m}_mean"], s[f"{m}_std"]) for m in METRICS},
                      "folds × runs": f"{s['folds']} × {s['runs']}", "p (t-test)": "", "p (Wilcoxon)": ""})
+    results = class_rows(results)
     if not len(results):
         return pd.DataFrame(rows)
     best = {m: results[f"{m}_mean"].max() for m in METRICS}
@@ -116,11 +164,51 @@ def family_table(results: pd.DataFrame, chance: dict[str, pd.DataFrame]) -> pd.D
     return pd.DataFrame(rows)
 
 
+def table_attributes(results: pd.DataFrame) -> list[str]:
+    """The attributes scored in ``results`` (its ``CCC_<attribute>_mean`` columns, in order)."""
+    return [c[4:-5] for c in results.columns if c.startswith("CCC_") and c.endswith("_mean")] if len(results) else []
+
+
+def attribute_table(results: pd.DataFrame, chance: pd.DataFrame | None) -> pd.DataFrame:
+    """Dimensional emotion: per variant with attributes, CCC of each attribute (mean ± std over folds × runs,
+    the best in bold) with the t-test's p against the attribute reference, then Pearson r and RMSE of each
+    (means, attributes in the header's order); first the mean predictor (the training speakers' mean)."""
+    attributes = table_attributes(results)
+    rows_in = results[results[[f"CCC_{a}_mean" for a in attributes]].notna().any(axis=1)] if attributes else results
+    if not len(rows_in):
+        return pd.DataFrame()
+    order = " / ".join(attributes)
+
+    def cells(stats: dict, best: dict | None) -> dict:
+        out = {}
+        for a in attributes:
+            mean, std = stats.get(f"CCC_{a}_mean", np.nan), stats.get(f"CCC_{a}_std", np.nan)
+            text = fmt(mean, std) if not pd.isna(mean) else "–"
+            out[f"CCC {a}"] = f"**{text}**" if best and not pd.isna(mean) and np.isclose(mean, best[a]) else text
+            out[f"p {a}"] = fmt_p(stats.get(f"p_ttest_CCC_{a}", np.nan)) if best else ""
+        out[f"r ({order})"] = " / ".join("–" if pd.isna(stats.get(f"r_{a}_mean", np.nan)) else f"{stats[f'r_{a}_mean']:.3f}"
+                                         for a in attributes)
+        out[f"RMSE ({order})"] = " / ".join("–" if pd.isna(stats.get(f"RMSE_{a}_mean", np.nan)) else
+                                            f"{stats[f'RMSE_{a}_mean']:.3f}" for a in attributes)
+        return out
+
+    rows = []
+    if chance is not None and len(chance):
+        s = summarize_attributes(chance)
+        rows.append({"Model": "Mean predictor", **cells(s, None), "folds × runs": f"{s['folds']} × {s['runs']}"})
+    best = {a: rows_in[f"CCC_{a}_mean"].max() for a in attributes}
+    for _, r in rows_in.iterrows():
+        model = r["model"] if r.get("complete", True) else f"**{r['model']} (incomplete)**"
+        rows.append({"Model": model, **cells(r.to_dict(), best), "folds × runs": f"{r['folds']} × {r['runs']}"})
+    return pd.DataFrame(rows)
+
+
 def adaptation_table(asr_results: pd.DataFrame, results: pd.DataFrame, corpus: str, scheme: str) -> pd.DataFrame:
     """Yeh 2020 Tables 1-2: per ASR model and adaptation stage, WER on the emotion corpus next to
     the UA/WA of the SER models reading that model's layers."""
     rows = []
     emo = asr_results[(asr_results["corpus"] == corpus) & (asr_results["split"] == f"test:{scheme}")]
+    results = class_rows(results)
     for _, r in emo.iterrows():  # one row per ASR model, adaptation stage and decoder (stage 3's decoders)
         asr = r["stage"]
         ser = results[results["asr"] == asr] if len(results) else results
@@ -244,6 +332,7 @@ class Report:
     trained: list[dict] = field(default_factory=list)
     runs: dict = field(default_factory=dict)  # runs per fold of each trained variant (its own n_runs or the config's)
     reference: str = ""
+    attribute_reference: str | None = None  # the row the attribute p-values compare against
     results: pd.DataFrame = field(default_factory=pd.DataFrame)
     preds: dict = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
@@ -275,11 +364,13 @@ def score_variants(rep: Report, hp: dict, hp_ser: dict, log) -> pd.DataFrame:
     rep.upstreams = upstream_entries(rep.exp_dir)
     variants = expand_variants(hp_ser["variants"], rep.upstreams, adapted_upstream_entry(rep.exp_dir))
     rep.trained = [v for v in variants if VariantSpec.from_dict(v).name not in rep.skipped]
-    rep.reference = resolve_reference(hp["reference"], [v["name"] for v in rep.trained])
+    categorical = [v for v in rep.trained if VariantSpec.from_dict(v).predicts_classes]
+    rep.reference = resolve_reference(hp["reference"], [v["name"] for v in categorical]) if categorical else ""
+    rep.attribute_reference = resolve_attribute_reference(hp.get("attribute_reference"), rep.reference, rep.trained)
     rep.runs = {v["name"]: variant_runs(v, hp_ser["n_runs"]) for v in rep.trained}
     rep.results, _, rep.preds = variant_rows(ser_dir, rep.trained, rep.classes, rep.reference, hp_ser, log,
                                              planned_pairs(rep.trained, len(rep.folds), hp_ser["n_runs"]),
-                                             hp.get("allow_incomplete", False))
+                                             hp.get("allow_incomplete", False), rep.attribute_reference)
     rep.results.insert(4, "protocol", f"{rep.protocol}/{rep.scheme}")
     return rep.results
 
@@ -297,9 +388,15 @@ def score_cross_corpus(rep: Report, data_dir: str, hp: dict, hp_ser: dict, log) 
 def report_figures(rep: Report, hp: dict) -> list[str]:
     """Draw the figures into ``<exp>/plots``: confusion matrices, UA per layer, the upstreams' figures,
     t-SNE and loudness (conf/score.yaml ``tsne``, ``loudness``); returns their paths."""
-    plot_dir, results = os.path.join(rep.exp_dir, "plots"), rep.results
-    # Confusion matrices averaged over folds and runs (Lakomkin Figure 5).
+    plot_dir, results = os.path.join(rep.exp_dir, "plots"), class_rows(rep.results)
+    # Confusion matrices averaged over folds and runs (Lakomkin Figure 5); predicted vs true attributes.
     for name, frame in rep.preds.items():
+        attributes = predicted_attributes(frame)
+        if attributes:
+            rep.figures.append(plots.plot_attribute_scatter(frame, attributes, name,
+                                                            os.path.join(plot_dir, f"attributes_{name}.png")))
+        if "predicted" not in frame.columns:
+            continue
         mats = [normalized_confusion(g["true"], g["predicted"], rep.classes) for _, g in frame.groupby(["fold", "run"])]
         rep.figures.append(plots.plot_confusion(np.mean(mats, axis=0), rep.classes,
                                                 f"{name} ({len(mats)} folds x runs)",
@@ -349,6 +446,15 @@ def results_markdown(rep: Report, hp: dict, seed: int) -> str:
     md += [markdown_table(family_table(results, chance)), "",
            "Rows grouped by model family as in Table 1 of Lakomkin et al. 2018; the best mean of each column "
            "(chance rows excluded) in bold.", ""]
+    attributes = table_attributes(results)
+    if attributes and results[[f"CCC_{a}_mean" for a in attributes]].notna().any().any():
+        chance_attr = mean_predictor_scores(rep.manifest, rep.folds, attributes)
+        md += ["## Dimensional emotion", "",
+               f"Concordance correlation coefficient (CCC) of predicted and true {', '.join(attributes)} (mean ± std "
+               f"over folds × runs; p: paired t-test of the CCC against **{rep.attribute_reference}** over the same "
+               "(fold, run) pairs), Pearson r and RMSE in the attribute's scale beside it. The mean predictor "
+               "answers every test utterance with the training speakers' mean (CCC 0). Scatter plots: "
+               "plots/attributes_<variant>.png.", "", markdown_table(attribute_table(results, chance_attr)), ""]
     md += cross_corpus_section(rep.cross, rep.eval_corpora, rep.prepared, rep.trained, corpus)
     if rep.upstreams:
         md += ["## Upstreams (stage 2)", "", "The pretrained encoders probed, frozen; layer0 is the encoder's input "
@@ -385,7 +491,14 @@ def results_markdown(rep: Report, hp: dict, seed: int) -> str:
 
 
 def print_scores(results: pd.DataFrame) -> None:
-    """One line per variant on the console: UA, WA, F1 (mean ± std) and the t-test's p."""
+    """One line per variant on the console: UA, WA, F1 (mean ± std) and the t-test's p, and/or the CCC of
+    each attribute."""
     for _, r in results.iterrows():
-        print(f"stage 6 {r['model']:<28} UA {fmt(r['UA_mean'], r['UA_std'])}  WA {fmt(r['WA_mean'], r['WA_std'])}  "
-              f"F1 {fmt(r['F1_mean'], r['F1_std'])}  p {fmt_p(r['p_ttest_UA'])}")
+        line = f"stage 6 {r['model']:<28}"
+        if not pd.isna(r["UA_mean"]):
+            line += (f" UA {fmt(r['UA_mean'], r['UA_std'])}  WA {fmt(r['WA_mean'], r['WA_std'])}  "
+                     f"F1 {fmt(r['F1_mean'], r['F1_std'])}  p {fmt_p(r['p_ttest_UA'])}")
+        for column in [c for c in results.columns if c.startswith("CCC_") and c.endswith("_mean")]:
+            if not pd.isna(r[column]):
+                line += f"  CCC {column[4:-5]} {fmt(r[column], r[column[:-5] + '_std'])}"
+        print(line)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 
 from ser_modules.data.datasets import LengthBucketBatchSampler
+from ser_modules.ser.dimensional import attribute_loss, mean_ccc, output_sizes
 from ser_modules.ser.inputs import SERDataset, collate
 from ser_modules.ser.variants import build_model, fit_input_statistics, forward
 from ser_modules.utils.curves import Curves
@@ -98,12 +99,49 @@ class SERBrain(sb.Brain):
         return forward(self.modules.model, self.hparams.spec, batch, self.device)
 
     def compute_objectives(self, logits, batch, stage):
+        """Cross-entropy on the class logits and/or the attribute loss (1 - CCC or MSE) on the attribute outputs
+        of the model's last layer (classes first); a multitask loss adds ``task_weight`` x the attribute loss."""
         labels = batch["label"].to(self.device)
-        loss = F.cross_entropy(logits.float(), labels, weight=self.hparams.class_weights,
-                               label_smoothing=self.hparams.label_smoothing)
+        outputs, n_cls = logits.float(), self.hparams.n_class_outputs
+        loss, class_loss = outputs.new_zeros(()), None
+        if n_cls:
+            class_loss = F.cross_entropy(outputs[:, :n_cls], labels, weight=self.hparams.class_weights,
+                                         label_smoothing=self.hparams.label_smoothing)
+            loss = loss + class_loss
+        if self.hparams.n_attribute_outputs:
+            predicted, target = outputs[:, n_cls:], batch["target"].to(self.device)
+            loss = loss + self.hparams.task_weight * attribute_loss(predicted, target, self.hparams.attribute_loss)
         if stage != sb.Stage.TRAIN:
-            self.outputs.append((batch["id"], labels.cpu(), logits.detach().float().softmax(-1).cpu()))
+            record = {"id": batch["id"], "label": labels.cpu()}
+            if n_cls:
+                record.update(probs=outputs[:, :n_cls].detach().softmax(-1).cpu(), class_loss=float(class_loss))
+            if self.hparams.n_attribute_outputs:
+                record.update(attributes=outputs[:, n_cls:].detach().cpu(), target=batch["target"].float())
+            self.outputs.append(record)
         return loss
+
+    def validation_loss(self, stage_loss: float) -> float:
+        """The loss model selection and annealing read: the mean batch loss of a categorical variant; with
+        attributes, the attribute loss over all validation utterances at once (a batch's CCC is not the set's)
+        plus the mean class loss of a multitask one."""
+        if not self.hparams.n_attribute_outputs:
+            return stage_loss
+        true = torch.cat([o["target"] for o in self.outputs])
+        predicted = torch.cat([o["attributes"] for o in self.outputs])
+        loss = self.hparams.task_weight * float(attribute_loss(predicted, true, self.hparams.attribute_loss))
+        if self.hparams.n_class_outputs:
+            loss += float(np.mean([o["class_loss"] for o in self.outputs]))
+        return loss
+
+    def validation_scores(self) -> dict:
+        """``valid_UA`` (classes) and ``valid_CCC`` (mean over attributes) of the epoch's validation outputs."""
+        scores = {}
+        if self.hparams.n_class_outputs:
+            scores["valid_UA"] = round(self.balanced_accuracy(), 4)
+        if self.hparams.n_attribute_outputs:
+            scores["valid_CCC"] = round(mean_ccc(torch.cat([o["target"] for o in self.outputs]).numpy(),
+                                                 torch.cat([o["attributes"] for o in self.outputs]).numpy()), 4)
+        return scores
 
     def on_fit_start(self):
         super().on_fit_start()
@@ -140,10 +178,11 @@ class SERBrain(sb.Brain):
         if stage != sb.Stage.VALID:
             return
         lr = self.hparams.annealer.lr
+        stage_loss = self.validation_loss(stage_loss)
         self.hparams.annealer.step(stage_loss)
         steps = int(epoch) * len(self.hparams.train_sampler)  # optimizer steps so far
         self.hparams.history.append({"epoch": epoch, "steps": steps, "lr": lr, "train_loss": round(self.train_loss, 5),
-                                     "valid_loss": round(stage_loss, 5), "valid_UA": round(self.balanced_accuracy(), 4)})
+                                     "valid_loss": round(stage_loss, 5), **self.validation_scores()})
         self.log_curves(epoch, lr, stage_loss)
         if stage_loss < self.best_loss:
             self.best_loss = stage_loss
@@ -162,7 +201,8 @@ class SERBrain(sb.Brain):
         if not getattr(self, "curves", None) or not self.curves.on:
             return
         last = self.hparams.history[-1]
-        scalars = {"loss/train": self.train_loss, "loss/valid": valid_loss, "UA/valid": last["valid_UA"], "lr": lr}
+        scalars = {"loss/train": self.train_loss, "loss/valid": valid_loss, "lr": lr,
+                   **{f"{k[6:]}/valid": last[k] for k in ("valid_UA", "valid_CCC") if k in last}}
         groups = self.optimizer.param_groups
         if len(groups) > 1:  # the layer weights' own group
             scalars["lr/layer_weights"] = groups[1]["lr"]
@@ -176,20 +216,24 @@ class SERBrain(sb.Brain):
     def balanced_accuracy(self) -> float:
         from sklearn.metrics import balanced_accuracy_score
 
-        labels = torch.cat([o[1] for o in self.outputs]).numpy()
-        preds = torch.cat([o[2] for o in self.outputs]).argmax(-1).numpy()
+        labels = torch.cat([o["label"] for o in self.outputs]).numpy()
+        preds = torch.cat([o["probs"] for o in self.outputs]).argmax(-1).numpy()
         return float(balanced_accuracy_score(labels, preds))
 
-    def predict(self, loader) -> pd.DataFrame:
-        """Predictions on a loader with the current weights: id, label index, class probabilities."""
+    def predict(self, loader) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
+        """Predictions on a loader with the current weights: ids, class probabilities ``[N, C]`` and
+        standardised attribute values ``[N, A]`` (None for a task without them)."""
         self.modules.eval()
         self.outputs = []
         with torch.no_grad():
             for batch in loader:
                 self.compute_objectives(self.compute_forward(batch, sb.Stage.TEST), batch, sb.Stage.TEST)
-        ids = [i for o in self.outputs for i in o[0]]
-        return pd.DataFrame({"ID": ids, "label": torch.cat([o[1] for o in self.outputs]).numpy()}), \
-            torch.cat([o[2] for o in self.outputs]).numpy()
+        ids = [i for o in self.outputs for i in o["id"]]
+
+        def stacked(key):
+            return torch.cat([o[key] for o in self.outputs]).numpy() if key in self.outputs[0] else None
+
+        return ids, stacked("probs"), stacked("attributes")
 
 
 def class_weights(labels: list[int], n_classes: int, mode: str | None) -> torch.Tensor | None:
@@ -201,15 +245,21 @@ def class_weights(labels: list[int], n_classes: int, mode: str | None) -> torch.
     return torch.tensor(weights, dtype=torch.float)
 
 
-def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes, hp, seed, out_dir, device):
-    """Stage 5's neural training (see module doc); returns the best model, test ids, test class
-    probabilities, the epoch history and the best state dict."""
+def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes, hp, seed, out_dir, device,
+                 targets: dict | None = None):
+    """Stage 5's neural training (see module doc); ``targets``: utterance -> standardised attribute values
+    of a variant that predicts them. Returns the best model, test ids, test class probabilities (None
+    without classes), standardised test attribute predictions (None without attributes), the epoch
+    history and the best state dict."""
 
     def dataset(ids, train):
-        return SERDataset(spec, ids, [index[label_of[i]] for i in ids], inputs, fold.name, manifest, train, seed)
+        return SERDataset(spec, ids, [index[label_of[i]] for i in ids], inputs, fold.name, manifest, train, seed,
+                          targets)
 
+    n_attributes = len(next(iter(targets.values()))) if targets else 0
+    n_class_outputs, n_attribute_outputs = output_sizes(spec.task, n_classes, n_attributes)
     train_set, valid_set, test_set = dataset(fold.train, True), dataset(fold.valid, False), dataset(fold.test, False)
-    model = build_model(spec, dims, n_classes, hp["dropout"])
+    model = build_model(spec, dims, n_classes, hp["dropout"], n_attributes)
     if spec.options.get("asr_norm", "none") == "train":  # standardised with the training utterances' statistics
         fit_input_statistics(model, torch.cat([train_set.pooled[i] for i in train_set.ids]))
     sampler = LengthBucketBatchSampler([train_set.length(i) for i in range(len(train_set))], hp["batch_size"],
@@ -226,6 +276,8 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
     brain_hp = {"spec": spec, "seed": seed, "train_sampler": sampler, "train_set": train_set, "annealer": annealer,
                 "epoch_counter": counter, "history": history, "label_smoothing": hp.get("label_smoothing", 0.0),
                 "class_weights": class_weights(train_set.labels, n_classes, hp.get("class_weights")),
+                "n_class_outputs": n_class_outputs, "n_attribute_outputs": n_attribute_outputs,
+                "attribute_loss": hp.get("attribute_loss", "ccc"), "task_weight": float(hp.get("task_weight", 1.0)),
                 "max_grad_norm": hp["max_grad_norm"], "noprogressbar": True,
                 "early_stop_patience": hp.get("early_stop_patience"),
                 "early_stop_min_steps": hp.get("early_stop_min_steps"),
@@ -243,5 +295,5 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
         if getattr(brain, "curves", None) is not None:
             brain.curves.close()
     model.load_state_dict(brain.best_state)  # the lowest validation loss is evaluated
-    frame, probs = brain.predict(loader(test_set))
-    return model, frame["ID"].tolist(), probs, history, brain.best_state
+    test_ids, probs, attributes = brain.predict(loader(test_set))
+    return model, test_ids, probs, attributes, history, brain.best_state

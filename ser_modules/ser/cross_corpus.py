@@ -48,10 +48,16 @@ def eval_job(job: tuple) -> tuple:
     from ser_modules.ser.variants import VariantSpec, variant_runs
     from ser_modules.utils.jobs import worker_state
 
+    from ser_modules.ser.dimensional import has_attributes
+    from ser_modules.ser.variants import variant_attributes
+
     spec_dict, name = job
     w = worker_state()
     spec = VariantSpec.from_dict(spec_dict)
     before, n_runs = 0, variant_runs(spec, w["n_runs"])
+    attributes = variant_attributes(spec, w["hp"].get("attributes"))
+    if not spec.predicts_classes and not has_attributes(w["eval_manifests"][name], attributes):
+        return name, spec.name, 0, 0  # attributes only, and the corpus carries none of them: nothing to score
     for fold in w["folds"]:
         for run in range(n_runs):
             run_dir = os.path.join(w["out"], spec.name, fold.name, f"run{run}")

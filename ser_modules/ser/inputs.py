@@ -84,8 +84,10 @@ class SERDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, spec: VariantSpec, ids: list[str], labels: list[int], inputs: SERInputs, fold: str,
-                 context: pd.DataFrame | None = None, train: bool = False, seed: int = 0):
+                 context: pd.DataFrame | None = None, train: bool = False, seed: int = 0,
+                 targets: dict[str, np.ndarray] | None = None):
         self.spec, self.ids, self.labels, self.inputs, self.fold = spec, ids, labels, inputs, fold
+        self.targets = targets  # utterance -> its standardised attribute values [A] (dimensional tasks)
         self.train, self.seed, self.epoch = train, seed, 1
         self.asr = inputs.asr_store(spec.asr, fold) if spec.asr else None
         self.hand = inputs.handcrafted_store() if spec.uses_handcrafted else None
@@ -140,6 +142,8 @@ class SERDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         utt, t = self.ids[i], self.spec.type
         item = {"id": utt, "label": self.labels[i]}
+        if self.targets is not None:
+            item["target"] = torch.as_tensor(self.targets[utt], dtype=torch.float32)
         if self.spec.uses_handcrafted:
             item["feats"] = self._handcrafted(i, utt)
         if self.egemaps is not None:  # the reference's functionals: one vector per utterance
@@ -161,6 +165,8 @@ def pad_sequences(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 
 def collate(items: list[dict]) -> dict:
     batch = {"id": [x["id"] for x in items], "label": torch.tensor([x["label"] for x in items])}
+    if "target" in items[0]:  # attribute values [B, A]
+        batch["target"] = torch.stack([x["target"] for x in items])
     for key in ("feats", "asr", "prev", "other", "egemaps"):
         if key in items[0]:
             batch[key] = pad_sequences([x[key] for x in items])

@@ -12,10 +12,11 @@ import pandas as pd
 from ser_modules.asr.saved_models import adaptation_skip_reason, adapted_upstream_entry, upstream_entries
 from ser_modules.data.folds import check_speaker_independence
 from ser_modules.ser.inputs import SERInputs
+from ser_modules.ser.dimensional import concordance_correlation, has_attributes
 from ser_modules.ser.metrics import classification_metrics
 from ser_modules.ser.probe import expand_variants
 from ser_modules.ser.training import train_fold_run
-from ser_modules.ser.variants import VariantSpec, variant_runs
+from ser_modules.ser.variants import VariantSpec, variant_attributes, variant_runs
 from ser_modules.utils.curves import curves_dir
 from ser_modules.utils.fileio import ManifestError, write_json
 from ser_modules.utils.jobs import worker_state
@@ -33,11 +34,15 @@ def check_training_folds(manifest: pd.DataFrame, folds, path: str) -> None:
                             "or --k)")
 
 
-def skip_reason(spec: VariantSpec, has_context: bool, asr_stores: dict, folds, exp_dir: str) -> str | None:
-    """Why a variant cannot train here (IAAN without dialog context, no stage-4 store of its ASR
-    model for some fold), or None."""
+def skip_reason(spec: VariantSpec, has_context: bool, asr_stores: dict, folds, exp_dir: str,
+                manifest: pd.DataFrame | None = None, attributes=None) -> str | None:
+    """Why a variant cannot train here (IAAN without dialog context, attributes the corpus does not carry,
+    no stage-4 store of its ASR model for some fold), or None."""
     if spec.type == "iaan" and not has_context:
         return "IAAN needs dialog context and this corpus has no dialog structure"
+    wanted = variant_attributes(spec, attributes)
+    if wanted and manifest is not None and not has_attributes(manifest, wanted):
+        return f"task {spec.task} needs {', '.join(wanted)} for every utterance and this corpus does not carry them"
     stored = set(asr_stores)
     missing = [f.name for f in folds if spec.asr and not {spec.asr, f"{spec.asr}/{f.name}"} & stored]
     if not missing:
@@ -48,14 +53,14 @@ def skip_reason(spec: VariantSpec, has_context: bool, asr_stores: dict, folds, e
 
 
 def trainable_variants(variants: list[dict], exp_dir: str, manifest: pd.DataFrame, asr_stores: dict, folds,
-                       log) -> tuple[list[dict], dict[str, str]]:
+                       log, attributes=None) -> tuple[list[dict], dict[str, str]]:
     """``(variants that can train, {skipped variant: reason})`` of conf/ser.yaml's ``variants``, upstream
     templates expanded (one variant per layer); each skipped one is logged."""
     has_context = "prev_same" in manifest.columns and (manifest["prev_same"] != "").any()
     trainable, skipped = [], {}
     for v in expand_variants(variants, upstream_entries(exp_dir), adapted_upstream_entry(exp_dir)):
         spec = VariantSpec.from_dict(v)
-        reason = skip_reason(spec, has_context, asr_stores, folds, exp_dir)
+        reason = skip_reason(spec, has_context, asr_stores, folds, exp_dir, manifest, attributes)
         if reason:
             log.warning("variant %s skipped: %s", spec.name, reason)
             skipped[spec.name] = reason
@@ -104,22 +109,31 @@ def log_trainings(results, n_jobs: int, log) -> None:
         log.info("stage 5: %d of %d trainings already finished (same inputs), not repeated", finished_before, n_jobs)
 
 
+def run_metrics(frame: pd.DataFrame, classes: list[str], spec: VariantSpec) -> dict[str, float]:
+    """UA, WA, F1 (classes) and ``CCC_<attribute>`` (attributes) of one run's predictions."""
+    scores = classification_metrics(frame["true"], frame["predicted"], classes) if spec.predicts_classes else {}
+    for column in [c for c in frame.columns if c.startswith("pred_")]:
+        attribute = column[5:]
+        scores[f"CCC_{attribute}"] = concordance_correlation(frame[f"true_{attribute}"], frame[column])
+    return scores
+
+
 def variant_metrics(out: str, variants: list[dict], folds, n_runs: int, classes: list[str]) -> dict[str, dict]:
     """Write each variant's ``metrics.json`` (per fold and run, and the mean) and print its mean;
-    returns ``{variant: mean UA, WA, F1}``."""
+    returns ``{variant: mean UA, WA, F1 and/or CCC per attribute}``."""
     summary, config_runs = {}, n_runs
     for v in variants:
         spec = VariantSpec.from_dict(v)
         n_runs = variant_runs(v, config_runs)
         frames = [pd.read_csv(os.path.join(out, spec.name, f.name, f"run{r}", "predictions.csv"), keep_default_na=False)
                   for f in folds for r in range(n_runs)]
-        per_run = [classification_metrics(fr["true"], fr["predicted"], classes) for fr in frames]
-        mean = {k: float(pd.Series([m[k] for m in per_run]).mean()) for k in ("UA", "WA", "F1")}
+        per_run = [run_metrics(fr, classes, spec) for fr in frames]
+        mean = {k: float(pd.Series([m[k] for m in per_run]).mean()) for k in per_run[0]}
         write_json(os.path.join(out, spec.name, "metrics.json"),
                    {"variant": v, "classes": classes, "folds": len(folds), "runs": n_runs, "mean": mean,
                     "per_fold_run": [{"fold": f.name, "run": r, **m} for (f, r), m in
                                      zip([(f, r) for f in folds for r in range(n_runs)], per_run)]})
         summary[spec.name] = mean
-        print(f"stage 5 {spec.name:<28} UA {mean['UA']:.3f}  WA {mean['WA']:.3f}  F1 {mean['F1']:.3f} "
-              f"({len(folds)} folds x {n_runs} runs)")
+        print(f"stage 5 {spec.name:<28} " + "  ".join(f"{k} {x:.3f}" for k, x in mean.items())
+              + f" ({len(folds)} folds x {n_runs} runs)")
     return summary

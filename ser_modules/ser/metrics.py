@@ -110,3 +110,55 @@ def chance_scores(manifest: pd.DataFrame, folds, classes: list[str], runs: int =
             rows["Random prediction"].append({"fold": fold.name, "run": r, **classification_metrics(
                 true, rng.choice(classes, size=len(true)).tolist(), classes)})
     return {k: pd.DataFrame(v) for k, v in rows.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Attributes (dimensional emotion)
+
+ATTRIBUTE_METRICS = ("CCC", "r", "RMSE")
+
+
+def predicted_attributes(predictions: pd.DataFrame) -> list[str]:
+    """The attributes a ``predictions.csv`` holds (its ``pred_<attribute>`` columns, in order)."""
+    return [c[5:] for c in predictions.columns if c.startswith("pred_")]
+
+
+def per_fold_run_attributes(predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per (fold, run): ``CCC_<attribute>, r_<attribute>, RMSE_<attribute>`` of every attribute."""
+    from ser_modules.ser.dimensional import regression_metrics
+
+    rows = []
+    for (fold, run), group in predictions.groupby(["fold", "run"], sort=True):
+        row = {"fold": fold, "run": int(run)}
+        for a in predicted_attributes(predictions):
+            scores = regression_metrics(group[f"true_{a}"].astype(float), group[f"pred_{a}"].astype(float))
+            row.update({f"{m}_{a}": scores[m] for m in ATTRIBUTE_METRICS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize_attributes(scores: pd.DataFrame) -> dict:
+    """Mean and standard deviation (ddof 1) over (fold, run) of every attribute metric column of ``scores``."""
+    out = {"folds": int(scores["fold"].nunique()), "runs": int(scores["run"].nunique())}
+    for column in [c for c in scores.columns if c.split("_", 1)[0] in ATTRIBUTE_METRICS]:
+        out[f"{column}_mean"] = float(scores[column].mean())
+        out[f"{column}_std"] = float(scores[column].std(ddof=1)) if len(scores) > 1 else 0.0
+    return out
+
+
+def mean_predictor_scores(manifest: pd.DataFrame, folds, attributes: list[str]) -> pd.DataFrame:
+    """The chance row of the attribute table: every test utterance predicted as the training speakers' mean
+    (CCC 0 by construction, r undefined, RMSE the test values' spread about that mean)."""
+    from ser_modules.ser.dimensional import attribute_values
+
+    values = attribute_values(manifest, attributes)
+    rows = []
+    for fold in folds:
+        mean = np.mean([values[i] for i in fold.train], axis=0)
+        true = np.stack([values[i] for i in fold.test])
+        row = {"fold": fold.name, "run": 0}
+        for j, a in enumerate(attributes):
+            row.update({f"CCC_{a}": 0.0, f"r_{a}": float("nan"),
+                        f"RMSE_{a}": float(np.sqrt(((true[:, j] - mean[j]) ** 2).mean()))})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -23,6 +23,7 @@ from ser_modules.models.ser import (
     WeightedLayerSum,
     normalise_frames,
 )
+from ser_modules.ser.dimensional import ATTRIBUTE_LOSSES, ATTRIBUTES, TASKS, output_sizes
 from ser_modules.utils.fileio import ManifestError
 
 MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference", "weighted")
@@ -32,7 +33,7 @@ NO_ASR_TYPES = ("baseline", "reference")
 
 
 VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr", "layer_weights_lr", "dropout", "early_stop_patience",
-                         "early_stop_min_steps")
+                         "early_stop_min_steps", "attribute_loss", "task_weight")
 
 
 @dataclass
@@ -69,8 +70,22 @@ class VariantSpec:
         if "ablate" in spec and (spec["type"] != "progressive" or spec["ablate"] not in PROGRESSIVE_ABLATIONS):
             raise ManifestError(f"variant {spec.get('name')!r}: ablate (asr or branch) is a key of progressive variants, "
                                 f"got {spec.get('ablate')!r} on type {spec['type']}")
+        check_task_keys(spec)
         known = {k: spec.pop(k) for k in ("name", "type", "asr", "layer", "hidden") if k in spec}
         return cls(**known, options=spec)
+
+    @property
+    def task(self) -> str:
+        """``categorical`` (class logits), ``dimensional`` (attributes) or ``multitask`` (both, one last layer)."""
+        return self.options.get("task", "categorical")
+
+    @property
+    def predicts_classes(self) -> bool:
+        return self.task != "dimensional"
+
+    @property
+    def predicts_attributes(self) -> bool:
+        return self.task != "categorical"
 
     @property
     def uses_handcrafted(self) -> bool:
@@ -95,6 +110,32 @@ class VariantSpec:
         return self.type == "weighted" and bool(self.options.get("layer_norm", False))
 
 
+def check_task_keys(spec: dict) -> None:
+    """:class:`ManifestError` naming the variant for a bad ``task``, ``attribute_loss``, ``task_weight`` or
+    ``attributes`` key (attributes are the config's unless a variant names its own)."""
+    name = spec.get("name")
+    if spec.get("task", "categorical") not in TASKS:
+        raise ManifestError(f"variant {name!r}: task must be one of {TASKS}, got {spec.get('task')!r}")
+    if spec.get("attribute_loss", "ccc") not in ATTRIBUTE_LOSSES:
+        raise ManifestError(f"variant {name!r}: attribute_loss must be one of {ATTRIBUTE_LOSSES}, got "
+                            f"{spec.get('attribute_loss')!r}")
+    weight = spec.get("task_weight", 1.0)
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+        raise ManifestError(f"variant {name!r}: task_weight (the attribute loss's weight in a multitask variant) must "
+                            f"be a number > 0, got {weight!r}")
+    attributes = spec.get("attributes", list(ATTRIBUTES))
+    if not isinstance(attributes, (list, tuple)) or not attributes or not all(isinstance(a, str) for a in attributes):
+        raise ManifestError(f"variant {name!r}: attributes must be a list of manifest columns, got {attributes!r}")
+
+
+def variant_attributes(spec: "VariantSpec", config_attributes=None) -> list[str]:
+    """The attributes a variant predicts: none for a categorical one, else its own ``attributes`` key, the
+    config's ``attributes``, or arousal, valence and dominance."""
+    if not spec.predicts_attributes:
+        return []
+    return list(spec.options.get("attributes") or config_attributes or ATTRIBUTES)
+
+
 def variant_runs(spec: "VariantSpec | dict", n_runs: int) -> int:
     """Runs (seeds) per fold of a variant: its own ``n_runs`` key, else the config's ``n_runs`` (the demo
     repeats cheap variants more often than the recurrent ones)."""
@@ -116,10 +157,13 @@ def pool_layers(spec: VariantSpec, seq: torch.Tensor) -> torch.Tensor:
     return normalise_frames(seq.view(seq.shape[0], n, -1)).mean(dim=0).reshape(1, -1)
 
 
-def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float) -> tuple[type, dict]:
+def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float,
+                    n_attributes: int = 0) -> tuple[type, dict]:
     """The SER model class of ``spec`` and its keyword arguments (a weighted sum's ``head`` is itself a
-    ``(class, kwargs)`` pair): :func:`build_model` calls it, an export writes it as HyperPyYAML ``!new:``."""
+    ``(class, kwargs)`` pair): :func:`build_model` calls it, an export writes it as HyperPyYAML ``!new:``.
+    The last layer has ``n_classes`` class logits and/or ``n_attributes`` attribute outputs, by the task."""
     o = spec.options
+    n_classes = sum(output_sizes(spec.task, n_classes, n_attributes))
     if spec.type == "baseline":
         return BiGRUBaseline, dict(input_size=dims["handcrafted"], hidden_size=spec.hidden,
                                    num_layers=o.get("num_layers", 2), n_classes=n_classes, dropout=dropout,
@@ -139,7 +183,9 @@ def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dro
     if spec.type == "reference":
         return LinearSVMReference, dict(input_size=dims["egemaps"], n_classes=n_classes)
     if spec.type == "weighted":
-        head = VariantSpec(spec.name, o.get("head", "mp"), spec.asr, spec.layer, spec.hidden, o)
+        # the head's last layer already has the task's outputs (n_classes is their sum here)
+        head = VariantSpec(spec.name, o.get("head", "mp"), spec.asr, spec.layer, spec.hidden,
+                           {k: v for k, v in o.items() if k != "task"})
         return WeightedLayerSum, dict(n_layers=dims["layers"], dim=dims["asr"],
                                       head=model_blueprint(head, dims, n_classes, dropout),
                                       layer_norm=bool(o.get("layer_norm", False)))
@@ -155,12 +201,13 @@ def fit_input_statistics(model: torch.nn.Module, pooled: torch.Tensor) -> None:
             module.fit(pooled)
 
 
-def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float) -> torch.nn.Module:
+def build_model(spec: VariantSpec, dims: dict[str, int], n_classes: int, dropout: float,
+                n_attributes: int = 0) -> torch.nn.Module:
     def build(blueprint):
         cls, kwargs = blueprint
         return cls(**{k: build(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
 
-    return build(model_blueprint(spec, dims, n_classes, dropout))
+    return build(model_blueprint(spec, dims, n_classes, dropout, n_attributes))
 
 
 def forward(model: torch.nn.Module, spec: VariantSpec, batch: dict, device) -> torch.Tensor:

@@ -55,7 +55,8 @@ def main(argv=None) -> None:
     if not os.path.isfile(stores):
         raise ManifestError(f"{stores}: no representation stores for protocol {args.protocol} (run stage 4)")
     classes = sorted(manifest["emotion"].unique())
-    variants, skipped = trainable_variants(hp["variants"], args.exp_dir, manifest, read_json(stores)["asr"], folds, log)
+    variants, skipped = trainable_variants(hp["variants"], args.exp_dir, manifest, read_json(stores)["asr"], folds, log,
+                                           hp.get("attributes"))
     jobs = training_jobs(variants, len(folds), hp["n_runs"])
     state = {"stores": stores, "folds": folds, "manifest": manifest, "classes": classes, "hp": hp, "out": out,
              "device": args.device}
