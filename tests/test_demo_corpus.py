@@ -141,8 +141,9 @@ def test_espeak_voices_exist_and_differ():
         engine.synth("x", "zz-nonexistent", 170, 50, 50, 100, seed=1)
 
 
-def plan_digest(cfg) -> str:
-    """SHA-1 of everything a config plans (synthesis jobs, turns, then the metadata writer's next draws)."""
+def plan_digest(cfg, ratings: bool = True) -> str:
+    """SHA-1 of everything a config plans (synthesis jobs, turns, then the metadata writer's next draws);
+    without the evaluators' dimensional ``ratings`` when False."""
     import dataclasses
 
     from make_demo_corpus import plan_emotion_corpus, plan_librispeech
@@ -151,13 +152,17 @@ def plan_digest(cfg) -> str:
     dialogs, tasks = plan_emotion_corpus(cfg, "/root", rng)
     _, asr = plan_librispeech(cfg, "/asr", rng)
     text = repr([[dataclasses.astuple(j) for j in t] for t in tasks + asr])
-    text += repr([dataclasses.astuple(t) for d in dialogs for t in d["turns"]]) + repr(rng.integers(2**31, size=4).tolist())
+    turns = [t if ratings else dataclasses.replace(t, vad=[]) for d in dialogs for t in d["turns"]]
+    text += repr([dataclasses.astuple(t) for t in turns]) + repr(rng.integers(2**31, size=4).tolist())
     return hashlib.sha1(text.encode()).hexdigest()
 
 
 def test_default_style_plans_the_corpus_it_planned_before_styles():
-    # digest of the generator at commit 31e8dd8, before the second (other-style) demo corpus existed
-    assert plan_digest(DemoConfig()) == "b42d5862767642138be9b04025aa659022bfc9a1"
+    # Without the dimensional ratings: the digest of the generator at commit 31e8dd8, before the second
+    # (other-style) demo corpus existed, and of generator 8 (75f1b40): the same audio, votes and draws.
+    assert plan_digest(DemoConfig(), ratings=False) == "b302bb3ed800df28378d6b6bb9c830b3a63637b7"
+    # generator 9's ratings follow each rendering's prosody (generator 8: b42d5862767642138be9b04025aa659022bfc9a1)
+    assert plan_digest(DemoConfig()) == "43e76634d78fad558a58bc701f431862625765f6"
     assert DemoConfig().key() == {"generator_version": 9, "seed": 0, "sessions": 5, "dialogs_per_session": 6,
                                   "turns_per_dialog": 28, "asr_train_minutes": 60.0, "asr_eval_minutes": 6.0}
 
@@ -188,3 +193,18 @@ def test_resampler_keeps_a_tone_and_removes_aliases():
     assert np.abs(y[100:-100] - ref[100:-100]).max() < 1e-3
     above_nyquist = resample_sinc(np.sin(2 * np.pi * 9500 * t), 22050, 16000)
     assert np.abs(above_nyquist[100:-100]).max() < 0.02
+
+
+def test_raters_hear_arousal_and_dominance_in_the_renderings_prosody():
+    from make_demo_corpus import EMOTION_PROSODY, VAD_PROTOTYPE, _perceived_vad, _ratings
+
+    base = (165.0, 50.0, 50.0, 100.0, 0.0)
+    # one jitter standard deviation up in rate, range, volume and effort (pitch does not count)
+    rendered = (165 + 12, 50 + 5, 50 + 10, 100 + 15, 0.25)
+    v, a, d = _perceived_vad("neu", rendered, base, EMOTION_PROSODY)
+    assert (v, a, d) == pytest.approx((3.0, 2.5 + 0.3 * 4, 2.8 + 0.3 * 2))
+    # the emotion's own setting for the speaker is heard as its prototype
+    angry = tuple(b + o for b, o in zip(base, EMOTION_PROSODY["ang"]))
+    assert _perceived_vad("ang", angry, base, EMOTION_PROSODY) == pytest.approx(VAD_PROTOTYPE["ang"])
+    # each rater adds noise and answers on the 1-5 scale
+    assert _ratings([("E1", 0.4, -0.2, 3.0), ("E2", 0.0, 0.0, -9.0)], (3.0, 3.7, 3.4)) == [("E1", 3, 4, 5), ("E2", 3, 4, 1)]

@@ -95,7 +95,8 @@ def _write_attribute_predictions(folder, name, rng, noise, folds=("f1", "f2", "f
 def test_stage6_scores_attributes_by_ccc_with_p_values_against_the_attribute_reference(tmp_path):
     import logging
 
-    from ser_modules.report.results import attribute_table, resolve_attribute_reference, variant_rows
+    from ser_modules.report.attributes import attribute_table, resolve_attribute_reference
+    from ser_modules.report.results import variant_rows
     from ser_modules.ser.metrics import per_fold_run_attributes
 
     rng = np.random.default_rng(0)
@@ -152,3 +153,33 @@ def test_attribute_values_refuse_a_missing_value_naming_the_utterance():
         attribute_values(manifest, ["arousal"], "corpus.csv")
     with pytest.raises(ManifestError, match="no dominance column"):
         attribute_values(manifest, ["dominance"])
+
+
+def test_inference_rows_of_a_dimensional_variant_carry_attributes_in_their_scale_and_no_classes():
+    from ser_modules.inference.batching import BatchPredictor
+    from ser_modules.inference.loading import FoldModel
+    from ser_modules.inference.streaming import FileState, ResultRows
+    from ser_modules.ser.variants import VariantSpec
+
+    spec = VariantSpec.from_dict({"name": "v", "type": "mp", "asr": "a", "layer": "l", "task": "dimensional"})
+    fold = FoldModel("f1", torch.nn.Identity(), None, ["arousal", "valence"], TargetScaler([3.0, 2.0], [0.5, 1.0],
+                                                                                         [1.0, 1.0], [5.0, 5.0]))
+    predictor = BatchPredictor.__new__(BatchPredictor)
+    predictor.spec = spec
+    values = predictor.fold_outputs(fold, torch.tensor([[1.0, -1.0], [10.0, 0.0]]))
+    assert np.allclose(values, [[3.5, 1.0], [5.0, 2.0]])  # mean + std * output, clipped to the training range
+    multitask = VariantSpec.from_dict({**spec.options, "name": "m", "type": "mp", "asr": "a", "layer": "l",
+                                       "task": "multitask"})
+    predictor.spec = multitask
+    both = predictor.fold_outputs(fold, torch.tensor([[0.0, 0.0, 1.0, -1.0]]))
+    assert np.allclose(both, [[0.5, 0.5, 3.5, 1.0]])  # softmax over the 2 class logits, then the attributes
+    rows = ResultRows([], False, ["arousal", "valence"])
+    state = FileState("a.wav", 2, (None, None), "")
+    state.add(values[0], 16000, "")
+    state.add(values[1], 48000, "")  # a longer window weighs more
+    rows.finish(state)
+    rows.error("b.wav", "b.wav: unreadable")
+    ok, bad = rows.ordered(["a.wav", "b.wav"])
+    assert "emotion" not in ok and not any(k.startswith("p_") for k in ok)
+    assert ok["arousal"] == pytest.approx((3.5 + 3 * 5.0) / 4) and ok["valence"] == pytest.approx((1.0 + 3 * 2.0) / 4)
+    assert bad["arousal"] == "" and bad["status"] == "error" and "emotion" not in bad

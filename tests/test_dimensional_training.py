@@ -6,7 +6,6 @@ import json
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from ser_modules.ser.dimensional import concordance_correlation

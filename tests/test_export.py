@@ -244,7 +244,7 @@ def test_an_exported_multitask_model_returns_the_attributes_in_their_scale_as_th
     manifest = pd.read_csv(exp / "data" / "emotion" / "lakomkin2018" / "manifest.csv", keep_default_na=False)
     wav = dict(zip(manifest["ID"], manifest["wav"]))
     # one fold's model on its test utterances answers as stage 5 scored them, in the attributes' original scale
-    fold = sorted(os.listdir(exp / "ser" / variant))[0]
+    fold = sorted(f for f in os.listdir(exp / "ser" / variant) if (exp / "ser" / variant / f).is_dir())[0]
     stage5 = pd.read_csv(exp / "ser" / variant / fold / "run0" / "predictions.csv")
     one = EmotionRecognizer.from_experiment(str(exp), variant, fold=fold, device="cpu")
     assert one.attributes == attributes and one.classes == sorted(manifest["emotion"].unique())

@@ -18,12 +18,16 @@ import pandas as pd
 
 from ser_modules.asr.saved_models import adapted_upstream_entry, upstream_entries
 from ser_modules.data.corpus import language_mismatch
-from ser_modules.data.datasets import read_utterance
 from ser_modules.data.eval_corpora import listed_eval_corpora
 from ser_modules.data.folds import load_folds
 from ser_modules.dump.corpus_dump import read_stores
-from ser_modules.dump.store import FeatureStore
 from ser_modules.report import plots
+from ser_modules.report.representations import loudness_analysis, tsne_plots
+from ser_modules.report.attributes import (
+    attribute_section,
+    attribute_summary,
+    resolve_attribute_reference,
+)
 from ser_modules.report.cross_corpus import cross_corpus_figures, cross_corpus_rows, cross_corpus_section
 from ser_modules.report.formatting import config_json, data_section, fmt, fmt_p, markdown_table
 from ser_modules.report.upstream import upstream_report, upstream_table
@@ -31,7 +35,6 @@ from ser_modules.ser.metrics import (
     METRICS,
     chance_scores,
     load_predictions,
-    mean_predictor_scores,
     normalized_confusion,
     paired_tests,
     per_fold_run,
@@ -96,32 +99,9 @@ def variant_rows(ser_dir: str, variants: list[dict], classes: list[str], referen
                     "p_ttest_UA": tests.get("p_ttest", np.nan), "p_wilcoxon_UA": tests.get("p_wilcoxon", np.nan),
                     "config": config_json(v, hp_ser)})
         if spec.name in attribute_scores:
-            a = attribute_scores[spec.name]
-            row.update({k: round(x, 4) for k, x in summarize_attributes(a).items() if k not in ("folds", "runs")})
-            for attribute in predicted_attributes(preds[spec.name]):
-                ref = attribute_scores.get(attribute_reference or "")
-                metric = f"CCC_{attribute}"
-                test = paired_tests(a, ref, metric) if ref is not None and metric in ref and \
-                    spec.name != attribute_reference else {}
-                row[f"p_ttest_{metric}"] = test.get("p_ttest", np.nan)
+            row.update(attribute_summary(spec.name, attribute_scores, attribute_reference))
         rows.append(row)
     return pd.DataFrame(rows), scores, preds
-
-
-def resolve_attribute_reference(name: str | None, reference: str, variants: list[dict]) -> str | None:
-    """The row the attribute p-values compare against: ``name`` (conf/score.yaml ``attribute_reference``)
-    when it is a variant with attributes, else the categorical reference when it predicts attributes, else
-    the first variant with attributes of the reference's type, else the first variant with attributes
-    (None without any: a configuration whose variants were overridden has no attribute table)."""
-    specs = [VariantSpec.from_dict(v) for v in variants]
-    names = [s.name for s in specs if s.predicts_attributes]
-    if name in names:
-        return name
-    if reference in names:
-        return reference
-    ref_type = next((s.type for s in specs if s.name == reference), None)
-    same = [s.name for s in specs if s.predicts_attributes and s.type == ref_type]
-    return (same or names or [None])[0]
 
 
 FAMILIES = {"baseline": "Baseline", "mp": "Fine-tuning MP", "rnn": "Fine-tuning RNN", "progressive": "Progressive net",
@@ -161,45 +141,6 @@ def family_table(results: pd.DataFrame, chance: dict[str, pd.DataFrame]) -> pd.D
                      "folds × runs": f"{r['folds']} × {r['runs']}", "p (t-test)": fmt_p(r["p_ttest_UA"]),
                      "p (Wilcoxon)": fmt_p(r["p_wilcoxon_UA"])})
         previous = family
-    return pd.DataFrame(rows)
-
-
-def table_attributes(results: pd.DataFrame) -> list[str]:
-    """The attributes scored in ``results`` (its ``CCC_<attribute>_mean`` columns, in order)."""
-    return [c[4:-5] for c in results.columns if c.startswith("CCC_") and c.endswith("_mean")] if len(results) else []
-
-
-def attribute_table(results: pd.DataFrame, chance: pd.DataFrame | None) -> pd.DataFrame:
-    """Dimensional emotion: per variant with attributes, CCC of each attribute (mean ± std over folds × runs,
-    the best in bold) with the t-test's p against the attribute reference, then Pearson r and RMSE of each
-    (means, attributes in the header's order); first the mean predictor (the training speakers' mean)."""
-    attributes = table_attributes(results)
-    rows_in = results[results[[f"CCC_{a}_mean" for a in attributes]].notna().any(axis=1)] if attributes else results
-    if not len(rows_in):
-        return pd.DataFrame()
-    order = " / ".join(attributes)
-
-    def cells(stats: dict, best: dict | None) -> dict:
-        out = {}
-        for a in attributes:
-            mean, std = stats.get(f"CCC_{a}_mean", np.nan), stats.get(f"CCC_{a}_std", np.nan)
-            text = fmt(mean, std) if not pd.isna(mean) else "–"
-            out[f"CCC {a}"] = f"**{text}**" if best and not pd.isna(mean) and np.isclose(mean, best[a]) else text
-            out[f"p {a}"] = fmt_p(stats.get(f"p_ttest_CCC_{a}", np.nan)) if best else ""
-        out[f"r ({order})"] = " / ".join("–" if pd.isna(stats.get(f"r_{a}_mean", np.nan)) else f"{stats[f'r_{a}_mean']:.3f}"
-                                         for a in attributes)
-        out[f"RMSE ({order})"] = " / ".join("–" if pd.isna(stats.get(f"RMSE_{a}_mean", np.nan)) else
-                                            f"{stats[f'RMSE_{a}_mean']:.3f}" for a in attributes)
-        return out
-
-    rows = []
-    if chance is not None and len(chance):
-        s = summarize_attributes(chance)
-        rows.append({"Model": "Mean predictor", **cells(s, None), "folds × runs": f"{s['folds']} × {s['runs']}"})
-    best = {a: rows_in[f"CCC_{a}_mean"].max() for a in attributes}
-    for _, r in rows_in.iterrows():
-        model = r["model"] if r.get("complete", True) else f"**{r['model']} (incomplete)**"
-        rows.append({"Model": model, **cells(r.to_dict(), best), "folds × runs": f"{r['folds']} × {r['runs']}"})
     return pd.DataFrame(rows)
 
 
@@ -247,57 +188,6 @@ def listener_size_table(exp_dir: str) -> pd.DataFrame:
     table["rank"] = [str(r) if r else "full" for r in table["rank"]]
     return table.rename(columns={"listener_fc": "listener FC parameters", "listener": "listener parameters",
                                  "model": "model parameters"})
-
-
-def tsne_plots(stores: dict, manifest: pd.DataFrame, hp: dict, plot_dir: str) -> list[str]:
-    from sklearn.manifold import TSNE
-
-    paths = []
-    sample = manifest.sample(n=min(len(manifest), hp["tsne_max_utterances"]), random_state=hp["seed"])
-    for key, info in stores.get("asr", {}).items():
-        if info["model"] not in hp["tsne_models"] or (info["fold"] and info["fold"] != hp.get("tsne_fold", info["fold"])):
-            continue
-        store = FeatureStore(info["folder"])
-        for layer in [lay for lay in hp["tsne_layers"] if lay in info["layers"]]:
-            vectors = store.mean_pooled(layer, sample["ID"])
-            emb = TSNE(n_components=2, init="pca", random_state=hp["seed"], perplexity=min(30, len(sample) - 1),
-                       max_iter=500).fit_transform(vectors)
-            name = key.replace("/", "_")
-            paths.append(plots.plot_tsne(emb, sample["emotion"].tolist(), f"t-SNE of mean-pooled {layer} ({key})",
-                                         os.path.join(plot_dir, f"tsne_{name}_{layer}.png")))
-    return paths
-
-
-def frame_loudness(wav: np.ndarray, n_frames: int) -> np.ndarray:
-    """Loudness (dB RMS) of ``n_frames`` equal segments of a signal: one per representation frame."""
-    edges = np.linspace(0, len(wav), n_frames + 1).astype(int)
-    return np.array([20 * np.log10(np.sqrt(np.mean(wav[a:max(b, a + 1)] ** 2)) + 1e-6) for a, b in zip(edges[:-1], edges[1:])])
-
-
-def loudness_analysis(stores: dict, utterances: pd.DataFrame, hp: dict, plot_dir: str) -> dict | None:
-    """Pearson correlation of every unit of ``loudness_layer`` with frame loudness; plot the best unit."""
-    info = next((i for i in stores.get("asr", {}).values()
-                 if i["model"] == hp["loudness_model"] and hp["loudness_layer"] in i["layers"]), None)
-    if info is None:
-        return None
-    store, layer = FeatureStore(info["folder"]), hp["loudness_layer"]
-    rows = utterances.sample(n=min(len(utterances), hp["loudness_utterances"]), random_state=hp["seed"])
-    acts, louds = [], []
-    for _, r in rows.iterrows():
-        act = store.get(r["ID"], layer)
-        wav = read_utterance(r["wav"], r.get("seg_start", ""), r.get("seg_end", "")).numpy()
-        acts.append(act)
-        louds.append(frame_loudness(wav, act.shape[0]))
-    a, lo = np.concatenate(acts), np.concatenate(louds)
-    a_c, l_c = a - a.mean(0), lo - lo.mean()
-    r = (a_c * l_c[:, None]).sum(0) / (np.sqrt((a_c**2).sum(0) * (l_c**2).sum()) + 1e-12)
-    unit = int(np.nanargmax(np.abs(r)))
-    per_utt = [np.corrcoef(x[:, unit], y)[0, 1] for x, y in zip(acts, louds) if len(y) > 2 and x[:, unit].std() > 0]
-    mean_r = float(np.nanmean(per_utt))
-    examples = [(rows.iloc[i]["ID"], acts[i][:, unit], louds[i]) for i in range(min(2, len(acts)))]
-    path = plots.plot_loudness(examples, unit, layer, mean_r, os.path.join(plot_dir, f"loudness_{layer}.png"))
-    return {"layer": layer, "unit": unit, "pooled_r": float(r[unit]), "mean_utterance_r": mean_r,
-            "utterances": len(rows), "units_abs_r_over_0.5": int((np.abs(r) > 0.5).sum()), "plot": path}
 
 
 def notes_section(exp_dir: str, prepared: dict, skipped_variants: dict[str, str]) -> list[str]:
@@ -446,15 +336,7 @@ def results_markdown(rep: Report, hp: dict, seed: int) -> str:
     md += [markdown_table(family_table(results, chance)), "",
            "Rows grouped by model family as in Table 1 of Lakomkin et al. 2018; the best mean of each column "
            "(chance rows excluded) in bold.", ""]
-    attributes = table_attributes(results)
-    if attributes and results[[f"CCC_{a}_mean" for a in attributes]].notna().any().any():
-        chance_attr = mean_predictor_scores(rep.manifest, rep.folds, attributes)
-        md += ["## Dimensional emotion", "",
-               f"Concordance correlation coefficient (CCC) of predicted and true {', '.join(attributes)} (mean ± std "
-               f"over folds × runs; p: paired t-test of the CCC against **{rep.attribute_reference}** over the same "
-               "(fold, run) pairs), Pearson r and RMSE in the attribute's scale beside it. The mean predictor "
-               "answers every test utterance with the training speakers' mean (CCC 0). Scatter plots: "
-               "plots/attributes_<variant>.png.", "", markdown_table(attribute_table(results, chance_attr)), ""]
+    md += attribute_section(results, rep.manifest, rep.folds, rep.attribute_reference)
     md += cross_corpus_section(rep.cross, rep.eval_corpora, rep.prepared, rep.trained, corpus)
     if rep.upstreams:
         md += ["## Upstreams (stage 2)", "", "The pretrained encoders probed, frozen; layer0 is the encoder's input "

@@ -13,7 +13,6 @@ import logging
 import os
 
 import numpy as np
-import pandas as pd
 import speechbrain as sb
 import torch
 import torch.nn.functional as F

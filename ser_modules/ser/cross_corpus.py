@@ -55,8 +55,8 @@ def eval_job(job: tuple) -> tuple:
     w = worker_state()
     spec = VariantSpec.from_dict(spec_dict)
     before, n_runs = 0, variant_runs(spec, w["n_runs"])
-    attributes = variant_attributes(spec, w["hp"].get("attributes"))
-    if not spec.predicts_classes and not has_attributes(w["eval_manifests"][name], attributes):
+    if not spec.predicts_classes and not has_attributes(
+            w["eval_manifests"][name], variant_attributes(spec, (w.get("hp") or {}).get("attributes"))):
         return name, spec.name, 0, 0  # attributes only, and the corpus carries none of them: nothing to score
     for fold in w["folds"]:
         for run in range(n_runs):
