@@ -1,0 +1,192 @@
+"""The top blocks of a pretrained upstream, run from a stored hidden state so that they can be fine-tuned.
+
+Stage 4 stores every layer of every utterance: ``layer{L-k}`` is the output of block ``L - k`` (``layer0``
+the encoder's input). Running only blocks ``L-k+1 .. L`` on it costs ``k`` blocks per training step and keeps
+the ``L - k`` blocks below exactly as they were. :func:`top_blocks` copies those blocks out of a loaded
+upstream (:mod:`ser_modules.upstreams.encoders`) into a :class:`TopBlocks` whose outputs equal the full
+upstream's ``layer{L-k+1} .. layer{L}`` on the waveform (float tolerance), padded batches included:
+
+- transformers Whisper (and openai-whisper, loaded as transformers' encoder), with ``whisper_window:
+  utterance`` (each window of at most 1500 frames on its own frames: the stored frames are all the blocks
+  attend to; a 30 s window's padding frames were never stored, so ``30s`` is refused); the last block's
+  output goes through the encoder's final layer norm, as transformers' last hidden state does;
+- transformers wav2vec 2.0, HuBERT, data2vec-audio (post-norm or stable-layer-norm; the encoder's final norm
+  applied to the last block's output where the installed transformers' last hidden state has it, measured) and WavLM (its relative position bias recomputed by block 1's
+  embedding, frozen unless block 1 is fine-tuned; padded frames masked as keys);
+- torchaudio wav2vec 2.0, HuBERT and WavLM (torchaudio's attention mask, WavLM's key padding mask);
+- SpeechBrain encoders: their top-level children, one utterance at a time.
+
+``k = 0`` is a frozen probe (no block); ``k = L`` fine-tunes every block from ``layer0``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from ser_modules.utils.fileio import ManifestError
+
+WHISPER_WINDOW_FRAMES = 1500  # 30 s of Whisper's 20 ms frames: the longest window its positions cover
+
+
+class TopBlocks(nn.Module):
+    """Blocks ``first + 1 .. first + k`` of an upstream (``kind``: ``whisper``, ``hf``, ``hf-wavlm``,
+    ``torchaudio``, ``torchaudio-wavlm``, ``speechbrain``), trainable copies; ``final_norm`` applied to the last
+    block's output (None: none), ``bias`` the WavLM relative position embedding (block 1's attention).
+
+    ``forward(x [B, T, D], frames [B]) -> [k x [B, T, D]]``: the outputs of the blocks, zero after each
+    utterance's ``frames`` (as the stores hold them)."""
+
+    def __init__(self, blocks: list[nn.Module], kind: str, first: int, final_norm: nn.Module | None = None,
+                 bias: nn.Module | None = None):
+        super().__init__()
+        self.blocks, self.kind, self.first = nn.ModuleList(blocks), kind, int(first)
+        self.final_norm, self.bias = final_norm, bias
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The layers the blocks output: ``layer{first+1} .. layer{first+k}``."""
+        return [f"layer{self.first + i + 1}" for i in range(len(self.blocks))]
+
+    def forward(self, x: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
+        if not len(self.blocks):
+            return []
+        valid = torch.arange(x.shape[1], device=x.device)[None] < frames.to(x.device)[:, None]  # [B, T]
+        x = x * valid.unsqueeze(-1).to(x.dtype)
+        if self.kind == "whisper":
+            states = self._whisper(x, frames)
+        elif self.kind == "speechbrain":
+            states = self._one_at_a_time(x, frames)
+        else:
+            states = self._masked(x, valid)
+        if self.final_norm is not None:
+            states[-1] = self.final_norm(states[-1])
+        return [s * valid.unsqueeze(-1).to(s.dtype) for s in states]
+
+    def _run(self, x: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:
+        states = []
+        for block in self.blocks:
+            x = block(x, *args, **kwargs)
+            x = x[0] if isinstance(x, tuple) else x
+            states.append(x)
+        return states
+
+    def _whisper(self, x: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
+        """Each utterance's consecutive windows of at most 1500 frames, each alone in its attention (as the
+        upstream encoded them), all windows of the batch together; joined back per utterance."""
+        windows, where = [], []
+        for i, n in enumerate(frames.tolist()):
+            for start in range(0, max(int(n), 1), WHISPER_WINDOW_FRAMES):
+                windows.append(x[i, start: min(start + WHISPER_WINDOW_FRAMES, int(n))])
+                where.append((i, start))
+        lengths = torch.tensor([len(w) for w in windows], device=x.device)
+        batch = nn.utils.rnn.pad_sequence(windows, batch_first=True)
+        padded = torch.arange(batch.shape[1], device=x.device)[None] >= lengths[:, None]
+        mask = torch.zeros(padded.shape, dtype=x.dtype, device=x.device).masked_fill(padded, torch.finfo(x.dtype).min)
+        states = self._run(batch, mask[:, None, None, :])
+        out = [torch.zeros_like(x) for _ in states]
+        for w, (i, start) in enumerate(where):
+            n = int(lengths[w])
+            for o, s in zip(out, states):
+                o[i, start: start + n] = s[w, :n]
+        return out
+
+    def _masked(self, x: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
+        """The batch at once, padded frames masked as the upstream's own forward masks them."""
+        if self.kind == "hf":
+            mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, torch.finfo(x.dtype).min)
+            return self._run(x, attention_mask=mask[:, None, None, :])
+        if self.kind == "torchaudio":
+            mask = (-10000.0 * (~valid)[:, None, None, :].to(x.dtype)).expand(x.shape[0], 1, x.shape[1], x.shape[1])
+            return self._run(x, mask)
+        bias = self.bias.compute_bias(x.shape[1], x.shape[1])  # WavLM: [H, T, T], then per utterance and head
+        if self.kind == "hf-wavlm":
+            bias = bias.unsqueeze(0).repeat(x.shape[0], 1, 1, 1).view(-1, x.shape[1], x.shape[1])
+            return self._run(x, attention_mask=valid, position_bias=bias)
+        if self.kind == "torchaudio-wavlm":
+            padding = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, -torch.inf)
+            return self._run(x, None, position_bias=bias.unsqueeze(0).repeat(x.shape[0], 1, 1, 1),
+                             key_padding_mask=padding)
+        raise ValueError(f"unknown kind of top blocks: {self.kind!r}")
+
+    def _one_at_a_time(self, x: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
+        per_utt = [self._run(x[i: i + 1, : int(n)]) for i, n in enumerate(frames.tolist())]
+        return [nn.utils.rnn.pad_sequence([p[k][0] for p in per_utt], batch_first=True)
+                for k in range(len(self.blocks))]
+
+
+def top_blocks(upstream: nn.Module, k: int, source: str = "the upstream") -> TopBlocks:
+    """Trainable copies of the top ``k`` blocks of a loaded ``upstream`` (its weights unchanged) as a
+    :class:`TopBlocks` reading ``layer{L-k}``; :class:`ManifestError` naming ``source`` and its format where the
+    blocks cannot run from a stored hidden state."""
+    from ser_modules.upstreams.encoders import HFUpstream, SpeechBrainUpstream, TorchaudioUpstream
+
+    if isinstance(upstream, HFUpstream):
+        blocks, kind, final_norm, bias = _hf_blocks(upstream, source)
+    elif isinstance(upstream, TorchaudioUpstream):
+        layers = list(upstream.model.encoder.transformer.layers)
+        wavlm = upstream.arch["builder"] == "wavlm"
+        blocks, kind, final_norm = layers, "torchaudio-wavlm" if wavlm else "torchaudio", None
+        bias = layers[0].attention if wavlm else None
+    elif isinstance(upstream, SpeechBrainUpstream):
+        blocks, kind, final_norm, bias = list(upstream.blocks), "speechbrain", None, None
+    else:
+        raise ManifestError(f"{source}: {type(upstream).__name__} has no blocks to fine-tune from a stored layer")
+    n = len(blocks)
+    if not 0 <= int(k) <= n:
+        raise ManifestError(f"{source}: finetune_blocks {k} is not between 0 and its {n} blocks")
+    first = n - int(k)
+    top = [copy.deepcopy(b) for b in blocks[first:]]
+    if bias is not None and first > 0:  # block 1's embedding stays frozen below the fine-tuned blocks
+        bias = _frozen_copy(bias)
+    elif bias is not None:
+        bias = top[0].attention
+    norm = copy.deepcopy(final_norm) if final_norm is not None else None
+    module = TopBlocks(top, kind, first, norm, bias)
+    for p in module.parameters():
+        p.requires_grad = True
+    if module.bias is not None and first > 0:
+        for p in module.bias.parameters():
+            p.requires_grad = False
+    return module.train()
+
+
+def _hf_blocks(upstream, source: str):
+    """``(blocks, kind, final norm, WavLM bias module)`` of a transformers upstream."""
+    model = upstream.model
+    if upstream.whisper:
+        if upstream.whisper_window != "utterance":
+            raise ManifestError(f"{source}: fine-tuning Whisper's top blocks needs whisper_window: utterance (in a "
+                                "30 s window the blocks attend to padding frames stage 4 never stored)")
+        return list(model.layers), "whisper", model.layer_norm, None
+    encoder = model.encoder
+    blocks = list(encoder.layers)
+    if upstream.model_type not in ("wav2vec2", "hubert", "data2vec-audio", "wavlm"):
+        raise ManifestError(f"{source}: transformers model type {upstream.model_type!r}: its blocks cannot be run "
+                            "from a stored layer here (wav2vec2, hubert, data2vec-audio, wavlm and whisper can)")
+    final_norm = encoder.layer_norm if _last_state_is_normed(upstream) else None
+    if upstream.model_type == "wavlm":
+        return blocks, "hf-wavlm", final_norm, blocks[0].attention
+    return blocks, "hf", final_norm, None
+
+
+@torch.no_grad()
+def _last_state_is_normed(upstream) -> bool:
+    """Whether the upstream's last hidden state is after a pre-norm (stable-layer-norm) encoder's final norm:
+    transformers versions differ (4.x appends the normed state, 5.x the last block's output), so it is measured
+    on a short probe against the model's ``last_hidden_state`` (always after the final norm)."""
+    encoder = upstream.model.encoder
+    if not type(encoder).__name__.endswith("StableLayerNorm"):
+        return False  # post-norm: the blocks end normalised, no final norm
+    wav = torch.randn(1, 8000, generator=torch.Generator().manual_seed(0)).to(next(upstream.parameters()).device)
+    last = upstream.hidden_states(wav, torch.tensor([8000], device=wav.device))[-1]
+    return bool(torch.allclose(last, upstream.model(wav).last_hidden_state, atol=1e-5))
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    frozen = copy.deepcopy(module)
+    for p in frozen.parameters():
+        p.requires_grad = False
+    return frozen

@@ -1,0 +1,72 @@
+"""The top blocks of an upstream run from a stored layer (issue 40): equal to the full upstream's layers on
+the waveform, for every format whose blocks can run from a hidden state; a clear error otherwise."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+from ser_modules.upstreams.checkpoints import resolve_arch
+from ser_modules.upstreams.loading import load_upstream
+from ser_modules.upstreams.top_blocks import top_blocks
+from ser_modules.utils.fileio import ManifestError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "utils"))
+from make_tiny_upstream import make_tiny_upstream  # noqa: E402
+
+CASES = [  # (kind, format, group_norm)
+    ("whisper", "folder", False), ("whisper", "openai-whisper", False), ("wav2vec2", "folder", False),
+    ("wav2vec2", "folder", True), ("hubert", "folder", False), ("data2vec-audio", "folder", False),
+    ("wavlm", "folder", False), ("wavlm", "folder", True), ("wav2vec2", "torchaudio", False),
+    ("wavlm", "torchaudio", False), ("hubert", "torchaudio", True), ("speechbrain", "folder", False),
+]
+
+
+def padded_batch(seed=0):
+    """Two utterances of different lengths, zero-padded: the padded frames must not change the shorter one."""
+    g = torch.Generator().manual_seed(seed)
+    samples = torch.tensor([16000, 9000])
+    wavs = torch.randn(2, 16000, generator=g) * 0.1
+    wavs[1, 9000:] = 0
+    return wavs, samples
+
+
+@pytest.mark.parametrize("kind, fmt, group_norm", CASES)
+def test_top_blocks_on_a_stored_layer_equal_the_full_upstream(tmp_path, kind, fmt, group_norm):
+    name = f"{kind}.pt" if fmt == "openai-whisper" else f"{kind}.pth" if fmt == "torchaudio" else kind
+    path = make_tiny_upstream(kind, str(tmp_path / name), layers=3, hidden=32, group_norm=group_norm, fmt=fmt)
+    arch = resolve_arch(path, os.path.splitext(path)[0] + ".json") if fmt == "torchaudio" else None
+    upstream, _ = load_upstream(path, arch=arch, whisper_window="utterance")
+    wavs, samples = padded_batch()
+    layers = upstream.forward_layers(wavs, samples, upstream.layer_names)
+    n_blocks = len(upstream.layer_names) - 1
+    for k in (1, 2, n_blocks):
+        blocks = top_blocks(upstream, k, path)
+        start = upstream.layer_names[n_blocks - k]
+        x, frames = layers[start]
+        with torch.no_grad():
+            outputs = blocks.eval()(x, frames)
+        assert blocks.layer_names == upstream.layer_names[n_blocks - k + 1:]
+        for name, out in zip(blocks.layer_names, outputs):
+            want, want_frames = layers[name]
+            for i, n in enumerate(want_frames.tolist()):
+                torch.testing.assert_close(out[i, :n], want[i, :n], atol=2e-4, rtol=1e-4, msg=f"{kind} {fmt} k={k} {name}")
+        trainable = sum(p.numel() for p in blocks.parameters() if p.requires_grad)
+        copied = [*blocks.blocks.parameters(), *(blocks.final_norm.parameters() if blocks.final_norm is not None else [])]
+        assert trainable == sum(p.numel() for p in copied)  # every copied weight, the frozen WavLM bias below them not
+    assert trainable > 0  # (k = all blocks)
+    # the copies train; the upstream's own blocks stay frozen
+    assert not any(p.requires_grad for p in upstream.parameters())
+
+
+def test_whisper_in_30s_windows_and_a_bad_number_of_blocks_are_refused(tmp_path):
+    path = make_tiny_upstream("whisper", str(tmp_path / "whisper"), layers=2, hidden=32)
+    upstream, _ = load_upstream(path)  # 30 s windows
+    with pytest.raises(ManifestError, match="needs whisper_window: utterance"):
+        top_blocks(upstream, 1, path)
+    upstream, _ = load_upstream(path, whisper_window="utterance")
+    with pytest.raises(ManifestError, match="finetune_blocks 3 is not between 0 and its 2 blocks"):
+        top_blocks(upstream, 3, path)
+    assert top_blocks(upstream, 0, path)(torch.zeros(1, 5, 32), torch.tensor([5])) == []  # a frozen probe
