@@ -6,6 +6,11 @@ import sys
 
 import pytest
 import torch
+import transformers
+
+# Resolved at collection, before the session's background runs import transformers in their threads: a lazy
+# attribute resolved by two threads at once can fail ("module 'transformers' has no attribute 'AutoModel'").
+transformers.AutoModel  # noqa: B018
 
 from ser_modules.upstreams.checkpoints import resolve_arch
 from ser_modules.upstreams.loading import load_upstream
@@ -56,6 +61,8 @@ def test_top_blocks_on_a_stored_layer_equal_the_full_upstream(tmp_path, kind, fm
         trainable = sum(p.numel() for p in blocks.parameters() if p.requires_grad)
         copied = [*blocks.blocks.parameters(), *(blocks.final_norm.parameters() if blocks.final_norm is not None else [])]
         assert trainable == sum(p.numel() for p in copied)  # every copied weight, the frozen WavLM bias below them not
+        if kind == "wavlm" and k < n_blocks:  # block 1's bias embedding: frozen, out of the state dict
+            assert blocks.frozen_bias is not None and not any("frozen_bias" in key for key in blocks.state_dict())
     assert trainable > 0  # (k = all blocks)
     # the copies train; the upstream's own blocks stay frozen
     assert not any(p.requires_grad for p in upstream.parameters())

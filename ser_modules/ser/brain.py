@@ -20,6 +20,7 @@ from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 
 from ser_modules.data.datasets import LengthBucketBatchSampler
 from ser_modules.ser.dimensional import attribute_loss, mean_ccc, output_sizes
+from ser_modules.ser.finetune import attach_upstream_blocks, finetune_param_groups, upstream_path, warmup_factor
 from ser_modules.ser.inputs import SERDataset, collate
 from ser_modules.ser.variants import build_model, fit_input_statistics, forward
 from ser_modules.utils.curves import Curves
@@ -142,6 +143,20 @@ class SERBrain(sb.Brain):
                                                  torch.cat([o["attributes"] for o in self.outputs]).numpy()), 4)
         return scores
 
+    def on_fit_batch_start(self, batch, should_step):
+        """Warm-up of a fine-tuned upstream's blocks: their learning rate grows linearly over ``warmup_steps``
+        optimizer steps (counted from the epochs done, so a resumed run warms up as an uninterrupted one)."""
+        warmup = getattr(self.hparams, "warmup_steps", None)
+        if not warmup:
+            return
+        decay = self.hparams.annealer.lr / self.hparams.annealer.initial_lr
+        for group in self.optimizer.param_groups:
+            if group.get("upstream_blocks"):
+                group["lr"] = group["initial_lr"] * decay * warmup_factor(self.steps_done + 1, warmup)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        self.steps_done += 1
+
     def on_fit_start(self):
         super().on_fit_start()
         self.best_state, self.best_loss = None, float("inf")
@@ -156,6 +171,7 @@ class SERBrain(sb.Brain):
             self.hparams.history[:] = state["history"]
             self.best_state, self.best_loss = state["best_state"], state["best_loss"]
             logger.info("resumed %s after epoch %d", path, state["epoch"])
+        self.steps_done = self.hparams.epoch_counter.current * len(self.hparams.train_sampler)  # optimizer steps
         # x axis: the epoch; a resumed run continues after the epoch its state holds
         logdir = getattr(self.hparams, "curves_dir", None)
         self.curves = Curves(logdir, resume_step=self.hparams.epoch_counter.current if logdir else 0)
@@ -203,8 +219,8 @@ class SERBrain(sb.Brain):
         scalars = {"loss/train": self.train_loss, "loss/valid": valid_loss, "lr": lr,
                    **{f"{k[6:]}/valid": last[k] for k in ("valid_UA", "valid_CCC") if k in last}}
         groups = self.optimizer.param_groups
-        if len(groups) > 1:  # the layer weights' own group
-            scalars["lr/layer_weights"] = groups[1]["lr"]
+        if len(groups) > 1:  # the layer weights' or a fine-tuned upstream's blocks' own group
+            scalars["lr/upstream_blocks" if groups[1].get("upstream_blocks") else "lr/layer_weights"] = groups[1]["lr"]
         model = self.modules.model
         if hasattr(model, "layer_weights"):
             with torch.no_grad():
@@ -259,6 +275,8 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
     n_class_outputs, n_attribute_outputs = output_sizes(spec.task, n_classes, n_attributes)
     train_set, valid_set, test_set = dataset(fold.train, True), dataset(fold.valid, False), dataset(fold.test, False)
     model = build_model(spec, dims, n_classes, hp["dropout"], n_attributes)
+    if spec.finetuned:  # the upstream's top blocks, initialised with its weights
+        attach_upstream_blocks(model, upstream_path(inputs.stores_json, spec.asr, fold.name))
     if spec.options.get("asr_norm", "none") == "train":  # standardised with the training utterances' statistics
         fit_input_statistics(model, torch.cat([train_set.pooled[i] for i in train_set.ids]))
     sampler = LengthBucketBatchSampler([train_set.length(i) for i in range(len(train_set))], hp["batch_size"],
@@ -276,6 +294,7 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
                 "epoch_counter": counter, "history": history, "label_smoothing": hp.get("label_smoothing", 0.0),
                 "class_weights": class_weights(train_set.labels, n_classes, hp.get("class_weights")),
                 "n_class_outputs": n_class_outputs, "n_attribute_outputs": n_attribute_outputs,
+                "warmup_steps": hp.get("warmup_steps") if spec.finetuned else None,
                 "attribute_loss": hp.get("attribute_loss", "ccc"), "task_weight": float(hp.get("task_weight", 1.0)),
                 "max_grad_norm": hp["max_grad_norm"], "noprogressbar": True,
                 "early_stop_patience": hp.get("early_stop_patience"),
@@ -285,8 +304,9 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
         brain_hp["class_weights"] = brain_hp["class_weights"].to(device)
     # the groups are taken when the Brain builds its optimizer, from the model it has moved to its device
     brain = SERBrain(modules={"model": model},
-                     opt_class=lambda params: torch.optim.Adam(param_groups(model, hp["lr"], hp.get("layer_weights_lr")),
-                                                               lr=hp["lr"]),
+                     opt_class=lambda params: torch.optim.Adam(
+                         finetune_param_groups(model, hp["lr"], hp.get("upstream_lr"))
+                         or param_groups(model, hp["lr"], hp.get("layer_weights_lr")), lr=hp["lr"]),
                      hparams=brain_hp, run_opts={"device": device, "noprogressbar": True})
     try:
         brain.fit(counter, loader(train_set, sampler), loader(valid_set))

@@ -32,6 +32,7 @@ class SERInputs:
     """
 
     def __init__(self, stores_json: str):
+        self.stores_json = stores_json  # beside it the experiment's saved upstreams (fine-tuned tops read their blocks)
         self.info = read_stores(stores_json)
         self._stores: dict[str, FeatureStore] = {}
 
@@ -150,7 +151,7 @@ class SERDataset(torch.utils.data.Dataset):
             item["egemaps"] = torch.from_numpy(self.egemaps.get(utt, "egemaps"))
         if self.spec.pooled:
             item["asr"] = self.pooled[utt]
-        elif t in ("rnn", "iaan", "weighted"):
+        elif t in ("rnn", "iaan", "weighted") or self.spec.finetuned:  # frames
             item["asr"] = torch.from_numpy(np.concatenate(self._same_frames(utt), axis=1))
         if t == "iaan":
             prev, other = self.context[utt]

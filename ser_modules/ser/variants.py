@@ -24,6 +24,7 @@ from ser_modules.models.ser import (
     normalise_frames,
 )
 from ser_modules.ser.dimensional import ATTRIBUTE_LOSSES, ATTRIBUTES, TASKS, output_sizes
+from ser_modules.ser.finetune import FineTunedTop
 from ser_modules.utils.fileio import ManifestError
 
 MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference", "weighted")
@@ -33,7 +34,7 @@ NO_ASR_TYPES = ("baseline", "reference")
 
 
 VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr", "layer_weights_lr", "dropout", "early_stop_patience",
-                         "early_stop_min_steps", "attribute_loss", "task_weight")
+                         "early_stop_min_steps", "attribute_loss", "task_weight", "upstream_lr", "warmup_steps")
 
 
 @dataclass
@@ -71,6 +72,7 @@ class VariantSpec:
             raise ManifestError(f"variant {spec.get('name')!r}: ablate (asr or branch) is a key of progressive variants, "
                                 f"got {spec.get('ablate')!r} on type {spec['type']}")
         check_task_keys(spec)
+        check_finetune_keys(spec)
         known = {k: spec.pop(k) for k in ("name", "type", "asr", "layer", "hidden") if k in spec}
         return cls(**known, options=spec)
 
@@ -88,6 +90,11 @@ class VariantSpec:
         return self.task != "categorical"
 
     @property
+    def finetuned(self) -> int:
+        """How many top blocks of its upstream the variant fine-tunes (0: a frozen probe; :mod:`ser_modules.ser.finetune`)."""
+        return int(self.options.get("finetune_blocks", 0) or 0)
+
+    @property
     def uses_handcrafted(self) -> bool:
         return self.type in ("baseline", "progressive")
 
@@ -102,6 +109,8 @@ class VariantSpec:
     def pooled(self) -> bool:
         """Reads one mean-pooled vector per utterance (MP-x, Progressive net-x, weighted with the MP head:
         the mean of each layer, of its normalised frames with ``layer_norm``; :class:`WeightedLayerSum`)."""
+        if self.finetuned:  # the blocks read frames
+            return False
         return self.type in ("mp", "progressive") or (self.type == "weighted" and self.options.get("head", "mp") == "mp")
 
     @property
@@ -126,6 +135,27 @@ def check_task_keys(spec: dict) -> None:
     attributes = spec.get("attributes", list(ATTRIBUTES))
     if not isinstance(attributes, (list, tuple)) or not attributes or not all(isinstance(a, str) for a in attributes):
         raise ManifestError(f"variant {name!r}: attributes must be a list of manifest columns, got {attributes!r}")
+
+
+def check_finetune_keys(spec: dict) -> None:
+    """:class:`ManifestError` naming the variant for a bad ``finetune_blocks`` (a whole number >= 1, on mp or rnn
+    variants of an upstream), ``upstream_lr`` or ``warmup_steps``."""
+    name = spec.get("name")
+    k = spec.get("finetune_blocks")
+    if k is None:
+        return
+    if spec.get("type") not in ("mp", "rnn") or not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ManifestError(f"variant {name!r}: finetune_blocks (the top blocks of an upstream to fine-tune) is a whole "
+                            f"number >= 0 of an mp or rnn variant, got {k!r} on type {spec.get('type')}")
+    if k and spec.get("asr_norm", "none") != "none":
+        raise ManifestError(f"variant {name!r}: asr_norm standardises the stored layer, which fine-tuned blocks "
+                            "change: leave it out with finetune_blocks")
+    lr = spec.get("upstream_lr")
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0):
+        raise ManifestError(f"variant {name!r}: upstream_lr must be a number > 0, got {lr!r}")
+    warmup = spec.get("warmup_steps", 0)
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ManifestError(f"variant {name!r}: warmup_steps must be a whole number >= 0, got {warmup!r}")
 
 
 def variant_attributes(spec: "VariantSpec", config_attributes=None) -> list[str]:
@@ -163,6 +193,11 @@ def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dro
     ``(class, kwargs)`` pair): :func:`build_model` calls it, an export writes it as HyperPyYAML ``!new:``.
     The last layer has ``n_classes`` class logits and/or ``n_attributes`` attribute outputs, by the task."""
     o = spec.options
+    if spec.finetuned:  # the head's blueprint; the upstream's blocks are attached when the model is built
+        head = VariantSpec(spec.name, spec.type, spec.asr, spec.layer, spec.hidden,
+                           {k: v for k, v in o.items() if k != "finetune_blocks"})
+        return FineTunedTop, dict(head=model_blueprint(head, dims, n_classes, dropout, n_attributes),
+                                  finetune_blocks=spec.finetuned)
     n_classes = sum(output_sizes(spec.task, n_classes, n_attributes))
     if spec.type == "baseline":
         return BiGRUBaseline, dict(input_size=dims["handcrafted"], hidden_size=spec.hidden,
@@ -221,7 +256,7 @@ def forward(model: torch.nn.Module, spec: VariantSpec, batch: dict, device) -> t
         return model(*seq("egemaps"))
     if spec.type == "weighted" and spec.pooled:  # one vector per layer: the sum and the head, no frames
         return model.forward_pooled(seq("asr")[0][:, 0])
-    if spec.type in ("mp", "rnn", "weighted"):
+    if spec.type in ("mp", "rnn", "weighted"):  # (a fine-tuned top reads frames too)
         return model(*seq("asr"))
     if spec.type == "progressive":
         return model(*seq("feats"), *seq("asr"))

@@ -43,7 +43,17 @@ class TopBlocks(nn.Module):
                  bias: nn.Module | None = None):
         super().__init__()
         self.blocks, self.kind, self.first = nn.ModuleList(blocks), kind, int(first)
-        self.final_norm, self.bias = final_norm, bias
+        self.final_norm = final_norm
+        # Below the fine-tuned blocks the bias embedding is frozen and rebuilt from the upstream: kept out of the
+        # state dict (a fold model holds only what it trained), moved with the module all the same.
+        self.__dict__["frozen_bias"] = bias if bias is not None and first > 0 else None
+        self.bias = bias if bias is not None and first == 0 else None
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        if self.frozen_bias is not None:
+            self.frozen_bias._apply(fn, *args, **kwargs)
+        return self
 
     @property
     def layer_names(self) -> list[str]:
@@ -101,7 +111,8 @@ class TopBlocks(nn.Module):
         if self.kind == "torchaudio":
             mask = (-10000.0 * (~valid)[:, None, None, :].to(x.dtype)).expand(x.shape[0], 1, x.shape[1], x.shape[1])
             return self._run(x, mask)
-        bias = self.bias.compute_bias(x.shape[1], x.shape[1])  # WavLM: [H, T, T], then per utterance and head
+        embedding = self.bias if self.bias is not None else self.frozen_bias
+        bias = embedding.compute_bias(x.shape[1], x.shape[1])  # WavLM: [H, T, T], then per utterance and head
         if self.kind == "hf-wavlm":
             bias = bias.unsqueeze(0).repeat(x.shape[0], 1, 1, 1).view(-1, x.shape[1], x.shape[1])
             return self._run(x, attention_mask=valid, position_bias=bias)
@@ -145,11 +156,8 @@ def top_blocks(upstream: nn.Module, k: int, source: str = "the upstream") -> Top
         bias = top[0].attention
     norm = copy.deepcopy(final_norm) if final_norm is not None else None
     module = TopBlocks(top, kind, first, norm, bias)
-    for p in module.parameters():
+    for p in module.parameters():  # (the frozen bias embedding is not among them)
         p.requires_grad = True
-    if module.bias is not None and first > 0:
-        for p in module.bias.parameters():
-            p.requires_grad = False
     return module.train()
 
 

@@ -1,0 +1,82 @@
+"""Fine-tuned upstream tops (issue 40): a variant with ``finetune_blocks: k`` trains the top ``k`` blocks of its
+upstream together with its head, reading the layer stage 4 stored below them (``layer{L-k}``).
+
+:class:`FineTunedTop` is the SER model: trainable copies of the blocks (:mod:`ser_modules.upstreams.top_blocks`)
+and an MP or RNN head on the last block's output. The blocks come from the upstream the experiment read
+(:func:`attach_upstream_blocks`), so a model is built in two steps: the head from the variant's blueprint, then
+the blocks from the upstream; its state dict then holds only the fine-tuned blocks and the head. The blocks
+learn at ``upstream_lr`` (default: the head's lr / 30), warmed up linearly over ``warmup_steps`` optimizer steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+
+from ser_modules.utils.fileio import ManifestError
+
+DEFAULT_UPSTREAM_LR_RATIO = 30.0  # the blocks' learning rate below the head's (pretrained weights move little)
+
+
+class FineTunedTop(nn.Module):
+    """``x [B, T, D]`` of layer ``L - k``, ``lengths [B]`` -> the head's outputs on block ``L``'s output.
+
+    Built without blocks (``finetune_blocks`` says how many it needs); :meth:`attach` adds them."""
+
+    def __init__(self, head: nn.Module, finetune_blocks: int):
+        super().__init__()
+        self.head, self.finetune_blocks, self.blocks = head, int(finetune_blocks), None
+
+    def attach(self, blocks: nn.Module) -> "FineTunedTop":
+        if len(blocks.blocks) != self.finetune_blocks:
+            raise ValueError(f"{len(blocks.blocks)} blocks given, the variant fine-tunes {self.finetune_blocks}")
+        self.blocks = blocks
+        return self
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.blocks is None:
+            raise RuntimeError("FineTunedTop has no blocks: attach the upstream's (attach_upstream_blocks)")
+        return self.head(self.blocks(x, lengths)[-1], lengths)
+
+
+def upstream_path(stores_json: str, asr: str, fold: str) -> str:
+    """The saved upstream (``asr/upstreams/<name>/model.pt`` of the experiment) whose stored layers ``stores_json``
+    (``<exp>/dump/stores_<protocol>.json``) holds."""
+    from ser_modules.asr.saved_models import asr_model_path
+
+    return asr_model_path(os.path.dirname(os.path.dirname(os.path.abspath(stores_json))), asr, fold)
+
+
+def attach_upstream_blocks(model: nn.Module, asr_path: str, device: str = "cpu") -> nn.Module:
+    """Give a :class:`FineTunedTop` (other models are returned as they are) the top blocks of the upstream saved
+    at ``asr_path``, initialised with its weights (a fold's fine-tuned weights are loaded over them after)."""
+    if not isinstance(model, FineTunedTop):
+        return model
+    from ser_modules.asr.saved_models import load_asr_model
+    from ser_modules.upstreams.top_blocks import top_blocks
+
+    upstream, _, _, info = load_asr_model(asr_path, device)
+    if not info.get("upstream"):
+        raise ManifestError(f"{asr_path}: finetune_blocks needs a pretrained upstream; this is a "
+                            f"{info.get('architecture', 'toolkit ASR model')}")
+    return model.attach(top_blocks(upstream, model.finetune_blocks, asr_path))
+
+
+def finetune_param_groups(model: nn.Module, lr: float, upstream_lr: float | None) -> list[dict] | None:
+    """Adam's groups of a :class:`FineTunedTop`: the head at ``lr``, the blocks at ``upstream_lr`` (None:
+    ``lr / 30``); None for other models."""
+    if not isinstance(model, FineTunedTop) or model.blocks is None:
+        return None
+    block_lr = float(upstream_lr) if upstream_lr is not None else lr / DEFAULT_UPSTREAM_LR_RATIO
+    blocks = [p for p in model.blocks.parameters() if p.requires_grad]
+    return [{"params": [p for p in model.head.parameters() if p.requires_grad], "lr": lr, "initial_lr": lr},
+            {"params": blocks, "lr": block_lr, "initial_lr": block_lr, "upstream_blocks": True}]
+
+
+def warmup_factor(step: int, warmup_steps: int | None) -> float:
+    """Linear warm-up of the blocks' learning rate: ``step / warmup_steps`` up to 1 (1 without warm-up)."""
+    if not warmup_steps:
+        return 1.0
+    return min(1.0, max(int(step), 0) / float(warmup_steps))

@@ -1,0 +1,132 @@
+"""Fine-tuned upstream tops (issue 40): a variant trains its upstream's top k blocks with its head from the
+stored layer below them; the model equals the frozen upstream's head at the start, gradients reach exactly the
+top k blocks and the head, and a training killed after an epoch resumes to the uninterrupted result."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import transformers
+
+# Resolved at collection, before the session's background runs import transformers in their threads: a lazy
+# attribute resolved by two threads at once can fail ("module 'transformers' has no attribute 'AutoModel'").
+transformers.AutoModel  # noqa: B018
+
+from ser_modules.data.folds import load_folds
+from ser_modules.models.ser import FineTuneMP, FineTuneRNN
+from ser_modules.ser.finetune import FineTunedTop, finetune_param_groups, warmup_factor
+from ser_modules.ser.variants import VariantSpec, build_model
+from ser_modules.upstreams.loading import load_upstream
+from ser_modules.upstreams.top_blocks import top_blocks
+from ser_modules.utils.fileio import ManifestError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "utils"))
+from make_tiny_upstream import make_tiny_upstream  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def wavlm(tmp_path_factory):
+    path = make_tiny_upstream("wavlm", str(tmp_path_factory.mktemp("finetune") / "wavlm"), layers=3, hidden=32)
+    upstream, _ = load_upstream(path)
+    g = torch.Generator().manual_seed(0)
+    wavs, samples = torch.randn(3, 12000, generator=g) * 0.1, torch.tensor([12000, 8000, 5000])
+    for i, n in enumerate(samples.tolist()):
+        wavs[i, n:] = 0
+    return upstream, upstream.forward_layers(wavs, samples, upstream.layer_names)
+
+
+@pytest.mark.parametrize("head", ["mp", "rnn"])
+def test_a_fine_tuned_top_starts_as_the_frozen_upstream_under_its_head(wavlm, head):
+    upstream, layers = wavlm
+    spec = VariantSpec.from_dict({"name": "top", "type": head, "asr": "u", "layer": "layer1", "hidden": 8,
+                                  "finetune_blocks": 2})
+    model = build_model(spec, {"asr": 32}, 4, 0.0)
+    assert isinstance(model, FineTunedTop) and isinstance(model.head, FineTuneMP if head == "mp" else FineTuneRNN)
+    model.attach(top_blocks(upstream, 2)).eval()
+    with torch.no_grad():  # blocks 2-3 on the stored layer1, then the head = the head on the upstream's layer3
+        got = model(*layers["layer1"])
+        want = model.head(*layers["layer3"])
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+    assert not VariantSpec.from_dict({**spec.options, **{"name": "top", "type": head, "asr": "u", "layer": "l"}}).pooled
+
+
+def test_gradients_reach_exactly_the_top_blocks_and_the_head(wavlm):
+    upstream, layers = wavlm
+    spec = VariantSpec.from_dict({"name": "top", "type": "mp", "asr": "u", "layer": "layer2", "finetune_blocks": 1})
+    model = build_model(spec, {"asr": 32}, 4, 0.0).attach(top_blocks(upstream, 1))
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(*layers["layer2"]), torch.tensor([0, 1, 2]))
+    loss.backward()
+    top = dict(model.blocks.blocks.named_parameters())
+    assert top and all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in top.items()
+                       if "rel_attn_embed" not in n)  # (block 1's bias embedding: not in block 3)
+    assert all(p.grad is not None for p in model.head.parameters())
+    assert all(p.grad is None for p in model.blocks.frozen_bias.parameters())  # block 1's frozen bias embedding
+    assert not any(k.startswith("blocks.frozen_bias") for k in model.state_dict())  # rebuilt, not stored
+    assert all(p.grad is None for p in upstream.parameters())  # the frozen upstream itself
+    groups = finetune_param_groups(model, 1e-3, None)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-3 / 30)] and groups[1]["upstream_blocks"]
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_warm_up_and_bad_keys():
+    assert [warmup_factor(s, 4) for s in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0] and warmup_factor(3, 0) == 1.0
+    for bad, message in [({"type": "iaan", "finetune_blocks": 1}, "finetune_blocks"),
+                         ({"type": "mp", "finetune_blocks": 1.5}, "finetune_blocks"),
+                         ({"type": "mp", "finetune_blocks": 1, "asr_norm": "train"}, "asr_norm"),
+                         ({"type": "mp", "finetune_blocks": 1, "upstream_lr": 0}, "upstream_lr"),
+                         ({"type": "mp", "finetune_blocks": 1, "warmup_steps": -1}, "warmup_steps")]:
+        with pytest.raises(ManifestError, match=message):
+            VariantSpec.from_dict({"name": "v", "asr": "u", "layer": "layer1", **bad})
+
+
+TRAIN = """
+import json, sys
+from ser_modules.data.folds import load_folds
+from ser_modules.ser.inputs import SERInputs
+from ser_modules.ser.training import train_fold_run
+from ser_modules.ser.variants import VariantSpec
+import pandas as pd
+a = json.loads(sys.argv[1])
+manifest = pd.read_csv(a["manifest"], keep_default_na=False, dtype={"ID": str})
+classes = sorted(manifest["emotion"].unique())
+fold = load_folds(a["folds"])[0]
+train_fold_run(VariantSpec.from_dict(a["variant"]), fold, 0, manifest, classes, SERInputs(a["stores"]), a["hp"], a["out"])
+"""
+
+
+def test_a_killed_fine_tuning_resumes_to_the_uninterrupted_result(upstream_exp, tmp_path):
+    exp, _ = upstream_exp
+    upstream = json.loads((exp / "asr" / "upstreams.json").read_text())["upstreams"][0]
+    n_blocks = len(upstream["layers"]) - 1
+    variant = {"name": "MP-top1", "type": "mp", "asr": upstream["name"], "layer": f"layer{n_blocks - 1}",
+               "finetune_blocks": 1, "upstream_lr": 1e-3, "warmup_steps": 3}
+    hp = {"seed": 1, "lr": 0.01, "dropout": 0.1, "batch_size": 8, "max_epochs": 4, "sortagrad_epochs": 0,
+          "anneal_factor": 0.5, "anneal_patience": 100, "min_lr": 1e-8, "max_grad_norm": 5.0}
+    args = {"manifest": str(exp / "data" / "emotion" / "standard" / "manifest.csv"),
+            "folds": str(exp / "data" / "emotion" / "standard" / "folds_loso.json"),
+            "stores": str(exp / "dump" / "stores_standard.json"), "variant": variant, "hp": hp}
+
+    def run(out, env=None):
+        return subprocess.run([sys.executable, "-c", TRAIN, json.dumps({**args, "out": str(out)})], cwd=REPO,
+                              env={**os.environ, **(env or {})}, capture_output=True, text=True)
+
+    assert run(tmp_path / "whole").returncode == 0
+    killed = run(tmp_path / "resumed", {"SER_FAULT": "epoch:2:SIGKILL"})
+    assert killed.returncode != 0  # killed after its second epoch, its state saved
+    assert run(tmp_path / "resumed").returncode == 0, "resume failed"
+    whole = pd.read_csv(tmp_path / "whole" / "predictions.csv")
+    resumed = pd.read_csv(tmp_path / "resumed" / "predictions.csv")
+    pd.testing.assert_frame_equal(resumed, whole)
+    history = json.loads((tmp_path / "whole" / "history.json").read_text())
+    assert len(history) == 4
+    state = torch.load(tmp_path / "whole" / "model.pt")
+    # the fold model holds the fine-tuned block and the head, not the upstream's other blocks
+    assert {k.split(".")[0] for k in state} == {"head", "blocks"}
+    assert not any(k.startswith("blocks.blocks.1") for k in state)
+    assert load_folds(args["folds"])
