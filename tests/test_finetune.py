@@ -130,3 +130,24 @@ def test_a_killed_fine_tuning_resumes_to_the_uninterrupted_result(upstream_exp, 
     assert {k.split(".")[0] for k in state} == {"head", "blocks"}
     assert not any(k.startswith("blocks.blocks.1") for k in state)
     assert load_folds(args["folds"])
+
+
+def test_a_template_fine_tunes_the_top_blocks_of_each_upstream():
+    from ser_modules.ser.probe import expand_variants
+
+    ups = [{"name": "whisper", "layers": [f"layer{i}" for i in range(7)]},
+           {"name": "wavlm", "layers": [f"layer{i}" for i in range(13)]}]
+    out = expand_variants([{"name": "MP-top2", "type": "mp", "asr": "upstreams", "finetune_blocks": 2}], ups)
+    assert [(v["name"], v["asr"], v["layer"]) for v in out] == [("MP-top2-whisper", "whisper", "layer4"),
+                                                               ("MP-top2-wavlm", "wavlm", "layer10")]
+    with pytest.raises(ManifestError, match="finetune_blocks 8 of whisper, which has 6 blocks"):
+        expand_variants([{"name": "MP-top8", "type": "mp", "asr": "upstreams", "finetune_blocks": 8}], ups[:1])
+
+
+def test_a_fine_tuned_variant_is_not_exported_yet_and_says_so(upstream_exp, tmp_path):
+    from ser_modules.inference.export import export_variant
+
+    exp, _ = upstream_exp
+    with pytest.raises(ManifestError, match="fine-tunes its upstream's top blocks; exporting it is not supported yet"):
+        export_variant(str(exp), str(tmp_path / "out"), "MP-top1-wavlm-tiny")
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from hyperpyyaml import load_hyperpyyaml
 from ser_modules.asr.saved_models import asr_model_path, check_upstream_source
 from ser_modules.inference.experiment import best_variant
 from ser_modules.ser.dimensional import TargetScaler, saved_task
+from ser_modules.ser.finetune import attach_upstream_blocks
 from ser_modules.ser.variants import VariantSpec, build_model
 from ser_modules.utils.fileio import ManifestError, read_json
 from ser_modules.utils.jobs import resolve_device
@@ -61,7 +62,7 @@ def load_experiment(exp_dir: str, variant: str | None = None, fold: str | None =
     variant, vdir = _variant_folder(exp_dir, variant)
     models, spec, classes = [], None, None
     for name in [fold] if fold else _fold_folders(vdir):
-        spec, classes, model, info = _trained_run(os.path.join(vdir, name, f"run{run}"), name, run)
+        spec, classes, model, info = _trained_run(os.path.join(vdir, name, f"run{run}"), name, run, exp_dir)
         models.append(fold_model(exp_dir, spec, name, model, device, info))
     return _trained_variant(exp_dir, variant, models, spec, classes, device)
 
@@ -84,14 +85,17 @@ def _fold_folders(vdir: str) -> list[str]:
     return sorted(f for f in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, f)) and not f.startswith("."))
 
 
-def _trained_run(run_dir: str, fold: str, run: int) -> tuple[VariantSpec, list[str], torch.nn.Module, dict]:
-    """``(spec, classes, model with its weights, model.json)`` of one fold's run as stage 5 saved it."""
+def _trained_run(run_dir: str, fold: str, run: int, exp_dir: str) -> tuple[VariantSpec, list[str], torch.nn.Module, dict]:
+    """``(spec, classes, model with its weights, model.json)`` of one fold's run of the experiment ``exp_dir`` as
+    stage 5 saved it (a fine-tuned top's blocks rebuilt from the upstream the experiment read)."""
     info_path = os.path.join(run_dir, "model.json")
     if not os.path.isfile(info_path):
         raise ManifestError(f"{run_dir}: no trained model (model.json); is fold {fold!r} run {run} trained?")
     info = read_json(info_path)
     spec, classes = VariantSpec.from_dict(info["variant"]), info["classes"]
     model = build_model(spec, info["dims"], len(classes), info["dropout"], len(info.get("attributes") or []))
+    if spec.finetuned:
+        attach_upstream_blocks(model, asr_model_path(exp_dir, spec.asr, fold))
     model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu"))
     return spec, classes, model, info
 

@@ -60,13 +60,21 @@ def expand_variants(variants: list[dict], upstreams: list[dict], adapted: dict |
     """Concrete variants: templates (``asr: upstreams``) expanded over ``upstreams`` (entries of
     ``asr/upstreams.json``: ``name`` and ``layers``) and their layers; ``asr: adapted`` templates over
     the layers of the CTC-adapted upstream ``adapted`` (:func:`ser_modules.asr.saved_models.adapted_upstream_entry`;
-    none when stage 3 adapted none); others as given."""
+    none when stage 3 adapted none); a template with ``finetune_blocks: k`` to one variant per upstream reading
+    ``layer{L-k}``; others as given."""
     out = []
     for v in variants:
         if v.get("asr") not in (TEMPLATE_ASR, ADAPTED_ASR):
             out.append(v)
             continue
         for up in upstreams if v["asr"] == TEMPLATE_ASR else [adapted] if adapted else []:
+            if v.get("finetune_blocks"):  # the top k blocks fine-tuned from the stored layer below them
+                first = len(up["layers"]) - 1 - int(v["finetune_blocks"])
+                if first < 0:
+                    raise ManifestError(f"variant {v['name']!r}: finetune_blocks {v['finetune_blocks']} of "
+                                        f"{up['name']}, which has {len(up['layers']) - 1} blocks")
+                out.append({**v, "name": f"{v['name']}-{up['name']}", "asr": up["name"], "layer": f"layer{first}"})
+                continue
             if v.get("type") == "weighted":
                 layers = weighted_layers(v, up)
                 out.append({**v, "name": f"{v['name']}-{up['name']}", "asr": up["name"], "layer": "weighted",

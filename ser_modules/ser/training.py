@@ -22,6 +22,7 @@ from ser_modules.models.ser import (
     LinearSVMReference,
 )
 from ser_modules.ser.brain import train_neural
+from ser_modules.ser.finetune import attach_upstream_blocks, upstream_path
 from ser_modules.ser.inputs import SERDataset, SERInputs, collate
 from ser_modules.ser.dimensional import (
     TargetScaler,
@@ -207,6 +208,8 @@ def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, mani
         raise ManifestError(f"{stores[0].folder if stores else run_dir}: inputs of {dims} values, the model of {run_dir} "
                             f"was trained on {info['dims']}")
     model = build_model(spec, info["dims"], len(classes), info["dropout"], len(attributes))
+    if spec.finetuned:  # the upstream's blocks, then the fold's fine-tuned weights over them
+        attach_upstream_blocks(model, upstream_path(inputs.stores_json, spec.asr, fold))
     model.load_state_dict(torch.load(model_path, map_location="cpu"))
     model.to(device).eval()
     index = {c: i for i, c in enumerate(classes)}
