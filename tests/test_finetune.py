@@ -151,3 +151,14 @@ def test_a_fine_tuned_variant_is_not_exported_yet_and_says_so(upstream_exp, tmp_
     with pytest.raises(ManifestError, match="fine-tunes its upstream's top blocks; exporting it is not supported yet"):
         export_variant(str(exp), str(tmp_path / "out"), "MP-top1-wavlm-tiny")
     assert not (tmp_path / "out").exists()
+
+
+def test_whisper_stored_in_30s_windows_skips_a_fine_tuned_variant_with_the_reason(tmp_path):
+    from ser_modules.ser.jobs import skip_reason
+
+    (tmp_path / "asr").mkdir()
+    spec = VariantSpec.from_dict({"name": "MP-top1-w", "type": "mp", "asr": "w", "layer": "layer5", "finetune_blocks": 1})
+    for window, skipped in (("30s", True), ("utterance", False)):
+        (tmp_path / "asr" / "upstreams.json").write_text(json.dumps({"upstreams": [{"name": "w", "whisper_window": window}]}))
+        reason = skip_reason(spec, True, {"w": {}}, [], str(tmp_path))
+        assert (reason is not None and "needs whisper_window: utterance" in reason) == skipped

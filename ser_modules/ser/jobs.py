@@ -40,6 +40,11 @@ def skip_reason(spec: VariantSpec, has_context: bool, asr_stores: dict, folds, e
     no stage-4 store of its ASR model for some fold), or None."""
     if spec.type == "iaan" and not has_context:
         return "IAAN needs dialog context and this corpus has no dialog structure"
+    if spec.finetuned:  # Whisper in 30 s windows: its blocks attended to padding frames stage 4 did not store
+        entry = next((u for u in upstream_entries(exp_dir) if u["name"] == spec.asr), {})
+        if entry.get("whisper_window") == "30s":
+            return (f"fine-tuning the top blocks of {spec.asr} needs whisper_window: utterance (its layers were "
+                    "stored from 30 s windows)")
     wanted = variant_attributes(spec, attributes)
     if wanted and manifest is not None and not has_attributes(manifest, wanted):
         return f"task {spec.task} needs {', '.join(wanted)} for every utterance and this corpus does not carry them"
