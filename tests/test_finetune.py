@@ -144,13 +144,40 @@ def test_a_template_fine_tunes_the_top_blocks_of_each_upstream():
         expand_variants([{"name": "MP-top8", "type": "mp", "asr": "upstreams", "finetune_blocks": 8}], ups[:1])
 
 
-def test_a_fine_tuned_variant_is_not_exported_yet_and_says_so(upstream_exp, tmp_path):
-    from ser_modules.inference.export import export_variant
+def test_an_exported_fine_tuned_top_predicts_as_the_experiment(upstream_exp, tmp_path):
+    """The export holds each fold's fine-tuned block and head beside the copied upstream; loaded by
+    EmotionRecognizer.from_pretrained and by SpeechBrain's foreign_class (whose pretrainer loads the weights
+    before the blocks exist), it answers as the experiment."""
+    import shutil
 
-    exp, _ = upstream_exp
-    with pytest.raises(ManifestError, match="fine-tunes its upstream's top blocks; exporting it is not supported yet"):
-        export_variant(str(exp), str(tmp_path / "out"), "MP-top1-wavlm-tiny")
-    assert not (tmp_path / "out").exists()
+    import numpy as np
+    from speechbrain.inference.interfaces import foreign_class
+
+    from ser_modules.inference.export import export_variant
+    from ser_modules.inference.recognizer import EmotionRecognizer
+
+    exp = tmp_path / "exp"
+    shutil.copytree(upstream_exp[0], exp, ignore=shutil.ignore_patterns("dump"))
+    variant = "MP-top1-wavlm-tiny"
+    manifest = pd.read_csv(exp / "data" / "emotion" / "standard" / "manifest.csv", keep_default_na=False)
+    files = manifest["wav"].tolist()[:4]
+
+    def probs(rec):
+        return np.array([[r[f"p_{c}"] for c in rec.classes] for r in rec.predict_files(files)])
+
+    want = probs(EmotionRecognizer.from_experiment(str(exp), variant, device="cpu"))
+    out = tmp_path / "export"
+    exported = export_variant(str(exp), str(out), variant)
+    shutil.rmtree(exp)
+    assert any(n.startswith("upstream/") for n in exported["files"])
+    weights = [n for n in exported["files"] if n.startswith(f"ser/{variant}/") and n.endswith("model.pt")]
+    state = torch.load(out / weights[0])
+    assert {k.split(".")[0] for k in state} == {"head", "blocks"} and not any("blocks.blocks.1" in k for k in state)
+    np.testing.assert_allclose(probs(EmotionRecognizer.from_pretrained(str(out), device="cpu")), want, atol=1e-6)
+    rec = foreign_class(source=str(out), pymodule_file="custom_interface.py", classname="SpeechEmotionRecognizer",
+                        savedir=str(tmp_path / "sb"))
+    got = rec.classify_file(files[0])["probabilities"]
+    np.testing.assert_allclose([got[c] for c in rec.recognizer.classes], want[0], atol=1e-6)
 
 
 def test_whisper_stored_in_30s_windows_skips_a_fine_tuned_variant_with_the_reason(tmp_path):

@@ -195,10 +195,6 @@ def export_variant(exp_dir: str, out_dir: str, variant: str | None = None, folds
         raise ManifestError(f"{out_dir}: exists and is not empty; export into a new folder")
     variant = variant or best_variant(exp_dir)
     row = _scored_row(exp_dir, variant)
-    if VariantSpec.from_dict((_json_cell(row.get("config")) or {}).get("variant") or {"type": "mp", "asr": "-",
-                                                                                   "layer": "-"}).finetuned:
-        raise ManifestError(f"{exp_dir}: {variant!r} fine-tunes its upstream's top blocks; exporting it is not "
-                            "supported yet (use it from the experiment: python -m ser_modules.infer EXP)")
     vdir = os.path.join(exp_dir, "ser", variant)
     if not os.path.isdir(vdir):
         raise ManifestError(f"{vdir}: missing; the variant {variant!r} has no trained models")

@@ -137,9 +137,15 @@ def _exported_model(folder: str, hparams: dict, fold: str, ser_models: torch.nn.
     wire, with its weights loaded from the folder."""
     from ser_modules.inference.hub_interface import fold_key, module_key  # only an export needs the export module
 
-    if ser_models is not None:
-        return ser_models[module_key(fold)]
+    spec = VariantSpec.from_dict(hparams["spec"])
+    if ser_models is not None:  # weights loaded by the pretrainer; a fine-tuned top's blocks attached over them
+        model = ser_models[module_key(fold)]
+        if spec.finetuned and model.blocks is None:
+            attach_upstream_blocks(model, asr_model_path(folder, spec.asr, fold))
+        return model
     model = hparams["ser_models"][module_key(fold)]
+    if spec.finetuned:  # the blocks from the export's upstream (copied or referenced), its weights over them
+        attach_upstream_blocks(model, asr_model_path(folder, spec.asr, fold))
     weights = hparams["pretrainer"].files[fold_key(fold)]
     model.load_state_dict(torch.load(os.path.join(folder, weights), map_location="cpu"))
     return model

@@ -23,15 +23,28 @@ DEFAULT_UPSTREAM_LR_RATIO = 30.0  # the blocks' learning rate below the head's (
 class FineTunedTop(nn.Module):
     """``x [B, T, D]`` of layer ``L - k``, ``lengths [B]`` -> the head's outputs on block ``L``'s output.
 
-    Built without blocks (``finetune_blocks`` says how many it needs); :meth:`attach` adds them."""
+    Built without blocks (``finetune_blocks`` says how many it needs); :meth:`attach` adds them. Weights loaded
+    before that (SpeechBrain's pretrainer loads an export's modules as its hyperparams build them) keep the
+    blocks' part until they are attached."""
 
     def __init__(self, head: nn.Module, finetune_blocks: int):
         super().__init__()
         self.head, self.finetune_blocks, self.blocks = head, int(finetune_blocks), None
+        self.__dict__["pending_blocks"] = None  # the blocks' weights loaded before the blocks existed
+        self._register_load_state_dict_pre_hook(self._keep_block_state)
+
+    def _keep_block_state(self, state_dict, prefix, *args):
+        if self.blocks is None:
+            keys = [k for k in state_dict if k.startswith(prefix + "blocks.")]
+            if keys:
+                self.__dict__["pending_blocks"] = {k[len(prefix) + len("blocks."):]: state_dict.pop(k) for k in keys}
 
     def attach(self, blocks: nn.Module) -> "FineTunedTop":
         if len(blocks.blocks) != self.finetune_blocks:
             raise ValueError(f"{len(blocks.blocks)} blocks given, the variant fine-tunes {self.finetune_blocks}")
+        if self.pending_blocks is not None:
+            blocks.load_state_dict(self.pending_blocks)
+            self.__dict__["pending_blocks"] = None
         self.blocks = blocks
         return self
 
