@@ -13,7 +13,7 @@ import torch
 from ser_modules.data.features import EGeMAPSFunctionals, minimum_samples
 from ser_modules.inference.asr import AsrModels, TranscriptDecoder
 from ser_modules.inference.loading import FoldModel
-from ser_modules.ser.dimensional import output_sizes
+from ser_modules.ser.dimensional import output_sizes, split_outputs
 from ser_modules.ser.inputs import collate
 from ser_modules.ser.variants import VariantSpec, forward, pool_layers
 from ser_modules.utils.hparams import stage_values
@@ -66,10 +66,8 @@ class BatchPredictor:
         """One fold model's last-layer ``outputs [N, C + A]`` as class probabilities (softmax) then attribute
         values in their original scale (the fold's training statistics)."""
         n_cls = output_sizes(self.spec.task, outputs.shape[1] - len(fold.attributes), len(fold.attributes))[0]
-        parts = [outputs[:, :n_cls].softmax(-1).cpu().numpy()] if n_cls else []
-        if fold.attributes:
-            parts.append(fold.scaler.inverse(outputs[:, n_cls:].cpu().numpy()))
-        return np.concatenate(parts, axis=1)
+        parts = split_outputs(outputs, n_cls, fold.scaler)
+        return np.concatenate([p for p in parts if p is not None], axis=1)
 
     @torch.no_grad()
     def inputs(self, wavs: list[torch.Tensor], fold: FoldModel, contexts: list[tuple] | None = None,

@@ -91,7 +91,8 @@ def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, 
     first ``runs`` runs per fold. Predictions of fewer than ``planned`` (fold, run) models (per variant name,
     or one number for all), or stale ones, are refused (:class:`ManifestError`: rerun stage 5), or with
     ``allow_incomplete`` scored from what is there and flagged (``complete`` False)."""
-    from ser_modules.ser.dimensional import concordance_correlation, has_attributes
+    from ser_modules.ser.dimensional import has_attributes
+    from ser_modules.ser.metrics import per_fold_run_attributes
 
     rows = []
     for corpus in corpora:
@@ -122,9 +123,9 @@ def cross_corpus_rows(exp_dir: str, corpora: list[dict], results: pd.DataFrame, 
                 s = score_eval_corpus(preds, classes)
                 row.update({**{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()},
                             "UA_drop": round(float(r["UA_mean"]) - s["UA_mean"], 4)})
+            per_model = per_fold_run_attributes(preds) if attributes else None
             for a in [a for a in attributes if f"pred_{a}" in preds.columns]:
-                ccc = [concordance_correlation(g[f"true_{a}"].astype(float), g[f"pred_{a}"].astype(float))
-                       for _, g in preds.groupby(["fold", "run"])]
+                ccc = per_model[f"CCC_{a}"].tolist()
                 row.update({f"within_CCC_{a}_mean": r[f"CCC_{a}_mean"], f"CCC_{a}_mean": round(float(np.mean(ccc)), 4),
                             f"CCC_{a}_std": round(float(np.std(ccc, ddof=1)) if len(ccc) > 1 else 0.0, 4),
                             f"CCC_{a}_drop": round(float(r[f"CCC_{a}_mean"]) - float(np.mean(ccc)), 4)})

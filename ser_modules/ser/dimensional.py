@@ -139,14 +139,12 @@ def saved_task(info: dict) -> tuple[list[str], "TargetScaler | None"]:
     return attributes, (TargetScaler(**info["attribute_scaler"]) if attributes else None)
 
 
-def split_outputs(outputs: np.ndarray, n_class_outputs: int, scaler: "TargetScaler | None"):
-    """``(class probabilities [N, C] or None, attributes [N, A] in the original scale or None)`` of a model's
-    last-layer outputs ``[N, C + A]`` (classes first: :func:`output_sizes`)."""
-    outputs = np.asarray(outputs, dtype=np.float64)
-    probs = None
-    if n_class_outputs:
-        logits = outputs[:, :n_class_outputs]
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = e / e.sum(axis=1, keepdims=True)
-    attributes = scaler.inverse(outputs[:, n_class_outputs:]) if scaler is not None else None
+def split_outputs(outputs: torch.Tensor, n_class_outputs: int, scaler: "TargetScaler | None" = None):
+    """``(class probabilities [N, C] or None, attributes [N, A] or None)`` (numpy) of a model's last-layer outputs
+    ``[N, C + A]`` (classes first: :func:`output_sizes`): the softmax of the class logits in float32, the
+    attributes in the original scale with ``scaler`` (as the model outputs them without)."""
+    outputs = outputs.detach().float()
+    probs = outputs[:, :n_class_outputs].softmax(-1).cpu().numpy() if n_class_outputs else None
+    rest = outputs[:, n_class_outputs:].cpu().numpy()
+    attributes = (scaler.inverse(rest) if scaler is not None else rest) if rest.shape[1] else None
     return probs, attributes

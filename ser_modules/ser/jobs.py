@@ -13,7 +13,7 @@ from ser_modules.asr.saved_models import adaptation_skip_reason, adapted_upstrea
 from ser_modules.data.folds import check_speaker_independence
 from ser_modules.ser.inputs import SERInputs
 from ser_modules.ser.dimensional import concordance_correlation, has_attributes
-from ser_modules.ser.metrics import classification_metrics
+from ser_modules.ser.metrics import classification_metrics, predicted_attributes
 from ser_modules.ser.probe import expand_variants
 from ser_modules.ser.training import train_fold_run
 from ser_modules.ser.variants import VariantSpec, variant_attributes, variant_runs
@@ -117,9 +117,8 @@ def log_trainings(results, n_jobs: int, log) -> None:
 def run_metrics(frame: pd.DataFrame, classes: list[str], spec: VariantSpec) -> dict[str, float]:
     """UA, WA, F1 (classes) and ``CCC_<attribute>`` (attributes) of one run's predictions."""
     scores = classification_metrics(frame["true"], frame["predicted"], classes) if spec.predicts_classes else {}
-    for column in [c for c in frame.columns if c.startswith("pred_")]:
-        attribute = column[5:]
-        scores[f"CCC_{attribute}"] = concordance_correlation(frame[f"true_{attribute}"], frame[column])
+    for attribute in predicted_attributes(frame):
+        scores[f"CCC_{attribute}"] = concordance_correlation(frame[f"true_{attribute}"], frame[f"pred_{attribute}"])
     return scores
 
 

@@ -219,11 +219,9 @@ def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, mani
     with torch.no_grad():
         for batch in torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate):
             order += batch["id"]
-            chunks.append(forward(model, spec, batch, device).float().cpu().numpy())
+            chunks.append(forward(model, spec, batch, device).float().cpu())
     n_cls = output_sizes(spec.task, len(classes), len(attributes))[0]
-    probs, predicted = split_outputs(np.concatenate(chunks), n_cls, scaler)
-    if n_cls:  # (as float32 softmax did before attributes existed)
-        probs = torch.from_numpy(np.concatenate(chunks)[:, :n_cls]).softmax(-1).numpy()
+    probs, predicted = split_outputs(torch.cat(chunks), n_cls, scaler)
     frame = predictions_frame(order, fold, run, dict(zip(ids, labels)), classes, probs, scored, values,
                               predicted[:, [attributes.index(a) for a in scored]] if scored else None)
     work = staged.begin()
@@ -266,9 +264,7 @@ def fit_reference(spec, fold, train_labels, valid_labels, inputs, dims, n_classe
     with torch.no_grad():
         x_test = torch.from_numpy(features(fold.test).astype(np.float32)).unsqueeze(1)
         outputs = model(x_test, torch.ones(len(fold.test), dtype=torch.long))
-    n_cls = n_classes if spec.predicts_classes else 0
-    probs = outputs[:, :n_cls].softmax(-1).numpy() if n_cls else None
-    attributes = outputs[:, n_cls:].numpy() if spec.predicts_attributes else None
+    probs, attributes = split_outputs(outputs, n_classes if spec.predicts_classes else 0)  # attributes standardised
     history.append({**chosen, "fitted_on": "train+valid", "utterances": int(len(x_fit))})
     return model, list(fold.test), probs, attributes, history
 
