@@ -37,7 +37,8 @@ UPSTREAM_TINY = [
     " {name: RNN, type: rnn, asr: upstreams, layer: last, hidden: 8, max_epochs: 2},"
     " {name: IAAN, type: iaan, asr: upstreams, layer: layer1, hidden: 8, max_epochs: 2},"
     " {name: eGeMAPS-SVM, type: reference, C: [0.1]},"
-    " {name: MP-top1, type: mp, asr: upstreams, finetune_blocks: 1, max_epochs: 2, warmup_steps: 2}]",
+    " {name: weighted-MP-top1, type: weighted, head: mp, asr: upstreams, finetune_blocks: 1, max_epochs: 2,"
+    " warmup_steps: 2}]",
     "score.chance_runs=2",
 ]
 

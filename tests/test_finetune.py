@@ -55,6 +55,36 @@ def test_a_fine_tuned_top_starts_as_the_frozen_upstream_under_its_head(wavlm, he
     assert not VariantSpec.from_dict({**spec.options, **{"name": "top", "type": head, "asr": "u", "layer": "l"}}).pooled
 
 
+def test_a_weighted_sum_over_fine_tuned_and_frozen_layers_starts_as_the_frozen_sum(wavlm):
+    """layer0..layer1 stored, blocks 2-3 fine-tuned: at the start the sum equals the frozen weighted sum of all
+    four layers of the upstream; the layer logits learn in their own group, named after all four layers."""
+    from ser_modules.models.ser import WeightedLayerSum
+    from ser_modules.ser.probe import expand_variants
+
+    upstream, layers = wavlm
+    template = {"name": "wtop", "type": "weighted", "head": "mp", "asr": "upstreams", "layer_norm": True,
+                "finetune_blocks": 2}
+    (v,) = expand_variants([template], [{"name": "u", "layers": [f"layer{i}" for i in range(4)],
+                                         "dims": {f"layer{i}": 32 for i in range(4)}}])
+    assert (v["name"], v["layer"], v["layers"], v["finetune_blocks"]) == ("wtop-u", "weighted", ["layer0", "layer1"], 2)
+    spec = VariantSpec.from_dict(v)
+    assert spec.summed_layers == ["layer0", "layer1", "layer2", "layer3"] and not spec.pooled
+    model = build_model(spec, {"asr": 32, "layers": 2}, 4, 0.0)
+    assert isinstance(model.head, WeightedLayerSum) and model.head.n_layers == 4
+    model.attach(top_blocks(upstream, 2)).eval()
+    with torch.no_grad():
+        model.head.layer_logits.copy_(torch.tensor([0.3, -0.2, 0.5, 0.1]))
+        stored = torch.cat([layers["layer0"][0], layers["layer1"][0]], dim=-1)
+        got = model(stored, layers["layer1"][1])
+        want = model.head(torch.cat([layers[f"layer{i}"][0] for i in range(4)], dim=-1), layers["layer1"][1])
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+    groups = finetune_param_groups(model, 1e-3, 1e-5, layer_weights_lr=0.05)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-5, 0.05] and groups[2]["params"] == [model.head.layer_logits]
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+    everything = expand_variants([{**template, "finetune_blocks": "all"}], [{"name": "u", "layers": [f"layer{i}" for i in range(4)]}])
+    assert (everything[0]["layers"], everything[0]["finetune_blocks"]) == (["layer0"], 3)
+
+
 def test_gradients_reach_exactly_the_top_blocks_and_the_head(wavlm):
     upstream, layers = wavlm
     spec = VariantSpec.from_dict({"name": "top", "type": "mp", "asr": "u", "layer": "layer2", "finetune_blocks": 1})
@@ -78,6 +108,7 @@ def test_warm_up_and_bad_keys():
     assert [warmup_factor(s, 4) for s in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0] and warmup_factor(3, 0) == 1.0
     for bad, message in [({"type": "iaan", "finetune_blocks": 1}, "finetune_blocks"),
                          ({"type": "mp", "finetune_blocks": 1.5}, "finetune_blocks"),
+                         ({"type": "mp", "finetune_blocks": "all"}, "finetune_blocks: all needs asr: upstreams"),
                          ({"type": "mp", "finetune_blocks": 1, "asr_norm": "train"}, "asr_norm"),
                          ({"type": "mp", "finetune_blocks": 1, "upstream_lr": 0}, "upstream_lr"),
                          ({"type": "mp", "finetune_blocks": 1, "warmup_steps": -1}, "warmup_steps")]:
@@ -140,6 +171,9 @@ def test_a_template_fine_tunes_the_top_blocks_of_each_upstream():
     out = expand_variants([{"name": "MP-top2", "type": "mp", "asr": "upstreams", "finetune_blocks": 2}], ups)
     assert [(v["name"], v["asr"], v["layer"]) for v in out] == [("MP-top2-whisper", "whisper", "layer4"),
                                                                ("MP-top2-wavlm", "wavlm", "layer10")]
+    out = expand_variants([{"name": "RNN-all", "type": "rnn", "asr": "upstreams", "finetune_blocks": "all"}], ups)
+    assert [(v["name"], v["layer"], v["finetune_blocks"]) for v in out] == [("RNN-all-whisper", "layer0", 6),
+                                                                          ("RNN-all-wavlm", "layer0", 12)]
     with pytest.raises(ManifestError, match="finetune_blocks 8 of whisper, which has 6 blocks"):
         expand_variants([{"name": "MP-top8", "type": "mp", "asr": "upstreams", "finetune_blocks": 8}], ups[:1])
 
@@ -158,7 +192,7 @@ def test_an_exported_fine_tuned_top_predicts_as_the_experiment(upstream_exp, tmp
 
     exp = tmp_path / "exp"
     shutil.copytree(upstream_exp[0], exp, ignore=shutil.ignore_patterns("dump"))
-    variant = "MP-top1-wavlm-tiny"
+    variant = "weighted-MP-top1-wavlm-tiny"  # stored layer0..1 and the fine-tuned block's output, summed
     manifest = pd.read_csv(exp / "data" / "emotion" / "standard" / "manifest.csv", keep_default_na=False)
     files = manifest["wav"].tolist()[:4]
 

@@ -232,9 +232,12 @@ def test_upstream_recipe_end_to_end(upstream_exp):
     results = pd.read_csv(exp / "results.csv")
     assert results["model"].tolist() == ["weighted-MP-wavlm-tiny", "MP-wavlm-tiny.layer0", "MP-wavlm-tiny.layer1",
                                          "MP-wavlm-tiny.layer2", "RNN-wavlm-tiny.layer2", "IAAN-wavlm-tiny.layer1",
-                                         "eGeMAPS-SVM", "MP-top1-wavlm-tiny"]
+                                         "eGeMAPS-SVM", "weighted-MP-top1-wavlm-tiny"]
     for fold in ("session1", "session2"):
         weights = json.loads((exp / "ser" / "weighted-MP-wavlm-tiny" / fold / "run0" / "layer_weights.json").read_text())
+        assert list(weights) == ["layer0", "layer1", "layer2"] and sum(weights.values()) == pytest.approx(1, abs=1e-4)
+        # stored layer0..1 and the fine-tuned block's layer2
+        weights = json.loads((exp / "ser" / "weighted-MP-top1-wavlm-tiny" / fold / "run0" / "layer_weights.json").read_text())
         assert list(weights) == ["layer0", "layer1", "layer2"] and sum(weights.values()) == pytest.approx(1, abs=1e-4)
     text = (exp / "RESULTS.md").read_text()
     for needle in ("## Upstreams (stage 2)", "## Learned layer weights", "Weighted layer sum (SUPERB)",
@@ -245,7 +248,8 @@ def test_upstream_recipe_end_to_end(upstream_exp):
     assert "stage 3: no adaptation (ctc_head: False)" in proc.stderr
 
 
-@pytest.mark.parametrize("variant", ["weighted-MP-wavlm-tiny", "RNN-wavlm-tiny.layer2", "MP-top1-wavlm-tiny"])
+@pytest.mark.parametrize("variant", ["weighted-MP-wavlm-tiny", "RNN-wavlm-tiny.layer2",
+                                     "weighted-MP-top1-wavlm-tiny"])
 def test_inference_on_an_upstream_experiment_equals_stage5(upstream_exp, variant):
     from ser_modules.inference.recognizer import EmotionRecognizer
 

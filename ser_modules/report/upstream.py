@@ -71,11 +71,14 @@ def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_di
         if not len(mine):
             continue
         series = {}
-        for typ, g in mine[mine["type"] != "weighted"].groupby("type"):
+        # fine-tuned tops read a stored layer but score the blocks above it: lines, not points of a layer
+        finetuned = mine["model"].map(lambda n: bool(by_name.get(n, {}).get("finetune_blocks")))
+        for typ, g in mine[(mine["type"] != "weighted") & ~finetuned].groupby("type"):
             g = g.assign(_k=g["layer"].map(layer_index)).sort_values("_k")
             series[typ] = (g["layer"].tolist(), g["UA_mean"].tolist(), g["UA_std"].tolist())
         weighted = mine[mine["type"] == "weighted"]
-        lines = dict(zip(weighted["model"], weighted["UA_mean"]))
+        lines = dict(zip(mine[finetuned | (mine["type"] == "weighted")]["model"],
+                         mine[finetuned | (mine["type"] == "weighted")]["UA_mean"]))
         reference = results[results["type"] == "reference"]  # handcrafted features: the same for every upstream
         lines.update({f"{n} (reference)": ua for n, ua in zip(reference["model"], reference["UA_mean"])})
         if series:

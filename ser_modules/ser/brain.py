@@ -20,7 +20,13 @@ from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 
 from ser_modules.data.datasets import LengthBucketBatchSampler
 from ser_modules.ser.dimensional import attribute_loss, mean_ccc, output_sizes
-from ser_modules.ser.finetune import attach_upstream_blocks, finetune_param_groups, upstream_path, warmup_factor
+from ser_modules.ser.finetune import (
+    attach_upstream_blocks,
+    finetune_param_groups,
+    upstream_path,
+    warmup_factor,
+    weighted_sum_of,
+)
 from ser_modules.ser.inputs import SERDataset, collate
 from ser_modules.ser.variants import build_model, fit_input_statistics, forward
 from ser_modules.utils.curves import Curves
@@ -82,7 +88,8 @@ def param_groups(model: torch.nn.Module, lr: float, layer_weights_lr: float | No
     rest = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in logits)]
     groups = [{"params": rest, "lr": lr, "initial_lr": lr}]
     if logits:
-        groups.append({"params": logits, "lr": float(layer_weights_lr), "initial_lr": float(layer_weights_lr)})
+        groups.append({"params": logits, "lr": float(layer_weights_lr), "initial_lr": float(layer_weights_lr),
+                       "layer_weights": True})
     return groups
 
 
@@ -218,14 +225,15 @@ class SERBrain(sb.Brain):
         last = self.hparams.history[-1]
         scalars = {"loss/train": self.train_loss, "loss/valid": valid_loss, "lr": lr,
                    **{f"{k[6:]}/valid": last[k] for k in ("valid_UA", "valid_CCC") if k in last}}
-        groups = self.optimizer.param_groups
-        if len(groups) > 1:  # the layer weights' or a fine-tuned upstream's blocks' own group
-            scalars["lr/upstream_blocks" if groups[1].get("upstream_blocks") else "lr/layer_weights"] = groups[1]["lr"]
-        model = self.modules.model
-        if hasattr(model, "layer_weights"):
+        for group in self.optimizer.param_groups:  # the layer weights' and a fine-tuned upstream's blocks' own groups
+            for key in ("upstream_blocks", "layer_weights"):
+                if group.get(key):
+                    scalars[f"lr/{key}"] = group["lr"]
+        summed = weighted_sum_of(self.modules.model)
+        if summed is not None:
             with torch.no_grad():
-                weights = model.layer_weights().tolist()
-            scalars.update({f"layer_weight/{n}": w for n, w in zip(self.hparams.spec.layers, weights)})
+                weights = summed.layer_weights().tolist()
+            scalars.update({f"layer_weight/{n}": w for n, w in zip(self.hparams.spec.summed_layers, weights)})
         self.curves.log(epoch, scalars)
 
     def balanced_accuracy(self) -> float:
@@ -305,7 +313,7 @@ def train_neural(spec, fold, manifest, label_of, index, inputs, dims, n_classes,
     # the groups are taken when the Brain builds its optimizer, from the model it has moved to its device
     brain = SERBrain(modules={"model": model},
                      opt_class=lambda params: torch.optim.Adam(
-                         finetune_param_groups(model, hp["lr"], hp.get("upstream_lr"))
+                         finetune_param_groups(model, hp["lr"], hp.get("upstream_lr"), hp.get("layer_weights_lr"))
                          or param_groups(model, hp["lr"], hp.get("layer_weights_lr")), lr=hp["lr"]),
                      hparams=brain_hp, run_opts={"device": device, "noprogressbar": True})
     try:

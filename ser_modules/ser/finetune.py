@@ -2,7 +2,8 @@
 upstream together with its head, reading the layer stage 4 stored below them (``layer{L-k}``).
 
 :class:`FineTunedTop` is the SER model: trainable copies of the blocks (:mod:`ser_modules.upstreams.top_blocks`)
-and an MP or RNN head on the last block's output. The blocks come from the upstream the experiment read
+and an MP or RNN head on the last block's output, or a learned weighted sum (:class:`WeightedLayerSum`) of the
+stored layers ``layer0 .. layer{L-k}`` and the blocks' outputs ``layer{L-k+1} .. layer{L}``. The blocks come from the upstream the experiment read
 (:func:`attach_upstream_blocks`), so a model is built in two steps: the head from the variant's blueprint, then
 the blocks from the upstream; its state dict then holds only the fine-tuned blocks and the head. The blocks
 learn at ``upstream_lr`` (default: the head's lr / 30), warmed up linearly over ``warmup_steps`` optimizer steps.
@@ -15,13 +16,16 @@ import os
 import torch
 import torch.nn as nn
 
+from ser_modules.models.ser import WeightedLayerSum
 from ser_modules.utils.fileio import ManifestError
 
 DEFAULT_UPSTREAM_LR_RATIO = 30.0  # the blocks' learning rate below the head's (pretrained weights move little)
 
 
 class FineTunedTop(nn.Module):
-    """``x [B, T, D]`` of layer ``L - k``, ``lengths [B]`` -> the head's outputs on block ``L``'s output.
+    """``x [B, T, D]`` of layer ``L - k``, ``lengths [B]`` -> the head's outputs on block ``L``'s output; with a
+    :class:`WeightedLayerSum` head, ``x [B, T, n * D]``: the ``n`` stored layers up to ``L - k`` side by side
+    (``L - k`` last), summed with the blocks' ``k`` outputs.
 
     Built without blocks (``finetune_blocks`` says how many it needs); :meth:`attach` adds them. Weights loaded
     before that (SpeechBrain's pretrainer loads an export's modules as its hyperparams build them) keep the
@@ -51,7 +55,14 @@ class FineTunedTop(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.blocks is None:
             raise RuntimeError("FineTunedTop has no blocks: attach the upstream's (attach_upstream_blocks)")
+        if isinstance(self.head, WeightedLayerSum):  # the frozen layers, then the fine-tuned ones
+            return self.head(torch.cat([x, *self.blocks(x[..., -self.head.dim:], lengths)], dim=-1), lengths)
         return self.head(self.blocks(x, lengths)[-1], lengths)
+
+
+def weighted_sum_of(model: nn.Module) -> WeightedLayerSum | None:
+    """The learned weighted layer sum of a model (a weighted variant, fine-tuned or not), else None."""
+    return next((m for m in model.modules() if isinstance(m, WeightedLayerSum)), None)
 
 
 def upstream_path(stores_json: str, asr: str, fold: str) -> str:
@@ -77,15 +88,23 @@ def attach_upstream_blocks(model: nn.Module, asr_path: str, device: str = "cpu")
     return model.attach(top_blocks(upstream, model.finetune_blocks, asr_path))
 
 
-def finetune_param_groups(model: nn.Module, lr: float, upstream_lr: float | None) -> list[dict] | None:
+def finetune_param_groups(model: nn.Module, lr: float, upstream_lr: float | None,
+                          layer_weights_lr: float | None = None) -> list[dict] | None:
     """Adam's groups of a :class:`FineTunedTop`: the head at ``lr``, the blocks at ``upstream_lr`` (None:
-    ``lr / 30``); None for other models."""
+    ``lr / 30``), a weighted head's layer logits at ``layer_weights_lr`` (None: ``lr``); None for other models."""
     if not isinstance(model, FineTunedTop) or model.blocks is None:
         return None
     block_lr = float(upstream_lr) if upstream_lr is not None else lr / DEFAULT_UPSTREAM_LR_RATIO
     blocks = [p for p in model.blocks.parameters() if p.requires_grad]
-    return [{"params": [p for p in model.head.parameters() if p.requires_grad], "lr": lr, "initial_lr": lr},
-            {"params": blocks, "lr": block_lr, "initial_lr": block_lr, "upstream_blocks": True}]
+    summed = weighted_sum_of(model.head)
+    logits = [summed.layer_logits] if summed is not None and layer_weights_lr is not None else []
+    head = [p for p in model.head.parameters() if p.requires_grad and all(p is not q for q in logits)]
+    groups = [{"params": head, "lr": lr, "initial_lr": lr},
+              {"params": blocks, "lr": block_lr, "initial_lr": block_lr, "upstream_blocks": True}]
+    if logits:
+        groups.append({"params": logits, "lr": float(layer_weights_lr), "initial_lr": float(layer_weights_lr),
+                       "layer_weights": True})
+    return groups
 
 
 def warmup_factor(step: int, warmup_steps: int | None) -> float:

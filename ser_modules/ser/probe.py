@@ -56,6 +56,26 @@ def weighted_layers(variant: dict, upstream: dict) -> list[str]:
     return layers
 
 
+def finetuned_variant(variant: dict, upstream: dict) -> dict:
+    """A template with ``finetune_blocks: k`` (``all``: every block) on one upstream: ``<name>-<upstream>``
+    reading ``layer{L-k}``; a weighted one reads the stored layers up to it (:func:`weighted_layers`)."""
+    n_blocks = len(upstream["layers"]) - 1
+    k = n_blocks if variant["finetune_blocks"] == "all" else int(variant["finetune_blocks"])
+    first = n_blocks - k
+    if first < 0:
+        raise ManifestError(f"variant {variant['name']!r}: finetune_blocks {k} of {upstream['name']}, which has "
+                            f"{n_blocks} blocks")
+    out = {**variant, "name": f"{variant['name']}-{upstream['name']}", "asr": upstream["name"],
+           "layer": f"layer{first}", "finetune_blocks": k}
+    if variant.get("type") == "weighted":
+        layers = [n for n in weighted_layers(variant, upstream) if layer_index(n) <= first]
+        if not layers or layers[-1] != f"layer{first}":
+            raise ManifestError(f"variant {variant['name']!r}: a weighted sum over fine-tuned blocks needs the stored "
+                                f"layer{first} below them among its layers, got {layers}")
+        out.update(layer="weighted", layers=layers)
+    return out
+
+
 def expand_variants(variants: list[dict], upstreams: list[dict], adapted: dict | None = None) -> list[dict]:
     """Concrete variants: templates (``asr: upstreams``) expanded over ``upstreams`` (entries of
     ``asr/upstreams.json``: ``name`` and ``layers``) and their layers; ``asr: adapted`` templates over
@@ -69,11 +89,7 @@ def expand_variants(variants: list[dict], upstreams: list[dict], adapted: dict |
             continue
         for up in upstreams if v["asr"] == TEMPLATE_ASR else [adapted] if adapted else []:
             if v.get("finetune_blocks"):  # the top k blocks fine-tuned from the stored layer below them
-                first = len(up["layers"]) - 1 - int(v["finetune_blocks"])
-                if first < 0:
-                    raise ManifestError(f"variant {v['name']!r}: finetune_blocks {v['finetune_blocks']} of "
-                                        f"{up['name']}, which has {len(up['layers']) - 1} blocks")
-                out.append({**v, "name": f"{v['name']}-{up['name']}", "asr": up["name"], "layer": f"layer{first}"})
+                out.append(finetuned_variant(v, up))
                 continue
             if v.get("type") == "weighted":
                 layers = weighted_layers(v, up)

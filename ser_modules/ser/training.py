@@ -22,7 +22,7 @@ from ser_modules.models.ser import (
     LinearSVMReference,
 )
 from ser_modules.ser.brain import train_neural
-from ser_modules.ser.finetune import attach_upstream_blocks, upstream_path
+from ser_modules.ser.finetune import attach_upstream_blocks, upstream_path, weighted_sum_of
 from ser_modules.ser.inputs import SERDataset, SERInputs, collate
 from ser_modules.ser.dimensional import (
     TargetScaler,
@@ -148,10 +148,11 @@ def train_fold_run(spec: VariantSpec, fold: Fold, run: int, manifest: pd.DataFra
                                                      "dims": dims, "classes": classes, "dropout": hp["dropout"],
                                                      "fold": fold.name, "run": run, "seed": seed, **task})
     save_torch(state, os.path.join(out_dir, "model.pt"))
-    if hasattr(model, "layer_weights"):  # the weighted variant's learned layer weights, for stage 6
+    summed = weighted_sum_of(model)
+    if summed is not None:  # the weighted variant's learned layer weights, for stage 6
         with torch.no_grad():
             write_json(os.path.join(out_dir, "layer_weights.json"),
-                       dict(zip(spec.layers, [round(float(w), 6) for w in model.layer_weights()])))
+                       dict(zip(spec.summed_layers, [round(float(w), 6) for w in summed.layer_weights()])))
     frame = predictions_frame(test_ids, fold.name, run, label_of, classes, probs, attributes, values,
                               scaler.inverse(predicted) if attributes else None)
     write_json(os.path.join(out_dir, "history.json"), history)

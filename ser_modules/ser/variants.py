@@ -95,6 +95,16 @@ class VariantSpec:
         return int(self.options.get("finetune_blocks", 0) or 0)
 
     @property
+    def summed_layers(self) -> list[str]:
+        """The layers a weighted sum weighs: the stored ones it reads and, fine-tuned, the blocks' outputs
+        (``layer{L-k+1} .. layer{L}`` after the stored ``layer{L-k}``)."""
+        layers = self.layers
+        if self.type != "weighted" or not self.finetuned or not layers:
+            return layers
+        top = int(layers[-1][len("layer"):])
+        return layers + [f"layer{top + i}" for i in range(1, self.finetuned + 1)]
+
+    @property
     def uses_handcrafted(self) -> bool:
         return self.type in ("baseline", "progressive")
 
@@ -138,15 +148,19 @@ def check_task_keys(spec: dict) -> None:
 
 
 def check_finetune_keys(spec: dict) -> None:
-    """:class:`ManifestError` naming the variant for a bad ``finetune_blocks`` (a whole number >= 1, on mp or rnn
-    variants of an upstream), ``upstream_lr`` or ``warmup_steps``."""
+    """:class:`ManifestError` naming the variant for a bad ``finetune_blocks`` (a whole number >= 0, or ``all``
+    on a template, of an mp, rnn or weighted variant of an upstream), ``upstream_lr`` or ``warmup_steps``."""
     name = spec.get("name")
     k = spec.get("finetune_blocks")
     if k is None:
         return
-    if spec.get("type") not in ("mp", "rnn") or not isinstance(k, int) or isinstance(k, bool) or k < 0:
+    whole = isinstance(k, int) and not isinstance(k, bool) and k >= 0
+    if spec.get("type") not in ("mp", "rnn", "weighted") or not (whole or k == "all"):
         raise ManifestError(f"variant {name!r}: finetune_blocks (the top blocks of an upstream to fine-tune) is a whole "
-                            f"number >= 0 of an mp or rnn variant, got {k!r} on type {spec.get('type')}")
+                            f"number >= 0 or 'all' of an mp, rnn or weighted variant, got {k!r} on type {spec.get('type')}")
+    if k == "all" and spec.get("asr") != "upstreams":
+        raise ManifestError(f"variant {name!r}: finetune_blocks: all needs asr: upstreams (each upstream's number of "
+                            f"blocks), got asr {spec.get('asr')!r}; give the number of blocks instead")
     if k and spec.get("asr_norm", "none") != "none":
         raise ManifestError(f"variant {name!r}: asr_norm standardises the stored layer, which fine-tuned blocks "
                             "change: leave it out with finetune_blocks")
@@ -196,6 +210,8 @@ def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dro
     if spec.finetuned:  # the head's blueprint; the upstream's blocks are attached when the model is built
         head = VariantSpec(spec.name, spec.type, spec.asr, spec.layer, spec.hidden,
                            {k: v for k, v in o.items() if k != "finetune_blocks"})
+        if spec.type == "weighted":  # the stored layers and the blocks' outputs
+            dims = {**dims, "layers": dims["layers"] + spec.finetuned}
         return FineTunedTop, dict(head=model_blueprint(head, dims, n_classes, dropout, n_attributes),
                                   finetune_blocks=spec.finetuned)
     n_classes = sum(output_sizes(spec.task, n_classes, n_attributes))
