@@ -38,7 +38,7 @@ UPSTREAM_TINY = [
     " {name: IAAN, type: iaan, asr: upstreams, layer: layer1, hidden: 8, max_epochs: 2},"
     " {name: eGeMAPS-SVM, type: reference, C: [0.1]},"
     " {name: weighted-MP-top1, type: weighted, head: mp, asr: upstreams, finetune_blocks: 1, max_epochs: 2,"
-    " warmup_steps: 2}]",
+    " warmup_steps: 2, finetune_input: waveform}]",
     "score.chance_runs=2",
 ]
 

@@ -85,6 +85,42 @@ def test_a_weighted_sum_over_fine_tuned_and_frozen_layers_starts_as_the_frozen_s
     assert (everything[0]["layers"], everything[0]["finetune_blocks"]) == (["layer0"], 3)
 
 
+def test_a_fine_tuned_top_reading_the_waveform_equals_the_one_reading_stored_layers(wavlm):
+    """finetune_input: waveform runs the frozen upstream below the blocks per batch: the same outputs as the model
+    on the stored layers, no gradient into the upstream, nothing of it in the fold model's state dict."""
+    from ser_modules.ser.inputs import collate
+    from ser_modules.ser.variants import forward
+
+    upstream, layers = wavlm
+    g = torch.Generator().manual_seed(0)
+    wavs, samples = torch.randn(3, 12000, generator=g) * 0.1, torch.tensor([12000, 8000, 5000])
+    for i, n in enumerate(samples.tolist()):
+        wavs[i, n:] = 0
+    base = {"name": "w", "type": "weighted", "head": "rnn", "asr": "u", "layer": "weighted", "hidden": 8,
+            "layers": ["layer0", "layer1"], "finetune_blocks": 2}
+    stored = VariantSpec.from_dict(base)
+    spec = VariantSpec.from_dict({**base, "finetune_input": "waveform"})
+    assert spec.reads_waveform and not stored.reads_waveform
+    dims = {"asr": 32, "layers": 2}
+    want_model = build_model(stored, dims, 4, 0.0).attach(top_blocks(upstream, 2)).eval()
+    model = build_model(spec, dims, 4, 0.0)
+    with pytest.raises(ValueError, match="needs the upstream below its blocks"):
+        model.attach(top_blocks(upstream, 2))
+    model.attach(top_blocks(upstream, 2), bottom=upstream).eval()
+    model.load_state_dict(want_model.state_dict())  # the same keys: the upstream is not part of the fold model
+    batch = collate([{"id": str(i), "label": 0, "wav": wavs[i, :n]} for i, n in enumerate(samples.tolist())])
+    with torch.no_grad():
+        got = forward(model, spec, batch, "cpu")
+        want = want_model(torch.cat([layers["layer0"][0], layers["layer1"][0]], dim=-1), layers["layer1"][1])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    model.train()
+    torch.nn.functional.cross_entropy(forward(model, spec, batch, "cpu"), torch.tensor([0, 1, 2])).backward()
+    assert all(p.grad is None for p in upstream.parameters())
+    assert all(p.grad is not None for p in model.blocks.blocks.parameters())
+    with pytest.raises(ManifestError, match="finetune_input"):
+        VariantSpec.from_dict({**base, "finetune_input": "mel"})
+
+
 def test_gradients_reach_exactly_the_top_blocks_and_the_head(wavlm):
     upstream, layers = wavlm
     spec = VariantSpec.from_dict({"name": "top", "type": "mp", "asr": "u", "layer": "layer2", "finetune_blocks": 1})

@@ -76,6 +76,10 @@ class BatchPredictor:
         ``decode`` what the transcript decoder reads of the signals, from the same ASR forward (else None)."""
         items = [{"id": str(i), "label": 0} for i in range(len(wavs))]
         self._add_signal_features(items, wavs)
+        if self.spec.reads_waveform:  # the fold model runs its frozen upstream itself
+            for item, wav in zip(items, wavs):
+                item["wav"] = wav
+            return collate(items), None
         decoded = self._add_asr_layers(items, wavs, fold, contexts, decode) if self.spec.asr else None
         return collate(items), decoded
 

@@ -7,6 +7,8 @@ stored layers ``layer0 .. layer{L-k}`` and the blocks' outputs ``layer{L-k+1} ..
 (:func:`attach_upstream_blocks`), so a model is built in two steps: the head from the variant's blueprint, then
 the blocks from the upstream; its state dict then holds only the fine-tuned blocks and the head. The blocks
 learn at ``upstream_lr`` (default: the head's lr / 30), warmed up linearly over ``warmup_steps`` optimizer steps.
+With ``finetune_input: waveform`` the model reads the signal and runs the frozen upstream below its blocks itself
+(``k = all``: the feature encoder, as SpeechBrain's whole-encoder recipes freeze it) instead of stage 4's store.
 """
 
 from __future__ import annotations
@@ -31,11 +33,20 @@ class FineTunedTop(nn.Module):
     before that (SpeechBrain's pretrainer loads an export's modules as its hyperparams build them) keep the
     blocks' part until they are attached."""
 
-    def __init__(self, head: nn.Module, finetune_blocks: int):
+    def __init__(self, head: nn.Module, finetune_blocks: int, waveform_layers: list[str] | None = None):
         super().__init__()
         self.head, self.finetune_blocks, self.blocks = head, int(finetune_blocks), None
+        self.waveform_layers = list(waveform_layers) if waveform_layers else None
         self.__dict__["pending_blocks"] = None  # the blocks' weights loaded before the blocks existed
+        # finetune_input: waveform: the frozen upstream below the blocks, run per batch; not stored in a fold model
+        self.__dict__["bottom"] = None
         self._register_load_state_dict_pre_hook(self._keep_block_state)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        if self.bottom is not None:
+            self.bottom._apply(fn, *args, **kwargs)
+        return self
 
     def _keep_block_state(self, state_dict, prefix, *args):
         if self.blocks is None:
@@ -43,18 +54,30 @@ class FineTunedTop(nn.Module):
             if keys:
                 self.__dict__["pending_blocks"] = {k[len(prefix) + len("blocks."):]: state_dict.pop(k) for k in keys}
 
-    def attach(self, blocks: nn.Module) -> "FineTunedTop":
+    def attach(self, blocks: nn.Module, bottom: nn.Module | None = None) -> "FineTunedTop":
+        """Add the trainable ``blocks`` and, for a model reading the waveform, the frozen upstream ``bottom``
+        that computes its ``waveform_layers`` (``forward_layers``, :mod:`ser_modules.upstreams.encoders`)."""
         if len(blocks.blocks) != self.finetune_blocks:
             raise ValueError(f"{len(blocks.blocks)} blocks given, the variant fine-tunes {self.finetune_blocks}")
+        if self.waveform_layers and bottom is None:
+            raise ValueError("a fine-tuned top reading the waveform needs the upstream below its blocks")
         if self.pending_blocks is not None:
             blocks.load_state_dict(self.pending_blocks)
             self.__dict__["pending_blocks"] = None
         self.blocks = blocks
+        self.__dict__["bottom"] = bottom if self.waveform_layers else None
         return self
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``x``: the stored layers (see the class doc), or with ``waveform_layers`` the signals ``[B, S]`` and
+        ``lengths`` their samples ``[B]``."""
         if self.blocks is None:
             raise RuntimeError("FineTunedTop has no blocks: attach the upstream's (attach_upstream_blocks)")
+        if self.waveform_layers:  # the frozen bottom gives the layers stage 4 would have stored
+            with torch.no_grad():
+                layers = self.bottom.forward_layers(x, lengths, self.waveform_layers)
+            x = torch.cat([layers[n][0] for n in self.waveform_layers], dim=-1)
+            lengths = layers[self.waveform_layers[-1]][1]
         if isinstance(self.head, WeightedLayerSum):  # the frozen layers, then the fine-tuned ones
             return self.head(torch.cat([x, *self.blocks(x[..., -self.head.dim:], lengths)], dim=-1), lengths)
         return self.head(self.blocks(x, lengths)[-1], lengths)
@@ -85,7 +108,7 @@ def attach_upstream_blocks(model: nn.Module, asr_path: str, device: str = "cpu")
     if not info.get("upstream"):
         raise ManifestError(f"{asr_path}: finetune_blocks needs a pretrained upstream; this is a "
                             f"{info.get('architecture', 'toolkit ASR model')}")
-    return model.attach(top_blocks(upstream, model.finetune_blocks, asr_path))
+    return model.attach(top_blocks(upstream, model.finetune_blocks, asr_path), bottom=upstream)
 
 
 def finetune_param_groups(model: nn.Module, lr: float, upstream_lr: float | None,

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from ser_modules.data.datasets import read_utterance
 from ser_modules.dump.corpus_dump import read_stores
 from ser_modules.dump.store import FeatureStore
 from ser_modules.ser.variants import VariantSpec
@@ -99,6 +100,11 @@ class SERDataset(torch.utils.data.Dataset):
             vectors = np.concatenate([self.asr.mean_pooled(n, ids, normalised=spec.normalised) for n in spec.layers],
                                      axis=1)  # [len(ids), n_layers * D]
             self.pooled = dict(zip(ids, torch.from_numpy(vectors).unsqueeze(1)))  # [1, D] each
+        if spec.reads_waveform:
+            if context is None or "wav" not in context.columns:
+                raise ManifestError(f"variant {spec.name}: finetune_input: waveform needs the manifest's wav column")
+            rows = context.set_index("ID")
+            self.audio = {i: tuple(rows.loc[i].get(c, "") for c in ("wav", "seg_start", "seg_end")) for i in ids}
         if spec.type == "iaan":
             if context is None or not {"prev_same", "prev_other"} <= set(context.columns):
                 raise ManifestError(f"variant {spec.name}: IAAN needs dialog context (prev_same/prev_other columns)")
@@ -149,7 +155,9 @@ class SERDataset(torch.utils.data.Dataset):
             item["feats"] = self._handcrafted(i, utt)
         if self.egemaps is not None:  # the reference's functionals: one vector per utterance
             item["egemaps"] = torch.from_numpy(self.egemaps.get(utt, "egemaps"))
-        if self.spec.pooled:
+        if self.spec.reads_waveform:  # the signal itself; the model runs the upstream
+            item["wav"] = read_utterance(*self.audio[utt])
+        elif self.spec.pooled:
             item["asr"] = self.pooled[utt]
         elif t in ("rnn", "iaan", "weighted") or self.spec.finetuned:  # frames
             item["asr"] = torch.from_numpy(np.concatenate(self._same_frames(utt), axis=1))
@@ -168,7 +176,7 @@ def collate(items: list[dict]) -> dict:
     batch = {"id": [x["id"] for x in items], "label": torch.tensor([x["label"] for x in items])}
     if "target" in items[0]:  # attribute values [B, A]
         batch["target"] = torch.stack([x["target"] for x in items])
-    for key in ("feats", "asr", "prev", "other", "egemaps"):
+    for key in ("feats", "asr", "prev", "other", "egemaps", "wav"):
         if key in items[0]:
             batch[key] = pad_sequences([x[key] for x in items])
     return batch

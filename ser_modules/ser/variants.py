@@ -31,6 +31,7 @@ MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference", "wei
 
 
 NO_ASR_TYPES = ("baseline", "reference")
+FINETUNE_INPUTS = ("stored", "waveform")  # stage 4's stored layer below the blocks, or the signal
 
 
 VARIANT_TRAINING_KEYS = ("max_epochs", "batch_size", "lr", "layer_weights_lr", "dropout", "early_stop_patience",
@@ -93,6 +94,11 @@ class VariantSpec:
     def finetuned(self) -> int:
         """How many top blocks of its upstream the variant fine-tunes (0: a frozen probe; :mod:`ser_modules.ser.finetune`)."""
         return int(self.options.get("finetune_blocks", 0) or 0)
+
+    @property
+    def reads_waveform(self) -> bool:
+        """A fine-tuned top that runs its frozen upstream on the signal (``finetune_input: waveform``)."""
+        return bool(self.finetuned) and self.options.get("finetune_input", "stored") == "waveform"
 
     @property
     def summed_layers(self) -> list[str]:
@@ -164,6 +170,9 @@ def check_finetune_keys(spec: dict) -> None:
     if k and spec.get("asr_norm", "none") != "none":
         raise ManifestError(f"variant {name!r}: asr_norm standardises the stored layer, which fine-tuned blocks "
                             "change: leave it out with finetune_blocks")
+    if spec.get("finetune_input", "stored") not in FINETUNE_INPUTS:
+        raise ManifestError(f"variant {name!r}: finetune_input (where the blocks' input comes from) must be one of "
+                            f"{FINETUNE_INPUTS}, got {spec.get('finetune_input')!r}")
     lr = spec.get("upstream_lr")
     if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0):
         raise ManifestError(f"variant {name!r}: upstream_lr must be a number > 0, got {lr!r}")
@@ -213,7 +222,8 @@ def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dro
         if spec.type == "weighted":  # the stored layers and the blocks' outputs
             dims = {**dims, "layers": dims["layers"] + spec.finetuned}
         return FineTunedTop, dict(head=model_blueprint(head, dims, n_classes, dropout, n_attributes),
-                                  finetune_blocks=spec.finetuned)
+                                  finetune_blocks=spec.finetuned,
+                                  waveform_layers=spec.layers if spec.reads_waveform else None)
     n_classes = sum(output_sizes(spec.task, n_classes, n_attributes))
     if spec.type == "baseline":
         return BiGRUBaseline, dict(input_size=dims["handcrafted"], hidden_size=spec.hidden,
@@ -270,6 +280,8 @@ def forward(model: torch.nn.Module, spec: VariantSpec, batch: dict, device) -> t
         return model(*seq("feats"))
     if spec.type == "reference":
         return model(*seq("egemaps"))
+    if spec.reads_waveform:  # the model runs its frozen upstream on the signals itself
+        return model(*seq("wav"))
     if spec.type == "weighted" and spec.pooled:  # one vector per layer: the sum and the head, no frames
         return model.forward_pooled(seq("asr")[0][:, 0])
     if spec.type in ("mp", "rnn", "weighted"):  # (a fine-tuned top reads frames too)
