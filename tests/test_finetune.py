@@ -259,3 +259,25 @@ def test_whisper_stored_in_30s_windows_skips_a_fine_tuned_variant_with_the_reaso
         (tmp_path / "asr" / "upstreams.json").write_text(json.dumps({"upstreams": [{"name": "w", "whisper_window": window}]}))
         reason = skip_reason(spec, True, {"w": {}}, [], str(tmp_path))
         assert (reason is not None and "needs whisper_window: utterance" in reason) == skipped
+
+
+@pytest.mark.parametrize("size", ["paper", "demo"])
+def test_the_upstream_recipes_configured_variants_are_valid(size):
+    """Every variant of upstream_probe's shipped stage-5 configuration expands over a 6-block upstream and passes
+    the variant checks; the paper's fine-tuned rows read the layers below their blocks (the waveform for MP-all)."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    from ser_modules.ser.probe import expand_variants
+
+    conf = os.path.join(REPO, "recipes", "upstream_probe", "conf", *(["demo"] if size == "demo" else []), "ser.yaml")
+    with open(conf) as f:
+        variants = load_hyperpyyaml(f, overrides={"output_folder": "x"} if size == "paper" else None)["variants"]
+    layers = [f"layer{i}" for i in range(7)]
+    expanded = expand_variants(variants, [{"name": "w", "layers": layers, "dims": {n: 512 for n in layers}}])
+    specs = {v["name"]: VariantSpec.from_dict(v) for v in expanded}
+    tuned = {n: (s.finetuned, s.layers, s.reads_waveform) for n, s in specs.items() if s.finetuned}
+    if size == "paper":
+        assert tuned == {"MP-top2-w": (2, ["layer4"], False), "RNN-top2-w": (2, ["layer4"], False),
+                         "weighted-MP-norm-top2-w": (2, layers[:5], False), "MP-all-w": (6, ["layer0"], True)}
+    else:
+        assert tuned and all(k in (1, 2) and not waveform for k, _, waveform in tuned.values())
