@@ -15,7 +15,7 @@ from ser_modules.asr.saved_models import asr_model_path, check_upstream_source
 from ser_modules.inference.experiment import best_variant
 from ser_modules.ser.dimensional import TargetScaler, saved_task
 from ser_modules.ser.finetune import attach_upstream_blocks
-from ser_modules.ser.variants import VariantSpec, build_model
+from ser_modules.ser.variants import VariantSpec, restore_model
 from ser_modules.utils.fileio import ManifestError, read_json
 from ser_modules.utils.jobs import resolve_device
 
@@ -92,12 +92,10 @@ def _trained_run(run_dir: str, fold: str, run: int, exp_dir: str) -> tuple[Varia
     if not os.path.isfile(info_path):
         raise ManifestError(f"{run_dir}: no trained model (model.json); is fold {fold!r} run {run} trained?")
     info = read_json(info_path)
-    spec, classes = VariantSpec.from_dict(info["variant"]), info["classes"]
-    model = build_model(spec, info["dims"], len(classes), info["dropout"], len(info.get("attributes") or []))
-    if spec.finetuned:
-        attach_upstream_blocks(model, asr_model_path(exp_dir, spec.asr, fold))
-    model.load_state_dict(torch.load(os.path.join(run_dir, "model.pt"), map_location="cpu"))
-    return spec, classes, model, info
+    spec = VariantSpec.from_dict(info["variant"])
+    model = restore_model(spec, info, os.path.join(run_dir, "model.pt"),
+                          asr_model_path(exp_dir, spec.asr, fold) if spec.finetuned else None)
+    return spec, info["classes"], model, info
 
 
 def load_export(folder: str, fold: str | None = None, device: str = "auto",
@@ -114,7 +112,7 @@ def load_export(folder: str, fold: str | None = None, device: str = "auto",
     hparams = export_hparams(folder)
     _check_export(folder, hparams, export_id, run, fold)
     spec = VariantSpec.from_dict(hparams["spec"])
-    models = [fold_model(folder, spec, name, _exported_model(folder, hparams, name, ser_models), device,
+    models = [fold_model(folder, spec, name, _exported_model(folder, hparams, spec, name, ser_models), device,
                          read_json(os.path.join(folder, "ser", hparams["variant"], name, f"run{hparams['run']}",
                                                 "model.json")))
               for name in ([fold] if fold else hparams["folds"])]
@@ -132,12 +130,12 @@ def _check_export(folder: str, hparams: dict, export_id: str | None, run: int | 
         raise ManifestError(f"{folder}: no fold {fold!r}; exported: {hparams['folds']}")
 
 
-def _exported_model(folder: str, hparams: dict, fold: str, ser_models: torch.nn.ModuleDict | None) -> torch.nn.Module:
+def _exported_model(folder: str, hparams: dict, spec: VariantSpec, fold: str,
+                    ser_models: torch.nn.ModuleDict | None) -> torch.nn.Module:
     """One fold's SER model of an export: from ``ser_models`` when given, else the one its hyperparams
     wire, with its weights loaded from the folder."""
     from ser_modules.inference.hub_interface import fold_key, module_key  # only an export needs the export module
 
-    spec = VariantSpec.from_dict(hparams["spec"])
     if ser_models is not None:  # weights loaded by the pretrainer; a fine-tuned top's blocks attached over them
         model = ser_models[module_key(fold)]
         if spec.finetuned and model.blocks is None:

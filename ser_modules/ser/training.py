@@ -22,7 +22,7 @@ from ser_modules.models.ser import (
     LinearSVMReference,
 )
 from ser_modules.ser.brain import train_neural
-from ser_modules.ser.finetune import attach_upstream_blocks, upstream_path, weighted_sum_of
+from ser_modules.ser.finetune import upstream_path, weighted_sum_of
 from ser_modules.ser.inputs import SERDataset, SERInputs, collate
 from ser_modules.ser.dimensional import (
     TargetScaler,
@@ -32,7 +32,13 @@ from ser_modules.ser.dimensional import (
     saved_task,
     split_outputs,
 )
-from ser_modules.ser.variants import VARIANT_TRAINING_KEYS, VariantSpec, build_model, forward, variant_attributes
+from ser_modules.ser.variants import (
+    VARIANT_TRAINING_KEYS,
+    VariantSpec,
+    forward,
+    restore_model,
+    variant_attributes,
+)
 from ser_modules.utils.fileio import ManifestError, StagedOutputs, save_torch, write_csv, write_json
 from ser_modules.utils.seeding import seed_all
 
@@ -208,10 +214,8 @@ def predict_saved_run(spec: VariantSpec, fold: str, run: int, run_dir: str, mani
     if dims != info["dims"]:
         raise ManifestError(f"{stores[0].folder if stores else run_dir}: inputs of {dims} values, the model of {run_dir} "
                             f"was trained on {info['dims']}")
-    model = build_model(spec, info["dims"], len(classes), info["dropout"], len(attributes))
-    if spec.finetuned:  # the upstream's blocks, then the fold's fine-tuned weights over them
-        attach_upstream_blocks(model, upstream_path(inputs.stores_json, spec.asr, fold))
-    model.load_state_dict(torch.load(model_path, map_location="cpu"))
+    model = restore_model(spec, info, model_path, upstream_path(inputs.stores_json, spec.asr, fold) if spec.finetuned
+                          else None)
     model.to(device).eval()
     index = {c: i for i, c in enumerate(classes)}
     dataset = SERDataset(spec, ids, [index[c] for c in labels], inputs, fold, manifest)

@@ -24,7 +24,7 @@ from ser_modules.models.ser import (
     normalise_frames,
 )
 from ser_modules.ser.dimensional import ATTRIBUTE_LOSSES, ATTRIBUTES, TASKS, output_sizes
-from ser_modules.ser.finetune import FineTunedTop
+from ser_modules.ser.finetune import FineTunedTop, attach_upstream_blocks
 from ser_modules.utils.fileio import ManifestError
 
 MODEL_TYPES = ("baseline", "mp", "rnn", "progressive", "iaan", "reference", "weighted")
@@ -252,6 +252,16 @@ def model_blueprint(spec: VariantSpec, dims: dict[str, int], n_classes: int, dro
                                       layer_norm=bool(o.get("layer_norm", False)))
     return IAAN, dict(input_size=dims["asr"], hidden_size=spec.hidden, attention_size=o.get("attention_size", 16),
                       mlp_size=o.get("mlp_size", 64), n_classes=n_classes, dropout=dropout)
+
+
+def restore_model(spec: VariantSpec, info: dict, weights: str, asr_path: str | None = None) -> torch.nn.Module:
+    """A trained fold model as stage 5 saved it: built from its ``model.json`` (``info``), a fine-tuned top's
+    blocks from the upstream saved at ``asr_path``, then the weights of ``weights`` over it (on the CPU)."""
+    model = build_model(spec, info["dims"], len(info["classes"]), info["dropout"], len(info.get("attributes") or []))
+    if spec.finetuned:
+        attach_upstream_blocks(model, asr_path)
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    return model
 
 
 def fit_input_statistics(model: torch.nn.Module, pooled: torch.Tensor) -> None:
