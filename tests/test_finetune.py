@@ -119,6 +119,9 @@ def test_a_fine_tuned_top_reading_the_waveform_equals_the_one_reading_stored_lay
     assert all(p.grad is not None for p in model.blocks.blocks.parameters())
     with pytest.raises(ManifestError, match="finetune_input"):
         VariantSpec.from_dict({**base, "finetune_input": "mel"})
+    model.double()  # moving the model (to a GPU, another dtype) moves the frozen upstream it runs
+    assert {p.dtype for p in upstream.parameters()} == {torch.float64}
+    upstream.float()
 
 
 def test_gradients_reach_exactly_the_top_blocks_and_the_head(wavlm):
