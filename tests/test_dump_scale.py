@@ -373,8 +373,10 @@ def test_bounded_primitive_cache_keeps_a_dump_of_many_shapes_flat():
         return float(out.stdout.strip())
 
     unbounded, bounded = growth("default"), growth("bounded")
-    assert unbounded > 15, unbounded  # the default cache grows with the shapes seen (26 MB here)
-    assert bounded < unbounded / 3, (bounded, unbounded)  # 5.5 MB here
+    # How much a primitive weighs depends on the CPU's oneDNN kernels: 26 MB unbounded / 5.5 MB bounded on the
+    # Intel machine the bound was made on, 13.1 / 6.0 MB on an AMD EPYC of the same size (2026-12-06)
+    assert unbounded > 10, unbounded  # the default cache grows with the shapes seen
+    assert bounded < 0.6 * unbounded, (bounded, unbounded)
 
 
 def test_stage4_bounds_the_cache_before_it_runs_unless_the_user_set_it(monkeypatch):
