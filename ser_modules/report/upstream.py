@@ -77,8 +77,8 @@ def upstream_report(results, variants: list[dict], upstreams: list[dict], ser_di
             g = g.assign(_k=g["layer"].map(layer_index)).sort_values("_k")
             series[typ] = (g["layer"].tolist(), g["UA_mean"].tolist(), g["UA_std"].tolist())
         weighted = mine[mine["type"] == "weighted"]
-        lines = dict(zip(mine[finetuned | (mine["type"] == "weighted")]["model"],
-                         mine[finetuned | (mine["type"] == "weighted")]["UA_mean"]))
+        as_lines = mine[finetuned | (mine["type"] == "weighted")]
+        lines = dict(zip(as_lines["model"], as_lines["UA_mean"]))
         reference = results[results["type"] == "reference"]  # handcrafted features: the same for every upstream
         lines.update({f"{n} (reference)": ua for n, ua in zip(reference["model"], reference["UA_mean"])})
         if series:
