@@ -124,6 +124,47 @@ def test_a_fine_tuned_top_reading_the_waveform_equals_the_one_reading_stored_lay
     upstream.float()
 
 
+def test_whole_encoder_fine_tuning_from_the_waveform_freezes_only_the_cnn(wavlm):
+    """finetune_blocks: all from the waveform, as SpeechBrain's whole-encoder recipes: the CNN feature encoder frozen,
+    the feature projection and positional convolution (the stem) learn with every block at the blocks' rate; at
+    the start the model equals the one reading the stored layer0; a fold's saved weights restore the stem."""
+    from ser_modules.ser.inputs import collate
+    from ser_modules.ser.variants import forward
+
+    upstream, layers = wavlm
+    g = torch.Generator().manual_seed(0)
+    wavs, samples = torch.randn(3, 12000, generator=g) * 0.1, torch.tensor([12000, 8000, 5000])
+    for i, n in enumerate(samples.tolist()):
+        wavs[i, n:] = 0
+    base = {"name": "all", "type": "mp", "asr": "u", "layer": "layer0", "finetune_blocks": 3}
+    spec = VariantSpec.from_dict({**base, "finetune_input": "waveform"})
+    stored = build_model(VariantSpec.from_dict(base), {"asr": 32}, 4, 0.0).attach(top_blocks(upstream, 3)).eval()
+    with pytest.raises(ValueError, match="only a model reading the waveform"):
+        build_model(VariantSpec.from_dict(base), {"asr": 32}, 4, 0.0).attach(top_blocks(upstream, 3, stem=True))
+    model = build_model(spec, {"asr": 32}, 4, 0.0).attach(top_blocks(upstream, 3, stem=True), bottom=upstream)
+    missing = model.load_state_dict(stored.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("blocks.stem.") for k in missing)  # the stem: the model's own, trained
+    batch = collate([{"id": str(i), "label": 0, "wav": wavs[i, :n]} for i, n in enumerate(samples.tolist())])
+    with torch.no_grad():
+        got = forward(model.eval(), spec, batch, "cpu")
+        want = stored(*layers["layer0"])
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+    model.train()
+    torch.nn.functional.cross_entropy(forward(model, spec, batch, "cpu"), torch.tensor([0, 1, 2])).backward()
+    stem = list(model.blocks.stem.parameters())
+    assert stem and all(p.grad is not None and p.grad.abs().sum() > 0 for p in stem)
+    assert all(p.grad is None for p in upstream.parameters())  # the CNN (and the rest of the frozen upstream)
+    groups = finetune_param_groups(model, 1e-3, 1e-5)
+    assert {id(p) for p in stem} <= {id(p) for p in groups[1]["params"]} and groups[1]["lr"] == 1e-5
+    with torch.no_grad():
+        model.blocks.stem.pos_conv.conv.bias.add_(0.5)  # a trained stem, saved with the fold and loaded before attach
+    restored = build_model(spec, {"asr": 32}, 4, 0.0)
+    restored.load_state_dict(model.state_dict())
+    restored.attach(top_blocks(upstream, 3, stem=True), bottom=upstream)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(restored.eval(), spec, batch, "cpu"), forward(model.eval(), spec, batch, "cpu"))
+
+
 def test_gradients_reach_exactly_the_top_blocks_and_the_head(wavlm):
     upstream, layers = wavlm
     spec = VariantSpec.from_dict({"name": "top", "type": "mp", "asr": "u", "layer": "layer2", "finetune_blocks": 1})

@@ -64,6 +64,21 @@ def test_top_blocks_on_a_stored_layer_equal_the_full_upstream(tmp_path, kind, fm
         if kind == "wavlm" and k < n_blocks:  # block 1's bias embedding: frozen, out of the state dict
             assert blocks.frozen_bias is not None and not any("frozen_bias" in key for key in blocks.state_dict())
     assert trainable > 0  # (k = all blocks)
+    # From the waveform with every block, a wav2vec 2.0-style encoder's projection + positional convolution train too
+    stemmed = top_blocks(upstream, n_blocks, path, stem=True)
+    if kind in ("whisper", "speechbrain"):
+        assert stemmed.stem is None  # their layer0 stays frozen (no separate CNN feature encoder)
+    else:
+        features, frames = upstream.feature_encoder(wavs, samples)
+        with torch.no_grad():
+            layer0 = stemmed.stem.eval()(features, frames)
+        want, want_frames = layers["layer0"]
+        assert torch.equal(frames, want_frames) and layer0.shape == want.shape
+        for i, n in enumerate(want_frames.tolist()):
+            torch.testing.assert_close(layer0[i, :n], want[i, :n], atol=2e-4, rtol=1e-4, msg=f"{kind} {fmt} stem")
+            assert not layer0[i, n:].any()
+        stem_weights = sum(p.numel() for p in stemmed.stem.parameters())
+        assert stem_weights and sum(p.numel() for p in stemmed.parameters() if p.requires_grad) == trainable + stem_weights
     # the copies train; the upstream's own blocks stay frozen
     assert not any(p.requires_grad for p in upstream.parameters())
 

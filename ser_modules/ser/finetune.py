@@ -8,7 +8,9 @@ stored layers ``layer0 .. layer{L-k}`` and the blocks' outputs ``layer{L-k+1} ..
 the blocks from the upstream; its state dict then holds only the fine-tuned blocks and the head. The blocks
 learn at ``upstream_lr`` (default: the head's lr / 30), warmed up linearly over ``warmup_steps`` optimizer steps.
 With ``finetune_input: waveform`` the model reads the signal and runs the frozen upstream below its blocks itself
-(``k = all``: the feature encoder, as SpeechBrain's whole-encoder recipes freeze it) instead of stage 4's store.
+instead of stage 4's store; with ``k = all`` only the CNN feature encoder stays frozen where the upstream has one
+(wav2vec 2.0-style encoders; as SpeechBrain's whole-encoder recipes freeze it): the feature projection and
+positional convolution train with the blocks (``TransformerStem``, :mod:`ser_modules.upstreams.top_blocks`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class FineTunedTop(nn.Module):
         that computes its ``waveform_layers`` (``forward_layers``, :mod:`ser_modules.upstreams.encoders`)."""
         if len(blocks.blocks) != self.finetune_blocks:
             raise ValueError(f"{len(blocks.blocks)} blocks given, the variant fine-tunes {self.finetune_blocks}")
+        if blocks.stem is not None and not self.waveform_layers:
+            raise ValueError("blocks with a feature stem read the CNN's features: only a model reading the waveform runs them")
         if self.waveform_layers and bottom is None:
             raise ValueError("a fine-tuned top reading the waveform needs the upstream below its blocks")
         if self.pending_blocks is not None:
@@ -73,7 +77,11 @@ class FineTunedTop(nn.Module):
         ``lengths`` their samples ``[B]``."""
         if self.blocks is None:
             raise RuntimeError("FineTunedTop has no blocks: attach the upstream's (attach_upstream_blocks)")
-        if self.waveform_layers:  # the frozen bottom gives the layers stage 4 would have stored
+        stem = self.blocks.stem
+        if stem is not None:  # every block from the waveform: only the CNN frozen, layer0 trained (SpeechBrain's way)
+            features, lengths = self.bottom.feature_encoder(x, lengths)
+            x = stem(features, lengths)
+        elif self.waveform_layers:  # the frozen bottom gives the layers stage 4 would have stored
             with torch.no_grad():
                 layers = self.bottom.forward_layers(x, lengths, self.waveform_layers)
             x = torch.cat([layers[n][0] for n in self.waveform_layers], dim=-1)
@@ -108,7 +116,8 @@ def attach_upstream_blocks(model: nn.Module, asr_path: str, device: str = "cpu")
     if not info.get("upstream"):
         raise ManifestError(f"{asr_path}: finetune_blocks needs a pretrained upstream; this is a "
                             f"{info.get('architecture', 'toolkit ASR model')}")
-    return model.attach(top_blocks(upstream, model.finetune_blocks, asr_path), bottom=upstream)
+    blocks = top_blocks(upstream, model.finetune_blocks, asr_path, stem=bool(model.waveform_layers))
+    return model.attach(blocks, bottom=upstream)
 
 
 def finetune_param_groups(model: nn.Module, lr: float, upstream_lr: float | None,

@@ -51,6 +51,18 @@ class FrozenEncoder(nn.Module):
     def forward_layers(self, wavs: torch.Tensor, samples: torch.Tensor, layers: list[str]) -> dict:
         return self.layers_of(self.hidden_states(wavs, samples), samples, layers)
 
+    @torch.no_grad()
+    def feature_encoder(self, wavs: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CNN feature encoder's output ``[B, T, C]`` (before the feature projection) and its ``frames [B]``:
+        what whole-encoder fine-tuning keeps frozen (:mod:`ser_modules.upstreams.top_blocks`, ``TransformerStem``).
+        Batched where :meth:`hidden_states` is; a group-normalised encoder one utterance at a time."""
+        frames = self.frames(samples)
+        if self.batched:
+            feats = self._features(wavs, samples)
+        else:
+            feats = _pad_cat([self._features(wavs[i : i + 1, : int(n)], None)[0] for i, n in enumerate(samples)])
+        return feats[:, : int(frames.max())], frames.to(feats.device)
+
     def layers_of(self, states: tuple, samples: torch.Tensor, layers: list[str]) -> dict:
         """``{name: (hidden [B, T, D], frames [B])}`` of ``layers`` from :meth:`hidden_states`' output."""
         frames = self.frames(samples).to(states[0].device)
@@ -120,6 +132,11 @@ class HFUpstream(FrozenEncoder):
         outs = [self.model(wavs[i : i + 1, : int(n)], output_hidden_states=True).hidden_states
                 for i, n in enumerate(samples)]
         return tuple(_pad_cat([o[k][0] for o in outs]) for k in range(len(outs[0])))
+
+    def _features(self, wavs: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
+        if self.whisper:
+            raise ValueError("Whisper's convolutions are not a separate feature encoder here: fine-tune from layer0")
+        return self.model.feature_extractor(wavs).transpose(1, 2)
 
     def _whisper_states(self, wavs, samples):
         """All hidden states ``(L+1) x [B, T, D]`` of a padded batch (zeros after each one's frames): every
@@ -224,10 +241,16 @@ class TorchaudioUpstream(FrozenEncoder):
         outs = [self._states(wavs[i : i + 1, : int(n)], None) for i, n in enumerate(samples)]
         return tuple(_pad_cat([o[k][0] for o in outs]) for k in range(len(outs[0])))
 
-    def _states(self, wavs: torch.Tensor, samples: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def _features(self, wavs: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
+        return self._extract(wavs, samples)[0]
+
+    def _extract(self, wavs: torch.Tensor, samples: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.arch["normalize_waveform"]:
             wavs = normalize_each(wavs, samples)
-        x, lengths = self.model.feature_extractor(wavs, samples)
+        return self.model.feature_extractor(wavs, samples)
+
+    def _states(self, wavs: torch.Tensor, samples: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        x, lengths = self._extract(wavs, samples)
         x, mask = self.model.encoder._preprocess(x, lengths)  # feature projection; padded frames zeroed and masked
         padding = None
         if self.arch["builder"] == "wavlm" and lengths is not None:  # WavLM's attention takes a key padding mask

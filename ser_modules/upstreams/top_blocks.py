@@ -16,7 +16,11 @@ upstream's ``layer{L-k+1} .. layer{L}`` on the waveform (float tolerance), padde
 - torchaudio wav2vec 2.0, HuBERT and WavLM (torchaudio's attention mask, WavLM's key padding mask);
 - SpeechBrain encoders: their top-level children, one utterance at a time.
 
-``k = 0`` is a frozen probe (no block); ``k = L`` fine-tunes every block from ``layer0``.
+``k = 0`` is a frozen probe (no block); ``k = L`` fine-tunes every block from ``layer0``. Fine-tuned from the
+waveform with ``k = L`` (``stem=True``), the blocks of a wav2vec 2.0-style encoder (transformers or torchaudio
+wav2vec 2.0, HuBERT, WavLM, data2vec-audio) come with a :class:`TransformerStem`: the feature projection and
+positional convolution between the frozen CNN feature encoder and block 1, trained as SpeechBrain's wav2vec 2.0
+recipes train them (they freeze only the CNN). Whisper's and SpeechBrain's encoders have none: ``layer0`` stays frozen.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ class TopBlocks(nn.Module):
     utterance's ``frames`` (as the stores hold them)."""
 
     def __init__(self, blocks: list[nn.Module], kind: str, first: int, final_norm: nn.Module | None = None,
-                 bias: nn.Module | None = None):
+                 bias: nn.Module | None = None, stem: nn.Module | None = None):
         super().__init__()
         self.blocks, self.kind, self.first = nn.ModuleList(blocks), kind, int(first)
         self.final_norm = final_norm
+        self.stem = stem  # (first == 0, from the waveform) CNN features -> layer0; its caller runs it (FineTunedTop)
         # Below the fine-tuned blocks the bias embedding is frozen and rebuilt from the upstream: kept out of the
         # state dict (a fold model holds only what it trained), moved with the module all the same.
         self.__dict__["frozen_bias"] = bias if bias is not None and first > 0 else None
@@ -128,10 +133,59 @@ class TopBlocks(nn.Module):
                 for k in range(len(self.blocks))]
 
 
-def top_blocks(upstream: nn.Module, k: int, source: str = "the upstream") -> TopBlocks:
+class TransformerStem(nn.Module):
+    """``(features [B, T, C], frames [B]) -> layer0 [B, T, D]``: a wav2vec 2.0-style encoder's feature projection,
+    positional convolution (its padded frames zeroed first, as the encoders do) and ``norm`` where the encoder
+    normalises its input (post-norm), zero after each utterance's ``frames``. ``one_at_a_time``: data2vec-audio's
+    stacked positional convolutions see padded frames, so each utterance runs alone (exact, as the upstream runs)."""
+
+    def __init__(self, projection: nn.Module, pos_conv: nn.Module, norm: nn.Module | None, dropout: nn.Module,
+                 one_at_a_time: bool = False):
+        super().__init__()
+        self.projection, self.pos_conv, self.norm, self.dropout = projection, pos_conv, norm, dropout
+        self.one_at_a_time = bool(one_at_a_time)
+
+    def forward(self, features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        if self.one_at_a_time:
+            return nn.utils.rnn.pad_sequence([self._valid(features[i: i + 1, : int(n)])[0]
+                                              for i, n in enumerate(frames.tolist())], batch_first=True)
+        valid = (torch.arange(features.shape[1], device=features.device)[None] < frames.to(features.device)[:, None])
+        valid = valid.unsqueeze(-1).to(features.dtype)
+        return self._valid(features, valid) * valid
+
+    def _valid(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.projection(features)
+        x = x[0] if isinstance(x, tuple) else x  # (transformers' wav2vec 2.0 also returns its normalised input)
+        x = x * valid if valid is not None else x
+        x = x + self.pos_conv(x)
+        return self.dropout(self.norm(x) if self.norm is not None else x)
+
+
+def transformer_stem(upstream: nn.Module) -> TransformerStem | None:
+    """Trainable copies of ``upstream``'s layers between its CNN and block 1, or None (Whisper, SpeechBrain)."""
+    from ser_modules.upstreams.encoders import HFUpstream, TorchaudioUpstream
+
+    if isinstance(upstream, HFUpstream) and not upstream.whisper:
+        model, encoder = upstream.model, upstream.model.encoder
+        post_norm = not type(encoder).__name__.endswith("StableLayerNorm")
+        parts = (model.feature_projection, encoder.pos_conv_embed, encoder.layer_norm if post_norm else None,
+                 encoder.dropout)
+        one_at_a_time = upstream.model_type == "data2vec-audio"
+    elif isinstance(upstream, TorchaudioUpstream):
+        encoder, transformer = upstream.model.encoder, upstream.model.encoder.transformer
+        parts = (encoder.feature_projection, transformer.pos_conv_embed,
+                 transformer.layer_norm if transformer.layer_norm_first else None, transformer.dropout)
+        one_at_a_time = False
+    else:
+        return None
+    return TransformerStem(*(copy.deepcopy(p) if p is not None else None for p in parts), one_at_a_time)
+
+
+def top_blocks(upstream: nn.Module, k: int, source: str = "the upstream", stem: bool = False) -> TopBlocks:
     """Trainable copies of the top ``k`` blocks of a loaded ``upstream`` (its weights unchanged) as a
     :class:`TopBlocks` reading ``layer{L-k}``; :class:`ManifestError` naming ``source`` and its format where the
-    blocks cannot run from a stored hidden state."""
+    blocks cannot run from a stored hidden state. ``stem``: with every block, the :class:`TransformerStem` too
+    (where the upstream has one), for a model reading the waveform."""
     from ser_modules.upstreams.encoders import HFUpstream, SpeechBrainUpstream, TorchaudioUpstream
 
     if isinstance(upstream, HFUpstream):
@@ -155,7 +209,7 @@ def top_blocks(upstream: nn.Module, k: int, source: str = "the upstream") -> Top
     elif bias is not None:
         bias = top[0].attention
     norm = copy.deepcopy(final_norm) if final_norm is not None else None
-    module = TopBlocks(top, kind, first, norm, bias)
+    module = TopBlocks(top, kind, first, norm, bias, transformer_stem(upstream) if stem and first == 0 else None)
     for p in module.parameters():  # (the frozen bias embedding is not among them)
         p.requires_grad = True
     return module.train()
