@@ -16,6 +16,7 @@ scenarios for their base experiment) only waits for one already running or done:
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
@@ -59,16 +60,39 @@ class Background:
         self.tmp, self.session = tmp_path_factory, session
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="recipe-run")
         self.handles: dict[str, object] = {}
+        self.starting: list[str] = []  # the starters being called (a starter starts what it depends on first)
+        self.t0 = time.monotonic()
+        self.timings: list[tuple[str, float, float]] = []  # (starter, began, ended) in s since the session began
 
     def run(self, fn: Callable, *args) -> Future:
-        """Submit ``fn(*args)``; its result (or exception) is in the returned future."""
-        return self.pool.submit(fn, *args)
+        """Submit ``fn(*args)``; its result (or exception) is in the returned future, its wall time in
+        :attr:`timings` under the starter that submitted it."""
+        label = self.starting[-1] if self.starting else getattr(fn, "__name__", "run")
+
+        def timed():
+            began = time.monotonic() - self.t0
+            try:
+                return fn(*args)
+            finally:
+                self.timings.append((label, began, time.monotonic() - self.t0))
+
+        return self.pool.submit(timed)
 
     def start(self, name: str):
         """The handle of the starter ``name`` (started now, once)."""
         if name not in self.handles:
-            self.handles[name] = STARTERS[name](self, self.session)
+            self.starting.append(name)
+            try:
+                self.handles[name] = STARTERS[name](self, self.session)
+            finally:
+                self.starting.pop()
         return self.handles[name]
+
+    def report(self) -> list[str]:
+        """One line per finished background run, in the order they began: when it ran and how long (the suite's
+        critical path is the chain of these on the two workers)."""
+        return [f"{label:<22} {began:7.1f} s -> {ended:7.1f} s ({ended - began:6.1f} s)"
+                for label, began, ended in sorted(self.timings, key=lambda t: t[1])]
 
     def prefetch(self, items) -> list[str]:
         """Start what ``items`` need, in their order; returns the starters' names in the order started."""

@@ -34,13 +34,26 @@ def _few_threads():
     yield
 
 
+BACKGROUNDS: list[Background] = []  # the session's (for the terminal summary)
+
+
 @pytest.fixture(scope="session")
 def background(request, tmp_path_factory):
     """Recipe runs in the background, started in the order the selected tests need them."""
     bg = Background(tmp_path_factory, request.session)
+    BACKGROUNDS.append(bg)
     bg.prefetch(request.session.items)
     yield bg
     bg.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The background runs' wall times (since the session began), where the suite's time goes."""
+    for bg in BACKGROUNDS:
+        if bg.timings:
+            terminalreporter.section("background recipe runs (2 at a time)")
+            for line in bg.report():
+                terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session", autouse=True)
