@@ -178,6 +178,9 @@ def test_gradients_reach_exactly_the_top_blocks_and_the_head(wavlm):
     assert all(p.grad is not None for p in model.head.parameters())
     assert all(p.grad is None for p in model.blocks.frozen_bias.parameters())  # block 1's frozen bias embedding
     assert not any(k.startswith("blocks.frozen_bias") for k in model.state_dict())  # rebuilt, not stored
+    model.double()  # moved with the blocks all the same
+    assert {p.dtype for p in model.blocks.frozen_bias.parameters()} == {torch.float64}
+    model.float()
     assert all(p.grad is None for p in upstream.parameters())  # the frozen upstream itself
     groups = finetune_param_groups(model, 1e-3, None)
     assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-3 / 30)] and groups[1]["upstream_blocks"]

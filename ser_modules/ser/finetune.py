@@ -21,12 +21,13 @@ import torch
 import torch.nn as nn
 
 from ser_modules.models.ser import WeightedLayerSum
+from ser_modules.upstreams.top_blocks import FrozenCompanions
 from ser_modules.utils.fileio import ManifestError
 
 DEFAULT_UPSTREAM_LR_RATIO = 30.0  # the blocks' learning rate below the head's (pretrained weights move little)
 
 
-class FineTunedTop(nn.Module):
+class FineTunedTop(FrozenCompanions):
     """``x [B, T, D]`` of layer ``L - k``, ``lengths [B]`` -> the head's outputs on block ``L``'s output; with a
     :class:`WeightedLayerSum` head, ``x [B, T, n * D]``: the ``n`` stored layers up to ``L - k`` side by side
     (``L - k`` last), summed with the blocks' ``k`` outputs.
@@ -41,14 +42,8 @@ class FineTunedTop(nn.Module):
         self.waveform_layers = list(waveform_layers) if waveform_layers else None
         self.__dict__["pending_blocks"] = None  # the blocks' weights loaded before the blocks existed
         # finetune_input: waveform: the frozen upstream below the blocks, run per batch; not stored in a fold model
-        self.__dict__["bottom"] = None
+        self.keep_frozen("bottom", None)
         self._register_load_state_dict_pre_hook(self._keep_block_state)
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        if self.bottom is not None:
-            self.bottom._apply(fn, *args, **kwargs)
-        return self
 
     def _keep_block_state(self, state_dict, prefix, *args):
         if self.blocks is None:
@@ -69,7 +64,7 @@ class FineTunedTop(nn.Module):
             blocks.load_state_dict(self.pending_blocks)
             self.__dict__["pending_blocks"] = None
         self.blocks = blocks
-        self.__dict__["bottom"] = bottom if self.waveform_layers else None
+        self.keep_frozen("bottom", bottom if self.waveform_layers else None)
         return self
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,25 @@ from ser_modules.utils.fileio import ManifestError
 WHISPER_WINDOW_FRAMES = 1500  # 30 s of Whisper's 20 ms frames: the longest window its positions cover
 
 
-class TopBlocks(nn.Module):
+class FrozenCompanions(nn.Module):
+    """A module holding frozen modules outside its state dict and parameters (rebuilt from the upstream, so not
+    saved with a fold model: :meth:`keep_frozen`) that move with it all the same (``.to``, ``.double``, ``.cuda``)."""
+
+    def keep_frozen(self, name: str, module: nn.Module | None) -> None:
+        names = self.__dict__.setdefault("frozen_companions", [])
+        if name not in names:
+            names.append(name)
+        self.__dict__[name] = module
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for name in self.__dict__.get("frozen_companions", []):
+            if self.__dict__[name] is not None:
+                self.__dict__[name]._apply(fn, *args, **kwargs)
+        return self
+
+
+class TopBlocks(FrozenCompanions):
     """Blocks ``first + 1 .. first + k`` of an upstream (``kind``: ``whisper``, ``hf``, ``hf-wavlm``,
     ``torchaudio``, ``torchaudio-wavlm``, ``speechbrain``), trainable copies; ``final_norm`` applied to the last
     block's output (None: none), ``bias`` the WavLM relative position embedding (block 1's attention).
@@ -51,14 +69,8 @@ class TopBlocks(nn.Module):
         self.stem = stem  # (first == 0, from the waveform) CNN features -> layer0; its caller runs it (FineTunedTop)
         # Below the fine-tuned blocks the bias embedding is frozen and rebuilt from the upstream: kept out of the
         # state dict (a fold model holds only what it trained), moved with the module all the same.
-        self.__dict__["frozen_bias"] = bias if bias is not None and first > 0 else None
+        self.keep_frozen("frozen_bias", bias if bias is not None and first > 0 else None)
         self.bias = bias if bias is not None and first == 0 else None
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        if self.frozen_bias is not None:
-            self.frozen_bias._apply(fn, *args, **kwargs)
-        return self
 
     @property
     def layer_names(self) -> list[str]:
