@@ -191,3 +191,18 @@ def test_upstream_throughput_rows_per_format(tmp_path, monkeypatch):
     padded, unpadded = frame["gflop_per_audio_s"].iloc[:2]
     assert padded > 4 * unpadded
     assert "GEMM fp32" in (tmp_path / "out" / "upstreams.md").read_text()
+
+
+@pytest.mark.parametrize("variant", [{"name": "MP-1", "type": "mp", "asr": "pretrained", "layer": "gru1"},
+                                     {"name": "Progressive-1", "type": "progressive", "asr": "pretrained",
+                                      "layer": "gru1", "hidden": 8}])
+def test_a_stage5_training_step_row(tmp_path, variant):
+    """The benchmark drives stage 5's Brain batch by batch, without the epochs, samplers and task keys a recipe's
+    stage 5 gives it (the fine-tuning warm-up's epochs, the dimensional task's outputs broke it before): a row with a
+    positive rate."""
+    from ser_modules.benchmark.steps import iemocap_like_durations, measure, recipe_conf, ser_case
+
+    hp = recipe_conf("ctc_transfer", "ser", "demo", str(tmp_path))
+    case = ser_case(variant, hp, {"gru1": 16}, "demo", "cpu", quick=True)
+    row = measure(case, iemocap_like_durations(64, seed=0), "cpu", gemm=100.0, quick=True)
+    assert row["frames_per_s"] > 0 and row["model"].startswith(variant["type"])

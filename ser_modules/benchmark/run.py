@@ -94,7 +94,8 @@ def run(out: str, device: str = "cpu", quick: bool = False, sizes=("demo", "pape
                 ser_hp = recipe_conf(recipe, "ser", size, tmp)
                 seen = set()
                 for v in ser_hp["variants"]:
-                    if v["type"] in seen or (models and v["type"] not in models) or v["type"] == "reference":
+                    if (v["type"] in seen or (models and v["type"] not in models) or v["type"] == "reference"
+                            or v.get("task", "categorical") != "categorical" or v.get("finetune_blocks")):
                         continue
                     seen.add(v["type"])
                     case = ser_case(v, ser_hp, asr[(name, size)]["model"].layer_sizes, size, device, quick)

@@ -156,7 +156,8 @@ def ser_case(spec_dict: dict, hp: dict, asr_sizes: dict, size: str, device: str,
     lr = float(spec.options.get("lr", hp["lr"]))
     brain = SERBrain(modules={"model": model}, opt_class=lambda p: torch.optim.Adam(p, lr=lr),
                      hparams={"spec": spec, "class_weights": None, "label_smoothing": hp.get("label_smoothing", 0.0),
-                              "max_grad_norm": hp["max_grad_norm"], "resume_path": os.devnull + ".none"},
+                              "max_grad_norm": hp["max_grad_norm"], "resume_path": os.devnull + ".none",
+                              "n_class_outputs": 4, "n_attribute_outputs": 0},  # 4 classes, as the model built
                      run_opts={"device": device, "noprogressbar": True})
     brain.on_fit_start()
     model.train()

@@ -178,10 +178,13 @@ class SERBrain(sb.Brain):
             self.hparams.history[:] = state["history"]
             self.best_state, self.best_loss = state["best_state"], state["best_loss"]
             logger.info("resumed %s after epoch %d", path, state["epoch"])
-        self.steps_done = self.hparams.epoch_counter.current * len(self.hparams.train_sampler)  # optimizer steps
+        # optimizer steps so far (a fine-tuned top's warm-up); a Brain driven batch by batch (the benchmark) has no epochs
+        counter = getattr(self.hparams, "epoch_counter", None)
+        epoch = counter.current if counter is not None else 0
+        self.steps_done = epoch * len(self.hparams.train_sampler) if epoch else 0
         # x axis: the epoch; a resumed run continues after the epoch its state holds
         logdir = getattr(self.hparams, "curves_dir", None)
-        self.curves = Curves(logdir, resume_step=self.hparams.epoch_counter.current if logdir else 0)
+        self.curves = Curves(logdir, resume_step=epoch if logdir else 0)
 
     def on_stage_start(self, stage, epoch=None):
         self.outputs = []
