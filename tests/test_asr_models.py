@@ -129,6 +129,43 @@ def test_masking_deepspeech2_layers():
             _padded_equals_unpadded(lambda f, n: model.forward_layers(f, n, [layer])[layer][0], feats, lengths)
 
 
+def test_deepspeech2_convolutions_in_nhwc_equal_pytorchs_default_layout(monkeypatch):
+    """On a CPU the front end runs its convolutions in channels-last layout (oneDNN's reference kernel is 40x
+    slower on some default-layout shapes): the same outputs and weight gradients as the default layout, in
+    inference and on a padded training batch; the stored weights keep the default layout."""
+    import ser_modules.models.ds2 as ds2
+
+    torch.manual_seed(0)
+    model = DeepSpeech2(conv_channels=8, rnn_layers=1, rnn_hidden=16)
+    cases = [(torch.randn(2, 1000, 161), torch.tensor([1000, 700]), False),
+             (torch.randn(4, 300, 161), torch.tensor([300, 280, 150, 90]), True)]
+    for feats, lengths, train in cases:
+        results = []
+        for nhwc in (False, True):
+            monkeypatch.setattr(ds2, "CPU_CHANNELS_LAST", nhwc)
+            model.zero_grad()
+            model.train(train)
+            state = {k: v.clone() for k, v in model.state_dict().items()}
+            out, out_lengths = model(feats, lengths)
+            if train:
+                out.sum().backward()
+                model.load_state_dict(state)  # the same BatchNorm statistics for the other layout
+            results.append((out.detach(), out_lengths, [p.grad.clone() for p in model.conv1.parameters()] if train else []))
+        (a, la, ga), (b, lb, gb) = results
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        assert torch.equal(la, lb)
+        for x, y in zip(ga, gb):
+            torch.testing.assert_close(x, y, atol=1e-3, rtol=1e-4)
+    assert model.conv1.conv.weight.is_contiguous()  # (not channels-last: checkpoints unchanged)
+    seen, conv = [], model.conv1.conv
+    run_conv = conv._conv_forward
+    monkeypatch.setattr(conv, "_conv_forward", lambda x, w, b: seen.append((x, w)) or run_conv(x, w, b))
+    model.eval().conv1(torch.randn(2, 1, 161, 50), torch.tensor([50, 40]))
+    # NHWC strides (with one channel, only the channel stride tells the layouts apart: 1 in NHWC, H x W in NCHW)
+    nhwc = [(x.stride(), w.stride()) for x, w in seen]
+    assert nhwc == [((161 * 50, 1, 50, 1), (41 * 11, 1, 11, 1))], nhwc
+
+
 def test_masking_las_listener_and_speller():
     torch.manual_seed(0)
     model = ListenAttendSpell(listener_hidden=6, fc_size=8, speller_hidden=8, attention_dim=8, embedding_dim=4).eval()

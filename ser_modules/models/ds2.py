@@ -17,6 +17,9 @@ from ser_modules.models.flops import linear_flops, total
 from ser_modules.models.rnn import MaskedRNN
 
 
+CPU_CHANNELS_LAST = True  # the convolutions on a CPU in NHWC (MaskedConvBlock.forward); False: PyTorch's default
+
+
 class MaskedBatchNorm(nn.Module):
     """Batch normalisation whose statistics use valid positions only (padded ones stay zero).
 
@@ -81,7 +84,14 @@ class MaskedConvBlock(nn.Module):
         return 2 * macs_per_output * self.conv.out_channels * self.out_size(n_freq) * out_frames
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.conv(x)
+        if x.device.type == "cpu" and CPU_CHANNELS_LAST:
+            # oneDNN takes its reference kernel for some NCHW shapes (1 input channel, few long utterances: 6 s for
+            # 2 x 30 s of 8 channels instead of 0.03 s, docs/benchmark.md); NHWC input and weight take a JIT one
+            # (.to restrides a one-channel tensor too, where .contiguous sees it as NHWC already and keeps NCHW strides)
+            weight = self.conv.weight.to(memory_format=torch.channels_last)
+            x = self.conv._conv_forward(x.to(memory_format=torch.channels_last), weight, None)
+        else:
+            x = self.conv(x)
         lengths = self.out_lengths(lengths)
         mask = length_mask(lengths, x.shape[-1])[:, None, None, :]
         return self.act(self.bn(x, mask)) * mask, lengths
