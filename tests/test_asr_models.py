@@ -130,7 +130,7 @@ def test_masking_deepspeech2_layers():
 
 
 def test_deepspeech2_convolutions_in_nhwc_equal_pytorchs_default_layout(monkeypatch):
-    """On a CPU the front end runs its convolutions in channels-last layout (oneDNN's reference kernel is 40x
+    """On a CPU the front end runs its convolutions in channels-last layout (oneDNN's reference kernel is 75x
     slower on some default-layout shapes): the same outputs and weight gradients as the default layout, in
     inference and on a padded training batch; the stored weights keep the default layout."""
     import ser_modules.models.ds2 as ds2

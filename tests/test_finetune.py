@@ -163,6 +163,20 @@ def test_whole_encoder_fine_tuning_from_the_waveform_freezes_only_the_cnn(wavlm)
     restored.attach(top_blocks(upstream, 3, stem=True), bottom=upstream)
     with torch.no_grad():
         torch.testing.assert_close(forward(restored.eval(), spec, batch, "cpu"), forward(model.eval(), spec, batch, "cpu"))
+    # Runs made before the stem trained are not taken for finished ones, and their weights are refused in one line
+    from types import SimpleNamespace
+
+    from ser_modules.data.folds import Fold
+    from ser_modules.ser.training import run_key
+
+    fold = Fold(name="f1", test_speakers=["a"], valid_speakers=["b"], train=["u1"], valid=["u2"], test=["u3"])
+    inputs = SimpleNamespace(asr_store=lambda asr, fold: SimpleNamespace(folder="/exp/dump/u/abc"))
+    keys = [run_key(s, fold, 0, ["a"], inputs, {"lr": 1e-3}) for s in (spec, VariantSpec.from_dict(base))]
+    assert keys[0]["trains_stem"] and "trains_stem" not in keys[1]
+    old = build_model(spec, {"asr": 32}, 4, 0.0)
+    old.load_state_dict(stored.state_dict())  # a whole-encoder model's weights of before: no stem
+    with pytest.raises(ValueError, match="saved before whole-encoder fine-tuning trained"):
+        old.attach(top_blocks(upstream, 3, stem=True), bottom=upstream)
 
 
 def test_gradients_reach_exactly_the_top_blocks_and_the_head(wavlm):

@@ -69,7 +69,7 @@ def test_top_blocks_on_a_stored_layer_equal_the_full_upstream(tmp_path, kind, fm
     if kind in ("whisper", "speechbrain"):
         assert stemmed.stem is None  # their layer0 stays frozen (no separate CNN feature encoder)
     else:
-        features, frames = upstream.feature_encoder(wavs, samples)
+        features, frames = upstream.cnn_features(wavs, samples)
         with torch.no_grad():
             layer0 = stemmed.stem.eval()(features, frames)
         want, want_frames = layers["layer0"]
@@ -92,3 +92,33 @@ def test_whisper_in_30s_windows_and_a_bad_number_of_blocks_are_refused(tmp_path)
     with pytest.raises(ManifestError, match="finetune_blocks 3 is not between 0 and its 2 blocks"):
         top_blocks(upstream, 3, path)
     assert top_blocks(upstream, 0, path)(torch.zeros(1, 5, 32), torch.tensor([5])) == []  # a frozen probe
+
+
+def test_a_hubert_whose_positional_convolution_starts_with_a_batch_norm_runs_one_utterance_at_a_time():
+    """conv_pos_batch_norm (mHuBERT-147): the batch norm turns zeroed padding into non-zero frames before the
+    positional convolution, so the upstream and the stem run each utterance alone: the stem's layer0 on a padded
+    batch equals the upstream's, which equals each utterance's own."""
+    from ser_modules.upstreams.encoders import HFUpstream
+
+    sys.path.insert(0, os.path.join(REPO, "utils"))
+    from make_tiny_upstream import hf_config
+
+    config = hf_config("hubert", 2, 32, group_norm=False)
+    config.conv_pos_batch_norm = True
+    torch.manual_seed(0)
+    model = transformers.HubertModel(config)
+    norm = model.encoder.pos_conv_embed.batch_norm
+    norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)  # a trained norm, not the identity
+    upstream = HFUpstream(model, "hubert")
+    assert not upstream.batched
+    wavs, samples = padded_batch()
+    layer0, frames = upstream.forward_layers(wavs, samples, ["layer0"])["layer0"]
+    alone = upstream.forward_layers(wavs[1:, :9000], samples[1:], ["layer0"])["layer0"][0]
+    n = int(frames[1])
+    torch.testing.assert_close(layer0[1, :n], alone[0, :n])
+    stem = top_blocks(upstream, 2, stem=True).stem.eval()
+    assert stem.one_at_a_time
+    with torch.no_grad():
+        got = stem(*upstream.cnn_features(wavs, samples))
+    for i, n in enumerate(frames.tolist()):
+        torch.testing.assert_close(got[i, :n], layer0[i, :n], atol=2e-4, rtol=1e-4)

@@ -85,11 +85,11 @@ class MaskedConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.device.type == "cpu" and CPU_CHANNELS_LAST:
-            # oneDNN takes its reference kernel for some NCHW shapes (1 input channel, few long utterances: 6 s for
-            # 2 x 30 s of 8 channels instead of 0.03 s, docs/benchmark.md); NHWC input and weight take a JIT one
+            # oneDNN takes its reference kernel for some NCHW shapes (1 input channel, few long utterances: 5.3 s for
+            # 2 x 30 s of 8 channels instead of 0.07 s, docs/benchmark.md); NHWC input and weight take a JIT one
             # (.to restrides a one-channel tensor too, where .contiguous sees it as NHWC already and keeps NCHW strides)
             weight = self.conv.weight.to(memory_format=torch.channels_last)
-            x = self.conv._conv_forward(x.to(memory_format=torch.channels_last), weight, None)
+            x = self.conv._conv_forward(x.to(memory_format=torch.channels_last), weight, self.conv.bias)
         else:
             x = self.conv(x)
         lengths = self.out_lengths(lengths)

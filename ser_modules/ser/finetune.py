@@ -53,7 +53,8 @@ class FineTunedTop(FrozenCompanions):
 
     def attach(self, blocks: nn.Module, bottom: nn.Module | None = None) -> "FineTunedTop":
         """Add the trainable ``blocks`` and, for a model reading the waveform, the frozen upstream ``bottom``
-        that computes its ``waveform_layers`` (``forward_layers``, :mod:`ser_modules.upstreams.encoders`)."""
+        that computes its ``waveform_layers`` (``forward_layers``, :mod:`ser_modules.upstreams.encoders`), or with
+        a stem in the blocks only the CNN's features (``cnn_features``)."""
         if len(blocks.blocks) != self.finetune_blocks:
             raise ValueError(f"{len(blocks.blocks)} blocks given, the variant fine-tunes {self.finetune_blocks}")
         if blocks.stem is not None and not self.waveform_layers:
@@ -61,6 +62,9 @@ class FineTunedTop(FrozenCompanions):
         if self.waveform_layers and bottom is None:
             raise ValueError("a fine-tuned top reading the waveform needs the upstream below its blocks")
         if self.pending_blocks is not None:
+            if blocks.stem is not None and not any(k.startswith("stem.") for k in self.pending_blocks):
+                raise ValueError("these fine-tuned weights were saved before whole-encoder fine-tuning trained the "
+                                 "feature projection and positional convolution (the stem): train the variant again")
             blocks.load_state_dict(self.pending_blocks)
             self.__dict__["pending_blocks"] = None
         self.blocks = blocks
@@ -74,7 +78,7 @@ class FineTunedTop(FrozenCompanions):
             raise RuntimeError("FineTunedTop has no blocks: attach the upstream's (attach_upstream_blocks)")
         stem = self.blocks.stem
         if stem is not None:  # every block from the waveform: only the CNN frozen, layer0 trained (SpeechBrain's way)
-            features, lengths = self.bottom.feature_encoder(x, lengths)
+            features, lengths = self.bottom.cnn_features(x, lengths)
             x = stem(features, lengths)
         elif self.waveform_layers:  # the frozen bottom gives the layers stage 4 would have stored
             with torch.no_grad():

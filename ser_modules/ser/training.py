@@ -69,6 +69,8 @@ def run_key(spec: VariantSpec, fold: Fold, run: int, classes: list[str], inputs:
     attributes = variant_attributes(spec, hp.get("attributes"))
     if attributes:  # (a categorical run's key is what it was before attributes existed)
         key["attributes"] = attributes
+    if spec.reads_waveform and spec.layers == ["layer0"]:  # every block from the waveform: the stem trains too
+        key["trains_stem"] = True  # (runs made before it did are not reused)
     return key
 
 

@@ -52,10 +52,10 @@ class FrozenEncoder(nn.Module):
         return self.layers_of(self.hidden_states(wavs, samples), samples, layers)
 
     @torch.no_grad()
-    def feature_encoder(self, wavs: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cnn_features(self, wavs: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The CNN feature encoder's output ``[B, T, C]`` (before the feature projection) and its ``frames [B]``:
         what whole-encoder fine-tuning keeps frozen (:mod:`ser_modules.upstreams.top_blocks`, ``TransformerStem``).
-        Batched where :meth:`hidden_states` is; a group-normalised encoder one utterance at a time."""
+        Batched where :meth:`hidden_states` is, else one utterance at a time."""
         frames = self.frames(samples)
         if self.batched:
             feats = self._features(wavs, samples)
@@ -111,8 +111,11 @@ class HFUpstream(FrozenEncoder):
         else:
             self.hop = int(np.prod(cfg.conv_stride))
             self.win = receptive_field(cfg.conv_kernel, cfg.conv_stride)
-        # data2vec-audio's positional convolutions are stacked without re-zeroing padded frames: unbatched too.
-        self.batched = self.whisper or (model_type in ("wav2vec2", "hubert", "wavlm") and cfg.feat_extract_norm == "layer")
+        # data2vec-audio's positional convolutions are stacked without re-zeroing padded frames, and a HuBERT
+        # whose positional convolution starts with a batch norm (conv_pos_batch_norm, mHuBERT-147) turns the
+        # zeroed padding into non-zero frames before it: unbatched too.
+        self.batched = self.whisper or (model_type in ("wav2vec2", "hubert", "wavlm") and cfg.feat_extract_norm == "layer"
+                                        and not getattr(cfg, "conv_pos_batch_norm", False))
 
     def frames(self, samples: torch.Tensor) -> torch.Tensor:
         """Output frames of utterances of ``samples`` samples ``[B]``."""

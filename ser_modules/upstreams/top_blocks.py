@@ -149,7 +149,8 @@ class TransformerStem(nn.Module):
     """``(features [B, T, C], frames [B]) -> layer0 [B, T, D]``: a wav2vec 2.0-style encoder's feature projection,
     positional convolution (its padded frames zeroed first, as the encoders do) and ``norm`` where the encoder
     normalises its input (post-norm), zero after each utterance's ``frames``. ``one_at_a_time``: data2vec-audio's
-    stacked positional convolutions see padded frames, so each utterance runs alone (exact, as the upstream runs)."""
+    stacked positional convolutions, and HuBERT's with a batch norm before it, see padded frames, so each utterance
+    runs alone (exact, as the upstream runs)."""
 
     def __init__(self, projection: nn.Module, pos_conv: nn.Module, norm: nn.Module | None, dropout: nn.Module,
                  one_at_a_time: bool = False):
@@ -182,7 +183,8 @@ def transformer_stem(upstream: nn.Module) -> TransformerStem | None:
         post_norm = not type(encoder).__name__.endswith("StableLayerNorm")
         parts = (model.feature_projection, encoder.pos_conv_embed, encoder.layer_norm if post_norm else None,
                  encoder.dropout)
-        one_at_a_time = upstream.model_type == "data2vec-audio"
+        # data2vec-audio's stacked convolutions and a batch norm before HuBERT's (conv_pos_batch_norm) see padding
+        one_at_a_time = upstream.model_type == "data2vec-audio" or getattr(encoder.pos_conv_embed, "batch_norm", None) is not None
     elif isinstance(upstream, TorchaudioUpstream):
         encoder, transformer = upstream.model.encoder, upstream.model.encoder.transformer
         parts = (encoder.feature_projection, transformer.pos_conv_embed,
