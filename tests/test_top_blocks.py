@@ -19,7 +19,7 @@ from ser_modules.utils.fileio import ManifestError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "utils"))
-from make_tiny_upstream import make_tiny_upstream  # noqa: E402
+from make_tiny_upstream import hf_config, make_tiny_upstream  # noqa: E402
 
 CASES = [  # (kind, format, group_norm)
     ("whisper", "folder", False), ("whisper", "openai-whisper", False), ("wav2vec2", "folder", False),
@@ -99,9 +99,6 @@ def test_a_hubert_whose_positional_convolution_starts_with_a_batch_norm_runs_one
     positional convolution, so the upstream and the stem run each utterance alone: the stem's layer0 on a padded
     batch equals the upstream's, which equals each utterance's own."""
     from ser_modules.upstreams.encoders import HFUpstream
-
-    sys.path.insert(0, os.path.join(REPO, "utils"))
-    from make_tiny_upstream import hf_config
 
     config = hf_config("hubert", 2, 32, group_norm=False)
     config.conv_pos_batch_norm = True

@@ -30,6 +30,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from ser_modules.data.features import length_mask
 from ser_modules.utils.fileio import ManifestError
 
 WHISPER_WINDOW_FRAMES = 1500  # 30 s of Whisper's 20 ms frames: the longest window its positions cover
@@ -80,7 +81,7 @@ class TopBlocks(FrozenCompanions):
     def forward(self, x: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
         if not len(self.blocks):
             return []
-        valid = torch.arange(x.shape[1], device=x.device)[None] < frames.to(x.device)[:, None]  # [B, T]
+        valid = length_mask(frames.to(x.device), x.shape[1])  # [B, T]
         x = x * valid.unsqueeze(-1).to(x.dtype)
         if self.kind == "whisper":
             states = self._whisper(x, frames)
@@ -162,8 +163,7 @@ class TransformerStem(nn.Module):
         if self.one_at_a_time:
             return nn.utils.rnn.pad_sequence([self._valid(features[i: i + 1, : int(n)])[0]
                                               for i, n in enumerate(frames.tolist())], batch_first=True)
-        valid = (torch.arange(features.shape[1], device=features.device)[None] < frames.to(features.device)[:, None])
-        valid = valid.unsqueeze(-1).to(features.dtype)
+        valid = length_mask(frames.to(features.device), features.shape[1]).unsqueeze(-1).to(features.dtype)
         return self._valid(features, valid) * valid
 
     def _valid(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
